@@ -1,0 +1,40 @@
+# Orchestrator: `make run` starts everything on the embedded default; `make test` runs the suite.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Development defaults; production sets these in the environment (see README, Configuration).
+export DEBUG ?= true
+export DJANGO_SETTINGS_MODULE := orchestrator.settings
+
+.PHONY: run test bench venv migrate seed clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+migrate: $(STAMP)
+	$(BIN)/python manage.py migrate --noinput
+
+seed: migrate
+	$(BIN)/python manage.py seed_demo
+
+# Web (127.0.0.1:8000), Celery worker, beat and a local agent, output prefixed; Ctrl-C stops all.
+run: seed
+	$(BIN)/honcho --procfile Procfile start
+
+# The whole suite: against PostgreSQL and Redis when DATABASE_URL / REDIS_URL are set, else SQLite.
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: migrate
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) var/*.sqlite3* var/celery test-artifacts

@@ -1,0 +1,69 @@
+"""Bearer API-key authentication. Keys are looked up by their hash; the secret is never stored."""
+
+from datetime import timedelta
+
+from django.db.models import Q
+from django.utils import timezone
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import authentication, exceptions
+
+from runs.models import ApiKey, hash_api_key
+
+# Writing last_used_at on every request would turn each heartbeat into two writes; once a minute
+# is precise enough for "when was this key last used".
+LAST_USED_PRECISION = timedelta(seconds=60)
+
+
+class ServiceKeyUser:
+    """The principal of an API key that does not act for a person (an agent, a CI job)."""
+
+    is_authenticated = True
+    is_anonymous = False
+    is_active = True
+    is_staff = False
+    is_superuser = False
+    pk = None
+    id = None
+
+    def __init__(self, key):
+        self.key = key
+        self.username = f"api-key:{key.name}"
+
+    def __str__(self):
+        return self.username
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).decode("latin-1").split()
+        if not header or header[0] != self.keyword:
+            return None
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed("Send the key as 'Authorization: Bearer <key>'.")
+        now = timezone.now()
+        key = (
+            ApiKey.objects.select_related("user", "workspace__account")
+            .filter(hashed_secret=hash_api_key(header[1]))
+            .first()
+        )
+        if key is None or not key.is_usable:
+            raise exceptions.AuthenticationFailed("This API key is unknown, revoked or expired.")
+        if key.last_used_at is None or key.last_used_at < now - LAST_USED_PRECISION:
+            ApiKey.objects.filter(pk=key.pk).filter(
+                Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_PRECISION)
+            ).update(last_used_at=now)
+        user = key.user if key.user_id else ServiceKeyUser(key)
+        return user, key
+
+    def authenticate_header(self, request):
+        return self.keyword
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "runs.api.authentication.ApiKeyAuthentication"
+    name = "apiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "An API key of the workspace."}

@@ -1,0 +1,57 @@
+"""One error form everywhere: {"error": {"code", "message", "fields"}}."""
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from runs.states import TransitionError
+
+
+def _flatten(detail):
+    if isinstance(detail, dict):
+        return {key: _flatten(value) for key, value in detail.items()}
+    if isinstance(detail, list):
+        flat = [_flatten(item) for item in detail]
+        return flat if any(isinstance(item, (dict, list)) for item in flat) else [str(item) for item in flat]
+    return str(detail)
+
+
+def _message_for_fields(fields):
+    parts = []
+    for name, problems in fields.items():
+        first = problems[0] if isinstance(problems, list) and problems else problems
+        label = "input" if name == "non_field_errors" else name
+        parts.append(f"{label}: {first}")
+    return "; ".join(parts) or "The request is invalid."
+
+
+def error_body(code, message, fields=None):
+    return {"error": {"code": code, "message": message, "fields": fields or {}}}
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, TransitionError):
+        return Response(
+            error_body(exc.code, exc.message, {"state": [exc.message]}) | {"current_state": exc.current},
+            status=status.HTTP_409_CONFLICT,
+        )
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages})
+    if isinstance(exc, IntegrityError):
+        exc = exceptions.ValidationError({"non_field_errors": ["This conflicts with an existing object."]})
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        detail = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        fields = _flatten(detail)
+        response.data = error_body("invalid", _message_for_fields(fields), fields)
+    elif isinstance(exc, Http404):
+        response.data = error_body("not_found", "Not found.")
+    else:
+        code = getattr(exc, "default_code", "error")
+        response.data = error_body(code, str(getattr(exc, "detail", exc)))
+    return response

@@ -1,0 +1,58 @@
+"""Roles per workspace: the workspace comes from the URL, the role from the key or the membership."""
+
+from rest_framework import exceptions, permissions
+
+from runs.models import ApiKey, Membership, Role, Workspace, role_allows
+
+
+def resolve_workspace(account_slug, workspace_slug):
+    try:
+        return Workspace.objects.select_related("account").get(account__slug=account_slug, slug=workspace_slug)
+    except Workspace.DoesNotExist:
+        raise exceptions.NotFound("No such workspace.") from None
+
+
+def role_in_workspace(user, auth, workspace):
+    """The caller's role in `workspace`, or None when it has none there."""
+    if isinstance(auth, ApiKey):
+        return auth.role if auth.workspace_id == workspace.pk else None
+    if getattr(user, "is_superuser", False):
+        return Role.ADMIN
+    if not getattr(user, "is_authenticated", False):
+        return None
+    return Membership.objects.filter(user=user, workspace=workspace).values_list("role", flat=True).first()
+
+
+class WorkspaceRolePermission(permissions.BasePermission):
+    """Viewers read; the view's `action_roles` say which role each other action needs.
+
+    A workspace the caller has no role in answers 404, as if it did not exist, so that names of
+    other tenants' workspaces do not leak.
+    """
+
+    def has_permission(self, request, view):
+        if "workspace" not in view.kwargs:
+            return bool(request.user and request.user.is_authenticated)
+        if not (request.user and request.user.is_authenticated):
+            raise exceptions.NotAuthenticated()
+        workspace = resolve_workspace(view.kwargs["account"], view.kwargs["workspace"])
+        role = role_in_workspace(request.user, request.auth, workspace)
+        if role is None:
+            raise exceptions.NotFound("No such workspace.")
+        request.workspace, request.role = workspace, role
+        required = self.required_role(request, view)
+        if not role_allows(role, required):
+            raise exceptions.PermissionDenied(
+                f"Your role in this workspace is {role}; this action needs {required} or above."
+            )
+        return True
+
+    @staticmethod
+    def required_role(request, view):
+        action = getattr(view, "action", None)
+        roles = getattr(view, "action_roles", {})
+        if action in roles:
+            return roles[action]
+        if request.method in permissions.SAFE_METHODS:
+            return Role.VIEWER
+        return Role.ADMIN

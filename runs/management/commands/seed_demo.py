@@ -1,0 +1,60 @@
+"""Seed a demo workspace: account, workspace, admin user, a flow with two schedules, an agent key.
+
+Safe to run again: it creates what is missing and changes nothing that exists.
+"""
+
+import os
+import secrets
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+from django.utils import timezone
+
+from runs.models import Account, Flow, Membership, Role, Schedule, ScheduleKind, Workspace
+from runs.scheduling import default_queues, schedule_future_runs
+
+DEMO_ENTRYPOINT = "agent.examples.hello:hello"
+
+
+class Command(BaseCommand):
+    help = "Create the demo account, workspace, admin user and flow (idempotent)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--username", default="admin")
+
+    @transaction.atomic
+    def handle(self, *args, username, **options):
+        account, _ = Account.objects.get_or_create(slug="demo", defaults={"name": "Demo"})
+        workspace, _ = Workspace.objects.get_or_create(account=account, slug="demo", defaults={"name": "Demo"})
+        queue = default_queues([workspace.pk])[workspace.pk]
+
+        User = get_user_model()
+        user = User.objects.filter(username=username).first()
+        if user is None:
+            password = os.environ.get("ORCHESTRATOR_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+            user = User.objects.create_superuser(username=username, email="", password=password)
+            shown = "(from ORCHESTRATOR_ADMIN_PASSWORD)" if os.environ.get("ORCHESTRATOR_ADMIN_PASSWORD") else password
+            self.stdout.write(self.style.SUCCESS(
+                f"Admin login, shown this once: user {username!r}, password {shown}  → http://127.0.0.1:8000/admin/"
+            ))
+        Membership.objects.get_or_create(user=user, workspace=workspace, defaults={"role": Role.ADMIN})
+
+        flow, created = Flow.objects.get_or_create(
+            workspace=workspace, name="hello-orchestrator",
+            defaults={"description": "The demo flow: greets, counts, and reports."},
+        )
+        if created or flow.latest_version is None:
+            flow.register_version(entrypoint=DEMO_ENTRYPOINT, version="1", parameters={"name": "world"})
+        Schedule.objects.get_or_create(
+            flow=flow, slug="every-minute",
+            defaults=dict(kind=ScheduleKind.INTERVAL, interval_seconds=60, work_queue=queue,
+                          description="Says hello every minute."),
+        )
+        Schedule.objects.get_or_create(
+            flow=flow, slug="business-hours",
+            defaults=dict(kind=ScheduleKind.CRON, cron="*/5 9-17 * * 1-5", timezone="Europe/London", work_queue=queue,
+                          parameters={"name": "London"}, description="Every 5 minutes in London office hours."),
+        )
+        made = schedule_future_runs(list(Schedule.objects.filter(flow=flow).select_related("flow")), timezone.now())
+        self.stdout.write(f"Demo workspace demo/demo ready: flow {flow.name}, 2 schedules, {made} new run(s).")

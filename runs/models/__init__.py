@@ -1,0 +1,24 @@
+"""The domain, split by concept. Import models from here."""
+
+from .events import Event
+from .flow_runs import ACTIVE_STATES, CLAIMABLE_STATES, TERMINAL_STATES, FlowRun, State
+from .flows import Flow, FlowVersion
+from .history import RECOVERY_ACTORS, Actor, Log, LogLevel, StateChange
+from .schedules import (
+    AmbiguousTimePolicy,
+    NonexistentTimePolicy,
+    Schedule,
+    ScheduleKind,
+    ScheduleStatus,
+)
+from .task_runs import TaskRun
+from .workers import Agent, AgentStatus, WorkQueue
+from .workspaces import Account, ApiKey, Membership, Role, Workspace, hash_api_key, role_allows
+
+__all__ = [
+    "ACTIVE_STATES", "CLAIMABLE_STATES", "TERMINAL_STATES", "Account", "Actor", "Agent", "AgentStatus",
+    "AmbiguousTimePolicy", "ApiKey", "Event", "Flow", "FlowRun", "FlowVersion", "Log", "LogLevel",
+    "Membership", "NonexistentTimePolicy", "RECOVERY_ACTORS", "Role", "Schedule", "ScheduleKind",
+    "ScheduleStatus", "State", "StateChange", "TaskRun", "WorkQueue", "Workspace", "hash_api_key",
+    "role_allows",
+]

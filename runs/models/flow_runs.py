@@ -1,0 +1,128 @@
+"""Flow runs: one execution of a flow, and the states it moves through."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from .flows import Flow, FlowVersion
+from .schedules import Schedule
+from .workers import Agent, WorkQueue
+from .workspaces import Workspace
+
+
+class State(models.TextChoices):
+    SCHEDULED = "SCHEDULED", "Scheduled"
+    LATE = "LATE", "Late"
+    SUBMITTED = "SUBMITTED", "Submitted"
+    RUNNING = "RUNNING", "Running"
+    PAUSED = "PAUSED", "Paused"
+    CANCELLING = "CANCELLING", "Cancelling"
+    COMPLETED = "COMPLETED", "Completed"
+    FAILED = "FAILED", "Failed"
+    CANCELLED = "CANCELLED", "Cancelled"
+    CRASHED = "CRASHED", "Crashed"
+
+
+TERMINAL_STATES = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED, State.CRASHED})
+CLAIMABLE_STATES = frozenset({State.SCHEDULED, State.LATE})
+ACTIVE_STATES = frozenset({State.SUBMITTED, State.RUNNING})
+
+
+class FlowRunQuerySet(models.QuerySet):
+    def alive(self):
+        """Runs not soft-deleted."""
+        return self.filter(deleted_at__isnull=True)
+
+    def future_auto_scheduled(self, now):
+        """Auto-scheduled runs still waiting for a future start: the ones a pause deletes."""
+        return self.filter(auto_scheduled=True, state=State.SCHEDULED, scheduled_start__gt=now, start_time__isnull=True)
+
+
+class FlowRun(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="flow_runs")
+    flow = models.ForeignKey(Flow, on_delete=models.CASCADE, related_name="runs")
+    flow_version = models.ForeignKey(FlowVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
+    schedule = models.ForeignKey(Schedule, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
+    # Kept apart from the schedule FK: (flow, schedule_slug, scheduled_start) identifies an
+    # auto-scheduled run even after its schedule is deleted and re-created with the same slug.
+    schedule_slug = models.SlugField(max_length=100, blank=True)
+    parent_task_run = models.ForeignKey(
+        "runs.TaskRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="child_flow_runs"
+    )
+    name = models.CharField(max_length=200, blank=True)
+    parameters = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.SCHEDULED)
+    state_message = models.TextField(blank=True)
+    state_changed = models.DateTimeField(default=timezone.now)
+    scheduled_start = models.DateTimeField(default=timezone.now, help_text="When the run is due.")
+    auto_scheduled = models.BooleanField(default=False, help_text="Made by the scheduler, not by a person.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="created_flow_runs"
+    )
+    work_queue = models.ForeignKey(WorkQueue, null=True, blank=True, on_delete=models.SET_NULL, related_name="flow_runs")
+    agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="flow_runs")
+    start_time = models.DateTimeField(null=True, blank=True)
+    end_time = models.DateTimeField(null=True, blank=True)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    heartbeat_interval = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Seconds between this run's heartbeats; empty: heartbeats off."
+    )
+    run_count = models.PositiveIntegerField(default=0, help_text="How many times it entered RUNNING.")
+    lazarus_count = models.PositiveIntegerField(default=0, help_text="How many times Lazarus rescheduled it.")
+    pause_expires_at = models.DateTimeField(null=True, blank=True, help_text="A PAUSED run fails after this.")
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Retention: soft-deleted after this.")
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    updated = models.DateTimeField(auto_now=True)
+
+    objects = FlowRunQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["flow", "schedule_slug", "scheduled_start"],
+                condition=models.Q(auto_scheduled=True),
+                name="flowrun_auto_scheduled_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["workspace", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="flowrun_idempotency_key_unique",
+            ),
+        ]
+        indexes = [
+            # Agents poll: due runs of their queues, oldest first.
+            models.Index(
+                fields=["work_queue", "scheduled_start"],
+                condition=models.Q(state__in=["SCHEDULED", "LATE"]),
+                name="flowrun_claimable",
+            ),
+            # Zombie Killer / Lazarus: active runs by heartbeat.
+            models.Index(
+                fields=["state", "last_heartbeat"],
+                condition=models.Q(state__in=["SUBMITTED", "RUNNING", "CANCELLING", "PAUSED"]),
+                name="flowrun_active_heartbeat",
+            ),
+            models.Index(fields=["flow", "scheduled_start"], name="flowrun_flow_time"),
+            models.Index(fields=["schedule", "scheduled_start"], name="flowrun_schedule_time"),
+            models.Index(fields=["workspace", "state", "scheduled_start"], name="flowrun_workspace_state_time"),
+            models.Index(fields=["workspace", "-created"], name="flowrun_workspace_created"),
+        ]
+
+    def __str__(self):
+        return self.name or str(self.id)
+
+    @property
+    def is_terminal(self):
+        return self.state in TERMINAL_STATES
+
+    def heartbeat_age(self, now=None):
+        """Seconds since the last heartbeat (or since start when none came yet); None if not started."""
+        beat = self.last_heartbeat or self.start_time
+        if beat is None:
+            return None
+        return ((now or timezone.now()) - beat).total_seconds()

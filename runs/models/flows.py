@@ -1,0 +1,56 @@
+"""Flows and their versions."""
+
+from django.db import models, transaction
+from django.utils import timezone
+
+from .workspaces import Workspace
+
+
+class Flow(models.Model):
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="flows")
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["workspace", "name"], name="flow_name_unique")]
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def latest_version(self):
+        return self.versions.filter(is_latest=True).first()
+
+    def register_version(self, *, entrypoint, version="", parameters=None, job_env=None):
+        """Add a version and promote it to latest; earlier versions are archived."""
+        with transaction.atomic():
+            self.versions.filter(is_latest=True).update(is_latest=False, archived=True)
+            return self.versions.create(
+                entrypoint=entrypoint, version=version or "", parameters=parameters or {},
+                job_env=job_env or {}, is_latest=True,
+            )
+
+
+class FlowVersion(models.Model):
+    flow = models.ForeignKey(Flow, on_delete=models.CASCADE, related_name="versions")
+    version = models.CharField(max_length=100, blank=True, help_text="A label such as a git sha or 1.4.2.")
+    entrypoint = models.CharField(max_length=500, help_text="module:function, imported by the agent.")
+    parameters = models.JSONField(default=dict, blank=True, help_text="Default parameters of the flow.")
+    job_env = models.JSONField(
+        default=dict, blank=True, help_text="Environment variables set for every run of this version."
+    )
+    is_latest = models.BooleanField(default=False)
+    archived = models.BooleanField(default=False)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            # At most one latest version per flow, whatever the races between two registrations.
+            models.UniqueConstraint(fields=["flow"], condition=models.Q(is_latest=True), name="one_latest_version"),
+        ]
+        ordering = ["-created"]
+
+    def __str__(self):
+        return f"{self.flow.name} {self.version or self.pk}"

@@ -1,0 +1,84 @@
+"""What happened to a run: its state history and its logs."""
+
+import logging
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from .flow_runs import FlowRun, State
+from .task_runs import TaskRun
+from .workers import Agent
+from .workspaces import Workspace
+
+
+class Actor(models.TextChoices):
+    """Who changed a state. Services name themselves, so a run's history says who did what."""
+
+    USER = "user", "User"
+    AGENT = "agent", "Agent"
+    SCHEDULER = "scheduler", "Scheduler"
+    LAZARUS = "lazarus", "Lazarus"
+    ZOMBIE_KILLER = "zombie-killer", "Zombie Killer"
+    LATE_RUNS = "mark-late-runs", "Mark late runs"
+    CANCELLATION_CLEANUP = "cancellation-cleanup", "Cancellation cleanup"
+    PAUSE_EXPIRER = "fail-expired-pauses", "Fail expired pauses"
+    AGENT_MONITOR = "agent-monitor", "Agent monitor"
+    AUTOMATION = "automation", "Automation"
+    SYSTEM = "system", "System"
+
+
+# Services whose FAILED/CRASHED verdict an agent may still overturn with a late COMPLETED.
+RECOVERY_ACTORS = frozenset({Actor.ZOMBIE_KILLER, Actor.LAZARUS, Actor.AGENT_MONITOR})
+
+
+class StateChange(models.Model):
+    """One transition of a flow run (task_run empty) or of one of its task runs."""
+
+    flow_run = models.ForeignKey(FlowRun, on_delete=models.CASCADE, related_name="history")
+    task_run = models.ForeignKey(TaskRun, null=True, blank=True, on_delete=models.CASCADE, related_name="history")
+    from_state = models.CharField(max_length=12, choices=State.choices, blank=True)
+    to_state = models.CharField(max_length=12, choices=State.choices)
+    message = models.TextField(blank=True)
+    actor = models.CharField(max_length=24, choices=Actor.choices)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.SET_NULL)
+    timestamp = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["flow_run", "timestamp"], name="statechange_run_time"),
+            models.Index(fields=["task_run", "timestamp"], name="statechange_task_time"),
+        ]
+        ordering = ["timestamp", "id"]
+
+    def __str__(self):
+        return f"{self.from_state or '∅'} → {self.to_state} by {self.actor}"
+
+
+class LogLevel(models.IntegerChoices):
+    DEBUG = logging.DEBUG, "DEBUG"
+    INFO = logging.INFO, "INFO"
+    WARNING = logging.WARNING, "WARNING"
+    ERROR = logging.ERROR, "ERROR"
+    CRITICAL = logging.CRITICAL, "CRITICAL"
+
+
+class Log(models.Model):
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="logs")
+    flow_run = models.ForeignKey(FlowRun, on_delete=models.CASCADE, related_name="logs")
+    task_run = models.ForeignKey(TaskRun, null=True, blank=True, on_delete=models.CASCADE, related_name="logs")
+    level = models.PositiveSmallIntegerField(choices=LogLevel.choices, default=LogLevel.INFO)
+    message = models.TextField()
+    timestamp = models.DateTimeField(default=timezone.now)
+    source = models.CharField(max_length=24, default="agent", help_text="agent, lazarus, zombie-killer, …")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["flow_run", "timestamp"], name="log_run_time"),
+            models.Index(fields=["workspace", "source", "timestamp"], name="log_workspace_source_time"),
+        ]
+        ordering = ["timestamp", "id"]
+
+    def __str__(self):
+        return f"[{self.get_level_display()}] {self.message[:80]}"

@@ -1,0 +1,113 @@
+"""Tenancy: accounts, workspaces, memberships with roles, and API keys."""
+
+import hashlib
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Role(models.TextChoices):
+    VIEWER = "viewer", "Viewer"
+    OPERATOR = "operator", "Operator"
+    ADMIN = "admin", "Admin"
+
+
+ROLE_RANK = {Role.VIEWER: 1, Role.OPERATOR: 2, Role.ADMIN: 3}
+
+
+def role_allows(role, required):
+    """True when `role` is at least `required` (viewer < operator < admin)."""
+    return ROLE_RANK.get(role, 0) >= ROLE_RANK[required]
+
+
+class Account(models.Model):
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return self.name
+
+
+class Workspace(models.Model):
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="workspaces")
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100)
+    run_retention_days = models.PositiveIntegerField(
+        default=30, help_text="Finished runs, their logs and events are deleted after this many days."
+    )
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["account", "slug"], name="workspace_slug_unique")]
+
+    def __str__(self):
+        return f"{self.account.slug}/{self.slug}"
+
+
+class Membership(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.VIEWER)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "workspace"], name="membership_unique")]
+
+    def __str__(self):
+        return f"{self.user} is {self.role} of {self.workspace}"
+
+
+def hash_api_key(secret):
+    """The stored form of an API key. Keys are 256 random bits, so a plain SHA-256 is enough."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def usable(self, now=None):
+        now = now or timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
+        )
+
+
+class ApiKey(models.Model):
+    """A bearer key scoped to one workspace with one role. Only its hash is stored."""
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="api_keys")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="api_keys",
+        help_text="The person the key acts for; empty for a service key (an agent, a CI job).",
+    )
+    name = models.CharField(max_length=200)
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.OPERATOR)
+    prefix = models.CharField(max_length=16, db_index=True, editable=False)
+    hashed_secret = models.CharField(max_length=64, unique=True, editable=False)
+    created = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+    @classmethod
+    def issue(cls, *, workspace, name, role=Role.OPERATOR, user=None, expires_at=None):
+        """Create a key; returns (key, secret). The secret is shown once and never stored."""
+        token = secrets.token_urlsafe(32)
+        secret = f"orch_{token}"
+        key = cls.objects.create(
+            workspace=workspace, user=user, name=name, role=role, expires_at=expires_at,
+            prefix=secret[: 5 + settings.ORCHESTRATOR["API_KEY_PREFIX_LENGTH"]],
+            hashed_secret=hash_api_key(secret),
+        )
+        return key, secret
+
+    @property
+    def is_usable(self):
+        now = timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

@@ -1,0 +1,79 @@
+"""Turning local wall-clock fire times into UTC instants under a schedule's DST policy."""
+
+from datetime import timedelta, timezone as dt_timezone
+
+from runs.models import AmbiguousTimePolicy, NonexistentTimePolicy
+
+UTC = dt_timezone.utc
+
+
+def _round_trips(naive, zone, fold):
+    aware = naive.replace(tzinfo=zone, fold=fold)
+    return aware.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == naive
+
+
+def _gap_end(naive, zone):
+    """The first valid instant after the spring-forward gap that swallows `naive` (binary search, 1 s)."""
+    before = naive.replace(tzinfo=zone, fold=1).astimezone(UTC)  # read with the offset after the change
+    after = naive.replace(tzinfo=zone, fold=0).astimezone(UTC)  # read with the offset before the change
+    lo, hi = min(before, after), max(before, after)
+    lo_offset = lo.astimezone(zone).utcoffset()
+    while hi - lo > timedelta(seconds=1):
+        mid = lo + (hi - lo) / 2
+        if mid.astimezone(zone).utcoffset() == lo_offset:
+            lo = mid
+        else:
+            hi = mid
+    return hi.replace(microsecond=0)
+
+
+def localize(naive, zone, nonexistent, ambiguous):
+    """The UTC instants at which local wall time `naive` happens in `zone`, per the policies.
+
+    A time in a spring-forward gap gives no instant (skip) or the end of the gap (shift); a time
+    that happens twice when clocks fall back gives the first instant (once) or both (twice).
+    """
+    first = naive.replace(tzinfo=zone, fold=0)
+    second = naive.replace(tzinfo=zone, fold=1)
+    if first.utcoffset() == second.utcoffset():
+        return [first.astimezone(UTC)]
+    if _round_trips(naive, zone, 0) and _round_trips(naive, zone, 1):  # happens twice
+        instants = [first.astimezone(UTC), second.astimezone(UTC)]
+        instants.sort()
+        return instants if ambiguous == AmbiguousTimePolicy.TWICE else instants[:1]
+    # Never happens: inside the spring-forward gap.
+    if nonexistent == NonexistentTimePolicy.SKIP:
+        return []
+    return [_gap_end(naive, zone)]
+
+
+def collect(naive_times, zone, after, count, nonexistent, ambiguous, max_steps=100_000):
+    """The first `count` instants strictly after `after` from increasing local wall times.
+
+    Wall times map to instants almost in order; a fall-back overlap can swap neighbours, so a
+    few hours' more wall time is read past the count-th instant before sorting.
+    """
+    found = set()
+    reached_at = None
+    for step, naive in enumerate(naive_times):
+        if step >= max_steps:
+            break
+        if reached_at is not None and naive > reached_at + timedelta(hours=3):
+            break
+        for instant in localize(naive, zone, nonexistent, ambiguous):
+            if instant > after:
+                found.add(instant)
+        if reached_at is None and len(found) >= count:
+            reached_at = naive
+    return sorted(found)[:count]
+
+
+def local_naive(instant, zone):
+    """`instant` as a naive wall-clock time in `zone`."""
+    return instant.astimezone(zone).replace(tzinfo=None)
+
+
+def start_of_search(after, zone):
+    """Where to start reading wall times so that a fold's second instant is not missed."""
+    return local_naive(after, zone) - timedelta(hours=3)
+

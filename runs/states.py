@@ -1,0 +1,275 @@
+"""The orchestration rules: every state change of a flow run or task run passes through here.
+
+Two entry points, one set of rules:
+- `set_flow_run_state` / `set_task_run_state` move one run (the API, the admin, agents);
+- `transition_flow_runs` / `transition_task_runs` move every run of a queryset at once, in a
+  constant number of queries (the background services).
+
+Each change is a conditional update on the state the caller saw, so a run that moved a moment
+ago is never overwritten: the caller gets a `StaleTransition` naming both states instead. Each
+change writes a history row (who, from, to, why) and an event.
+"""
+
+from dataclasses import dataclass
+
+from django.db import models, transaction
+from django.db.models import F
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from runs.models import (
+    RECOVERY_ACTORS,
+    TERMINAL_STATES,
+    Actor,
+    Event,
+    FlowRun,
+    State,
+    StateChange,
+    TaskRun,
+)
+
+S = State
+
+# from-state -> the states a flow run may move to. Leaving a terminal state needs an explicit
+# retry (see `retry=`), or is the one late-completion case in `_late_completion_allowed`.
+FLOW_RUN_TRANSITIONS = {
+    S.SCHEDULED: {S.SCHEDULED, S.LATE, S.SUBMITTED, S.RUNNING, S.CANCELLED, S.FAILED},
+    S.LATE: {S.SCHEDULED, S.SUBMITTED, S.RUNNING, S.CANCELLED, S.FAILED},
+    S.SUBMITTED: {S.SCHEDULED, S.RUNNING, S.CANCELLING, S.CANCELLED, S.FAILED, S.CRASHED},
+    S.RUNNING: {S.SCHEDULED, S.PAUSED, S.CANCELLING, S.CANCELLED, S.COMPLETED, S.FAILED, S.CRASHED},
+    S.PAUSED: {S.SCHEDULED, S.RUNNING, S.CANCELLING, S.CANCELLED, S.FAILED, S.CRASHED},
+    S.CANCELLING: {S.CANCELLED, S.COMPLETED, S.FAILED, S.CRASHED},
+    S.COMPLETED: set(),
+    S.FAILED: set(),
+    S.CANCELLED: set(),
+    S.CRASHED: set(),
+}
+
+# Task runs are never LATE (they have no due time of their own); SCHEDULED is "waiting", also
+# for a retry after a failed attempt.
+TASK_RUN_TRANSITIONS = {
+    S.SCHEDULED: {S.SUBMITTED, S.RUNNING, S.CANCELLED, S.FAILED, S.CRASHED},
+    S.LATE: set(),
+    S.SUBMITTED: {S.RUNNING, S.CANCELLED, S.FAILED, S.CRASHED},
+    S.RUNNING: {S.SCHEDULED, S.PAUSED, S.CANCELLING, S.CANCELLED, S.COMPLETED, S.FAILED, S.CRASHED},
+    S.PAUSED: {S.RUNNING, S.CANCELLED, S.FAILED, S.CRASHED},
+    S.CANCELLING: {S.CANCELLED, S.COMPLETED, S.FAILED, S.CRASHED},
+    S.COMPLETED: set(),
+    S.FAILED: set(),
+    S.CANCELLED: set(),
+    S.CRASHED: set(),
+}
+
+# Where an explicit retry may send a finished run.
+RETRY_TARGETS = {"flow run": {S.SCHEDULED}, "task run": {S.SCHEDULED, S.RUNNING}}
+
+
+class TransitionError(Exception):
+    """A state change that the rules refuse. `code` tells the API which status to answer."""
+
+    code = "illegal_transition"
+
+    def __init__(self, message, *, current, requested):
+        super().__init__(message)
+        self.message = message
+        self.current = current
+        self.requested = requested
+
+
+class IllegalTransition(TransitionError):
+    """The rules never allow this pair of states."""
+
+
+class StaleTransition(TransitionError):
+    """The run is no longer in the state the caller saw."""
+
+    code = "stale_transition"
+
+
+@dataclass(frozen=True)
+class _Kind:
+    label: str
+    model: type
+    transitions: dict
+    event_prefix: str
+    workspace_path: str  # lookup from the row to its workspace id
+    flow_run_path: str  # lookup from the row to its flow run id
+
+
+FLOW = _Kind("flow run", FlowRun, FLOW_RUN_TRANSITIONS, "flow-run", "workspace_id", "id")
+TASK = _Kind("task run", TaskRun, TASK_RUN_TRANSITIONS, "task-run", "flow_run__workspace_id", "flow_run_id")
+
+
+def is_legal(kind_label, from_state, to_state, *, retry=False):
+    """Whether the rules allow `from_state` → `to_state` for a "flow run" or a "task run"."""
+    kind = FLOW if kind_label == "flow run" else TASK
+    if retry and from_state in TERMINAL_STATES:
+        return to_state in RETRY_TARGETS[kind.label]
+    return to_state in kind.transitions[from_state]
+
+
+def _check(kind, obj_id, from_state, to_state, retry):
+    if to_state not in S.values:
+        raise IllegalTransition(f"{to_state!r} is not a state", current=from_state, requested=to_state)
+    if not is_legal(kind.label, from_state, to_state, retry=retry):
+        hint = " (a finished run moves again only through an explicit retry)" if from_state in TERMINAL_STATES else ""
+        raise IllegalTransition(
+            f"Cannot move {kind.label} {obj_id} from {from_state} to {to_state}{hint}.",
+            current=from_state, requested=to_state,
+        )
+
+
+def _time_updates(from_state, to_state, now):
+    """Start/end bookkeeping that follows from a transition."""
+    updates = {"state": to_state, "state_changed": now}
+    if to_state == S.RUNNING:
+        updates["start_time"] = Coalesce(F("start_time"), models.Value(now))
+        updates["run_count"] = F("run_count") + 1
+    if to_state in TERMINAL_STATES:
+        updates["end_time"] = now
+    elif from_state in TERMINAL_STATES:
+        updates["end_time"] = None  # a retried run is open again
+    return updates
+
+
+def _late_completion_allowed(run_id, from_state, to_state, actor, kind):
+    """A recovery service's FAILED/CRASHED verdict may be overturned by the original agent's COMPLETED.
+
+    The reference products lost real results this way: the node was slow, not dead. Returns the
+    actor of the verdict when the exception applies, else None.
+    """
+    if not (actor == Actor.AGENT and from_state in (S.FAILED, S.CRASHED) and to_state == S.COMPLETED):
+        return None
+    lookup = {"flow_run_id": run_id, "task_run__isnull": True} if kind is FLOW else {"task_run_id": run_id}
+    last = StateChange.objects.filter(**lookup).order_by("-timestamp", "-id").values_list("actor", "to_state").first()
+    if last and last[0] in RECOVERY_ACTORS and last[1] == from_state:
+        return last[0]
+    return None
+
+
+def _history_row(kind, row_id, flow_run_id, from_state, to_state, message, actor, user, agent, now):
+    return StateChange(
+        flow_run_id=flow_run_id,
+        task_run_id=row_id if kind is TASK else None,
+        from_state=from_state or "",
+        to_state=to_state,
+        message=message,
+        actor=actor,
+        user=user,
+        agent=agent,
+        timestamp=now,
+    )
+
+
+def _event(kind, row_id, workspace_id, from_state, to_state, message, actor, now):
+    return Event(
+        workspace_id=workspace_id,
+        occurred=now,
+        name=f"{kind.event_prefix}.state.{to_state.lower()}",
+        resource={"kind": kind.event_prefix, "id": str(row_id)},
+        payload={"from": from_state, "to": to_state, "message": message, "actor": actor},
+    )
+
+
+def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, agent, now, retry, updates):
+    now = now or timezone.now()
+    from_state = expected_state or obj.state
+    late_verdict = _late_completion_allowed(obj.pk, from_state, to_state, actor, kind)
+    if late_verdict:
+        message = (message + " " if message else "") + (
+            f"Accepted a late {to_state} from the run's agent after {late_verdict} marked it {from_state}."
+        )
+    else:
+        _check(kind, obj.pk, from_state, to_state, retry)
+
+    values = _time_updates(from_state, to_state, now)
+    values["state_message"] = message
+    values.update(updates or {})
+    with transaction.atomic():
+        changed = kind.model.objects.filter(pk=obj.pk, state=from_state).update(**values)
+        if changed != 1:
+            current = kind.model.objects.filter(pk=obj.pk).values_list("state", flat=True).first()
+            if current is None:
+                raise kind.model.DoesNotExist(f"{kind.label} {obj.pk} does not exist")
+            raise StaleTransition(
+                f"Cannot move {kind.label} {obj.pk} to {to_state}: it is {current}, not {from_state} as expected.",
+                current=current, requested=to_state,
+            )
+        flow_run_id = obj.pk if kind is FLOW else obj.flow_run_id
+        workspace_id = obj.workspace_id if kind is FLOW else obj.flow_run.workspace_id
+        _history_row(kind, obj.pk, flow_run_id, from_state, to_state, message, actor, user, agent, now).save()
+        _event(kind, obj.pk, workspace_id, from_state, to_state, message, actor, now).save()
+    obj.refresh_from_db()
+    return obj
+
+
+def set_flow_run_state(run, to_state, *, actor, message="", expected_state=None, user=None, agent=None,
+                       now=None, retry=False, updates=None):
+    """Move one flow run to `to_state`, or raise IllegalTransition / StaleTransition.
+
+    `expected_state` defaults to the state on `run` as the caller loaded it. `updates` are more
+    fields written in the same conditional update (e.g. the claiming agent, a new start time).
+    """
+    return _set_state(FLOW, run, to_state, actor=actor, message=message, expected_state=expected_state,
+                      user=user, agent=agent, now=now, retry=retry, updates=updates)
+
+
+def set_task_run_state(task_run, to_state, *, actor, message="", expected_state=None, user=None, agent=None,
+                       now=None, retry=False, updates=None):
+    """Move one task run to `to_state`, or raise IllegalTransition / StaleTransition."""
+    return _set_state(TASK, task_run, to_state, actor=actor, message=message, expected_state=expected_state,
+                      user=user, agent=agent, now=now, retry=retry, updates=updates)
+
+
+def _transition_many(kind, queryset, to_state, *, actor, message, now, updates, limit, extra_fields, user):
+    allowed_from = [s for s, targets in kind.transitions.items() if to_state in targets]
+    fields = ["pk", "state", kind.workspace_path, kind.flow_run_path, *extra_fields]
+    with transaction.atomic():
+        # Rows another copy of the service holds are skipped, not waited for: that copy acts on them.
+        candidates = queryset.filter(state__in=allowed_from).select_for_update(skip_locked=True, of=("self",))
+        rows = list(candidates.order_by("pk").values(*fields)[:limit] if limit else candidates.values(*fields))
+        if not rows:
+            return []
+        by_from = {}
+        for row in rows:
+            by_from.setdefault(row["state"], []).append(row["pk"])
+        for from_state, ids in by_from.items():
+            values = _time_updates(from_state, to_state, now)
+            values.update(updates or {})
+            if isinstance(message, str):
+                values["state_message"] = message
+            kind.model.objects.filter(pk__in=ids, state=from_state).update(**values)
+        history, events = [], []
+        for row in rows:
+            text = message(row) if callable(message) else message
+            history.append(_history_row(kind, row["pk"], row[kind.flow_run_path], row["state"], to_state, text,
+                                        actor, user, None, now))
+            events.append(_event(kind, row["pk"], row[kind.workspace_path], row["state"], to_state, text, actor, now))
+        if callable(message):
+            # Per-row messages are written in one statement with a CASE over the ids.
+            whens = [models.When(pk=h.task_run_id if kind is TASK else h.flow_run_id, then=models.Value(h.message))
+                     for h in history]
+            kind.model.objects.filter(pk__in=[r["pk"] for r in rows]).update(
+                state_message=models.Case(*whens, default=models.Value(""), output_field=models.TextField())
+            )
+        StateChange.objects.bulk_create(history)
+        Event.objects.bulk_create(events)
+    return rows
+
+
+def transition_flow_runs(queryset, to_state, *, actor, message="", now=None, updates=None, limit=None,
+                         extra_fields=(), user=None):
+    """Move every flow run of `queryset` that may legally go to `to_state`; returns the rows moved.
+
+    Set-based: a constant number of queries whatever the number of runs. `message` is a string
+    or a function of the row (a dict with pk, state, workspace_id and `extra_fields`).
+    """
+    return _transition_many(FLOW, queryset, to_state, actor=actor, message=message, now=now or timezone.now(),
+                            updates=updates, limit=limit, extra_fields=extra_fields, user=user)
+
+
+def transition_task_runs(queryset, to_state, *, actor, message="", now=None, updates=None, limit=None,
+                         extra_fields=(), user=None):
+    """Move every task run of `queryset` that may legally go to `to_state`; returns the rows moved."""
+    return _transition_many(TASK, queryset, to_state, actor=actor, message=message, now=now or timezone.now(),
+                            updates=updates, limit=limit, extra_fields=extra_fields, user=user)

@@ -1,0 +1,63 @@
+"""Shared fixtures. Tests run on PostgreSQL + Redis when DATABASE_URL / REDIS_URL are set."""
+
+import os
+
+os.environ.setdefault("DEBUG", "true")
+# Playwright's sync API runs an event loop in the test thread; Django must not refuse ORM calls there.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+import pytest  # noqa: E402
+from rest_framework.test import APIClient  # noqa: E402
+
+from runs.models import Role  # noqa: E402
+from tests import factories  # noqa: E402
+
+
+@pytest.fixture
+def ws(db):
+    return factories.workspace()
+
+
+@pytest.fixture
+def other_ws(db):
+    return factories.workspace()
+
+
+@pytest.fixture
+def api():
+    """An API client; `api.as_key(secret)` sets the Bearer header."""
+    client = APIClient()
+
+    def as_key(secret):
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+        return client
+
+    client.as_key = as_key
+    return client
+
+
+@pytest.fixture
+def key_for(ws):
+    """key_for(role) -> secret of a new API key of `ws` with that role."""
+
+    def make(role=Role.OPERATOR, workspace=None):
+        return factories.api_key(workspace or ws, role=role)[1]
+
+    return make
+
+
+def api_prefix(workspace):
+    return f"/api/accounts/{workspace.account.slug}/workspaces/{workspace.slug}"
+
+
+@pytest.fixture
+def prefix(ws):
+    return api_prefix(ws)
+
+
+def pytest_report_header(config):
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
+    broker = "redis" if settings.REDIS_URL else "filesystem"
+    return f"orchestrator: database={db} broker={broker}"
