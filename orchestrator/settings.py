@@ -152,6 +152,7 @@ USE_TZ = True
 # --- Static files (whitenoise; nothing is loaded from a CDN) --------------------------------
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns about a missing root
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -207,6 +208,15 @@ REST_FRAMEWORK = {
 if DEBUG:
     REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")
 
+# The cache holds the API throttle counters, so every web process must see the same one: Redis
+# when REDIS_URL is set, else a file cache under var/ that all processes of this host share.
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+                          "KEY_PREFIX": "orchestrator"}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                          "LOCATION": str(VAR_DIR / "cache")}}
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "Orchestrator API",
     "DESCRIPTION": "Flows, schedules, runs and the agents that execute them.",
@@ -215,6 +225,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # One name for the run-state choice set, however many serializers use it.
+    "ENUM_NAME_OVERRIDES": {"RunStateEnum": "runs.models.flow_runs.State"},
 }
 
 # --- Orchestration defaults (DESIGN.md "The services") --------------------------------------
@@ -226,6 +238,44 @@ ORCHESTRATOR = {
     "RUN_RETENTION_DAYS": env_int("ORCHESTRATOR_RUN_RETENTION_DAYS", 30),
     # API keys: how many characters of the secret are shown as a public prefix.
     "API_KEY_PREFIX_LENGTH": 8,
+    # --- Recovery services (services/; README "Recovery services"). Seconds unless named. ---
+    # Heartbeat verdicts never come before this many missed beats of the run's (or agent's) interval.
+    "HEARTBEAT_MISSED_BEATS": env_int("ORCHESTRATOR_HEARTBEAT_MISSED_BEATS", 3),
+    # Most rows one pass of a recovery service moves; the next beat takes the rest.
+    "RECOVERY_BATCH_SIZE": env_int("ORCHESTRATOR_RECOVERY_BATCH_SIZE", 1000),
+    # Zombie Killer. The 2-minute profile: ZOMBIE_KILLER_THRESHOLD_SECONDS=120 (needs heartbeats
+    # every ≤ 40 s). Flow runs get a longer threshold so Lazarus may re-run them first.
+    "ZOMBIE_KILLER_LOOP_SECONDS": env_int("ORCHESTRATOR_ZOMBIE_KILLER_LOOP_SECONDS", 60),
+    "ZOMBIE_KILLER_THRESHOLD_SECONDS": env_int("ORCHESTRATOR_ZOMBIE_KILLER_THRESHOLD_SECONDS", 600),
+    "ZOMBIE_KILLER_FLOW_RUN_THRESHOLD_SECONDS": env_int("ORCHESTRATOR_ZOMBIE_KILLER_FLOW_RUN_THRESHOLD_SECONDS", 1800),
+    # Lazarus: RUNNING runs with no active task runs and no progress for the grace; SUBMITTED runs
+    # that never started within the starting grace. At most LAZARUS_MAX_RESCHEDULES, then FAILED.
+    "LAZARUS_LOOP_SECONDS": env_int("ORCHESTRATOR_LAZARUS_LOOP_SECONDS", 600),
+    "LAZARUS_GRACE_SECONDS": env_int("ORCHESTRATOR_LAZARUS_GRACE_SECONDS", 600),
+    "LAZARUS_STARTING_GRACE_SECONDS": env_int("ORCHESTRATOR_LAZARUS_STARTING_GRACE_SECONDS", 600),
+    "LAZARUS_MAX_RESCHEDULES": env_int("ORCHESTRATOR_LAZARUS_MAX_RESCHEDULES", 10),
+    # mark-late-runs: SCHEDULED runs past scheduled start + grace become LATE.
+    "LATE_RUNS_LOOP_SECONDS": env_int("ORCHESTRATOR_LATE_RUNS_LOOP_SECONDS", 5),
+    "LATE_RUNS_GRACE_SECONDS": env_int("ORCHESTRATOR_LATE_RUNS_GRACE_SECONDS", 15),
+    # cancellation-cleanup: a CANCELLING run silent this long (own or agent heartbeat) → CANCELLED.
+    "CANCELLATION_CLEANUP_LOOP_SECONDS": env_int("ORCHESTRATOR_CANCELLATION_CLEANUP_LOOP_SECONDS", 20),
+    "CANCELLING_THRESHOLD_SECONDS": env_int("ORCHESTRATOR_CANCELLING_THRESHOLD_SECONDS", 300),
+    # fail-expired-pauses and agent-monitor loops.
+    "PAUSE_EXPIRER_LOOP_SECONDS": env_int("ORCHESTRATOR_PAUSE_EXPIRER_LOOP_SECONDS", 30),
+    "AGENT_MONITOR_LOOP_SECONDS": env_int("ORCHESTRATOR_AGENT_MONITOR_LOOP_SECONDS", 30),
+    # Towel: a lease (SQLite) expires after this if its holder died; ledger rows kept this long.
+    "TOWEL_LEASE_SECONDS": env_int("ORCHESTRATOR_TOWEL_LEASE_SECONDS", 600),
+    "TOWEL_LEDGER_RETENTION_DAYS": env_int("ORCHESTRATOR_TOWEL_LEDGER_RETENTION_DAYS", 7),
+    # A service is unhealthy when it has not succeeded within this many of its intervals.
+    "TOWEL_UNHEALTHY_INTERVALS": env_int("ORCHESTRATOR_TOWEL_UNHEALTHY_INTERVALS", 3),
+    # Agents: the largest log batch one request may carry (bytes; bigger → 413), and the most runs
+    # one poll may claim.
+    "AGENT_LOG_BATCH_MAX_BYTES": env_int("ORCHESTRATOR_AGENT_LOG_BATCH_MAX_BYTES", 1_048_576),
+    "AGENT_CLAIM_MAX_RUNS": env_int("ORCHESTRATOR_AGENT_CLAIM_MAX_RUNS", 200),
+    # API throttling ("N/second|minute|hour|day"; empty turns it off). Failed key checks count per
+    # client address; list/create-run and log endpoints count per API key.
+    "THROTTLE_FAILED_AUTH_RATE": os.environ.get("ORCHESTRATOR_THROTTLE_FAILED_AUTH_RATE", "300/minute"),
+    "THROTTLE_EXPENSIVE_RATE": os.environ.get("ORCHESTRATOR_THROTTLE_EXPENSIVE_RATE", "6000/minute"),
 }
 
 LOGGING = {

@@ -230,28 +230,25 @@ def _transition_many(kind, queryset, to_state, *, actor, message, now, updates, 
         rows = list(candidates.order_by("pk").values(*fields)[:limit] if limit else candidates.values(*fields))
         if not rows:
             return []
+        texts = {row["pk"]: message(row) if callable(message) else message for row in rows}
+        if callable(message):
+            # Per-row messages go into the same UPDATE, as a CASE over the ids.
+            state_message = models.Case(*[models.When(pk=pk, then=models.Value(text)) for pk, text in texts.items()],
+                                        default=models.Value(""), output_field=models.TextField())
+        else:
+            state_message = message
         by_from = {}
         for row in rows:
             by_from.setdefault(row["state"], []).append(row["pk"])
         for from_state, ids in by_from.items():
             values = _time_updates(from_state, to_state, now)
+            values["state_message"] = state_message
             values.update(updates or {})
-            if isinstance(message, str):
-                values["state_message"] = message
             kind.model.objects.filter(pk__in=ids, state=from_state).update(**values)
-        history, events = [], []
-        for row in rows:
-            text = message(row) if callable(message) else message
-            history.append(_history_row(kind, row["pk"], row[kind.flow_run_path], row["state"], to_state, text,
-                                        actor, user, None, now))
-            events.append(_event(kind, row["pk"], row[kind.workspace_path], row["state"], to_state, text, actor, now))
-        if callable(message):
-            # Per-row messages are written in one statement with a CASE over the ids.
-            whens = [models.When(pk=h.task_run_id if kind is TASK else h.flow_run_id, then=models.Value(h.message))
-                     for h in history]
-            kind.model.objects.filter(pk__in=[r["pk"] for r in rows]).update(
-                state_message=models.Case(*whens, default=models.Value(""), output_field=models.TextField())
-            )
+        history = [_history_row(kind, row["pk"], row[kind.flow_run_path], row["state"], to_state, texts[row["pk"]],
+                                actor, user, None, now) for row in rows]
+        events = [_event(kind, row["pk"], row[kind.workspace_path], row["state"], to_state, texts[row["pk"]], actor, now)
+                  for row in rows]
         StateChange.objects.bulk_create(history)
         Event.objects.bulk_create(events)
     return rows
