@@ -201,6 +201,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "runs.api.pagination.PagePagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "runs.api.errors.exception_handler",
+    "DEFAULT_PARSER_CLASSES": ["runs.api.parsers.StrictJSONParser", "rest_framework.parsers.FormParser",
+                               "rest_framework.parsers.MultiPartParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",

@@ -1,15 +1,21 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from orchestrator.health import healthz
+from runs.api.meta import api_not_found
 
 urlpatterns = [
-    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("", RedirectView.as_view(url="/dashboard/", permanent=False)),
+    path("dashboard/", include("runs.dashboard.urls")),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(permission_classes=[]), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema", permission_classes=[]), name="api-docs"),
     path("api/", include("runs.api.urls")),
+    # Last: an /api/ URL that no route matched answers in the API's JSON error form.
+    re_path(r"^api/", api_not_found),
 ]
+
+handler500 = "runs.api.meta.api_server_error"

@@ -6,6 +6,7 @@ behaves the same whichever door it was touched through.
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Count, Exists, Max, OuterRef, Q
 from django.utils import timezone
 
 from runs.models import (
@@ -18,8 +19,12 @@ from runs.models import (
     StateChange,
     WorkQueue,
 )
+from runs.scheduled_runs import ScheduledRunWriter, missed_fire_times
+from runs.states import transition_flow_runs
 
 DEFAULT_QUEUE = "default"
+# How many recently edited schedules one scheduler pass re-checks for runs of an old definition.
+EDIT_RECHECK_LIMIT = 200
 
 
 def runs_ahead():
@@ -47,51 +52,137 @@ def schedule_future_runs(schedules, now, count=None):
     Set-based: a fixed number of queries whatever the number of schedules. Safe to run in
     parallel: the unique (flow, schedule slug, scheduled start) constraint plus an insert that
     ignores conflicts means two copies never create the same run twice, and no lock is held
-    that a crash could leave behind. Never creates a run in the past.
+    that a crash could leave behind. Never creates a run in the past, except the missed runs a
+    schedule's catch-up setting asks for (see `catch_up_since`).
     """
     count = runs_ahead() if count is None else count
     schedules = [s for s in schedules if s.status == ScheduleStatus.ACTIVE]
-    if not schedules:
+    if not schedules or count <= 0:
         return 0
-    flow_ids = {s.flow_id for s in schedules}
+    # Schedules that already have their `count` future runs cost nothing more than this one
+    # aggregate: the second pass right after the first reads it and stops.
+    future = _future_run_counts(schedules, now)
+    short = [s for s in schedules if future.get((s.flow_id, s.slug), 0) < count]
+    if not short:
+        return 0
+    flow_ids = {s.flow_id for s in short}
     latest = dict(FlowVersion.objects.filter(flow_id__in=flow_ids, is_latest=True).values_list("flow_id", "id"))
-    workspaces = {s.flow_id: s.flow.workspace_id for s in schedules}
-    queues = default_queues(set(workspaces.values()))
-    existing = set(
-        FlowRun.objects.filter(
-            flow_id__in=flow_ids, auto_scheduled=True, scheduled_start__gt=now,
-            schedule_slug__in={s.slug for s in schedules},
-        ).values_list("flow_id", "schedule_slug", "scheduled_start")
+    workspaces = {s.flow_id: s.flow.workspace_id for s in short}
+    queues = default_queues({workspaces[s.flow_id] for s in short if s.work_queue_id is None})
+    since = catch_up_since([s for s in short if s.catchup_max_runs], now)
+    writer = ScheduledRunWriter(now)
+    for schedule in short:
+        times = schedule.next_fire_times(now, count)
+        if schedule.catchup_max_runs:
+            times = missed_fire_times(schedule, since[schedule.pk], now, schedule.catchup_max_runs) + times
+        workspace_id = workspaces[schedule.flow_id]
+        writer.add(schedule, workspace_id=workspace_id, flow_version_id=latest.get(schedule.flow_id),
+                   work_queue_id=schedule.work_queue_id or queues[workspace_id].id, times=times)
+    return writer.insert()
+
+
+def _future_run_counts(schedules, now):
+    """{(flow_id, slug): number of future auto-scheduled runs}, in one query."""
+    future = FlowRun.objects.filter(auto_scheduled=True, scheduled_start__gt=now)
+    # A short list is looked up by flow; the service's pass over every schedule reads all future
+    # runs, which an IN list of thousands of ids would only slow down.
+    if len(schedules) <= 500:
+        future = future.filter(flow_id__in={s.flow_id for s in schedules})
+    rows = future.values_list("flow_id", "schedule_slug").annotate(n=Count("id")).order_by()
+    return {(flow_id, slug): n for flow_id, slug, n in rows}
+
+
+def catch_up_since(schedules, now):
+    """{schedule id: the instant after which fire times count as missed}, in one query.
+
+    A fire time is missed when it is after the schedule's latest auto-scheduled run (whatever
+    that run's state) and not after `now`. A schedule that never had a run misses nothing from
+    before it was created: catch-up never back-fills history the schedule did not live through.
+    """
+    if not schedules:
+        return {}
+    rows = (
+        FlowRun.objects.filter(auto_scheduled=True, flow_id__in={s.flow_id for s in schedules},
+                               schedule_slug__in={s.slug for s in schedules}, scheduled_start__lte=now)
+        .values_list("flow_id", "schedule_slug").annotate(last=Max("scheduled_start")).order_by()
     )
-    new_runs = []
-    for schedule in schedules:
-        for when in schedule.next_fire_times(now, count):
-            if (schedule.flow_id, schedule.slug, when) in existing:
-                continue
-            new_runs.append(
-                FlowRun(
-                    workspace_id=workspaces[schedule.flow_id],
-                    flow_id=schedule.flow_id,
-                    flow_version_id=latest.get(schedule.flow_id),
-                    schedule=schedule,
-                    schedule_slug=schedule.slug,
-                    name=f"{schedule.slug}-{when:%Y%m%d-%H%M%S}",
-                    parameters=schedule.parameters,
-                    state=State.SCHEDULED,
-                    state_changed=now,
-                    scheduled_start=when,
-                    auto_scheduled=True,
-                    work_queue_id=schedule.work_queue_id or queues[workspaces[schedule.flow_id]].id,
-                    created=now,
-                )
-            )
-    FlowRun.objects.bulk_create(new_runs, ignore_conflicts=True, batch_size=2000)
-    return len(new_runs)
+    latest = {(flow_id, slug): last for flow_id, slug, last in rows}
+    return {s.pk: max(latest.get((s.flow_id, s.slug), s.created), s.created) for s in schedules}
+
+
+def cancel_superseded_late_runs(now):
+    """For schedules that run only the newest when late: cancel the older overdue runs.
+
+    An overdue run is auto-scheduled, SCHEDULED or LATE, not started, and due at or before `now`.
+    Of a schedule's overdue runs only the newest is kept; the older ones are cancelled through
+    the state machine (actor: scheduler) with a message saying why. Set-based.
+    """
+    overdue = FlowRun.objects.filter(
+        auto_scheduled=True, state__in=[State.SCHEDULED, State.LATE], start_time__isnull=True,
+        scheduled_start__lte=now, deleted_at__isnull=True,
+    )
+    newer = overdue.filter(flow_id=OuterRef("flow_id"), schedule_slug=OuterRef("schedule_slug"),
+                           scheduled_start__gt=OuterRef("scheduled_start"))
+    superseded = overdue.filter(schedule__only_newest_when_late=True).filter(Exists(newer))
+
+    def why(row):
+        return (f"Cancelled by the scheduler: schedule '{row['schedule_slug']}' runs only the newest of its "
+                f"late runs, and a newer one is due; this one was due at {row['scheduled_start']:%Y-%m-%d %H:%M:%S} UTC.")
+
+    return transition_flow_runs(superseded, State.CANCELLED, actor=Actor.SCHEDULER, message=why, now=now,
+                                extra_fields=("schedule_slug", "scheduled_start"))
 
 
 def future_runs_to_delete(schedule, now=None):
-    """The runs a pause of `schedule` would delete: future, auto-scheduled, not started."""
-    return FlowRun.objects.filter(schedule=schedule).future_auto_scheduled(now or timezone.now())
+    """The runs a pause of `schedule` would delete: future, auto-scheduled, not started.
+
+    Matched by (flow, schedule slug), the identity of an auto-scheduled run, so the runs of a
+    deleted and re-created schedule with the same slug are its runs too.
+    """
+    runs = FlowRun.objects.filter(flow_id=schedule.flow_id, schedule_slug=schedule.slug)
+    return runs.future_auto_scheduled(now or timezone.now())
+
+
+def delete_runs_of_paused_schedules(now):
+    """Delete future not-started auto-scheduled runs of PAUSED schedules; returns how many.
+
+    Closes the race of a pause landing while a scheduler pass that still saw the schedule
+    ACTIVE was inserting its runs: the next pass removes what that insert left behind.
+    """
+    stale = FlowRun.objects.filter(schedule__status=ScheduleStatus.PAUSED).future_auto_scheduled(now)
+    deleted, _ = stale.delete()
+    return deleted
+
+
+def delete_stale_runs_of_edited_schedules(schedules, now, edited_since):
+    """Delete future not-started runs that no longer match schedules edited after `edited_since`.
+
+    An edit already replaces its stale runs in its own request; this closes the race of a pass
+    that read the schedule before the edit and inserted runs of the old definition after it.
+    One query whatever the number of schedules; returns how many runs were deleted.
+    """
+    edited = sorted((s for s in schedules if s.updated >= edited_since), key=lambda s: s.updated, reverse=True)
+    # Bounded work per pass, newest edits first: a bulk import of thousands of schedules must not
+    # turn one pass into thousands of fire-time computations and one giant statement.
+    edited = edited[:EDIT_RECHECK_LIMIT]
+    if not edited:
+        return 0
+    matching = Q(pk__in=[])
+    for schedule in edited:
+        matching |= Q(schedule_id=schedule.pk, schedule_slug=schedule.slug,
+                      scheduled_start__in=schedule.next_fire_times(now, runs_ahead()))
+    stale = FlowRun.objects.filter(schedule_id__in=[s.pk for s in edited]).future_auto_scheduled(now)
+    deleted, _ = stale.exclude(matching).delete()
+    return deleted
+
+
+def delete_schedule(schedule, now=None):
+    """Delete `schedule` with its future not-started auto-scheduled runs; past and manual runs stay."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        deleted, _ = future_runs_to_delete(schedule, now).delete()
+        schedule.delete()
+    return deleted
 
 
 def pause_schedule(schedule, now=None):
@@ -162,6 +253,9 @@ def reschedule_after_edit(schedule, now=None):
     wanted = schedule.next_fire_times(now, runs_ahead())
     with transaction.atomic():
         future.exclude(scheduled_start__in=wanted).delete()
+        # A renamed schedule's runs under its old slug no longer belong to it.
+        FlowRun.objects.filter(schedule=schedule).exclude(schedule_slug=schedule.slug).future_auto_scheduled(now).delete()
         queue_id = schedule.work_queue_id or default_queues([schedule.flow.workspace_id])[schedule.flow.workspace_id].id
-        future.update(parameters=schedule.parameters, work_queue_id=queue_id)
+        # Kept runs follow the edit, and a re-created schedule adopts the runs of its slug.
+        future.update(parameters=schedule.parameters, work_queue_id=queue_id, schedule=schedule)
     return schedule_future_runs([schedule], now)

@@ -41,3 +41,6 @@ def all_services():
 def load_all():
     """Import every service module so that its @register runs."""
     from services import scheduler  # noqa: F401
+    from services import (  # noqa: F401
+        agent_monitor, cancellation_cleanup, late_runs, lazarus, pause_expirer, zombie_killer,
+    )

@@ -1,11 +1,172 @@
-"""Towel: the layer every maintenance routine runs through."""
+"""Towel: the layer every maintenance routine runs through.
 
+`run(name)` takes the service's lock (overlapping beats skip instead of piling up), times the
+pass, writes one `ServicePass` ledger row, and on failure logs the traceback and emits a
+`service.failed` event. `health_report(now)` turns the ledger into a verdict per service.
+
+The lock cannot outlive a crash: on PostgreSQL it is a session advisory lock, released by the
+server when the connection dies; elsewhere it is a `ServiceLease` row that expires.
+"""
+
+import hashlib
+import logging
+import time
+import traceback
+import uuid
+from contextlib import contextmanager
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Max, OuterRef, Subquery
 from django.utils import timezone
 
 from services import registry
+from services.models import ServiceLease, ServicePass
+
+logger = logging.getLogger(__name__)
+
+PERIODIC_TASK_PREFIX = "service: "
+
+
+def _config(key):
+    return settings.ORCHESTRATOR[key]
+
+
+def _advisory_key(name):
+    # A stable signed 64-bit key per service name (Python's hash() changes between processes).
+    return int.from_bytes(hashlib.sha256(f"towel:{name}".encode()).digest()[:8], "big", signed=True)
+
+
+@contextmanager
+def _advisory_lock(name):
+    key = _advisory_key(name)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+        acquired = cursor.fetchone()[0]
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+            except DatabaseError:
+                # The connection died with the pass; the server already freed its locks.
+                logger.warning("Could not release the lock of %s; the connection is gone.", name)
+
+
+@contextmanager
+def _lease(name, now):
+    holder = uuid.uuid4().hex
+    expires = now + timedelta(seconds=_config("TOWEL_LEASE_SECONDS"))
+    with transaction.atomic():
+        ServiceLease.objects.get_or_create(service=name, defaults={"expires": now - timedelta(seconds=1)})
+        # Conditional: only a free or expired lease is taken, so two takers never both succeed.
+        acquired = ServiceLease.objects.filter(service=name, expires__lte=now).update(holder=holder, expires=expires) == 1
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            ServiceLease.objects.filter(service=name, holder=holder).update(holder="", expires=now)
+
+
+def service_lock(name, now):
+    """Context manager yielding True when this process may run service `name` now."""
+    if connection.vendor == "postgresql":
+        return _advisory_lock(name)
+    return _lease(name, now)
+
+
+def items_touched(summary):
+    """The number of rows a pass changed: the sum of the whole numbers in its summary."""
+    if isinstance(summary, dict):
+        return sum(v for v in summary.values() if isinstance(v, int) and not isinstance(v, bool))
+    return 0
+
+
+def _emit_failure_events(name, now, message):
+    # Services are global, so a failed pass concerns every workspace: each gets the event its
+    # automations and dashboard can see.
+    from runs.models import Event, Workspace
+
+    Event.objects.bulk_create(
+        Event(workspace_id=ws_id, occurred=now, name="service.failed",
+              resource={"kind": "service", "id": name}, payload={"error": message})
+        for ws_id in Workspace.objects.values_list("id", flat=True)
+    )
 
 
 def run(name, now=None):
-    """Run one pass of service `name` and return its summary."""
+    """Run one pass of service `name` through its lock; returns its summary, or why it did not run."""
     service = registry.get(name)
-    return service.run_once(now or timezone.now())
+    now = now or timezone.now()
+    with service_lock(name, now) as acquired:
+        if not acquired:
+            logger.info("Skipped %s: another pass is still running.", name)
+            return {"skipped": "another pass is running"}
+        started = time.perf_counter()
+        try:
+            summary = service.run_once(now)
+        except Exception as exc:
+            duration_ms = int((time.perf_counter() - started) * 1000)
+            trace = traceback.format_exc()
+            logger.exception("Service %s failed after %d ms", name, duration_ms)
+            ServicePass.objects.create(service=name, started=now, duration_ms=duration_ms, ok=False, error=trace)
+            _emit_failure_events(name, now, f"{type(exc).__name__}: {exc}")
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        duration_ms = int((time.perf_counter() - started) * 1000)
+        summary = summary if isinstance(summary, dict) else {}
+        ServicePass.objects.create(service=name, started=now, duration_ms=duration_ms,
+                                   items=items_touched(summary), summary=summary, ok=True)
+        retention = now - timedelta(days=_config("TOWEL_LEDGER_RETENTION_DAYS"))
+        ServicePass.objects.filter(service=name, started__lt=retention).delete()
+        return summary
+
+
+def intervals(services):
+    """Seconds between passes per service name: the PeriodicTask's interval if any, else the default."""
+    from django_celery_beat.models import PeriodicTask
+
+    seconds = {name: service.interval_seconds for name, service in services.items()}
+    enabled = dict.fromkeys(services, True)
+    per_period = {"days": 86400, "hours": 3600, "minutes": 60, "seconds": 1, "microseconds": 1e-6}
+    tasks = PeriodicTask.objects.filter(name__in=[PERIODIC_TASK_PREFIX + n for n in services]).select_related("interval")
+    for task in tasks:
+        name = task.name[len(PERIODIC_TASK_PREFIX):]
+        enabled[name] = task.enabled
+        if task.interval is not None:
+            seconds[name] = max(1, int(task.interval.every * per_period.get(task.interval.period, 1)))
+    return seconds, enabled
+
+
+def health_report(now):
+    """Per service: healthy, last success, last error (its last line) and when, interval seconds.
+
+    A service is unhealthy when it has not succeeded within TOWEL_UNHEALTHY_INTERVALS (3) of its
+    intervals. A service whose PeriodicTask an admin disabled is reported but not judged.
+    """
+    services = registry.all_services()
+    seconds, enabled = intervals(services)
+    successes = dict(ServicePass.objects.filter(ok=True, service__in=services).values("service")
+                     .annotate(last=Max("started")).values_list("service", "last"))
+    latest_failure = (ServicePass.objects.filter(ok=False, service=OuterRef("service"))
+                      .order_by("-started", "-id").values("id")[:1])
+    failures = {row.service: row for row in ServicePass.objects.filter(
+        ok=False, service__in=services, id=Subquery(latest_failure)).only("service", "started", "error")}
+    report = {}
+    for name in services:
+        last_success = successes.get(name)
+        failure = failures.get(name)
+        window = timedelta(seconds=seconds[name] * _config("TOWEL_UNHEALTHY_INTERVALS"))
+        healthy = not enabled[name] or (last_success is not None and last_success >= now - window)
+        last_line = failure.error.strip().splitlines()[-1] if failure and failure.error.strip() else None
+        report[name] = {
+            "healthy": healthy,
+            "enabled": enabled[name],
+            "last_success": last_success.isoformat() if last_success else None,
+            "last_error": last_line,
+            "last_error_at": failure.started.isoformat() if failure else None,
+            "interval_seconds": seconds[name],
+        }
+    return report

@@ -61,3 +61,21 @@ def pytest_report_header(config):
     db = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
     broker = "redis" if settings.REDIS_URL else "filesystem"
     return f"orchestrator: database={db} broker={broker}"
+
+
+@pytest.fixture
+def periodic_tasks(db):
+    """The beat rows the services' data migrations create, present even after a transactional
+    test elsewhere flushed the database (a flush empties tables that migrations filled)."""
+    import importlib
+    import pkgutil
+
+    from django.apps import apps
+
+    import services.migrations
+    from services.migrations._periodic import periodic_task_adder
+
+    for module in pkgutil.iter_modules(services.migrations.__path__):
+        migration = importlib.import_module(f"services.migrations.{module.name}")
+        if hasattr(migration, "SERVICES"):
+            periodic_task_adder(migration.SERVICES)(apps, None)

@@ -9,6 +9,8 @@ from rest_framework import authentication, exceptions
 
 from runs.models import ApiKey, hash_api_key
 
+from .throttles import FailedAuthenticationLimiter
+
 # Writing last_used_at on every request would turn each heartbeat into two writes; once a minute
 # is precise enough for "when was this key last used".
 LAST_USED_PRECISION = timedelta(seconds=60)
@@ -40,7 +42,10 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         header = authentication.get_authorization_header(request).decode("latin-1").split()
         if not header or header[0] != self.keyword:
             return None
+        limiter = FailedAuthenticationLimiter(request)
+        limiter.check()
         if len(header) != 2:
+            limiter.record_failure()
             raise exceptions.AuthenticationFailed("Send the key as 'Authorization: Bearer <key>'.")
         now = timezone.now()
         key = (
@@ -49,6 +54,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             .first()
         )
         if key is None or not key.is_usable:
+            limiter.record_failure()
             raise exceptions.AuthenticationFailed("This API key is unknown, revoked or expired.")
         if key.last_used_at is None or key.last_used_at < now - LAST_USED_PRECISION:
             ApiKey.objects.filter(pk=key.pk).filter(

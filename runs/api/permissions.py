@@ -31,6 +31,8 @@ class WorkspaceRolePermission(permissions.BasePermission):
     """
 
     def has_permission(self, request, view):
+        if any("\x00" in value for values in request.query_params.lists() for value in values[1]):
+            raise exceptions.ParseError("Query parameters must not contain NUL characters.")
         if "workspace" not in view.kwargs:
             return bool(request.user and request.user.is_authenticated)
         if not (request.user and request.user.is_authenticated):

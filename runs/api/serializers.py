@@ -1,6 +1,7 @@
 """Serializers of the public API."""
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.utils import timezone
 from rest_framework import serializers
 from timezone_field.rest_framework import TimeZoneSerializerField
 
@@ -44,18 +45,34 @@ class ScheduleSerializer(serializers.ModelSerializer):
                                        allow_null=True)
     timezone = TimeZoneSerializerField(use_pytz=False, required=False)
     description_text = serializers.SerializerMethodField(help_text="When it fires, in words.")
+    next_runs = serializers.SerializerMethodField(
+        help_text="On a single schedule: its next 10 fire times (UTC and local), computed from its definition.")
 
     class Meta:
         model = Schedule
         fields = [
             "id", "flow", "slug", "description", "kind", "interval_seconds", "anchor", "cron", "rrule",
             "calendar", "timezone", "dst_nonexistent", "dst_ambiguous", "status", "parameters", "work_queue",
-            "catchup_max_runs", "only_newest_when_late", "created", "updated", "description_text",
+            "catchup_max_runs", "only_newest_when_late", "created", "updated", "description_text", "next_runs",
         ]
         read_only_fields = ["status", "created", "updated"]
+        # Uniqueness of (flow, slug) is checked in validate(), so the error names the slug field.
+        validators = []
 
     def get_description_text(self, schedule) -> str:
         return schedule.describe()
+
+    def get_next_runs(self, schedule) -> list[dict] | None:
+        if not self.context.get("with_next_runs"):
+            return None
+        return self.fire_times_data(schedule, timezone.now(), 10)
+
+    @staticmethod
+    def fire_times_data(schedule, after, count):
+        """The next `count` fire times of `schedule` after `after`, each in UTC and in its own zone."""
+        zone = schedule.timezone
+        return [{"utc": when.isoformat().replace("+00:00", "Z"), "local": when.astimezone(zone).isoformat()}
+                for when in schedule.next_fire_times(after, count)]
 
     def validate(self, attrs):
         instance = Schedule(**{**self._current_values(), **attrs})

@@ -1,13 +1,21 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from . import views
+from . import flow_runs, flows, logs, members, meta, task_runs, views, work_queues
 
 router = SimpleRouter()
-router.register("flows", views.FlowViewSet, basename="flow")
+router.register("flows", flows.FlowViewSet, basename="flow")
 router.register("schedules", views.ScheduleViewSet, basename="schedule")
-router.register("flow_runs", views.FlowRunViewSet, basename="flow-run")
+router.register("flow_runs", flow_runs.FlowRunViewSet, basename="flow-run")
+router.register("task_runs", task_runs.TaskRunViewSet, basename="task-run")
+router.register("logs", logs.LogViewSet, basename="log")
+router.register("work_queues", work_queues.WorkQueueViewSet, basename="work-queue")
+router.register("agents", work_queues.AgentViewSet, basename="agent-read")
+router.register("members", members.MemberViewSet, basename="member")
+router.register("api_keys", members.ApiKeyViewSet, basename="api-key")
 
 urlpatterns = [
     path("accounts/<slug:account>/workspaces/<slug:workspace>/", include(router.urls)),
+    path("accounts/<slug:account>/workspaces/<slug:workspace>/ping", meta.PingView.as_view(), name="ping"),
+    path("accounts/<slug:account>/workspaces/<slug:workspace>/agent/", include("runs.api.agents")),
 ]

@@ -2,15 +2,15 @@
 
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, viewsets
+from rest_framework import viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
-from runs.models import Flow, FlowRun, Role, Schedule
-from runs.scheduling import pause_schedule, reschedule_after_edit, resume_schedule, schedule_future_runs
+from runs.models import Role, Schedule
+from runs.scheduling import delete_schedule, pause_schedule, reschedule_after_edit, resume_schedule
 
 from . import serializers
-from .pagination import RunCursorPagination
 
 
 class WorkspaceScoped:
@@ -22,24 +22,45 @@ class WorkspaceScoped:
         return super().get_queryset().filter(**{self.workspace_field: self.request.workspace})
 
 
-class FlowViewSet(WorkspaceScoped, viewsets.ReadOnlyModelViewSet):
-    queryset = Flow.objects.prefetch_related("versions").order_by("name")
-    serializer_class = serializers.FlowSerializer
-
-
 class ScheduleViewSet(WorkspaceScoped, viewsets.ModelViewSet):
     queryset = Schedule.objects.select_related("flow", "work_queue").order_by("flow__name", "slug")
     serializer_class = serializers.ScheduleSerializer
     workspace_field = "flow__workspace"
-    action_roles = {"pause": Role.OPERATOR, "resume": Role.OPERATOR}
+    action_roles = {"pause": Role.OPERATOR, "resume": Role.OPERATOR, "preview": Role.VIEWER}
+    preview_default, preview_max = 10, 100
+
+    def get_serializer_context(self):
+        # Only one schedule's page shows its next fire times: a list would compute them per row.
+        return {**super().get_serializer_context(), "with_next_runs": self.action == "retrieve"}
 
     def perform_create(self, serializer):
         schedule = serializer.save()
-        schedule_future_runs([schedule], timezone.now())
+        # Also adopts the future runs of a deleted schedule that had this slug, instead of duplicating them.
+        reschedule_after_edit(schedule, timezone.now())
 
     def perform_update(self, serializer):
         schedule = serializer.save()
         reschedule_after_edit(schedule, timezone.now())
+
+    def perform_destroy(self, schedule):
+        delete_schedule(schedule, timezone.now())
+
+    @extend_schema(request=serializers.ScheduleSerializer, responses=dict)
+    @action(detail=False, methods=["post"])
+    def preview(self, request, *args, **kwargs):
+        """The next `count` (default 10, at most 100) fire times of a schedule definition, without saving it."""
+        serializer = self.get_serializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        count = request.data.get("count", self.preview_default)
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= self.preview_max:
+            raise ValidationError({"count": [f"count must be a whole number from 1 to {self.preview_max}."]})
+        fields = {k: v for k, v in serializer.validated_data.items() if k not in {"flow", "work_queue"}}
+        schedule = Schedule(**{"kind": Schedule._meta.get_field("kind").default, **fields})
+        return Response({
+            "description_text": schedule.describe(),
+            "timezone": str(schedule.timezone),
+            "next_runs": serializers.ScheduleSerializer.fire_times_data(schedule, timezone.now(), count),
+        })
 
     @extend_schema(request=None, responses=serializers.ScheduleSerializer)
     @action(detail=True, methods=["post"])
@@ -56,20 +77,3 @@ class ScheduleViewSet(WorkspaceScoped, viewsets.ModelViewSet):
         schedule = self.get_object()
         created = resume_schedule(schedule)
         return Response({**self.get_serializer(schedule).data, "runs_created": created})
-
-
-class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    queryset = FlowRun.objects.alive().select_related("flow", "work_queue", "agent", "created_by")
-    pagination_class = RunCursorPagination
-
-    def get_serializer_class(self):
-        return serializers.FlowRunDetailSerializer if self.action == "retrieve" else serializers.FlowRunSerializer
-
-    def get_queryset(self):
-        queryset = super().get_queryset()
-        if self.action == "retrieve":
-            queryset = queryset.prefetch_related("history__user", "history__agent")
-        state = self.request.query_params.get("state")
-        if state:
-            queryset = queryset.filter(state__in=[s.strip().upper() for s in state.split(",")])
-        return queryset

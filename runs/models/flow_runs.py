@@ -107,6 +107,10 @@ class FlowRun(models.Model):
                 condition=models.Q(state__in=["SUBMITTED", "RUNNING", "CANCELLING", "PAUSED"]),
                 name="flowrun_active_heartbeat",
             ),
+            # mark-late-runs: SCHEDULED runs by due time, whatever their queue.
+            models.Index(
+                fields=["scheduled_start"], condition=models.Q(state="SCHEDULED"), name="flowrun_scheduled_due"
+            ),
             models.Index(fields=["flow", "scheduled_start"], name="flowrun_flow_time"),
             models.Index(fields=["schedule", "scheduled_start"], name="flowrun_schedule_time"),
             models.Index(fields=["workspace", "state", "scheduled_start"], name="flowrun_workspace_state_time"),

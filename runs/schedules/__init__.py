@@ -6,13 +6,16 @@ from django.core.exceptions import ValidationError
 
 from runs.models import ScheduleKind
 
-from . import cron, interval, rrule
+from . import calendar, cron, interval, rrule
 
 KINDS = {
     ScheduleKind.INTERVAL: interval,
     ScheduleKind.CRON: cron,
     ScheduleKind.RRULE: rrule,
+    ScheduleKind.CALENDAR: calendar,
 }
+# Catch-up after downtime creates at most this many past runs per schedule, whatever is asked.
+MAX_CATCHUP_RUNS = 1000
 
 
 def _kind_module(schedule):
@@ -33,6 +36,8 @@ def validate_schedule(schedule):
             errors["timezone"] = f"{zone!r} is not an IANA time zone such as 'Europe/London'."
     elif zone is None:
         errors["timezone"] = "A schedule needs a time zone."
+    if (schedule.catchup_max_runs or 0) > MAX_CATCHUP_RUNS:
+        errors["catchup_max_runs"] = f"Catch-up is capped at {MAX_CATCHUP_RUNS} runs."
     if schedule.kind not in KINDS:
         errors["kind"] = f"Unknown schedule kind {schedule.kind!r}; use one of {', '.join(KINDS)}."
     elif not errors:

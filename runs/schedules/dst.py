@@ -55,10 +55,12 @@ def collect(naive_times, zone, after, count, nonexistent, ambiguous, max_steps=1
     """
     found = set()
     reached_at = None
+    # Without DST (UTC, Etc/*) wall times are instants in order: stop at the count-th.
+    margin = timedelta(0) if is_fixed(zone) else timedelta(hours=3)
     for step, naive in enumerate(naive_times):
         if step >= max_steps:
             break
-        if reached_at is not None and naive > reached_at + timedelta(hours=3):
+        if reached_at is not None and naive > reached_at + margin:
             break
         for instant in localize(naive, zone, nonexistent, ambiguous):
             if instant > after:
@@ -73,7 +75,15 @@ def local_naive(instant, zone):
     return instant.astimezone(zone).replace(tzinfo=None)
 
 
+def is_fixed(zone):
+    """True for zones whose offset never changes (UTC and the Etc/ zones): no gaps, no folds."""
+    key = getattr(zone, "key", str(zone))
+    return key == "UTC" or key.startswith("Etc/")
+
+
 def start_of_search(after, zone):
     """Where to start reading wall times so that a fold's second instant is not missed."""
+    if is_fixed(zone):
+        return local_naive(after, zone)
     return local_naive(after, zone) - timedelta(hours=3)
 

@@ -78,8 +78,7 @@ def test_database_url_and_redis_url_switch_to_servers(tmp_path):
     assert "postgresql" in result.stdout and "redis://cache:6379/2" in result.stdout
 
 
-@pytest.mark.django_db
-def test_every_registered_service_has_a_periodic_task():
+def test_every_registered_service_has_a_periodic_task(periodic_tasks):
     names = set(PeriodicTask.objects.filter(task="services.run_service").values_list("name", flat=True))
     assert {f"service: {name}" for name in registry.all_services()} <= names
 

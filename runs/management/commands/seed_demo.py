@@ -6,12 +6,13 @@ Safe to run again: it creates what is missing and changes nothing that exists.
 import os
 import secrets
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
 
-from runs.models import Account, Flow, Membership, Role, Schedule, ScheduleKind, Workspace
+from runs.models import Account, ApiKey, Flow, Membership, Role, Schedule, ScheduleKind, Workspace, hash_api_key
 from runs.scheduling import default_queues, schedule_future_runs
 
 DEMO_ENTRYPOINT = "agent.examples.hello:hello"
@@ -58,3 +59,17 @@ class Command(BaseCommand):
         )
         made = schedule_future_runs(list(Schedule.objects.filter(flow=flow).select_related("flow")), timezone.now())
         self.stdout.write(f"Demo workspace demo/demo ready: flow {flow.name}, 2 schedules, {made} new run(s).")
+        self._local_agent_key(workspace)
+
+    def _local_agent_key(self, workspace):
+        """Issue the local agent's operator key into var/agent.key (mode 600) unless a usable one is there."""
+        path = settings.VAR_DIR / "agent.key"
+        if path.exists():
+            secret = path.read_text().strip()
+            if ApiKey.objects.usable().filter(workspace=workspace, hashed_secret=hash_api_key(secret)).exists():
+                return
+        _, secret = ApiKey.issue(workspace=workspace, name="local-agent", role=Role.OPERATOR)
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(secret + "\n")
+        self.stdout.write(f"Local agent key written to {path}.")

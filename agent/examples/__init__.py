@@ -1,0 +1,1 @@
+"""Demo flows that `make run` schedules (see runs/management/commands/seed_demo.py)."""

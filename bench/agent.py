@@ -1,0 +1,158 @@
+"""Agent endpoints: poll-and-claim latency over a big runs table, and heartbeat ingestion.
+
+Each figure sits beside a do-nothing authenticated endpoint (`agent/ping`) measured in the same
+run, through the same in-process DRF stack, so the ratio says what the endpoint itself costs.
+`BENCH_AGENT_ROWS` sets how many runs fill the table first (default 1,000,000).
+"""
+
+import os
+import statistics
+import threading
+import time
+from datetime import timedelta
+
+from django.db import connection
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from runs.models import Account, Agent, ApiKey, Flow, FlowRun, Role, WorkQueue, Workspace
+
+CLIENTS = 16
+HEARTBEAT_SECONDS = 3.0
+
+
+def _fill(workspace, flow, queue, rows):
+    """Bulk-insert `rows` finished runs (and a few future ones) in one statement."""
+    now = timezone.now()
+    columns = ("id, workspace_id, flow_id, work_queue_id, schedule_slug, name, parameters, state, state_message, "
+               "state_changed, scheduled_start, auto_scheduled, run_count, lazarus_count, created, updated")
+    if connection.vendor == "postgresql":
+        sql = f"""INSERT INTO runs_flowrun ({columns})
+            SELECT gen_random_uuid(), %s, %s, %s, '', 'bench-' || g, '{{}}',
+                   CASE WHEN g %% 100 = 0 THEN 'SCHEDULED' ELSE 'COMPLETED' END, '',
+                   %s, %s + (CASE WHEN g %% 100 = 0 THEN interval '1 day' ELSE interval '-1 day' END)
+                       + g * interval '1 millisecond',
+                   false, 0, 0, %s, %s
+            FROM generate_series(1, %s) AS g"""
+        params = [workspace.pk, flow.pk, queue.pk, now, now, now, now, rows]
+    else:
+        sql = f"""WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < %s)
+            INSERT INTO runs_flowrun ({columns})
+            SELECT lower(hex(randomblob(16))), %s, %s, %s, '', 'bench-' || x, '{{}}',
+                   CASE WHEN x %% 100 = 0 THEN 'SCHEDULED' ELSE 'COMPLETED' END, '',
+                   %s, CASE WHEN x %% 100 = 0 THEN %s ELSE %s END, 0, 0, 0, %s, %s FROM g"""
+        params = [rows, workspace.pk, flow.pk, queue.pk, now, now + timedelta(days=1), now - timedelta(days=1),
+                  now, now]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        if connection.vendor == "postgresql":
+            cursor.execute("ANALYZE runs_flowrun")
+
+
+def _timed(call, count):
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        answer = call()
+        times.append((time.perf_counter() - started) * 1000)
+        assert answer.status_code < 300, answer.content
+    return times
+
+
+def _p(times, q):
+    return statistics.quantiles(times, n=100)[q - 1]
+
+
+def _rate(make_call, seconds):
+    """Requests/s of CLIENTS threads, each with its own client and database connection."""
+    done = [0] * CLIENTS
+    stop = threading.Event()
+    ready = threading.Barrier(CLIENTS + 1)
+
+    def work(i):
+        call = make_call()
+        ready.wait()
+        try:
+            while not stop.is_set():
+                assert call().status_code < 300
+                done[i] += 1
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    started = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return sum(done) / (time.perf_counter() - started)
+
+
+def run(table):
+    rows = int(os.environ.get("BENCH_AGENT_ROWS", 1_000_000))
+    account = Account.objects.create(name="Bench agent", slug="bench-agent")
+    workspace = Workspace.objects.create(account=account, name="Bench", slug="bench")
+    queue = WorkQueue.objects.create(workspace=workspace, name="bench")
+    flow = Flow.objects.create(workspace=workspace, name="bench-flow")
+    flow.register_version(entrypoint="agent.examples.hello:hello")
+    agent = Agent.objects.create(workspace=workspace, name="bench-agent")
+    agent.queues.set([queue])
+    _, secret = ApiKey.issue(workspace=workspace, name="bench", role=Role.OPERATOR)
+    prefix = f"/api/accounts/{account.slug}/workspaces/{workspace.slug}/agent"
+
+    started = time.perf_counter()
+    _fill(workspace, flow, queue, rows)
+    print(f"  filled {rows:,} runs in {time.perf_counter() - started:.1f} s", flush=True)
+
+    def client():
+        c = APIClient()
+        c.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+        return c
+
+    api = client()
+    ping = lambda: api.get(f"{prefix}/ping")  # noqa: E731
+    poll = lambda: api.post(f"{prefix}/claim", {"agent_id": agent.pk, "max_runs": 10}, format="json")  # noqa: E731
+    _timed(ping, 20), _timed(poll, 20)  # warm up connections and caches
+    polls, pings = [], []
+    for _ in range(10):  # interleaved, so drift on a shared machine hits both alike
+        polls += _timed(poll, 30)
+        pings += _timed(ping, 30)
+    table.add(f"agent poll, nothing due, {rows:,} runs in table (p50 / p99)",
+              f"{_p(polls, 50):.1f} / {_p(polls, 99):.1f} ms", f"ping {_p(pings, 50):.1f} / {_p(pings, 99):.1f} ms",
+              f"{_p(polls, 99) / _p(pings, 99):.1f}x", "p99 < 10 ms")
+
+    claims, pings = [], []
+    for _ in range(10):
+        now = timezone.now()
+        FlowRun.objects.bulk_create([
+            FlowRun(workspace=workspace, flow=flow, work_queue=queue, name=f"due-{i}",
+                    scheduled_start=now - timedelta(seconds=i)) for i in range(200)
+        ])
+        claim = lambda: api.post(f"{prefix}/claim", {"agent_id": agent.pk, "max_runs": 200}, format="json")  # noqa: E731
+        started = time.perf_counter()
+        answer = claim()
+        claims.append((time.perf_counter() - started) * 1000)
+        assert len(answer.json()["runs"]) == 200
+        pings += _timed(ping, 10)
+    table.add("claim 200 due runs (p50 / p99)", f"{_p(claims, 50):.1f} / {max(claims):.1f} ms",
+              f"ping {_p(pings, 50):.1f} / {_p(pings, 99):.1f} ms", f"{max(claims) / _p(pings, 99):.1f}x",
+              "p99 < 50 ms")
+
+    running = FlowRun.objects.filter(workspace=workspace, state="SUBMITTED").values_list("pk", flat=True)[:CLIENTS]
+    running = list(running)
+
+    def beat_client():
+        c, run_id = client(), running[threading.get_ident() % len(running)]
+        return lambda: c.post(f"{prefix}/flow_runs/{run_id}/heartbeat")
+
+    def ping_client():
+        c = client()
+        return lambda: c.get(f"{prefix}/ping")
+
+    beats = _rate(beat_client, HEARTBEAT_SECONDS)
+    pings_per_s = _rate(ping_client, HEARTBEAT_SECONDS)
+    table.add(f"flow-run heartbeats, {CLIENTS} clients", f"{beats:,.0f} /s", f"ping {pings_per_s:,.0f} /s",
+              f"{beats / pings_per_s:.2f}x", ">= 2,000 /s")

@@ -1,0 +1,95 @@
+"""Dashboard pages: server time with 100,000 runs in the database beside the same page empty.
+
+Each page is fetched through Django's test Client as a logged-in operator (the whole stack:
+middleware, session, queries, template); the figure is the median of several fetches.
+"""
+
+import statistics
+import time
+from datetime import timedelta
+
+from django.test import Client
+from django.utils import timezone
+
+RUNS = 100_000
+FETCHES = 7
+SPREAD_DAYS = 30
+
+
+def median_ms(client, url):
+    client.get(url)  # warm: template loading, first-query caches
+    times = []
+    for _ in range(FETCHES):
+        started = time.perf_counter()
+        response = client.get(url)
+        times.append((time.perf_counter() - started) * 1000)
+        assert response.status_code == 200, (url, response.status_code)
+    return statistics.median(times)
+
+
+def seed(ws, flows, queues, schedule, now):
+    """RUNS runs spread over the last SPREAD_DAYS days, mostly finished, some running or late, with
+    recovery logs and state changes; returns one run with history, task runs and logs."""
+    from runs.models import Actor, FlowRun, Log, State, StateChange, TaskRun
+
+    states = [State.COMPLETED] * 90 + [State.FAILED] * 4 + [State.CRASHED, State.CANCELLED, State.RUNNING,
+                                                           State.LATE, State.SUBMITTED, State.SCHEDULED]
+    step = SPREAD_DAYS * 86400 / RUNS
+    batch = []
+    for i in range(RUNS):
+        start = now - timedelta(seconds=i * step + 60)
+        state = states[i % len(states)]
+        started = state not in (State.LATE, State.SCHEDULED)
+        batch.append(FlowRun(
+            workspace=ws, flow=flows[i % len(flows)], work_queue=queues[i % len(queues)], state=state,
+            name=f"bench-{i}", scheduled_start=start, start_time=start if started else None,
+            end_time=start + timedelta(seconds=50) if state in (State.COMPLETED, State.FAILED, State.CRASHED,
+                                                              State.CANCELLED) else None,
+            last_heartbeat=now - timedelta(seconds=i % 900) if state == State.RUNNING else None,
+            schedule=schedule if i % 10 == 0 else None, created=start,
+        ))
+        if len(batch) == 5000:
+            FlowRun.objects.bulk_create(batch)
+            batch = []
+    FlowRun.objects.bulk_create(batch)
+    crashed = list(FlowRun.objects.filter(state=State.CRASHED).order_by("-scheduled_start")[:2000])
+    Log.objects.bulk_create([Log(workspace=ws, flow_run=r, source="lazarus", message="rescheduled",
+                                 timestamp=r.scheduled_start) for r in crashed], batch_size=2000)
+    StateChange.objects.bulk_create([StateChange(flow_run=r, from_state=State.RUNNING, to_state=State.CRASHED,
+                                                 actor=Actor.ZOMBIE_KILLER, timestamp=r.scheduled_start)
+                                     for r in crashed], batch_size=2000)
+    run = FlowRun.objects.filter(state=State.RUNNING).order_by("-scheduled_start").first()
+    TaskRun.objects.bulk_create([TaskRun(flow_run=run, task_key=f"task-{i}", state=State.COMPLETED,
+                                         start_time=run.start_time, end_time=now) for i in range(200)])
+    Log.objects.bulk_create([Log(workspace=ws, flow_run=run, message=f"line {i}", timestamp=now)
+                             for i in range(2000)])
+    return run
+
+
+def run(table):
+    from runs.models import Role
+    from runs.scheduling import create_manual_run
+    from tests import factories
+
+    now = timezone.now()
+    ws = factories.workspace()
+    client = Client()
+    client.force_login(factories.member(ws, role=Role.OPERATOR))
+    flows = [factories.flow(ws) for _ in range(20)]
+    queues = [factories.work_queue(ws) for _ in range(5)]
+    schedule = factories.schedule(flows[0])
+    empty_run, _ = create_manual_run(flows[0])
+    pages = {
+        "overview": "/dashboard/", "timeline 6 h": "/dashboard/timeline/?hours=6",
+        "timeline 72 h": "/dashboard/timeline/?hours=72", "run detail": None,
+        "schedules": "/dashboard/schedules/", "agents & queues": "/dashboard/agents/",
+        "recovery review 30 d": "/dashboard/recovery/?period=720",
+    }
+    empty = {name: median_ms(client, url or f"/dashboard/runs/{empty_run.pk}/") for name, url in pages.items()}
+    started = time.perf_counter()
+    busy_run = seed(ws, flows, queues, schedule, now)
+    print(f"  seeded {RUNS:,} runs in {time.perf_counter() - started:.1f} s", flush=True)
+    for name, url in pages.items():
+        full = median_ms(client, url or f"/dashboard/runs/{busy_run.pk}/")
+        table.add(f"dashboard {name}, {RUNS:,} runs (median of {FETCHES})", f"{full:.1f} ms",
+                  f"{empty[name]:.1f} ms empty", f"{full / empty[name]:.1f}×", "< 200 ms")

@@ -1,0 +1,294 @@
+"""The endpoints agents call: register, heartbeat, claim, report states, task runs and logs.
+
+All live under `<workspace prefix>/agent/` and need the operator role. State changes go through
+`runs.states` (actor "agent"), so an illegal or stale change is a 409 naming both states.
+Heartbeats are one conditional UPDATE each: they are the hottest path of the server.
+"""
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.shortcuts import get_object_or_404
+from django.urls import path
+from django.utils import timezone
+from rest_framework import exceptions, serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from runs.claiming import claim_due_runs
+from runs.models import Actor, Agent, AgentStatus, FlowRun, Log, LogLevel, Role, State, TaskRun, WorkQueue
+from runs.states import set_flow_run_state, set_task_run_state
+
+
+def record_heartbeat(queryset, **values):
+    """One UPDATE of the beating rows; returns how many matched.
+
+    On PostgreSQL it commits without waiting for the WAL flush: a heartbeat lost in a database
+    crash is replaced by the next one, and the flush is most of a heartbeat's cost.
+    """
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        return queryset.update(**values)
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "payload_too_large"
+
+
+class AgentEndpoint(APIView):
+    """Base of every agent endpoint: operator role, no throttling (agents pace themselves)."""
+
+    action = "agent"
+    action_roles = {"agent": Role.OPERATOR}
+    throttle_classes = []
+
+    def valid(self, serializer_class):
+        serializer = serializer_class(data=self.request.data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+    def agent_of(self, agent_id):
+        return get_object_or_404(Agent, pk=agent_id, workspace=self.request.workspace)
+
+
+class RegisterInput(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    queues = serializers.ListField(child=serializers.CharField(max_length=100), allow_empty=False)
+    labels = serializers.DictField(required=False, default=dict)
+    version = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
+    heartbeat_interval = serializers.IntegerField(min_value=1, max_value=86400, required=False, default=30)
+
+
+class RegisterView(AgentEndpoint):
+    def post(self, request, **kwargs):
+        """Create or refresh the agent named `name`; its queues are created when missing."""
+        data = self.valid(RegisterInput)
+        now = timezone.now()
+        workspace = request.workspace
+        with transaction.atomic():
+            WorkQueue.objects.bulk_create(
+                [WorkQueue(workspace=workspace, name=name) for name in data["queues"]], ignore_conflicts=True
+            )
+            queues = list(WorkQueue.objects.filter(workspace=workspace, name__in=data["queues"]))
+            agent, _ = Agent.objects.update_or_create(
+                workspace=workspace, name=data["name"],
+                defaults={"labels": data["labels"], "version": data["version"],
+                          "heartbeat_interval": data["heartbeat_interval"], "last_heartbeat": now,
+                          "status": AgentStatus.ONLINE},
+            )
+            agent.queues.set(queues)
+        return Response({"id": agent.pk, "name": agent.name, "queues": sorted(q.name for q in queues)},
+                        status=status.HTTP_201_CREATED)
+
+
+class AgentHeartbeatInput(serializers.Serializer):
+    agent_id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=AgentStatus.choices, required=False, default=AgentStatus.ONLINE)
+
+
+class AgentHeartbeatView(AgentEndpoint):
+    def post(self, request, **kwargs):
+        """The agent is alive (or, with status OFFLINE, is shutting down)."""
+        data = self.valid(AgentHeartbeatInput)
+        changed = record_heartbeat(Agent.objects.filter(pk=data["agent_id"], workspace=request.workspace),
+                                   last_heartbeat=timezone.now(), status=data["status"])
+        if not changed:
+            raise exceptions.NotFound("No such agent in this workspace.")
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ClaimInput(serializers.Serializer):
+    agent_id = serializers.IntegerField()
+    max_runs = serializers.IntegerField(min_value=1, required=False, default=1)
+
+    def validate_max_runs(self, value):
+        cap = settings.ORCHESTRATOR["AGENT_CLAIM_MAX_RUNS"]
+        if value > cap:
+            raise serializers.ValidationError(f"At most {cap} runs per claim.")
+        return value
+
+
+def _claimed(run):
+    version = run.flow_version
+    env = {**(run.work_queue.job_env if run.work_queue else {}), **(version.job_env if version else {})}
+    return {
+        "id": str(run.pk), "name": run.name, "flow": run.flow.name, "state": run.state,
+        "entrypoint": version.entrypoint if version else None,
+        "parameters": {**(version.parameters if version else {}), **run.parameters},
+        "env": {str(k): str(v) for k, v in env.items()},
+        "work_queue": run.work_queue.name if run.work_queue else None,
+        "scheduled_start": run.scheduled_start.isoformat(),
+    }
+
+
+class ClaimView(AgentEndpoint):
+    def post(self, request, **kwargs):
+        """Claim up to `max_runs` due runs of the agent's queues; they come back SUBMITTED."""
+        data = self.valid(ClaimInput)
+        agent = self.agent_of(data["agent_id"])
+        runs = claim_due_runs(agent, limit=data["max_runs"], now=timezone.now())
+        return Response({"runs": [_claimed(run) for run in runs]})
+
+
+class StateInput(serializers.Serializer):
+    state = serializers.ChoiceField(choices=State.choices)
+    message = serializers.CharField(required=False, allow_blank=True, default="", max_length=10000)
+    expected_state = serializers.ChoiceField(choices=State.choices, required=False)
+    heartbeat_interval = serializers.IntegerField(min_value=1, max_value=86400, required=False, allow_null=True)
+
+
+class FlowRunStateView(AgentEndpoint):
+    def post(self, request, run_id, **kwargs):
+        """Move the run; entering RUNNING records its heartbeat interval (null: heartbeats off)."""
+        data = self.valid(StateInput)
+        run = get_object_or_404(FlowRun.objects.alive(), pk=run_id, workspace=request.workspace)
+        now = timezone.now()
+        updates = {}
+        if data["state"] == State.RUNNING:
+            updates = {"heartbeat_interval": data.get("heartbeat_interval"), "last_heartbeat": now}
+        run = set_flow_run_state(run, data["state"], actor=Actor.AGENT, message=data["message"],
+                                 expected_state=data.get("expected_state"), agent=run.agent, now=now,
+                                 updates=updates)
+        return Response({"id": str(run.pk), "state": run.state, "state_message": run.state_message})
+
+
+class FlowRunHeartbeatView(AgentEndpoint):
+    def post(self, request, run_id, **kwargs):
+        """The run's process is alive."""
+        if not record_heartbeat(FlowRun.objects.filter(pk=run_id, workspace=request.workspace),
+                                last_heartbeat=timezone.now()):
+            raise exceptions.NotFound("No such flow run in this workspace.")
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TaskRunInput(serializers.Serializer):
+    task_key = serializers.CharField(max_length=200)
+    dynamic_key = serializers.CharField(max_length=200, required=False, default="0")
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    max_retries = serializers.IntegerField(min_value=0, max_value=1000, required=False, default=0)
+
+
+def _task_run_body(task_run):
+    return {"id": str(task_run.pk), "task_key": task_run.task_key, "dynamic_key": task_run.dynamic_key,
+            "state": task_run.state, "run_count": task_run.run_count}
+
+
+class TaskRunCreateView(AgentEndpoint):
+    def post(self, request, run_id, **kwargs):
+        """Create the task run (task_key, dynamic_key) of the flow run, or return it if it exists.
+
+        Idempotent, so an agent that retries after a lost answer gets the same task run.
+        """
+        data = self.valid(TaskRunInput)
+        run = get_object_or_404(FlowRun.objects.alive(), pk=run_id, workspace=request.workspace)
+        task_run, created = TaskRun.objects.get_or_create(
+            flow_run=run, task_key=data["task_key"], dynamic_key=data["dynamic_key"],
+            defaults={"name": data["name"] or data["task_key"], "max_retries": data["max_retries"]},
+        )
+        if not created and _left_by_an_earlier_attempt(task_run, run):
+            task_run = set_task_run_state(
+                task_run, State.SCHEDULED, actor=Actor.AGENT, agent=run.agent, retry=True,
+                message=f"Run again: attempt {run.run_count} of the flow run started after this task ended "
+                        f"{task_run.state} in an earlier attempt.",
+            )
+        return Response(_task_run_body(task_run), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+def _left_by_an_earlier_attempt(task_run, run):
+    """True when `task_run` belongs to an earlier attempt of `run` (e.g. before Lazarus rescheduled it).
+
+    Lazarus clears a run's start time and the next RUNNING sets it anew, so a task run that
+    started before the flow run's current start is a leftover. Its key is the same, so without
+    this the new attempt could never run that task again (FAILED -> RUNNING is refused).
+    """
+    if task_run.state == State.SCHEDULED or task_run.start_time is None or run.start_time is None:
+        return False
+    return task_run.start_time < run.start_time
+
+
+def _task_run_in(workspace, task_run_id):
+    return get_object_or_404(TaskRun.objects.select_related("flow_run"), pk=task_run_id,
+                             flow_run__workspace=workspace)
+
+
+class TaskRunStateView(AgentEndpoint):
+    def post(self, request, task_run_id, **kwargs):
+        """Move the task run; entering RUNNING counts as its first heartbeat."""
+        data = self.valid(StateInput)
+        task_run = _task_run_in(request.workspace, task_run_id)
+        now = timezone.now()
+        updates = {"last_heartbeat": now} if data["state"] == State.RUNNING else {}
+        task_run = set_task_run_state(task_run, data["state"], actor=Actor.AGENT, message=data["message"],
+                                      expected_state=data.get("expected_state"), agent=task_run.flow_run.agent,
+                                      now=now, updates=updates)
+        return Response(_task_run_body(task_run))
+
+
+class TaskRunHeartbeatView(AgentEndpoint):
+    def post(self, request, task_run_id, **kwargs):
+        """The task run is still working."""
+        changed = record_heartbeat(TaskRun.objects.filter(pk=task_run_id, flow_run__workspace=request.workspace),
+                                   last_heartbeat=timezone.now())
+        if not changed:
+            raise exceptions.NotFound("No such task run in this workspace.")
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class LogLine(serializers.Serializer):
+    flow_run_id = serializers.UUIDField()
+    task_run_id = serializers.UUIDField(required=False, allow_null=True)
+    level = serializers.ChoiceField(choices=LogLevel.choices, required=False, default=LogLevel.INFO)
+    message = serializers.CharField(allow_blank=True, trim_whitespace=False)
+    timestamp = serializers.DateTimeField(required=False)
+
+
+class LogBatchInput(serializers.Serializer):
+    logs = LogLine(many=True, allow_empty=False)
+
+
+class LogBatchView(AgentEndpoint):
+    def post(self, request, **kwargs):
+        """Store many log lines in one insert. Lines of runs outside the workspace are refused (404)."""
+        limit = settings.ORCHESTRATOR["AGENT_LOG_BATCH_MAX_BYTES"]
+        # Judged on the declared length, before the body is read or parsed.
+        if int(request.META.get("CONTENT_LENGTH") or 0) > limit:
+            raise PayloadTooLarge(f"A log batch may be at most {limit} bytes; send smaller batches.")
+        lines = self.valid(LogBatchInput)["logs"]
+        run_ids = {line["flow_run_id"] for line in lines}
+        task_ids = {line["task_run_id"] for line in lines if line.get("task_run_id")}
+        found = set(FlowRun.objects.filter(pk__in=run_ids, workspace=request.workspace).values_list("pk", flat=True))
+        tasks = set(TaskRun.objects.filter(pk__in=task_ids, flow_run__workspace=request.workspace)
+                    .values_list("pk", flat=True)) if task_ids else set()
+        if found != run_ids or tasks != task_ids:
+            raise exceptions.NotFound("A log line names a flow run or task run not in this workspace.")
+        now = timezone.now()
+        Log.objects.bulk_create([
+            Log(workspace=request.workspace, flow_run_id=line["flow_run_id"], task_run_id=line.get("task_run_id"),
+                level=line["level"], message=line["message"], timestamp=line.get("timestamp") or now, source="agent")
+            for line in lines
+        ])
+        return Response({"stored": len(lines)}, status=status.HTTP_201_CREATED)
+
+
+class PingView(AgentEndpoint):
+    def get(self, request, **kwargs):
+        """Does nothing but authenticate: the baseline the benchmarks compare agent endpoints with."""
+        return Response({"ok": True})
+
+
+# Included under `<workspace prefix>/agent/` by runs/api/urls.py.
+urlpatterns = [
+    path("register", RegisterView.as_view(), name="agent-register"),
+    path("heartbeat", AgentHeartbeatView.as_view(), name="agent-heartbeat"),
+    path("claim", ClaimView.as_view(), name="agent-claim"),
+    path("ping", PingView.as_view(), name="agent-ping"),
+    path("logs", LogBatchView.as_view(), name="agent-logs"),
+    path("flow_runs/<uuid:run_id>/state", FlowRunStateView.as_view(), name="agent-flow-run-state"),
+    path("flow_runs/<uuid:run_id>/heartbeat", FlowRunHeartbeatView.as_view(), name="agent-flow-run-heartbeat"),
+    path("flow_runs/<uuid:run_id>/task_runs", TaskRunCreateView.as_view(), name="agent-task-runs"),
+    path("task_runs/<uuid:task_run_id>/state", TaskRunStateView.as_view(), name="agent-task-run-state"),
+    path("task_runs/<uuid:task_run_id>/heartbeat", TaskRunHeartbeatView.as_view(),
+         name="agent-task-run-heartbeat"),
+]

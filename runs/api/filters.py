@@ -1,0 +1,49 @@
+"""Query-parameter parsing shared by the list endpoints: bad input is a 400 naming the parameter."""
+
+from datetime import timezone as dt_timezone
+
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from rest_framework import serializers
+
+TRUE, FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
+
+
+def boolean_param(params, name):
+    """True/False from 'true'/'false' (or 1/0, yes/no); None when absent."""
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw.lower() in TRUE:
+        return True
+    if raw.lower() in FALSE:
+        return False
+    raise serializers.ValidationError({name: ["Use true or false."]})
+
+
+def time_param(params, name):
+    """An aware datetime from ISO 8601 (naive means UTC); None when absent."""
+    raw = params.get(name)
+    if not raw:
+        return None
+    try:
+        value = parse_datetime(raw.replace(" ", "+"))  # a '+' in a query string arrives as a space
+    except ValueError:
+        value = None
+    if value is None:
+        raise serializers.ValidationError({name: ["Use an ISO 8601 date-time, e.g. 2026-01-31T08:00:00Z."]})
+    return value if timezone.is_aware(value) else timezone.make_aware(value, dt_timezone.utc)
+
+
+def int_param(params, name, *, minimum=None):
+    """An integer; None when absent."""
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise serializers.ValidationError({name: ["Use a whole number."]}) from None
+    if minimum is not None and value < minimum:
+        raise serializers.ValidationError({name: [f"Use a number of at least {minimum}."]})
+    return value

@@ -1,0 +1,183 @@
+"""Flow runs: create a manual run, list with filters, detail with history, set state, cancel, retry."""
+
+from django.db import IntegrityError
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, extend_schema_view
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
+
+from runs.models import TERMINAL_STATES, Actor, Flow, FlowRun, Role, State, WorkQueue
+from runs.scheduling import create_manual_run
+from runs.states import IllegalTransition, set_flow_run_state
+
+from .filters import boolean_param, time_param
+from .serializers import FlowRunDetailSerializer, FlowRunSerializer, WorkspaceRelatedField
+from .throttles import ExpensiveEndpointThrottle
+from .views import WorkspaceScoped
+
+
+def acting_person(request):
+    """The person behind the request, for history rows; None for a service key."""
+    user = request.user
+    return user if getattr(user, "pk", None) else None
+
+
+class FlowRunCreateSerializer(serializers.Serializer):
+    flow = WorkspaceRelatedField(slug_field="name", queryset=Flow.objects.all(), help_text="The flow's name.")
+    parameters = serializers.DictField(required=False, help_text="Merged over the version's defaults.")
+    work_queue = WorkspaceRelatedField(slug_field="name", queryset=WorkQueue.objects.all(), required=False,
+                                       allow_null=True)
+    scheduled_start = serializers.DateTimeField(required=False, help_text="Default: now.")
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    idempotency_key = serializers.CharField(
+        max_length=200, required=False, allow_null=True,
+        help_text="Sending the same key again returns the first run (200) instead of a new one (201).",
+    )
+
+
+class SetStateSerializer(serializers.Serializer):
+    state = serializers.ChoiceField(choices=State.choices)
+    message = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    expected_state = serializers.ChoiceField(
+        choices=State.choices, required=False,
+        help_text="Refuse (409) unless the run is still in this state; default: the state it has now.",
+    )
+
+
+class RunOrdering(CursorPagination):
+    """Stable cursor pages: a new run never shifts the pages a client is reading.
+
+    `ordering` picks the key; `-scheduled_start` pairs with the (workspace, state, scheduled_start)
+    index for "runs in this state within this time range".
+    """
+
+    page_size_query_param = "page_size"
+    max_page_size = 500
+    allowed = ("-created", "created", "-scheduled_start", "scheduled_start")
+
+    def get_ordering(self, request, queryset, view):
+        chosen = request.query_params.get("ordering", "-created")
+        if chosen not in self.allowed:
+            raise serializers.ValidationError({"ordering": [f"Choose one of {', '.join(self.allowed)}."]})
+        return (chosen,)
+
+
+FILTERS = [
+    OpenApiParameter("state", str, description="One or more states, comma-separated, e.g. FAILED,CRASHED."),
+    OpenApiParameter("flow", str, description="The flow's name."),
+    OpenApiParameter("schedule", str, description="The schedule's slug."),
+    OpenApiParameter("auto_scheduled", bool, description="true: made by the scheduler; false: manual."),
+    OpenApiParameter("scheduled_after", OpenApiTypes.DATETIME, description="scheduled_start ≥ this."),
+    OpenApiParameter("scheduled_before", OpenApiTypes.DATETIME, description="scheduled_start < this."),
+    OpenApiParameter("ordering", str, enum=RunOrdering.allowed, description="Default -created."),
+]
+
+
+@extend_schema_view(
+    list=extend_schema(parameters=FILTERS),
+    create=extend_schema(
+        request=FlowRunCreateSerializer, responses={201: FlowRunSerializer, 200: FlowRunSerializer},
+        examples=[OpenApiExample("Run now, once", request_only=True, value={
+            "flow": "nightly-etl", "parameters": {"day": "2026-01-31"}, "idempotency_key": "ci-build-4711"})],
+    ),
+)
+class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Runs of the workspace. Viewers read; operators run, set states, cancel and retry."""
+
+    queryset = FlowRun.objects.alive().select_related("flow", "work_queue", "agent", "created_by")
+    pagination_class = RunOrdering
+    action_roles = {"create": Role.OPERATOR, "set_state": Role.OPERATOR, "cancel": Role.OPERATOR,
+                    "retry": Role.OPERATOR}
+
+    def get_throttles(self):
+        return [ExpensiveEndpointThrottle()] if self.action in ("list", "create") else []
+
+    def get_serializer_class(self):
+        if self.action == "create":
+            return FlowRunCreateSerializer
+        if self.action == "list":
+            return FlowRunSerializer
+        return FlowRunDetailSerializer
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        if self.action != "list":
+            return queryset.prefetch_related("history__user", "history__agent")
+        params = self.request.query_params
+        if params.get("state"):
+            states = [s.strip().upper() for s in params["state"].split(",") if s.strip()]
+            unknown = sorted(set(states) - set(State.values))
+            if unknown:
+                raise serializers.ValidationError({"state": [f"Unknown state(s): {', '.join(unknown)}."]})
+            queryset = queryset.filter(state__in=states)
+        if params.get("flow"):
+            queryset = queryset.filter(flow__name=params["flow"])
+        if params.get("schedule"):
+            queryset = queryset.filter(schedule_slug=params["schedule"])
+        auto = boolean_param(params, "auto_scheduled")
+        if auto is not None:
+            queryset = queryset.filter(auto_scheduled=auto)
+        after, before = time_param(params, "scheduled_after"), time_param(params, "scheduled_before")
+        if after:
+            queryset = queryset.filter(scheduled_start__gte=after)
+        if before:
+            queryset = queryset.filter(scheduled_start__lt=before)
+        return queryset
+
+    def create(self, request, *args, **kwargs):
+        """Create a manual run; with an idempotency key, a repeat returns the first run."""
+        incoming = FlowRunCreateSerializer(data=request.data, context=self.get_serializer_context())
+        incoming.is_valid(raise_exception=True)
+        data = incoming.validated_data
+        try:
+            run, created = create_manual_run(
+                data["flow"], user=acting_person(request), parameters=data.get("parameters"),
+                work_queue=data.get("work_queue"), scheduled_start=data.get("scheduled_start"),
+                idempotency_key=data.get("idempotency_key"), name=data.get("name", ""),
+            )
+        except IntegrityError:
+            # Two requests with one key raced past get_or_create's retry: the winner's run exists now.
+            run = FlowRun.objects.get(workspace=request.workspace, idempotency_key=data["idempotency_key"])
+            created = False
+        run = self.get_queryset().get(pk=run.pk)
+        return Response(FlowRunSerializer(run).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    @extend_schema(request=SetStateSerializer, responses={200: FlowRunDetailSerializer},
+                   examples=[OpenApiExample("Fail it", request_only=True,
+                                            value={"state": "FAILED", "message": "Stuck on a lock; failing by hand."})])
+    @action(detail=True, methods=["post"], url_path="set_state")
+    def set_state(self, request, *args, **kwargs):
+        """Move the run to a state; an illegal or stale transition is a 409 naming the current state."""
+        run = self.get_object()
+        incoming = SetStateSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        data = incoming.validated_data
+        run = set_flow_run_state(run, data["state"], actor=Actor.USER, user=acting_person(request),
+                                 message=data["message"], expected_state=data.get("expected_state"))
+        return Response(FlowRunDetailSerializer(self.get_queryset().get(pk=run.pk)).data)
+
+    @extend_schema(request=None, responses={200: FlowRunDetailSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, *args, **kwargs):
+        """A run that has not started is CANCELLED at once; a started one goes to CANCELLING for its agent."""
+        run = self.get_object()
+        target = State.CANCELLED if run.state in (State.SCHEDULED, State.LATE) else State.CANCELLING
+        run = set_flow_run_state(run, target, actor=Actor.USER, user=acting_person(request),
+                                 message=f"Cancelled by {request.user}")
+        return Response(FlowRunDetailSerializer(self.get_queryset().get(pk=run.pk)).data)
+
+    @extend_schema(request=None, responses={200: FlowRunDetailSerializer})
+    @action(detail=True, methods=["post"])
+    def retry(self, request, *args, **kwargs):
+        """A finished run is SCHEDULED again, due now; a run not finished is a 409."""
+        run = self.get_object()
+        if run.state not in TERMINAL_STATES:
+            raise IllegalTransition(f"Only a finished run can be retried; this one is {run.state}.",
+                                    current=run.state, requested=State.SCHEDULED)
+        run = set_flow_run_state(run, State.SCHEDULED, actor=Actor.USER, user=acting_person(request), retry=True,
+                                 message=f"Retried by {request.user}", updates={"scheduled_start": timezone.now()})
+        return Response(FlowRunDetailSerializer(self.get_queryset().get(pk=run.pk)).data)
+

@@ -1,0 +1,87 @@
+"""Flows and their versions. Registering a version promotes it to latest."""
+
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from runs.models import Flow, Role
+
+from .serializers import FlowSerializer, FlowVersionSerializer
+from .views import WorkspaceScoped
+
+VERSION_EXAMPLE = OpenApiExample(
+    "A version", value={"entrypoint": "etl.flows:nightly", "version": "1.4.2", "parameters": {"day": "today"},
+                        "job_env": {"TZ": "UTC"}},
+    request_only=True,
+)
+
+
+class RegisterVersionSerializer(serializers.Serializer):
+    entrypoint = serializers.RegexField(r"^[\w.]+:[\w.]+$", max_length=500,
+                                        help_text="module:function, imported by the agent.")
+    version = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    parameters = serializers.DictField(required=False, help_text="Default parameters of the flow.")
+    job_env = serializers.DictField(child=serializers.CharField(max_length=10000), required=False)
+
+
+class FlowCreateSerializer(serializers.ModelSerializer):
+    version = RegisterVersionSerializer(required=False, help_text="Registers a first version too.")
+
+    class Meta:
+        model = Flow
+        fields = ["name", "description", "version"]
+
+    def validate_name(self, name):
+        if Flow.objects.filter(workspace=self.context["request"].workspace, name=name).exists():
+            raise serializers.ValidationError(f"This workspace already has a flow named {name}.")
+        return name
+
+
+@extend_schema_view(
+    create=extend_schema(request=FlowCreateSerializer, responses={201: FlowSerializer}, examples=[OpenApiExample(
+        "Flow with a first version", request_only=True,
+        value={"name": "nightly-etl", "description": "Loads yesterday", "version": {"entrypoint": "etl:nightly"}},
+    )]),
+)
+class FlowViewSet(WorkspaceScoped, mixins.CreateModelMixin, mixins.UpdateModelMixin, mixins.DestroyModelMixin,
+                  viewsets.ReadOnlyModelViewSet):
+    """Flows of the workspace. Operators register flows and versions; admins delete flows."""
+
+    queryset = Flow.objects.prefetch_related("versions").order_by("name")
+    serializer_class = FlowSerializer
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    action_roles = {"create": Role.OPERATOR, "partial_update": Role.OPERATOR, "versions": Role.VIEWER,
+                    "register_version": Role.OPERATOR, "destroy": Role.ADMIN}
+
+    def get_serializer_class(self):
+        return FlowCreateSerializer if self.action == "create" else FlowSerializer
+
+    def create(self, request, *args, **kwargs):
+        incoming = FlowCreateSerializer(data=request.data, context=self.get_serializer_context())
+        incoming.is_valid(raise_exception=True)
+        data = dict(incoming.validated_data)
+        version = data.pop("version", None)
+        flow = Flow.objects.create(workspace=request.workspace, **data)
+        if version:
+            flow.register_version(**version)
+        flow = self.get_queryset().get(pk=flow.pk)
+        return Response(FlowSerializer(flow).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses=FlowVersionSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def versions(self, request, *args, **kwargs):
+        """Every version of the flow, newest first."""
+        flow = self.get_object()
+        return Response(FlowVersionSerializer(flow.versions.all(), many=True).data)
+
+    @extend_schema(request=RegisterVersionSerializer, responses={201: FlowVersionSerializer},
+                   examples=[VERSION_EXAMPLE])
+    @versions.mapping.post
+    def register_version(self, request, *args, **kwargs):
+        """Register a version; it becomes the latest and earlier ones are archived."""
+        flow = self.get_object()
+        incoming = RegisterVersionSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        version = flow.register_version(**incoming.validated_data)
+        return Response(FlowVersionSerializer(version).data, status=status.HTTP_201_CREATED)

@@ -1,0 +1,73 @@
+"""Logs of the workspace's runs, filtered by run, level, source and time.
+
+`source=lazarus` (or zombie-killer, …) is the recovery review: what the services did and why.
+"""
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from rest_framework import serializers, viewsets
+from rest_framework.pagination import CursorPagination
+
+from runs.models import Log, LogLevel
+
+from .filters import time_param
+from .throttles import ExpensiveEndpointThrottle
+from .views import WorkspaceScoped
+
+
+class LogSerializer(serializers.ModelSerializer):
+    level_name = serializers.CharField(source="get_level_display", read_only=True)
+
+    class Meta:
+        model = Log
+        fields = ["id", "flow_run", "task_run", "level", "level_name", "message", "timestamp", "source"]
+        read_only_fields = fields
+
+
+class LogCursor(CursorPagination):
+    ordering = ("timestamp", "id")
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+def level_param(raw):
+    """A minimum level from a name (WARNING) or a number (30)."""
+    names = {label.upper(): value for value, label in LogLevel.choices}
+    if raw.upper() in names:
+        return names[raw.upper()]
+    if raw.isdigit() and int(raw) <= 100:
+        return int(raw)
+    raise serializers.ValidationError({"level": [f"Use a level name ({', '.join(names)}) or a number."]})
+
+
+@extend_schema_view(list=extend_schema(parameters=[
+    OpenApiParameter("flow_run", str, description="Only this flow run's logs (its id)."),
+    OpenApiParameter("level", str, description="Minimum level: DEBUG, INFO, WARNING, ERROR, CRITICAL or 10..50."),
+    OpenApiParameter("source", str, description="agent, lazarus, zombie-killer, …"),
+    OpenApiParameter("since", OpenApiTypes.DATETIME, description="timestamp ≥ this."),
+    OpenApiParameter("until", OpenApiTypes.DATETIME, description="timestamp < this."),
+]))
+class LogViewSet(WorkspaceScoped, viewsets.ReadOnlyModelViewSet):
+    queryset = Log.objects.all()
+    serializer_class = LogSerializer
+    pagination_class = LogCursor
+    throttle_classes = [ExpensiveEndpointThrottle]
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        params = self.request.query_params
+        if params.get("flow_run"):
+            try:
+                queryset = queryset.filter(flow_run_id=serializers.UUIDField().to_internal_value(params["flow_run"]))
+            except serializers.ValidationError as exc:
+                raise serializers.ValidationError({"flow_run": exc.detail}) from None
+        if params.get("level"):
+            queryset = queryset.filter(level__gte=level_param(params["level"]))
+        if params.get("source"):
+            queryset = queryset.filter(source=params["source"])
+        since, until = time_param(params, "since"), time_param(params, "until")
+        if since:
+            queryset = queryset.filter(timestamp__gte=since)
+        if until:
+            queryset = queryset.filter(timestamp__lt=until)
+        return queryset

@@ -1,0 +1,68 @@
+"""Throttling: failed authentication per client address, expensive endpoints per caller.
+
+Rates are read from `settings.ORCHESTRATOR` on every request (not frozen at import like DRF's
+defaults), so an operator changes them in the environment and a test with `settings`.
+Counters live in Django's cache: Redis when REDIS_URL is set, else a file cache every process
+of the host shares (see CACHES in orchestrator/settings.py).
+"""
+
+from django.conf import settings
+from django.core.cache import cache
+from rest_framework import exceptions
+from rest_framework.throttling import SimpleRateThrottle
+
+from runs.models import ApiKey
+
+
+def _parse_rate(rate):
+    """'300/minute' -> (300, 60). An empty rate turns the throttle off."""
+    if not rate:
+        return None, None
+    count, period = rate.split("/")
+    return int(count), {"s": 1, "m": 60, "h": 3600, "d": 86400}[period[0]]
+
+
+class ExpensiveEndpointThrottle(SimpleRateThrottle):
+    """Limits the endpoints that scan many rows or create runs, per API key (or user, or address)."""
+
+    scope = "expensive"
+    setting = "THROTTLE_EXPENSIVE_RATE"
+
+    def get_rate(self):
+        return settings.ORCHESTRATOR[self.setting] or None
+
+    def parse_rate(self, rate):
+        return _parse_rate(rate)
+
+    def get_cache_key(self, request, view):
+        if isinstance(request.auth, ApiKey):
+            ident = f"key{request.auth.pk}"
+        elif getattr(request.user, "pk", None):
+            ident = f"user{request.user.pk}"
+        else:
+            ident = self.get_ident(request)
+        return f"throttle_{self.scope}_{ident}"
+
+
+class FailedAuthenticationLimiter:
+    """Counts failed key checks per client address; past the rate, the address waits (HTTP 429)."""
+
+    def __init__(self, request):
+        self.address = request.META.get("REMOTE_ADDR", "unknown")
+        self.limit, self.window = _parse_rate(settings.ORCHESTRATOR["THROTTLE_FAILED_AUTH_RATE"])
+        self.cache_key = f"throttle_failed_auth_{self.address}"
+
+    def check(self):
+        """Raise Throttled when this address failed too often within the window."""
+        if self.limit and (cache.get(self.cache_key) or 0) >= self.limit:
+            raise exceptions.Throttled(wait=self.window, detail="Too many failed authentications from this address.")
+
+    def record_failure(self):
+        if not self.limit:
+            return
+        # add() starts the window only once; incr() after it is atomic on Redis and in locmem.
+        cache.add(self.cache_key, 0, timeout=self.window)
+        try:
+            cache.incr(self.cache_key)
+        except ValueError:  # expired between add and incr
+            cache.set(self.cache_key, 1, timeout=self.window)

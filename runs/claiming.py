@@ -1,0 +1,104 @@
+"""Agents claim due runs of their queues: SCHEDULED or LATE runs whose start time has come.
+
+Two agents polling the same queue never get the same run: due rows are picked with
+`SELECT … FOR UPDATE SKIP LOCKED` (on PostgreSQL), so a row one agent is claiming is skipped by
+the other rather than waited for, and the move to SUBMITTED is a conditional update through
+`runs.states`. A queue with a concurrency limit is locked while it is counted, so two agents
+cannot both fill its last free slot.
+"""
+
+from django.db import connection, transaction
+from django.db.models import Count
+
+from runs.models import ACTIVE_STATES, Actor, FlowRun, State, WorkQueue
+from runs.states import transition_flow_runs
+
+# Listed in the order of the partial index `flowrun_claimable`, so the planner (SQLite's in
+# particular) sees that the poll's predicate implies the index's and uses it.
+CLAIMABLE = [State.SCHEDULED, State.LATE]
+
+
+def _free_slots(queues):
+    """{queue id: how many more runs it may hand out}; None means no limit."""
+    limited = [q.pk for q in queues if q.concurrency_limit is not None]
+    active = {}
+    if limited:
+        active = dict(
+            FlowRun.objects.filter(work_queue_id__in=limited, state__in=ACTIVE_STATES)
+            .values("work_queue_id").annotate(n=Count("pk")).values_list("work_queue_id", "n")
+        )
+    return {
+        q.pk: None if q.concurrency_limit is None else max(q.concurrency_limit - active.get(q.pk, 0), 0)
+        for q in queues
+    }
+
+
+def record_poll(queue_ids, now):
+    """Mark the queues as polled at `now`, so queue health can tell a polled queue from an abandoned one.
+
+    Runs in its own short transaction with PostgreSQL's synchronous commit off: losing the last
+    poll time in a database crash is harmless (the next poll rewrites it), and not waiting for the
+    WAL flush is most of the cost of a poll that finds nothing.
+    """
+    if not queue_ids:
+        return
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        WorkQueue.objects.filter(pk__in=queue_ids).update(last_polled=now)
+
+
+def claim_due_runs(agent, *, limit, now):
+    """Move up to `limit` due runs of the agent's unpaused queues to SUBMITTED for `agent`.
+
+    Returns the claimed runs (oldest scheduled start first) with their flow version and queue
+    loaded. Records the poll on every queue of the agent, paused or not, so queue health can
+    tell a polled-but-paused queue from an abandoned one.
+    """
+    queues = list(WorkQueue.objects.filter(agents=agent).values_list("pk", "paused", "concurrency_limit"))
+    record_poll([pk for pk, _, _ in queues], now)
+    open_ids = [pk for pk, paused, _ in queues if not paused]
+    if not open_ids or limit <= 0:
+        return []
+    with transaction.atomic():
+        # Only limited queues are locked (and counted) here, which serialises claims where a
+        # count decides; unlimited queues are claimed concurrently, SKIP LOCKED keeping agents apart.
+        limited = []
+        if any(cap is not None for _, paused, cap in queues if not paused):
+            limited = list(WorkQueue.objects.filter(pk__in=open_ids, concurrency_limit__isnull=False)
+                           .select_for_update())
+        slots = _free_slots(limited)
+        slots.update({pk: None for pk in open_ids if pk not in slots})
+        open_queues = [qid for qid, free in slots.items() if free is None or free > 0]
+        if not open_queues:
+            return []
+        due = (
+            FlowRun.objects.alive()
+            .filter(state__in=CLAIMABLE, scheduled_start__lte=now)
+            .order_by("scheduled_start")
+            .select_for_update(skip_locked=True, of=("self",))
+        )
+        # One pick for all unlimited queues, one per limited queue capped at its free slots;
+        # then the oldest `limit` of them.
+        picks = []
+        free_queues = [qid for qid in open_queues if slots[qid] is None]
+        if free_queues:
+            picks += due.filter(work_queue_id__in=free_queues).values_list("pk", "scheduled_start")[:limit]
+        for qid in open_queues:
+            if slots[qid] is not None:
+                picks += due.filter(work_queue_id=qid).values_list("pk", "scheduled_start")[: min(slots[qid], limit)]
+        chosen = [pk for pk, _ in sorted(picks, key=lambda p: p[1])[:limit]]
+        if not chosen:
+            return []
+        moved = transition_flow_runs(
+            FlowRun.objects.filter(pk__in=chosen, state__in=CLAIMABLE), State.SUBMITTED,
+            actor=Actor.AGENT, message=f"Claimed by agent {agent.name}.", now=now,
+            updates={"agent_id": agent.pk},
+        )
+    ids = [row["pk"] for row in moved]
+    return list(
+        FlowRun.objects.filter(pk__in=ids).select_related("flow", "flow_version", "work_queue")
+        .order_by("scheduled_start")
+    )
+

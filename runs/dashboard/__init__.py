@@ -1,0 +1,1 @@
+"""The htmx dashboard: server-rendered pages whose live parts are partials that htmx polls."""

@@ -1,0 +1,170 @@
+"""The dashboard's reads. Each is a fixed number of queries whatever the number of rows:
+counts are aggregated in SQL and every list is cut to a window."""
+
+from datetime import timedelta
+
+from django.db.models import Count, Q
+from django.db.models.functions import Coalesce
+
+from runs.models import TERMINAL_STATES, Agent, AgentStatus, FlowRun, Log, State, StateChange, TaskRun, WorkQueue
+
+from . import display
+from .access import scoped
+
+LIST_LIMIT = 50
+TIMELINE_LIMIT = 300
+TIMELINE_LOOKBACK = timedelta(days=1)
+RECOVERY_SOURCES = ("lazarus", "zombie-killer")
+
+
+def alive_runs(request):
+    return scoped(request, FlowRun.objects.alive())
+
+
+def runs_by_state(request, since, now):
+    """{state: count} of runs due between `since` and `now`, every state present (zero when none)."""
+    counts = dict(
+        alive_runs(request).filter(scheduled_start__gte=since, scheduled_start__lte=now)
+        .values_list("state").annotate(n=Count("id")).values_list("state", "n")
+    )
+    return [(state, counts.get(state.value, 0)) for state in State]
+
+
+def late_runs(request, limit=LIST_LIMIT):
+    """LATE runs, longest overdue first, and how many there are in all."""
+    queryset = alive_runs(request).filter(state=State.LATE)
+    return list(queryset.select_related("flow").order_by("scheduled_start")[:limit]), queryset.count()
+
+
+def heartbeat_runs(request, now, limit=LIST_LIMIT):
+    """Active runs with the verdict on their heartbeat, the most silent first; and the total."""
+    queryset = alive_runs(request).filter(state__in=display.HEARTBEAT_STATES)
+    rows = list(
+        queryset.select_related("flow", "agent")
+        .annotate(beat=Coalesce("last_heartbeat", "start_time", "state_changed"))
+        .order_by("beat")[:limit]
+    )
+    threshold = display.zombie_threshold_seconds()
+    return [(run, display.heartbeat_of(run, now, threshold)) for run in rows], queryset.count()
+
+
+def agent_counts(request):
+    """{'ONLINE': n, 'OFFLINE': n}."""
+    counts = dict(scoped(request, Agent.objects.all()).values_list("status").annotate(n=Count("id")))
+    return {status.value: counts.get(status.value, 0) for status in AgentStatus}
+
+
+def timeline_runs(request, start, end, flow_id=None, queue_id=None, limit=None):
+    """Runs whose bar meets the window [start, end]: started (or due) before its end, and not
+    finished before its start. Returns (runs, more): the first `limit` by start, and whether
+    there are more (counted no further: a count would read every run of the window).
+
+    Two index range reads on (workspace, state, scheduled_start): runs not finished, whatever
+    their age, and finished runs due at most TIMELINE_LOOKBACK before the window, so the cost
+    follows the window, not the table. (A finished run due more than that before the window,
+    i.e. one that ran longer than a day, is not drawn.)
+    """
+    limit = limit or TIMELINE_LIMIT
+    base = alive_runs(request).annotate(bar_start=Coalesce("start_time", "scheduled_start"))
+    if flow_id:
+        base = base.filter(flow_id=flow_id)
+    if queue_id:
+        base = base.filter(work_queue_id=queue_id)
+    unfinished = base.filter(state__in=[s for s in State if s not in TERMINAL_STATES],
+                              scheduled_start__lte=end, bar_start__lte=end) \
+        .exclude(state=State.SCHEDULED, scheduled_start__lt=start)  # long-due SCHEDULED runs are LATE's job
+    finished = base.filter(state__in=TERMINAL_STATES, scheduled_start__gte=start - TIMELINE_LOOKBACK,
+                           scheduled_start__lte=end, bar_start__lte=end).filter(
+        Q(end_time__isnull=True) | Q(end_time__gte=start))
+    runs = []
+    for queryset in (unfinished, finished):
+        runs += queryset.select_related("flow").order_by("bar_start", "id")[: limit + 1]
+    runs.sort(key=lambda run: (run.bar_start, str(run.pk)))
+    return runs[:limit], len(runs) > limit
+
+
+def run_history(run):
+    """The run's own transitions (task runs' are on their bars), oldest first."""
+    return list(run.history.filter(task_run__isnull=True).select_related("user", "agent").order_by("timestamp", "id"))
+
+
+def run_task_runs(run, limit=200):
+    return list(TaskRun.objects.filter(flow_run=run).order_by("start_time", "created")[:limit])
+
+
+def run_logs(run, min_level, limit=200):
+    """The newest `limit` logs at `min_level` or above, oldest first (a tail)."""
+    newest = list(run.logs.filter(level__gte=min_level).order_by("-timestamp", "-id")[:limit])
+    return newest[::-1]
+
+
+def queues_with_load(request, now):
+    """Work queues with their runs in use (SUBMITTED/RUNNING) and late runs, counted in SQL over
+    the active and late runs only (partial indexes), not over every run a queue ever had."""
+    queues = list(scoped(request, WorkQueue.objects.all()).select_related("workspace").order_by("name", "id")[:200])
+    counts = {}
+    for state_group, key in (((State.SUBMITTED, State.RUNNING), "in_use"), ((State.LATE,), "late")):
+        # Grouped over the states only (index on workspace, state), not looked up per queue: a
+        # queue's index would read every run the queue ever had.
+        rows = alive_runs(request).filter(state__in=state_group) \
+            .values_list("work_queue_id").annotate(n=Count("id")).values_list("work_queue_id", "n")
+        for queue_id, n in rows:
+            counts[(queue_id, key)] = n
+    for queue in queues:
+        queue.in_use = counts.get((queue.pk, "in_use"), 0)
+        queue.late = counts.get((queue.pk, "late"), 0)
+    return queues
+
+
+def agents_with_queues(request):
+    return list(scoped(request, Agent.objects.all()).prefetch_related("queues").order_by("status", "name")[:200])
+
+
+def recovery_interventions(request, since, flow_id=None, limit=200):
+    """Every Lazarus and Zombie Killer act since `since`, newest first: their log lines and the
+    state changes they made. Each row: time, source, run, reason, attempt (which act on that run
+    this was, counted per source)."""
+    logs = scoped(request, Log.objects.filter(source__in=RECOVERY_SOURCES, timestamp__gte=since))
+    changes = scoped(
+        request, StateChange.objects.filter(actor__in=RECOVERY_SOURCES, timestamp__gte=since), "flow_run__workspace_id"
+    )
+    if flow_id:
+        logs = logs.filter(flow_run__flow_id=flow_id)
+        changes = changes.filter(flow_run__flow_id=flow_id)
+    rows = [
+        {"time": log.timestamp, "source": log.source, "run": log.flow_run, "task_run": log.task_run,
+         "reason": log.message, "kind": "log"}
+        for log in logs.select_related("flow_run__flow", "task_run").order_by("-timestamp", "-id")[:limit]
+    ] + [
+        {"time": change.timestamp, "source": change.actor, "run": change.flow_run, "task_run": change.task_run,
+         "reason": f"{change.from_state or '—'} → {change.to_state}: {change.message}".rstrip(": "),
+         "kind": "state change"}
+        for change in changes.select_related("flow_run__flow", "task_run").order_by("-timestamp", "-id")[:limit]
+    ]
+    rows.sort(key=lambda row: row["time"], reverse=True)
+    rows = rows[:limit]
+    number_attempts(rows)
+    return rows
+
+
+def number_attempts(rows):
+    """Set each row's `attempt`: which act of its source on its run it was (1 = the first ever).
+
+    Two queries over the shown runs only; a run has at most a handful of interventions (Lazarus
+    gives up after its tenth), so this reads little whatever the size of the tables.
+    """
+    run_ids = {row["run"].pk for row in rows}
+    moments = {}
+    for run_id, source, at in Log.objects.filter(flow_run_id__in=run_ids, source__in=RECOVERY_SOURCES) \
+            .values_list("flow_run_id", "source", "timestamp"):
+        moments.setdefault(("log", run_id, source), []).append(at)
+    for run_id, actor, at in StateChange.objects.filter(flow_run_id__in=run_ids, actor__in=RECOVERY_SOURCES) \
+            .values_list("flow_run_id", "actor", "timestamp"):
+        moments.setdefault(("state change", run_id, actor), []).append(at)
+    for row in rows:
+        earlier = moments.get((row["kind"], row["run"].pk, row["source"]), [])
+        row["attempt"] = sum(1 for at in earlier if at <= row["time"])
+
+
+def period_start(now, hours):
+    return now - timedelta(hours=hours)

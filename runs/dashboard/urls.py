@@ -1,0 +1,22 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from . import schedules, views
+
+app_name = "dashboard"
+
+urlpatterns = [
+    path("", views.overview, name="overview"),
+    path("login/", auth_views.LoginView.as_view(template_name="dashboard/login.html",
+                                                next_page="dashboard:overview"), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(next_page="dashboard:login"), name="logout"),
+    path("timeline/", views.timeline, name="timeline"),
+    path("runs/<uuid:pk>/", views.run_detail, name="run"),
+    path("schedules/", schedules.schedule_list, name="schedules"),
+    path("schedules/<int:pk>/pause/", schedules.pause, name="schedule-pause"),
+    path("schedules/<int:pk>/keep/", schedules.cancel_pause, name="schedule-keep"),
+    path("schedules/<int:pk>/resume/", schedules.resume, name="schedule-resume"),
+    path("schedules/<int:pk>/run/", schedules.run_now, name="schedule-run"),
+    path("agents/", views.agents, name="agents"),
+    path("recovery/", views.recovery, name="recovery"),
+]

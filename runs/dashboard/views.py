@@ -1,0 +1,172 @@
+"""Dashboard pages. Each full page includes its live partial; an htmx poll gets the partial alone."""
+
+from datetime import timedelta
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404
+from django.shortcuts import render
+from django.utils import timezone
+
+from runs.models import Flow, FlowRun, LogLevel, WorkQueue
+
+from . import display, queries
+from .access import scoped
+
+# Choices the filters offer, in hours.
+TIMELINE_WINDOWS = (1, 6, 24, 72)
+RECOVERY_PERIODS = ((24, "24 hours"), (168, "7 days"), (720, "30 days"))
+
+
+def dashboard_login_required(view):
+    return login_required(view, login_url="dashboard:login")
+
+
+def render_live(request, page, partial, context):
+    """The full page, or only its live partial when htmx asks (polling, filter changes)."""
+    template = partial if request.htmx and not request.htmx.boosted else page
+    return render(request, template, context)
+
+
+def int_param(request, name, default=None, choices=None):
+    try:
+        value = int(request.GET.get(name, ""))
+    except ValueError:
+        return default
+    if choices is not None and value not in choices:
+        return default
+    return value
+
+
+def service_health(now):
+    """Towel's verdict per service, or None while Towel has no health report to give."""
+    try:
+        from services.towel import health_report
+    except (ImportError, AttributeError):
+        return None
+    try:
+        report = health_report(now)
+    except Exception:  # noqa: BLE001 - the overview must render even when the report breaks
+        return {"(health report)": {"healthy": False, "last_error": "the health report itself failed",
+                                    "last_success": None, "last_error_at": None, "interval_seconds": 0}}
+    return dict(sorted(report.items()))
+
+
+@dashboard_login_required
+def overview(request):
+    now = timezone.now()
+    heartbeats, running_total = queries.heartbeat_runs(request, now)
+    late, late_total = queries.late_runs(request)
+    context = {
+        "nav": "overview", "now": now,
+        "by_state": queries.runs_by_state(request, now - timedelta(hours=24), now),
+        "late": late, "late_total": late_total,
+        "heartbeats": heartbeats, "running_total": running_total,
+        "agents": queries.agent_counts(request),
+        "services": service_health(now),
+        "threshold": display.format_age(display.zombie_threshold_seconds()),
+    }
+    return render_live(request, "dashboard/overview.html", "dashboard/_overview_live.html", context)
+
+
+def timeline_bars(runs, start, end, now):
+    """Geometry of each run's bar in percent of the window, and the marks a person looks for."""
+    span = (end - start).total_seconds()
+    bars = []
+    for run in runs:
+        begin = run.start_time or run.scheduled_start
+        finish = run.end_time or (now if begin <= now else begin)
+        left = display.percent(begin, start, span)
+        width = max(display.percent(finish, start, span) - left, 0.4)
+        beat = None
+        if run.last_heartbeat and run.end_time is None and start <= run.last_heartbeat <= end:
+            beat = display.percent(run.last_heartbeat, start, span)
+        bars.append({
+            "run": run, "left": left, "width": round(min(width, 100 - left) or 0.4, 3), "heartbeat": beat,
+            "css": display.state_css(run.state), "open": run.end_time is None and begin <= now,
+            "alarm": run.state in ("LATE", "CRASHED", "FAILED"),
+        })
+    return bars
+
+
+@dashboard_login_required
+def timeline(request):
+    now = timezone.now()
+    hours = int_param(request, "hours", 6, TIMELINE_WINDOWS)
+    flow_id = int_param(request, "flow")
+    queue_id = int_param(request, "queue")
+    end = now + timedelta(hours=hours) / 12  # a little future, so the next SCHEDULED runs show
+    start = now - timedelta(hours=hours)
+    runs, more = queries.timeline_runs(request, start, end, flow_id, queue_id)
+    ticks = [{"left": display.percent(start + (end - start) * i / 6, start, (end - start).total_seconds()),
+              "at": start + (end - start) * i / 6} for i in range(7)]
+    context = {
+        "nav": "timeline", "now": now, "hours": hours, "windows": TIMELINE_WINDOWS, "start": start, "end": end,
+        "bars": timeline_bars(runs, start, end, now), "more": more, "limit": queries.TIMELINE_LIMIT,
+        "now_left": display.percent(now, start, (end - start).total_seconds()), "ticks": ticks,
+        "flows": scoped(request, Flow.objects.order_by("name")).only("id", "name")[:500],
+        "queues": scoped(request, WorkQueue.objects.order_by("name")).only("id", "name")[:500],
+        "flow_id": flow_id, "queue_id": queue_id,
+    }
+    return render_live(request, "dashboard/timeline.html", "dashboard/_timeline_live.html", context)
+
+
+@dashboard_login_required
+def run_detail(request, pk):
+    now = timezone.now()
+    run = scoped(request, FlowRun.objects.alive().select_related("flow", "agent", "work_queue", "created_by")).filter(
+        pk=pk).first()
+    if run is None:
+        raise Http404("No such run.")
+    level = int_param(request, "level", LogLevel.DEBUG, set(LogLevel.values))
+    task_runs = queries.run_task_runs(run)
+    # The Gantt spans the run (or its task runs, when they reach further).
+    moments = [m for t in task_runs for m in (t.start_time, t.end_time) if m] + [
+        m for m in (run.start_time, run.end_time) if m]
+    still_open = bool(run.start_time and not run.end_time) or any(t.start_time and not t.end_time for t in task_runs)
+    gantt_start = min(moments) if moments else None
+    gantt_end = max(moments + ([now] if still_open else [])) if moments else None
+    span = max((gantt_end - gantt_start).total_seconds(), 1) if moments else 1
+    gantt = [{
+        "task": t, "css": display.state_css(t.state),
+        "left": display.percent(t.start_time, gantt_start, span) if t.start_time else 0,
+        "width": max(display.percent(t.end_time or now, gantt_start, span)
+                     - display.percent(t.start_time, gantt_start, span), 0.5) if t.start_time else 0,
+    } for t in task_runs]
+    context = {
+        "nav": "timeline", "now": now, "run": run, "css": display.state_css(run.state),
+        "heartbeat": display.heartbeat_of(run, now), "history": queries.run_history(run), "gantt": gantt,
+        "gantt_start": gantt_start, "gantt_end": gantt_end,
+        "logs": queries.run_logs(run, level), "level": level, "levels": LogLevel.choices,
+        "threshold": display.format_age(display.zombie_threshold_seconds()),
+    }
+    return render_live(request, "dashboard/run_detail.html", "dashboard/_run_live.html", context)
+
+
+@dashboard_login_required
+def agents(request):
+    now = timezone.now()
+    agent_rows = [{"agent": a, "age": display.format_age((now - a.last_heartbeat).total_seconds())
+                   if a.last_heartbeat else "never",
+                   "healthy": a.status == "ONLINE" and a.last_heartbeat is not None
+                   and (now - a.last_heartbeat).total_seconds() < 3 * a.heartbeat_interval}
+                  for a in queries.agents_with_queues(request)]
+    queue_rows = [{"queue": q, "polled": display.format_age((now - q.last_polled).total_seconds())
+                   if q.last_polled else "never",
+                   "healthy": not q.paused and q.late == 0 and q.last_polled is not None
+                   and (now - q.last_polled).total_seconds() < 60}
+                  for q in queries.queues_with_load(request, now)]
+    context = {"nav": "agents", "now": now, "agents": agent_rows, "queues": queue_rows}
+    return render_live(request, "dashboard/agents.html", "dashboard/_agents_live.html", context)
+
+
+@dashboard_login_required
+def recovery(request):
+    now = timezone.now()
+    hours = int_param(request, "period", 168, {h for h, _ in RECOVERY_PERIODS})
+    flow_id = int_param(request, "flow")
+    context = {
+        "nav": "recovery", "now": now, "period": hours, "periods": RECOVERY_PERIODS, "flow_id": flow_id,
+        "flows": scoped(request, Flow.objects.order_by("name")).only("id", "name")[:500],
+        "rows": queries.recovery_interventions(request, queries.period_start(now, hours), flow_id),
+    }
+    return render_live(request, "dashboard/recovery.html", "dashboard/_recovery_live.html", context)

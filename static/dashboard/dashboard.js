@@ -1,0 +1,31 @@
+// After htmx swaps a schedule row, put the keyboard focus on the control the row marks with
+// data-focus (the toggle, or "Keep active" in the confirm step), so a keyboard user never
+// falls back to the top of the page. Done here once, not with `autofocus`, which Chromium
+// would apply again on its own a frame later and steal focus back.
+document.addEventListener("htmx:afterSettle", function () {
+  var target = document.querySelector("[data-focus]");
+  if (target) {
+    target.removeAttribute("data-focus");
+    target.focus();
+  }
+});
+
+// Live tail: after each refresh of a run's logs, show the newest line (the list scrolls inside
+// its box), unless the reader has scrolled up to read older lines.
+var logsAtBottom = true;
+document.addEventListener("htmx:beforeSwap", function () {
+  var logs = document.querySelector("ol.logs");
+  logsAtBottom = !logs || logs.scrollHeight - logs.scrollTop - logs.clientHeight < 24;
+});
+document.addEventListener("htmx:afterSettle", function () {
+  var logs = document.querySelector("ol.logs");
+  if (logs && logsAtBottom) {
+    logs.scrollTop = logs.scrollHeight;
+  }
+});
+document.addEventListener("DOMContentLoaded", function () {
+  var logs = document.querySelector("ol.logs");
+  if (logs) {
+    logs.scrollTop = logs.scrollHeight;
+  }
+});

@@ -1,0 +1,79 @@
+"""Fixtures of the agent tests: real agent subprocesses pointed at a live server."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import api_prefix
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout=60.0, interval=0.2, what="condition"):
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
+
+
+class AgentProcess:
+    def __init__(self, process, health_port, log_path):
+        self.process, self.health_port, self.log_path = process, health_port, log_path
+
+    def output(self):
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout=30):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture
+def start_agent(tmp_path):
+    """start_agent(api_url, key, queue, name, **flags) -> AgentProcess; all are stopped at teardown."""
+    started = []
+
+    def start(api_url, key, queue, name, *extra):
+        port = free_port()
+        log_path = tmp_path / f"{name}.log"
+        env = {**os.environ, "ORCHESTRATOR_AGENT_QUERY_SECONDS": "0.3", "ORCHESTRATOR_AGENT_HEARTBEAT_SECONDS": "1",
+               "ORCHESTRATOR_RUNNER_HEARTBEAT_SECONDS": "0.3", "ORCHESTRATOR_AGENT_WEBSERVER_PORT": str(port)}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agent", "start", "--api", api_url, "--key", key, "--queue", queue,
+             "--name", name, *extra],
+            cwd=REPO, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+        )
+        agent = AgentProcess(process, port, log_path)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop()
+
+
+@pytest.fixture
+def workspace_url(live_server, ws):
+    return live_server.url + api_prefix(ws)

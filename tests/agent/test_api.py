@@ -1,0 +1,247 @@
+"""The agent endpoints: register, claim, states, task runs, heartbeats, logs, and bad input."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from runs.models import Actor, Agent, AgentStatus, FlowRun, Log, Role, State, StateChange, TaskRun
+from tests import factories
+
+
+@pytest.fixture
+def operator(api, key_for):
+    return api.as_key(key_for(Role.OPERATOR))
+
+
+@pytest.fixture
+def registered(operator, prefix):
+    answer = operator.post(f"{prefix}/agent/register", {"name": "box-1", "queues": ["default"]}, format="json")
+    assert answer.status_code == 201, answer.content
+    return answer.json()["id"]
+
+
+def due_run(ws, queue_name="default", **kw):
+    from runs.models import WorkQueue
+
+    queue, _ = WorkQueue.objects.get_or_create(workspace=ws, name=queue_name)
+    flow = factories.flow(ws, entrypoint="agent.examples.hello:hello")
+    return factories.flow_run(flow, work_queue=queue, scheduled_start=timezone.now() - timedelta(seconds=1), **kw)
+
+
+def test_register_creates_the_agent_and_its_missing_queues(operator, prefix, ws):
+    answer = operator.post(f"{prefix}/agent/register", {"name": "box", "queues": ["default", "gpu"],
+                                                        "version": "0.1", "heartbeat_interval": 5}, format="json")
+    assert answer.status_code == 201
+    agent = Agent.objects.get(pk=answer.json()["id"])
+    assert sorted(agent.queues.values_list("name", flat=True)) == ["default", "gpu"]
+    assert agent.heartbeat_interval == 5 and agent.status == AgentStatus.ONLINE and agent.last_heartbeat
+
+
+def test_claim_returns_due_runs_with_entrypoint_parameters_and_merged_env(operator, prefix, ws, registered):
+    run = due_run(ws, parameters={"name": "Ada"})
+    run.work_queue.job_env = {"REGION": "eu", "TIER": "queue"}
+    run.work_queue.save()
+    run.flow_version.job_env = {"TIER": "flow"}
+    run.flow_version.save()
+    answer = operator.post(f"{prefix}/agent/claim", {"agent_id": registered, "max_runs": 5}, format="json")
+    assert answer.status_code == 200
+    [claimed] = answer.json()["runs"]
+    assert claimed["entrypoint"] == "agent.examples.hello:hello"
+    assert claimed["parameters"] == {"name": "Ada"}
+    assert claimed["env"] == {"REGION": "eu", "TIER": "flow"}
+    run.refresh_from_db()
+    assert run.state == State.SUBMITTED and run.agent_id == registered
+    assert run.work_queue.__class__.objects.get(pk=run.work_queue_id).last_polled is not None
+
+
+def test_a_run_goes_running_then_completed_with_its_heartbeat_interval(operator, prefix, ws, registered):
+    run = due_run(ws)
+    operator.post(f"{prefix}/agent/claim", {"agent_id": registered}, format="json")
+    answer = operator.post(f"{prefix}/agent/flow_runs/{run.pk}/state",
+                           {"state": "RUNNING", "heartbeat_interval": 30}, format="json")
+    assert answer.status_code == 200, answer.content
+    run.refresh_from_db()
+    assert run.heartbeat_interval == 30 and run.last_heartbeat is not None
+    assert operator.post(f"{prefix}/agent/flow_runs/{run.pk}/state", {"state": "COMPLETED"},
+                         format="json").json()["state"] == "COMPLETED"
+    history = list(StateChange.objects.filter(flow_run=run, task_run=None).values_list("to_state", "actor"))
+    assert history == [("SUBMITTED", "agent"), ("RUNNING", "agent"), ("COMPLETED", "agent")]
+
+
+def test_an_illegal_transition_is_409_naming_both_states(operator, prefix, ws, registered):
+    run = due_run(ws, state=State.COMPLETED)
+    answer = operator.post(f"{prefix}/agent/flow_runs/{run.pk}/state", {"state": "RUNNING"}, format="json")
+    assert answer.status_code == 409
+    message = answer.json()["error"]["message"]
+    assert "COMPLETED" in message and "RUNNING" in message
+
+
+def test_a_stale_transition_is_409(operator, prefix, ws, registered):
+    run = due_run(ws, state=State.CANCELLING)
+    answer = operator.post(f"{prefix}/agent/flow_runs/{run.pk}/state",
+                           {"state": "COMPLETED", "expected_state": "RUNNING"}, format="json")
+    assert answer.status_code == 409
+    assert "CANCELLING" in answer.json()["error"]["message"] and "RUNNING" in answer.json()["error"]["message"]
+    assert FlowRun.objects.get(pk=run.pk).state == State.CANCELLING
+
+
+def test_task_runs_are_created_once_per_key_and_report_states(operator, prefix, ws, registered):
+    run = due_run(ws, state=State.RUNNING)
+    url = f"{prefix}/agent/flow_runs/{run.pk}/task_runs"
+    first = operator.post(url, {"task_key": "greet", "max_retries": 2}, format="json")
+    again = operator.post(url, {"task_key": "greet"}, format="json")
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+    task_id = first.json()["id"]
+    assert operator.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "RUNNING"},
+                         format="json").status_code == 200
+    assert operator.post(f"{prefix}/agent/task_runs/{task_id}/heartbeat").status_code == 204
+    assert operator.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "COMPLETED"},
+                         format="json").json()["state"] == "COMPLETED"
+    task_run = TaskRun.objects.get(pk=task_id)
+    assert task_run.max_retries == 2 and task_run.last_heartbeat is not None and task_run.run_count == 1
+
+
+def test_a_new_attempt_after_lazarus_runs_a_task_the_zombie_killer_failed(operator, prefix, ws, registered):
+    from runs.states import set_flow_run_state, transition_task_runs
+
+    run = due_run(ws, state=State.RUNNING)
+    url = f"{prefix}/agent/flow_runs/{run.pk}/task_runs"
+    task_id = operator.post(url, {"task_key": "load"}, format="json").json()["id"]
+    operator.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "RUNNING"}, format="json")
+    # The node dies: the Zombie Killer fails the task, Lazarus reschedules the run, a new agent starts it.
+    transition_task_runs(TaskRun.objects.filter(pk=task_id), State.FAILED, actor=Actor.ZOMBIE_KILLER,
+                         message='Marked "Failed" by a Zombie Killer process')
+    later = timezone.now() + timedelta(seconds=5)
+    run = set_flow_run_state(run, State.SCHEDULED, actor=Actor.LAZARUS,
+                             updates={"start_time": None, "agent": None, "last_heartbeat": None})
+    run = set_flow_run_state(run, State.SUBMITTED, actor=Actor.AGENT)
+    set_flow_run_state(run, State.RUNNING, actor=Actor.AGENT, now=later)
+
+    again = operator.post(url, {"task_key": "load"}, format="json")
+    assert again.status_code == 200 and again.json()["id"] == task_id and again.json()["state"] == "SCHEDULED"
+    assert operator.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "RUNNING"},
+                         format="json").status_code == 200
+    assert operator.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "COMPLETED"},
+                         format="json").status_code == 200
+    history = list(StateChange.objects.filter(task_run_id=task_id).values_list("to_state", "actor"))
+    assert history == [("RUNNING", "agent"), ("FAILED", "zombie-killer"), ("SCHEDULED", "agent"),
+                       ("RUNNING", "agent"), ("COMPLETED", "agent")]
+
+
+def test_asking_again_within_one_attempt_does_not_reopen_a_failed_task(operator, prefix, ws, registered):
+    run = due_run(ws, state=State.RUNNING)
+    url = f"{prefix}/agent/flow_runs/{run.pk}/task_runs"
+    task_id = operator.post(url, {"task_key": "load"}, format="json").json()["id"]
+    operator.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "RUNNING"}, format="json")
+    operator.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "FAILED"}, format="json")
+    assert operator.post(url, {"task_key": "load"}, format="json").json()["state"] == "FAILED"
+
+
+def test_heartbeats_move_last_heartbeat(operator, prefix, ws, registered):
+    run = due_run(ws, state=State.RUNNING)
+    assert operator.post(f"{prefix}/agent/flow_runs/{run.pk}/heartbeat").status_code == 204
+    run.refresh_from_db()
+    assert run.last_heartbeat is not None
+    before = Agent.objects.get(pk=registered).last_heartbeat
+    assert operator.post(f"{prefix}/agent/heartbeat", {"agent_id": registered}, format="json").status_code == 204
+    assert Agent.objects.get(pk=registered).last_heartbeat >= before
+
+
+def test_an_agent_shutting_down_reports_itself_offline(operator, prefix, registered):
+    operator.post(f"{prefix}/agent/heartbeat", {"agent_id": registered, "status": "OFFLINE"}, format="json")
+    assert Agent.objects.get(pk=registered).status == AgentStatus.OFFLINE
+
+
+def test_a_flow_run_heartbeat_is_a_single_update(operator, prefix, ws):
+    run = due_run(ws, state=State.RUNNING)
+    operator.get(f"{prefix}/agent/ping")  # the key's last_used_at is written at most once a minute
+    with CaptureQueriesContext(connection) as captured:
+        assert operator.post(f"{prefix}/agent/flow_runs/{run.pk}/heartbeat").status_code == 204
+    statements = [q["sql"].split()[0] for q in captured.captured_queries]
+    # Reads of the key and the workspace, then one UPDATE (wrapped in a transaction, see record_heartbeat).
+    assert statements.count("SELECT") == 2 and statements.count("UPDATE") == 1
+    assert not {"INSERT", "DELETE"} & set(statements)
+
+
+def test_logs_are_stored_in_one_batch(operator, prefix, ws):
+    run = due_run(ws, state=State.RUNNING)
+    task = factories.task_run(run)
+    lines = [{"flow_run_id": str(run.pk), "message": f"line {i}", "level": 20} for i in range(50)]
+    lines.append({"flow_run_id": str(run.pk), "task_run_id": str(task.pk), "message": "boom", "level": 40})
+    answer = operator.post(f"{prefix}/agent/logs", {"logs": lines}, format="json")
+    assert answer.status_code == 201 and answer.json() == {"stored": 51}
+    assert Log.objects.filter(flow_run=run).count() == 51
+    assert Log.objects.get(task_run=task).level == 40
+
+
+# --- Bad input -------------------------------------------------------------------------------
+
+def test_a_wrong_key_is_401(api, prefix):
+    answer = api.as_key("orch_not-a-key").post(f"{prefix}/agent/claim", {"agent_id": 1}, format="json")
+    assert answer.status_code == 401
+
+
+def test_a_revoked_key_is_401(api, prefix, ws):
+    key, secret = factories.api_key(ws)
+    key.revoked_at = timezone.now()
+    key.save()
+    assert api.as_key(secret).post(f"{prefix}/agent/heartbeat", {"agent_id": 1}, format="json").status_code == 401
+
+
+def test_a_viewer_key_may_not_act_as_an_agent(api, prefix, key_for):
+    answer = api.as_key(key_for(Role.VIEWER)).post(f"{prefix}/agent/register", {"name": "x", "queues": ["a"]},
+                                                   format="json")
+    assert answer.status_code == 403
+
+
+def test_another_workspaces_run_is_404(operator, prefix, other_ws):
+    run = due_run(other_ws, state=State.RUNNING)
+    task = factories.task_run(run)
+    assert operator.post(f"{prefix}/agent/flow_runs/{run.pk}/state", {"state": "COMPLETED"},
+                         format="json").status_code == 404
+    assert operator.post(f"{prefix}/agent/flow_runs/{run.pk}/heartbeat").status_code == 404
+    assert operator.post(f"{prefix}/agent/flow_runs/{run.pk}/task_runs", {"task_key": "t"},
+                         format="json").status_code == 404
+    assert operator.post(f"{prefix}/agent/task_runs/{task.pk}/state", {"state": "COMPLETED"},
+                         format="json").status_code == 404
+    assert operator.post(f"{prefix}/agent/logs", {"logs": [{"flow_run_id": str(run.pk), "message": "x"}]},
+                         format="json").status_code == 404
+    assert FlowRun.objects.get(pk=run.pk).state == State.RUNNING
+
+
+def test_another_workspaces_agent_is_404(operator, prefix, other_ws):
+    stranger = factories.agent(other_ws)
+    assert operator.post(f"{prefix}/agent/claim", {"agent_id": stranger.pk}, format="json").status_code == 404
+
+
+@pytest.mark.parametrize("path, payload, field", [
+    ("register", {"queues": ["a"]}, "name"),
+    ("register", {"name": "x", "queues": []}, "queues"),
+    ("claim", {"agent_id": "one"}, "agent_id"),
+    ("claim", {"agent_id": 1, "max_runs": 100000}, "max_runs"),
+    ("logs", {"logs": [{"message": "no run"}]}, "logs"),
+])
+def test_a_malformed_payload_is_400_naming_the_field(operator, prefix, path, payload, field):
+    answer = operator.post(f"{prefix}/agent/{path}", payload, format="json")
+    assert answer.status_code == 400
+    assert field in answer.json()["error"]["fields"] and field in answer.json()["error"]["message"]
+
+
+def test_an_unknown_state_is_400_naming_the_field(operator, prefix, ws):
+    run = due_run(ws, state=State.RUNNING)
+    answer = operator.post(f"{prefix}/agent/flow_runs/{run.pk}/state", {"state": "DONE"}, format="json")
+    assert answer.status_code == 400 and "state" in answer.json()["error"]["fields"]
+
+
+def test_a_log_batch_over_the_size_limit_is_413_naming_the_limit(operator, prefix, ws, settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "AGENT_LOG_BATCH_MAX_BYTES": 2000}
+    run = due_run(ws, state=State.RUNNING)
+    lines = [{"flow_run_id": str(run.pk), "message": "x" * 100} for _ in range(30)]
+    answer = operator.post(f"{prefix}/agent/logs", {"logs": lines}, format="json")
+    assert answer.status_code == 413
+    assert "2000 bytes" in answer.json()["error"]["message"]
+    assert not Log.objects.exists()

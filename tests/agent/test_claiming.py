@@ -1,0 +1,158 @@
+"""claim_due_runs: which runs an agent gets, and that two agents never get the same one."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from runs.claiming import claim_due_runs
+from runs.models import Actor, FlowRun, State, StateChange
+from tests import factories
+
+
+def agent_on(ws, *queues):
+    agent = factories.agent(ws)
+    agent.queues.set(queues)
+    return agent
+
+
+def due_runs(flow, queue, count, now, **kw):
+    return [factories.flow_run(flow, work_queue=queue, scheduled_start=now - timedelta(seconds=count - i), **kw)
+            for i in range(count)]
+
+
+@pytest.fixture
+def now():
+    return timezone.now()
+
+
+@pytest.fixture
+def flow(ws):
+    return factories.flow(ws)
+
+
+def test_claims_due_runs_oldest_first_and_moves_them_to_submitted(ws, flow, now):
+    queue = factories.work_queue(ws)
+    runs = due_runs(flow, queue, 3, now)
+    agent = agent_on(ws, queue)
+    claimed = claim_due_runs(agent, limit=2, now=now)
+    assert [r.pk for r in claimed] == [runs[0].pk, runs[1].pk]
+    assert all(r.state == State.SUBMITTED and r.agent_id == agent.pk for r in claimed)
+    assert FlowRun.objects.get(pk=runs[2].pk).state == State.SCHEDULED
+
+
+def test_late_runs_are_claimed_and_future_runs_are_not(ws, flow, now):
+    queue = factories.work_queue(ws)
+    late = factories.flow_run(flow, state=State.LATE, work_queue=queue, scheduled_start=now - timedelta(minutes=5))
+    factories.flow_run(flow, work_queue=queue, scheduled_start=now + timedelta(minutes=5))
+    assert [r.pk for r in claim_due_runs(agent_on(ws, queue), limit=10, now=now)] == [late.pk]
+
+
+def test_only_the_agents_queues_are_claimed(ws, flow, now):
+    mine, theirs = factories.work_queue(ws), factories.work_queue(ws)
+    due_runs(flow, theirs, 2, now)
+    assert claim_due_runs(agent_on(ws, mine), limit=10, now=now) == []
+
+
+def test_a_paused_queue_hands_out_nothing_but_records_the_poll(ws, flow, now):
+    queue = factories.work_queue(ws, paused=True)
+    due_runs(flow, queue, 2, now)
+    assert claim_due_runs(agent_on(ws, queue), limit=10, now=now) == []
+    queue.refresh_from_db()
+    assert queue.last_polled == now
+
+
+def test_the_queue_concurrency_limit_counts_runs_already_active(ws, flow, now):
+    queue = factories.work_queue(ws, concurrency_limit=3)
+    factories.flow_run(flow, state=State.RUNNING, work_queue=queue)
+    due_runs(flow, queue, 5, now)
+    agent = agent_on(ws, queue)
+    assert len(claim_due_runs(agent, limit=10, now=now)) == 2
+    assert claim_due_runs(agent, limit=10, now=now) == []
+
+
+def test_claims_mix_limited_and_unlimited_queues(ws, flow, now):
+    limited, open_queue = factories.work_queue(ws, concurrency_limit=1), factories.work_queue(ws)
+    due_runs(flow, limited, 3, now)
+    due_runs(flow, open_queue, 3, now)
+    claimed = claim_due_runs(agent_on(ws, limited, open_queue), limit=10, now=now)
+    assert sorted(r.work_queue_id for r in claimed) == sorted([limited.pk] + [open_queue.pk] * 3)
+
+
+def test_claiming_writes_history_with_the_agent_as_actor(ws, flow, now):
+    queue = factories.work_queue(ws)
+    [run] = due_runs(flow, queue, 1, now)
+    agent = agent_on(ws, queue)
+    claim_due_runs(agent, limit=1, now=now)
+    change = StateChange.objects.get(flow_run=run)
+    assert (change.from_state, change.to_state, change.actor) == ("SCHEDULED", "SUBMITTED", Actor.AGENT)
+    assert agent.name in change.message
+
+
+def test_a_claim_takes_a_constant_number_of_queries(ws, flow, now):
+    counts = []
+    for size in (5, 50):
+        queue = factories.work_queue(ws)
+        due_runs(flow, queue, size, now)
+        agent = agent_on(ws, queue)
+        with CaptureQueriesContext(connection) as captured:
+            assert len(claim_due_runs(agent, limit=size, now=now)) == size
+        counts.append(len(captured.captured_queries))
+    assert counts[0] == counts[1] <= 15
+
+
+def test_two_agents_taking_turns_never_claim_the_same_run(ws, flow, now):
+    queue = factories.work_queue(ws)
+    due_runs(flow, queue, 200, now)
+    agents = [agent_on(ws, queue), agent_on(ws, queue)]
+    seen = []
+    for turn in range(20):
+        seen += [r.pk for r in claim_due_runs(agents[turn % 2], limit=13, now=now)]
+    assert len(seen) == len(set(seen)) == 200
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_agents_claiming_at_once_over_the_api_get_every_run_exactly_once():
+    """Two agents in two threads, each with its own connection, claim and complete through the API."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SKIP LOCKED concurrency needs PostgreSQL")
+    ws = factories.workspace()
+    flow, queue, now = factories.flow(ws), factories.work_queue(ws), timezone.now()
+    due_runs(flow, queue, 200, now)
+    agents = [agent_on(ws, queue), agent_on(ws, queue)]
+    secret = factories.api_key(ws)[1]
+    prefix = f"/api/accounts/{ws.account.slug}/workspaces/{ws.slug}/agent"
+    claimed = {agent.pk: [] for agent in agents}
+    start = threading.Barrier(2)
+
+    def work(agent):
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+        start.wait()
+        try:
+            while runs := api.post(f"{prefix}/claim", {"agent_id": agent.pk, "max_runs": 7},
+                                   format="json").json()["runs"]:
+                for run in runs:
+                    claimed[agent.pk].append(run["id"])
+                    for state in ("RUNNING", "COMPLETED"):
+                        answer = api.post(f"{prefix}/flow_runs/{run['id']}/state", {"state": state}, format="json")
+                        assert answer.status_code == 200, answer.content
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work, args=(agent,)) for agent in agents]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    everything = claimed[agents[0].pk] + claimed[agents[1].pk]
+    assert len(everything) == len(set(everything)) == 200
+    assert all(claimed.values()), "both agents should have claimed some runs"
+    assert FlowRun.objects.filter(state=State.COMPLETED).count() == 200
+    assert StateChange.objects.filter(to_state=State.SUBMITTED).count() == 200
+    assert StateChange.objects.filter(to_state=State.COMPLETED).count() == 200

@@ -1,0 +1,137 @@
+"""Flow runs over the API: idempotent creation, filters, cursor pages, set state, cancel, retry."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from runs.models import FlowRun, Role, State
+from tests import factories
+
+
+@pytest.fixture
+def operator(api, key_for):
+    return api.as_key(key_for(Role.OPERATOR))
+
+
+def test_same_idempotency_key_twice_creates_one_run(operator, prefix, ws):
+    flow = factories.flow(ws)
+    body = {"flow": flow.name, "idempotency_key": "build-4711", "parameters": {"day": "monday"}}
+    first = operator.post(f"{prefix}/flow_runs/", body, format="json")
+    second = operator.post(f"{prefix}/flow_runs/", body, format="json")
+    assert (first.status_code, second.status_code) == (201, 200)
+    assert first.json()["id"] == second.json()["id"]
+    assert FlowRun.objects.filter(workspace=ws).count() == 1
+
+
+def test_runs_without_a_key_are_each_new(operator, prefix, ws):
+    flow = factories.flow(ws)
+    for _ in range(2):
+        assert operator.post(f"{prefix}/flow_runs/", {"flow": flow.name}, format="json").status_code == 201
+    assert FlowRun.objects.filter(workspace=ws).count() == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_requests_with_one_key_create_one_run(ws, key_for):
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL's concurrent transactions")
+    flow = factories.flow(ws)
+    secret, path = key_for(Role.OPERATOR), f"/api/accounts/{ws.account.slug}/workspaces/{ws.slug}/flow_runs/"
+    barrier, statuses = threading.Barrier(2), []
+
+    def create():
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+        barrier.wait()
+        statuses.append(client.post(path, {"flow": flow.name, "idempotency_key": "race"}, format="json").status_code)
+        connection.close()
+
+    threads = [threading.Thread(target=create) for _ in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sorted(statuses) == [200, 201]
+    assert FlowRun.objects.filter(workspace=ws, idempotency_key="race").count() == 1
+
+
+def test_list_filters_by_state_flow_time_and_auto_scheduled(operator, prefix, ws):
+    flow, other = factories.flow(ws), factories.flow(ws)
+    now = timezone.now()
+    wanted = factories.flow_run(flow, state=State.FAILED, scheduled_start=now - timedelta(hours=1))
+    factories.flow_run(flow, state=State.FAILED, scheduled_start=now - timedelta(days=2))
+    factories.flow_run(flow, state=State.COMPLETED, scheduled_start=now - timedelta(hours=1))
+    factories.flow_run(other, state=State.FAILED, scheduled_start=now - timedelta(hours=1))
+    after = (now - timedelta(hours=3)).isoformat()
+    response = operator.get(f"{prefix}/flow_runs/", {"state": "failed,crashed", "flow": flow.name,
+                                                     "scheduled_after": after, "auto_scheduled": "false"})
+    assert [r["id"] for r in response.json()["results"]] == [str(wanted.pk)]
+
+
+def test_bad_filters_are_400_naming_the_parameter(operator, prefix):
+    for params, field in [({"state": "SLEEPING"}, "state"), ({"scheduled_after": "yesterday"}, "scheduled_after"),
+                          ({"auto_scheduled": "maybe"}, "auto_scheduled"), ({"ordering": "name"}, "ordering")]:
+        response = operator.get(f"{prefix}/flow_runs/", params)
+        assert response.status_code == 400
+        assert field in response.json()["error"]["fields"]
+
+
+def test_cursor_pages_are_stable_when_runs_are_added(operator, prefix, ws):
+    flow = factories.flow(ws)
+    runs = [factories.flow_run(flow, created=timezone.now() - timedelta(minutes=i)) for i in range(5)]
+    page = operator.get(f"{prefix}/flow_runs/", {"page_size": 2}).json()
+    factories.flow_run(flow)  # newest: must not shift the next page
+    second = operator.get(page["next"]).json()
+    assert [r["id"] for r in second["results"]] == [str(runs[2].pk), str(runs[3].pk)]
+
+
+def test_detail_shows_history_and_set_state_records_the_user(api, prefix, ws):
+    person = factories.user()
+    key = factories.api_key(ws, role=Role.OPERATOR, user=person)[1]
+    run = factories.flow_run(factories.flow(ws), state=State.RUNNING)
+    response = api.as_key(key).post(f"{prefix}/flow_runs/{run.pk}/set_state/", {"state": "FAILED",
+                                                                              "message": "by hand"}, format="json")
+    assert response.status_code == 200
+    last = response.json()["history"][-1]
+    assert (last["to_state"], last["actor"], last["user"], last["message"]) == ("FAILED", "user", str(person),
+                                                                                "by hand")
+
+
+def test_illegal_transition_is_409_with_current_state(operator, prefix, ws):
+    run = factories.flow_run(factories.flow(ws), state=State.COMPLETED)
+    response = operator.post(f"{prefix}/flow_runs/{run.pk}/set_state/", {"state": "RUNNING"}, format="json")
+    assert response.status_code == 409
+    assert response.json()["current_state"] == "COMPLETED"
+
+
+def test_cancel_before_start_cancels_and_after_start_asks_the_agent(operator, prefix, ws):
+    flow = factories.flow(ws)
+    waiting, running = factories.flow_run(flow), factories.flow_run(flow, state=State.RUNNING)
+    assert operator.post(f"{prefix}/flow_runs/{waiting.pk}/cancel/").json()["state"] == "CANCELLED"
+    assert operator.post(f"{prefix}/flow_runs/{running.pk}/cancel/").json()["state"] == "CANCELLING"
+
+
+def test_retry_schedules_a_finished_run_now_and_refuses_a_running_one(operator, prefix, ws):
+    flow = factories.flow(ws)
+    failed = factories.flow_run(flow, state=State.FAILED, scheduled_start=timezone.now() - timedelta(days=1))
+    body = operator.post(f"{prefix}/flow_runs/{failed.pk}/retry/").json()
+    assert body["state"] == "SCHEDULED"
+    assert timezone.now() - timedelta(minutes=1) < FlowRun.objects.get(pk=failed.pk).scheduled_start
+    running = factories.flow_run(flow, state=State.RUNNING)
+    assert operator.post(f"{prefix}/flow_runs/{running.pk}/retry/").status_code == 409
+
+
+def test_run_of_another_workspace_is_404(operator, prefix, other_ws):
+    run = factories.flow_run(factories.flow(other_ws))
+    assert operator.get(f"{prefix}/flow_runs/{run.pk}/").status_code == 404
+    assert operator.post(f"{prefix}/flow_runs/", {"flow": run.flow.name}, format="json").status_code == 400
+
+
+def test_list_runs_in_constant_queries(operator, prefix, ws, django_assert_max_num_queries):
+    flow = factories.flow(ws)
+    for _ in range(20):
+        factories.flow_run(flow)
+    with django_assert_max_num_queries(6):
+        assert len(operator.get(f"{prefix}/flow_runs/").json()["results"]) == 20

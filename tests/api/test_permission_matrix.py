@@ -1,0 +1,113 @@
+"""Each caller (viewer, operator, admin, no key, revoked key) × each endpoint × own and foreign workspace.
+
+The expected status comes from a table: the role an endpoint needs, and the status it answers on
+success. A caller below that role gets 403; a workspace the caller has no role in is 404; no key
+or a revoked key is 401.
+"""
+
+import pytest
+from django.utils import timezone
+
+from runs.models import Membership, Role
+from tests import factories
+from tests.conftest import api_prefix
+
+V, O, A = Role.VIEWER, Role.OPERATOR, Role.ADMIN
+
+# (name, method, path under the workspace, body, role needed, success status)
+ENDPOINTS = [
+    ("ping", "get", "ping", None, V, 200),
+    ("flows list", "get", "flows/", None, V, 200),
+    ("flow detail", "get", "flows/{flow}/", None, V, 200),
+    ("flow create", "post", "flows/", {"name": "new-flow"}, O, 201),
+    ("flow edit", "patch", "flows/{flow}/", {"description": "d"}, O, 200),
+    ("flow versions", "get", "flows/{flow}/versions/", None, V, 200),
+    ("flow register version", "post", "flows/{flow}/versions/", {"entrypoint": "m:f"}, O, 201),
+    ("flow delete", "delete", "flows/{flow}/", None, A, 204),
+    ("schedules list", "get", "schedules/", None, V, 200),
+    ("schedule detail", "get", "schedules/{schedule}/", None, V, 200),
+    ("schedule pause", "post", "schedules/{schedule}/pause/", None, O, 200),
+    ("schedule resume", "post", "schedules/{schedule}/resume/", None, O, 200),
+    ("schedule delete", "delete", "schedules/{schedule}/", None, A, 204),
+    ("flow runs list", "get", "flow_runs/", None, V, 200),
+    ("flow run detail", "get", "flow_runs/{run}/", None, V, 200),
+    ("flow run create", "post", "flow_runs/", {"flow": "{flow_name}"}, O, 201),
+    ("flow run set state", "post", "flow_runs/{run}/set_state/", {"state": "FAILED"}, O, 200),
+    ("flow run cancel", "post", "flow_runs/{run}/cancel/", None, O, 200),
+    ("flow run retry", "post", "flow_runs/{finished_run}/retry/", None, O, 200),
+    ("task runs list", "get", "task_runs/", None, V, 200),
+    ("task run detail", "get", "task_runs/{task_run}/", None, V, 200),
+    ("logs list", "get", "logs/?source=lazarus", None, V, 200),
+    ("work queues list", "get", "work_queues/", None, V, 200),
+    ("work queue create", "post", "work_queues/", {"name": "new-queue"}, A, 201),
+    ("work queue edit", "patch", "work_queues/{queue}/", {"description": "d"}, A, 200),
+    ("work queue pause", "post", "work_queues/{queue}/pause/", None, O, 200),
+    ("work queue resume", "post", "work_queues/{queue}/resume/", None, O, 200),
+    ("work queue limit", "post", "work_queues/{queue}/concurrency_limit/", {"concurrency_limit": 2}, O, 200),
+    ("work queue delete", "delete", "work_queues/{queue}/", None, A, 204),
+    ("agents list", "get", "agents/", None, V, 200),
+    ("agent detail", "get", "agents/{agent}/", None, V, 200),
+    ("members list", "get", "members/", None, A, 200),
+    ("member add", "post", "members/", {"user": "{outsider}", "role": "viewer"}, A, 201),
+    ("member change role", "patch", "members/{membership}/", {"role": "operator"}, A, 200),
+    ("member remove", "delete", "members/{membership}/", None, A, 204),
+    ("api keys list", "get", "api_keys/", None, A, 200),
+    ("api key detail", "get", "api_keys/{key}/", None, A, 200),
+    ("api key create", "post", "api_keys/", {"name": "ci", "role": "viewer"}, A, 201),
+    ("api key revoke", "delete", "api_keys/{key}/", None, A, 204),
+]
+
+CALLERS = ["viewer", "operator", "admin", "no key", "revoked key"]
+RANK = {V: 1, O: 2, A: 3}
+
+
+def expected_status(caller, needed, success, own):
+    if caller in ("no key", "revoked key"):
+        return 401
+    if not own:
+        return 404
+    return success if RANK[Role(caller)] >= RANK[needed] else 403
+
+
+def world(ws):
+    """One of each object in `ws`, named for the path templates."""
+    flow = factories.flow(ws)
+    queue = factories.work_queue(ws)
+    run = factories.flow_run(flow, state="RUNNING", work_queue=queue)
+    finished = factories.flow_run(flow, state="FAILED")
+    agent = factories.agent(ws)
+    agent.queues.add(queue)
+    membership = Membership.objects.get(user=factories.member(ws, role=Role.VIEWER), workspace=ws)
+    return {
+        "flow": flow.pk, "flow_name": flow.name, "schedule": factories.schedule(flow).pk, "run": run.pk,
+        "finished_run": finished.pk, "task_run": factories.task_run(run).pk, "queue": queue.pk, "agent": agent.pk,
+        "membership": membership.pk, "key": factories.api_key(ws, role=Role.VIEWER)[0].pk,
+        "outsider": factories.user().username,
+    }
+
+
+def fill(template, names):
+    if isinstance(template, dict):
+        return {k: fill(v, names) for k, v in template.items()}
+    return template.format(**names) if isinstance(template, str) else template
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["own", "foreign"])
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=[e[0] for e in ENDPOINTS])
+def test_status_by_role_and_workspace(api, ws, other_ws, endpoint, caller, own):
+    name, method, path, body, needed, success = endpoint
+    target = ws if own else other_ws
+    names = world(target)
+    factories.member(target, role=Role.ADMIN)  # so removing a member never hits "last admin"
+    if caller == "revoked key":
+        key, secret = factories.api_key(ws, role=Role.ADMIN)
+        key.revoked_at = timezone.now()
+        key.save()
+        api.as_key(secret)
+    elif caller != "no key":
+        api.as_key(factories.api_key(ws, role=Role(caller))[1])
+    response = getattr(api, method)(f"{api_prefix(target)}/{fill(path, names)}", fill(body, names), format="json")
+    assert response.status_code == expected_status(caller, needed, success, own), response.content
+    if response.status_code >= 400:
+        assert set(response.json()["error"]) == {"code", "message", "fields"}

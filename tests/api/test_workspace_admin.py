@@ -1,0 +1,115 @@
+"""Flows, queues, members, API keys and throttling over the API."""
+
+import pytest
+
+from runs.models import ApiKey, Flow, Membership, Role, WorkQueue
+from tests import factories
+
+
+@pytest.fixture
+def admin(api, key_for):
+    return api.as_key(key_for(Role.ADMIN))
+
+
+def test_register_version_promotes_it_to_latest(admin, prefix, ws):
+    created = admin.post(f"{prefix}/flows/", {"name": "etl", "version": {"entrypoint": "etl:run", "version": "1"}},
+                         format="json").json()
+    response = admin.post(f"{prefix}/flows/{created['id']}/versions/", {"entrypoint": "etl:run", "version": "2"},
+                          format="json")
+    assert response.status_code == 201
+    flow = admin.get(f"{prefix}/flows/{created['id']}/").json()
+    assert flow["latest_version"]["version"] == "2"
+    versions = admin.get(f"{prefix}/flows/{created['id']}/versions/").json()
+    assert [(v["version"], v["archived"]) for v in versions] == [("2", False), ("1", True)]
+
+
+def test_duplicate_flow_name_is_400(admin, prefix, ws):
+    factories.flow(ws, name="etl")
+    response = admin.post(f"{prefix}/flows/", {"name": "etl"}, format="json")
+    assert response.status_code == 400 and "name" in response.json()["error"]["fields"]
+    assert Flow.objects.filter(workspace=ws).count() == 1
+
+
+def test_operator_pauses_and_limits_a_queue(api, key_for, prefix, ws):
+    queue = factories.work_queue(ws)
+    operator = api.as_key(key_for(Role.OPERATOR))
+    assert operator.post(f"{prefix}/work_queues/{queue.pk}/pause/").json()["paused"] is True
+    assert operator.post(f"{prefix}/work_queues/{queue.pk}/concurrency_limit/", {"concurrency_limit": 3},
+                         format="json").json()["concurrency_limit"] == 3
+    queue.refresh_from_db()
+    assert (queue.paused, queue.concurrency_limit) == (True, 3)
+    assert operator.post(f"{prefix}/work_queues/{queue.pk}/resume/").json()["paused"] is False
+
+
+def test_new_key_shows_its_secret_once_and_works(api, admin, prefix, ws):
+    created = admin.post(f"{prefix}/api_keys/", {"name": "ci", "role": "viewer"}, format="json").json()
+    assert created["secret"].startswith("orch_")
+    listed = admin.get(f"{prefix}/api_keys/").json()["results"]
+    assert all("secret" not in key for key in listed)
+    fresh = api.__class__()
+    fresh.credentials(HTTP_AUTHORIZATION=f"Bearer {created['secret']}")
+    assert fresh.get(f"{prefix}/ping").json()["role"] == "viewer"
+    assert admin.get(f"{prefix}/api_keys/{created['id']}/").json()["last_used_at"] is not None
+
+
+def test_revoked_key_stops_working_and_stays_listed(api, admin, prefix, ws):
+    key, secret = factories.api_key(ws, role=Role.VIEWER)
+    assert admin.delete(f"{prefix}/api_keys/{key.pk}/").status_code == 204
+    assert ApiKey.objects.get(pk=key.pk).revoked_at is not None
+    assert admin.get(f"{prefix}/api_keys/{key.pk}/").json()["revoked"] is True
+    assert api.as_key(secret).get(f"{prefix}/ping").status_code == 401
+
+
+def test_key_expiry_must_be_in_the_future(admin, prefix):
+    response = admin.post(f"{prefix}/api_keys/", {"name": "old", "expires_at": "2001-01-01T00:00:00Z"}, format="json")
+    assert response.status_code == 400 and "expires_at" in response.json()["error"]["fields"]
+
+
+def test_members_are_added_by_email_changed_and_removed(admin, prefix, ws):
+    person = factories.user(email="ada@example.com")
+    added = admin.post(f"{prefix}/members/", {"user": "ADA@example.com", "role": "viewer"}, format="json")
+    assert added.status_code == 201 and added.json()["user"] == person.username
+    changed = admin.patch(f"{prefix}/members/{added.json()['id']}/", {"role": "operator"}, format="json")
+    assert changed.json()["role"] == "operator"
+    assert admin.delete(f"{prefix}/members/{added.json()['id']}/").status_code == 204
+    assert not Membership.objects.filter(user=person, workspace=ws).exists()
+
+
+def test_the_last_admin_cannot_be_demoted_or_removed(admin, prefix, ws):
+    only = Membership.objects.get(user=factories.member(ws, role=Role.ADMIN), workspace=ws)
+    assert admin.patch(f"{prefix}/members/{only.pk}/", {"role": "viewer"}, format="json").status_code == 400
+    assert admin.delete(f"{prefix}/members/{only.pk}/").status_code == 400
+
+
+def test_failed_authentications_are_throttled_with_retry_after(api, prefix, ws, settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "THROTTLE_FAILED_AUTH_RATE": "3/minute"}
+    statuses = [api.as_key("orch_wrong").get(f"{prefix}/ping").status_code for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]
+    response = api.as_key(factories.api_key(ws)[1]).get(f"{prefix}/ping")
+    assert response.status_code == 429 and int(response["Retry-After"]) > 0
+
+
+def test_expensive_endpoints_are_throttled_per_key(api, key_for, prefix, settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "THROTTLE_EXPENSIVE_RATE": "2/minute"}
+    client = api.as_key(key_for(Role.VIEWER))
+    statuses = [client.get(f"{prefix}/flow_runs/").status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    assert client.get(f"{prefix}/flows/").status_code == 200  # cheap endpoints are not counted
+
+
+def test_unknown_api_url_is_json_404(admin):
+    response = admin.get("/api/no/such/thing")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+
+
+def test_schema_and_swagger_ui_are_served_locally(client):
+    schema = client.get("/api/schema/?format=json").json()
+    assert "/api/accounts/{account}/workspaces/{workspace}/flow_runs/{id}/retry/" in schema["paths"]
+    page = client.get("/api/docs/").content.decode()
+    assert "swagger-ui" in page and "cdn" not in page.lower()
+
+
+def test_work_queue_names_are_unique_per_workspace(admin, prefix, ws):
+    factories.work_queue(ws, name="default-x")
+    assert admin.post(f"{prefix}/work_queues/", {"name": "default-x"}, format="json").status_code == 400
+    assert WorkQueue.objects.filter(workspace=ws, name="default-x").count() == 1

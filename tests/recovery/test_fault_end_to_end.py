@@ -1,0 +1,129 @@
+"""End to end: agent A dies by SIGKILL mid-task; the Zombie Killer, Lazarus and agent B recover the run."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from django.utils import timezone
+
+from runs.models import TERMINAL_STATES, Actor, FlowRun, Role, State, StateChange, TaskRun
+from services import towel
+from tests import factories
+from tests.agent.conftest import REPO, free_port, wait_for
+from tests.conftest import api_prefix
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+# Test-speed thresholds: beats every 0.3 s (declared 1 s), verdicts after about 3 s.
+FAST = {"ZOMBIE_KILLER_THRESHOLD_SECONDS": 2, "ZOMBIE_KILLER_FLOW_RUN_THRESHOLD_SECONDS": 120,
+        "LAZARUS_GRACE_SECONDS": 2, "LAZARUS_STARTING_GRACE_SECONDS": 30, "HEARTBEAT_MISSED_BEATS": 3}
+
+
+@pytest.fixture
+def fast_services(settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, **FAST}
+
+
+@pytest.fixture
+def agents(tmp_path):
+    """agents(api_url, key, queue, name) -> Popen of an agent in its own process group (killed at teardown)."""
+    started = []
+
+    def start(api_url, key, queue, name):
+        env = {**os.environ, "ORCHESTRATOR_AGENT_QUERY_SECONDS": "0.3", "ORCHESTRATOR_AGENT_HEARTBEAT_SECONDS": "1",
+               "ORCHESTRATOR_RUNNER_HEARTBEAT_SECONDS": "0.3", "ORCHESTRATOR_AGENT_WEBSERVER_PORT": str(free_port())}
+        log = (tmp_path / f"{name}.log").open("w")
+        process = subprocess.Popen([sys.executable, "-m", "agent", "start", "--api", api_url, "--key", key,
+                                    "--queue", queue, "--name", name], cwd=REPO, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            _kill_node(process)
+
+
+def _process_tree(pid):
+    """pid and every descendant of it, read from /proc (the flow subprocess runs in its own session)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def _kill_node(process):
+    """SIGKILL the agent and everything it started, as if its machine died."""
+    for pid in _process_tree(process.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
+def _story(run_id, tmp_path):
+    rows = StateChange.objects.filter(flow_run_id=run_id).values_list("task_run__task_key", "to_state", "actor")
+    logs = "".join(p.read_text(errors="replace")[-1500:] for p in sorted(tmp_path.glob("*.log")))
+    return f"history {list(rows)}\n{logs}"
+
+
+def _recover_until(predicate, what, timeout=90):
+    """Beat the recovery services every 0.3 s, as Celery beat would, until `predicate()` holds."""
+
+    def beat():
+        for name in ("zombie-killer", "lazarus", "agent-monitor"):
+            towel.run(name)
+        return predicate()
+
+    return wait_for(beat, timeout=timeout, interval=0.3, what=what)
+
+
+def test_a_killed_agents_run_is_failed_rescheduled_and_completed_by_another(ws, live_server, fast_services, agents,
+                                                                             tmp_path):
+    queue = factories.work_queue(ws, name="fault")
+    flow = factories.flow(ws, entrypoint="tests.recovery.flows:resumable")
+    run = factories.flow_run(flow, work_queue=queue, parameters={"marker": str(tmp_path / "marker")})
+    url, key = live_server.url + api_prefix(ws), factories.api_key(ws, role=Role.OPERATOR)[1]
+
+    node_a = agents(url, key, "fault", "agent-a")
+    long_task = wait_for(lambda: TaskRun.objects.filter(flow_run=run, task_key="long_step", state=State.RUNNING).first(),
+                         what="agent A to start the long task")
+    _kill_node(node_a)
+    killed_at = timezone.now()
+
+    story = lambda: _story(run.pk, tmp_path)  # noqa: E731
+    _recover_until(lambda: FlowRun.objects.filter(pk=run.pk, state=State.SCHEDULED, lazarus_count=1).exists(), story)
+    agents(url, key, "fault", "agent-b")
+    _recover_until(lambda: FlowRun.objects.get(pk=run.pk).state in TERMINAL_STATES, story)
+
+    run.refresh_from_db()
+    assert run.state == State.COMPLETED and run.agent.name == "agent-b" and run.lazarus_count == 1
+    long_task.refresh_from_db()
+    assert (long_task.state, long_task.state_message) == (State.FAILED, 'Marked "Failed" by a Zombie Killer process')
+    assert not FlowRun.objects.exclude(state__in=TERMINAL_STATES).exists()
+    assert not TaskRun.objects.exclude(state__in=TERMINAL_STATES).exists()
+
+    steps = list(StateChange.objects.filter(flow_run=run, task_run=None).values_list("to_state", "actor", "timestamp"))
+    assert [(to, actor) for to, actor, _ in steps] == [
+        (State.SUBMITTED, Actor.AGENT), (State.RUNNING, Actor.AGENT), (State.SCHEDULED, Actor.LAZARUS),
+        (State.SUBMITTED, Actor.AGENT), (State.RUNNING, Actor.AGENT), (State.COMPLETED, Actor.AGENT)]
+    # Never twice at once: B claimed only after A was dead and its task had been failed.
+    task_failed_at = StateChange.objects.get(task_run=long_task, to_state=State.FAILED).timestamp
+    assert StateChange.objects.get(task_run=long_task, to_state=State.FAILED).actor == Actor.ZOMBIE_KILLER
+    assert killed_at < task_failed_at < steps[2][2] < steps[3][2]
+    assert run.logs.filter(source="lazarus", message__contains="attempt 1 of 10").exists()
