@@ -13,6 +13,13 @@ from runs.models import Role  # noqa: E402
 from tests import factories  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """Django's default hasher takes about 0.35 s a password here, by design; tests create
+    hundreds of users, and what they check does not depend on the hash's strength."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def ws(db):
     return factories.workspace()
