@@ -228,7 +228,15 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     # One name for the run-state choice set, however many serializers use it.
-    "ENUM_NAME_OVERRIDES": {"RunStateEnum": "runs.models.flow_runs.State"},
+    "ENUM_NAME_OVERRIDES": {"RunStateEnum": "runs.models.flow_runs.State",
+                            "AgentStatusEnum": "runs.models.workers.AgentStatus",
+                            "ScheduleStatusEnum": "runs.models.schedules.ScheduleStatus"},
+    # Request bodies get their own components, without the read-only fields of the answers.
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Tags and operation ids come from what follows the workspace: flows, schedules, agent, …
+    "SCHEMA_PATH_PREFIX": r"/api/accounts/\{account\}/workspaces/\{workspace\}",
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                             "runs.api.schema.errors_documented"],
 }
 
 # --- Orchestration defaults (DESIGN.md "The services") --------------------------------------

@@ -10,13 +10,35 @@ from django.db import connection, transaction
 from django.shortcuts import get_object_or_404
 from django.urls import path
 from django.utils import timezone
-from rest_framework import exceptions, serializers, status
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from runs.claiming import claim_due_runs
-from runs.models import Actor, Agent, AgentStatus, FlowRun, Log, LogLevel, Role, State, TaskRun, WorkQueue
+from runs.models import Actor, Agent, AgentStatus, FlowRun, Log, Role, State, TaskRun, WorkQueue
 from runs.states import set_flow_run_state, set_task_run_state
+
+from .agent_payloads import (
+    AgentHeartbeatInput,
+    AgentPingSerializer,
+    ClaimAnswerSerializer,
+    ClaimInput,
+    LogBatchInput,
+    RegisteredAgentSerializer,
+    RegisterInput,
+    ReportedFlowRunSerializer,
+    ReportedTaskRunSerializer,
+    StateInput,
+    StoredLogsSerializer,
+    TaskRunInput,
+)
+from .schema import CONFLICT, error_example, error_response
+
+NO_CONTENT = OpenApiResponse(description="Recorded.")
+TOO_LARGE = error_response("The batch is larger than ORCHESTRATOR_AGENT_LOG_BATCH_MAX_BYTES; send smaller ones.",
+                           "Too large", error_example("payload_too_large",
+                                                      "A log batch may be at most 1048576 bytes; send smaller batches."))
 
 
 def record_heartbeat(queryset, **values):
@@ -40,8 +62,7 @@ class PayloadTooLarge(exceptions.APIException):
 class AgentEndpoint(APIView):
     """Base of every agent endpoint: operator role, no throttling (agents pace themselves)."""
 
-    action = "agent"
-    action_roles = {"agent": Role.OPERATOR}
+    required_role = Role.OPERATOR
     throttle_classes = []
 
     def valid(self, serializer_class):
@@ -53,15 +74,8 @@ class AgentEndpoint(APIView):
         return get_object_or_404(Agent, pk=agent_id, workspace=self.request.workspace)
 
 
-class RegisterInput(serializers.Serializer):
-    name = serializers.CharField(max_length=200)
-    queues = serializers.ListField(child=serializers.CharField(max_length=100), allow_empty=False)
-    labels = serializers.DictField(required=False, default=dict)
-    version = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
-    heartbeat_interval = serializers.IntegerField(min_value=1, max_value=86400, required=False, default=30)
-
-
 class RegisterView(AgentEndpoint):
+    @extend_schema(request=RegisterInput, responses={201: RegisteredAgentSerializer})
     def post(self, request, **kwargs):
         """Create or refresh the agent named `name`; its queues are created when missing."""
         data = self.valid(RegisterInput)
@@ -83,12 +97,8 @@ class RegisterView(AgentEndpoint):
                         status=status.HTTP_201_CREATED)
 
 
-class AgentHeartbeatInput(serializers.Serializer):
-    agent_id = serializers.IntegerField()
-    status = serializers.ChoiceField(choices=AgentStatus.choices, required=False, default=AgentStatus.ONLINE)
-
-
 class AgentHeartbeatView(AgentEndpoint):
+    @extend_schema(request=AgentHeartbeatInput, responses={204: NO_CONTENT})
     def post(self, request, **kwargs):
         """The agent is alive (or, with status OFFLINE, is shutting down)."""
         data = self.valid(AgentHeartbeatInput)
@@ -97,17 +107,6 @@ class AgentHeartbeatView(AgentEndpoint):
         if not changed:
             raise exceptions.NotFound("No such agent in this workspace.")
         return Response(status=status.HTTP_204_NO_CONTENT)
-
-
-class ClaimInput(serializers.Serializer):
-    agent_id = serializers.IntegerField()
-    max_runs = serializers.IntegerField(min_value=1, required=False, default=1)
-
-    def validate_max_runs(self, value):
-        cap = settings.ORCHESTRATOR["AGENT_CLAIM_MAX_RUNS"]
-        if value > cap:
-            raise serializers.ValidationError(f"At most {cap} runs per claim.")
-        return value
 
 
 def _claimed(run):
@@ -124,6 +123,7 @@ def _claimed(run):
 
 
 class ClaimView(AgentEndpoint):
+    @extend_schema(request=ClaimInput, responses={200: ClaimAnswerSerializer})
     def post(self, request, **kwargs):
         """Claim up to `max_runs` due runs of the agent's queues; they come back SUBMITTED."""
         data = self.valid(ClaimInput)
@@ -132,14 +132,8 @@ class ClaimView(AgentEndpoint):
         return Response({"runs": [_claimed(run) for run in runs]})
 
 
-class StateInput(serializers.Serializer):
-    state = serializers.ChoiceField(choices=State.choices)
-    message = serializers.CharField(required=False, allow_blank=True, default="", max_length=10000)
-    expected_state = serializers.ChoiceField(choices=State.choices, required=False)
-    heartbeat_interval = serializers.IntegerField(min_value=1, max_value=86400, required=False, allow_null=True)
-
-
 class FlowRunStateView(AgentEndpoint):
+    @extend_schema(request=StateInput, responses={200: ReportedFlowRunSerializer, 409: CONFLICT})
     def post(self, request, run_id, **kwargs):
         """Move the run; entering RUNNING records its heartbeat interval (null: heartbeats off)."""
         data = self.valid(StateInput)
@@ -155,6 +149,7 @@ class FlowRunStateView(AgentEndpoint):
 
 
 class FlowRunHeartbeatView(AgentEndpoint):
+    @extend_schema(request=None, responses={204: NO_CONTENT})
     def post(self, request, run_id, **kwargs):
         """The run's process is alive."""
         if not record_heartbeat(FlowRun.objects.filter(pk=run_id, workspace=request.workspace),
@@ -163,19 +158,13 @@ class FlowRunHeartbeatView(AgentEndpoint):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class TaskRunInput(serializers.Serializer):
-    task_key = serializers.CharField(max_length=200)
-    dynamic_key = serializers.CharField(max_length=200, required=False, default="0")
-    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
-    max_retries = serializers.IntegerField(min_value=0, max_value=1000, required=False, default=0)
-
-
 def _task_run_body(task_run):
     return {"id": str(task_run.pk), "task_key": task_run.task_key, "dynamic_key": task_run.dynamic_key,
             "state": task_run.state, "run_count": task_run.run_count}
 
 
 class TaskRunCreateView(AgentEndpoint):
+    @extend_schema(request=TaskRunInput, responses={201: ReportedTaskRunSerializer, 200: ReportedTaskRunSerializer})
     def post(self, request, run_id, **kwargs):
         """Create the task run (task_key, dynamic_key) of the flow run, or return it if it exists.
 
@@ -214,6 +203,7 @@ def _task_run_in(workspace, task_run_id):
 
 
 class TaskRunStateView(AgentEndpoint):
+    @extend_schema(request=StateInput, responses={200: ReportedTaskRunSerializer, 409: CONFLICT})
     def post(self, request, task_run_id, **kwargs):
         """Move the task run; entering RUNNING counts as its first heartbeat."""
         data = self.valid(StateInput)
@@ -227,6 +217,7 @@ class TaskRunStateView(AgentEndpoint):
 
 
 class TaskRunHeartbeatView(AgentEndpoint):
+    @extend_schema(request=None, responses={204: NO_CONTENT})
     def post(self, request, task_run_id, **kwargs):
         """The task run is still working."""
         changed = record_heartbeat(TaskRun.objects.filter(pk=task_run_id, flow_run__workspace=request.workspace),
@@ -236,19 +227,8 @@ class TaskRunHeartbeatView(AgentEndpoint):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class LogLine(serializers.Serializer):
-    flow_run_id = serializers.UUIDField()
-    task_run_id = serializers.UUIDField(required=False, allow_null=True)
-    level = serializers.ChoiceField(choices=LogLevel.choices, required=False, default=LogLevel.INFO)
-    message = serializers.CharField(allow_blank=True, trim_whitespace=False)
-    timestamp = serializers.DateTimeField(required=False)
-
-
-class LogBatchInput(serializers.Serializer):
-    logs = LogLine(many=True, allow_empty=False)
-
-
 class LogBatchView(AgentEndpoint):
+    @extend_schema(request=LogBatchInput, responses={201: StoredLogsSerializer, 413: TOO_LARGE})
     def post(self, request, **kwargs):
         """Store many log lines in one insert. Lines of runs outside the workspace are refused (404)."""
         limit = settings.ORCHESTRATOR["AGENT_LOG_BATCH_MAX_BYTES"]
@@ -273,6 +253,7 @@ class LogBatchView(AgentEndpoint):
 
 
 class PingView(AgentEndpoint):
+    @extend_schema(responses={200: AgentPingSerializer})
     def get(self, request, **kwargs):
         """Does nothing but authenticate: the baseline the benchmarks compare agent endpoints with."""
         return Response({"ok": True})

@@ -22,7 +22,11 @@ def boolean_param(params, name):
 
 
 def time_param(params, name):
-    """An aware datetime from ISO 8601 (naive means UTC); None when absent."""
+    """A datetime in UTC from ISO 8601 (naive means UTC); None when absent.
+
+    Converted to UTC here because PostgreSQL refuses offsets past ±15:59 that Python accepts, and
+    a time near year 1 or 9999 may not exist in UTC at all: both are the client's 400, not a 500.
+    """
     raw = params.get(name)
     if not raw:
         return None
@@ -32,7 +36,12 @@ def time_param(params, name):
         value = None
     if value is None:
         raise serializers.ValidationError({name: ["Use an ISO 8601 date-time, e.g. 2026-01-31T08:00:00Z."]})
-    return value if timezone.is_aware(value) else timezone.make_aware(value, dt_timezone.utc)
+    if timezone.is_naive(value):
+        return value.replace(tzinfo=dt_timezone.utc)
+    try:
+        return value.astimezone(dt_timezone.utc)
+    except OverflowError:
+        raise serializers.ValidationError({name: ["This date-time is out of range in UTC."]}) from None
 
 
 def int_param(params, name, *, minimum=None):

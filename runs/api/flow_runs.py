@@ -3,7 +3,7 @@
 from django.db import IntegrityError
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
@@ -14,7 +14,8 @@ from runs.scheduling import create_manual_run
 from runs.states import IllegalTransition, set_flow_run_state
 
 from .filters import boolean_param, time_param
-from .serializers import FlowRunDetailSerializer, FlowRunSerializer, WorkspaceRelatedField
+from .schema import CONFLICT
+from .serializers import FlowRunDetailSerializer, FlowRunSerializer, WorkspaceRelatedField, request_example
 from .throttles import ExpensiveEndpointThrottle
 from .views import WorkspaceScoped
 
@@ -25,6 +26,12 @@ def acting_person(request):
     return user if getattr(user, "pk", None) else None
 
 
+@extend_schema_serializer(examples=[
+    request_example("Run now, once", {"flow": "nightly-etl", "parameters": {"day": "2026-11-22"},
+                                      "idempotency_key": "ci-build-4711"}),
+    request_example("Later, on another queue", {"flow": "nightly-etl", "work_queue": "gpu",
+                                                "scheduled_start": "2026-11-24T06:00:00Z", "name": "backfill"}),
+])
 class FlowRunCreateSerializer(serializers.Serializer):
     flow = WorkspaceRelatedField(slug_field="name", queryset=Flow.objects.all(), help_text="The flow's name.")
     parameters = serializers.DictField(required=False, help_text="Merged over the version's defaults.")
@@ -38,6 +45,8 @@ class FlowRunCreateSerializer(serializers.Serializer):
     )
 
 
+@extend_schema_serializer(examples=[request_example("Fail it", {
+    "state": "FAILED", "message": "Stuck on a lock; failing by hand.", "expected_state": "RUNNING"})])
 class SetStateSerializer(serializers.Serializer):
     state = serializers.ChoiceField(choices=State.choices)
     message = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
@@ -77,12 +86,11 @@ FILTERS = [
 
 
 @extend_schema_view(
-    list=extend_schema(parameters=FILTERS),
-    create=extend_schema(
-        request=FlowRunCreateSerializer, responses={201: FlowRunSerializer, 200: FlowRunSerializer},
-        examples=[OpenApiExample("Run now, once", request_only=True, value={
-            "flow": "nightly-etl", "parameters": {"day": "2026-01-31"}, "idempotency_key": "ci-build-4711"})],
-    ),
+    list=extend_schema(parameters=FILTERS, description=(
+        "Runs of the workspace in stable cursor pages (newest first unless `ordering` says otherwise), filtered by "
+        "state, flow, schedule, scheduled time window and whether the scheduler made them.")),
+    retrieve=extend_schema(description="One run with its state history: who moved it from what to what, why, when."),
+    create=extend_schema(request=FlowRunCreateSerializer, responses={201: FlowRunSerializer, 200: FlowRunSerializer}),
 )
 class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Runs of the workspace. Viewers read; operators run, set states, cancel and retry."""
@@ -145,9 +153,7 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
         run = self.get_queryset().get(pk=run.pk)
         return Response(FlowRunSerializer(run).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
-    @extend_schema(request=SetStateSerializer, responses={200: FlowRunDetailSerializer},
-                   examples=[OpenApiExample("Fail it", request_only=True,
-                                            value={"state": "FAILED", "message": "Stuck on a lock; failing by hand."})])
+    @extend_schema(request=SetStateSerializer, responses={200: FlowRunDetailSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"], url_path="set_state")
     def set_state(self, request, *args, **kwargs):
         """Move the run to a state; an illegal or stale transition is a 409 naming the current state."""
@@ -159,7 +165,7 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
                                  message=data["message"], expected_state=data.get("expected_state"))
         return Response(FlowRunDetailSerializer(self.get_queryset().get(pk=run.pk)).data)
 
-    @extend_schema(request=None, responses={200: FlowRunDetailSerializer})
+    @extend_schema(request=None, responses={200: FlowRunDetailSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"])
     def cancel(self, request, *args, **kwargs):
         """A run that has not started is CANCELLED at once; a started one goes to CANCELLING for its agent."""
@@ -169,7 +175,7 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
                                  message=f"Cancelled by {request.user}")
         return Response(FlowRunDetailSerializer(self.get_queryset().get(pk=run.pk)).data)
 
-    @extend_schema(request=None, responses={200: FlowRunDetailSerializer})
+    @extend_schema(request=None, responses={200: FlowRunDetailSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"])
     def retry(self, request, *args, **kwargs):
         """A finished run is SCHEDULED again, due now; a run not finished is a 409."""

@@ -1,22 +1,18 @@
 """Flows and their versions. Registering a version promotes it to latest."""
 
-from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
+from drf_spectacular.utils import extend_schema, extend_schema_serializer, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from runs.models import Flow, Role
 
-from .serializers import FlowSerializer, FlowVersionSerializer
+from .serializers import FlowSerializer, FlowVersionSerializer, request_example
 from .views import WorkspaceScoped
 
-VERSION_EXAMPLE = OpenApiExample(
-    "A version", value={"entrypoint": "etl.flows:nightly", "version": "1.4.2", "parameters": {"day": "today"},
-                        "job_env": {"TZ": "UTC"}},
-    request_only=True,
-)
-
-
+@extend_schema_serializer(examples=[request_example("A version", {
+    "entrypoint": "etl.flows:nightly", "version": "1.4.2", "parameters": {"day": "yesterday"},
+    "job_env": {"TZ": "UTC"}})])
 class RegisterVersionSerializer(serializers.Serializer):
     entrypoint = serializers.RegexField(r"^[\w.]+:[\w.]+$", max_length=500,
                                         help_text="module:function, imported by the agent.")
@@ -25,6 +21,8 @@ class RegisterVersionSerializer(serializers.Serializer):
     job_env = serializers.DictField(child=serializers.CharField(max_length=10000), required=False)
 
 
+@extend_schema_serializer(examples=[request_example("Flow with a first version", {
+    "name": "nightly-etl", "description": "Loads yesterday's orders", "version": {"entrypoint": "etl.flows:nightly"}})])
 class FlowCreateSerializer(serializers.ModelSerializer):
     version = RegisterVersionSerializer(required=False, help_text="Registers a first version too.")
 
@@ -39,10 +37,12 @@ class FlowCreateSerializer(serializers.ModelSerializer):
 
 
 @extend_schema_view(
-    create=extend_schema(request=FlowCreateSerializer, responses={201: FlowSerializer}, examples=[OpenApiExample(
-        "Flow with a first version", request_only=True,
-        value={"name": "nightly-etl", "description": "Loads yesterday", "version": {"entrypoint": "etl:nightly"}},
-    )]),
+    list=extend_schema(description="The workspace's flows by name, each with its latest version."),
+    create=extend_schema(request=FlowCreateSerializer, responses={201: FlowSerializer},
+                         description="Register a flow, and with `version` its first version (operators)."),
+    retrieve=extend_schema(description="One flow with its latest version."),
+    partial_update=extend_schema(description="Change a flow's name or description (operators)."),
+    destroy=extend_schema(description="Delete the flow with its versions, schedules, runs and logs (admins)."),
 )
 class FlowViewSet(WorkspaceScoped, mixins.CreateModelMixin, mixins.UpdateModelMixin, mixins.DestroyModelMixin,
                   viewsets.ReadOnlyModelViewSet):
@@ -75,8 +75,7 @@ class FlowViewSet(WorkspaceScoped, mixins.CreateModelMixin, mixins.UpdateModelMi
         flow = self.get_object()
         return Response(FlowVersionSerializer(flow.versions.all(), many=True).data)
 
-    @extend_schema(request=RegisterVersionSerializer, responses={201: FlowVersionSerializer},
-                   examples=[VERSION_EXAMPLE])
+    @extend_schema(request=RegisterVersionSerializer, responses={201: FlowVersionSerializer})
     @versions.mapping.post
     def register_version(self, request, *args, **kwargs):
         """Register a version; it becomes the latest and earlier ones are archived."""

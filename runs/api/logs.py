@@ -4,17 +4,22 @@
 """
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, extend_schema_view
 from rest_framework import serializers, viewsets
 from rest_framework.pagination import CursorPagination
 
 from runs.models import Log, LogLevel
 
 from .filters import time_param
+from .serializers import RUN_ID, response_example
 from .throttles import ExpensiveEndpointThrottle
 from .views import WorkspaceScoped
 
 
+@extend_schema_serializer(examples=[response_example("What Lazarus did", {
+    "id": 90211, "flow_run": RUN_ID, "task_run": None, "level": 30, "level_name": "Warning",
+    "message": "Rescheduled by Lazarus (attempt 2 of 10): no task run was SUBMITTED or RUNNING for 612 s.",
+    "timestamp": "2026-11-23T01:20:00Z", "source": "lazarus"})])
 class LogSerializer(serializers.ModelSerializer):
     level_name = serializers.CharField(source="get_level_display", read_only=True)
 
@@ -40,7 +45,10 @@ def level_param(raw):
     raise serializers.ValidationError({"level": [f"Use a level name ({', '.join(names)}) or a number."]})
 
 
-@extend_schema_view(list=extend_schema(parameters=[
+@extend_schema_view(retrieve=extend_schema(description="One log line."), list=extend_schema(
+    description="Log lines of the workspace's runs, oldest first in cursor pages. `source=lazarus` or "
+                "`source=zombie-killer` is the recovery review: what those services did to which run, and why.",
+    parameters=[
     OpenApiParameter("flow_run", str, description="Only this flow run's logs (its id)."),
     OpenApiParameter("level", str, description="Minimum level: DEBUG, INFO, WARNING, ERROR, CRITICAL or 10..50."),
     OpenApiParameter("source", str, description="agent, lazarus, zombie-killer, …"),

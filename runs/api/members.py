@@ -1,22 +1,29 @@
-"""Members and API keys of the workspace: admins only."""
+"""Administering a workspace: its members and API keys (admins only), and its settings (everyone
+reads them, admins change them)."""
 
 from django.contrib.auth import get_user_model
 from django.db.models import Q
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
-from rest_framework import mixins, serializers, status, viewsets
+from drf_spectacular.utils import extend_schema, extend_schema_serializer, extend_schema_view
+from rest_framework import generics, mixins, serializers, status, viewsets
 from rest_framework.response import Response
 
-from runs.models import ApiKey, Membership, Role
+from runs.models import ApiKey, Membership, Role, Workspace
 
+from .serializers import request_example, response_example
 from .views import WorkspaceScoped
 
 ADMIN_ONLY = {name: Role.ADMIN for name in ("list", "retrieve", "create", "partial_update", "destroy")}
 
 
+@extend_schema_serializer(examples=[
+    response_example("An operator", {"id": 5, "user": "ada", "email": "ada@example.com", "role": "operator",
+                                     "created": "2026-11-01T08:00:00Z"}),
+    request_example("Make them an admin", {"role": "admin"}),
+])
 class MemberSerializer(serializers.ModelSerializer):
     user = serializers.CharField(source="user.username", read_only=True)
-    email = serializers.EmailField(source="user.email", read_only=True)
+    email = serializers.CharField(source="user.email", read_only=True, help_text="Empty when the person has none.")
 
     class Meta:
         model = Membership
@@ -24,6 +31,8 @@ class MemberSerializer(serializers.ModelSerializer):
         read_only_fields = ["created"]
 
 
+@extend_schema_serializer(examples=[request_example("Add an operator", {"user": "ada@example.com",
+                                                                        "role": "operator"})])
 class AddMemberSerializer(serializers.Serializer):
     user = serializers.CharField(max_length=254, help_text="The person's username or email address.")
     role = serializers.ChoiceField(choices=Role.choices, default=Role.VIEWER)
@@ -42,11 +51,14 @@ def is_last_admin(membership):
         workspace=membership.workspace_id, role=Role.ADMIN).exclude(pk=membership.pk).exists()
 
 
-@extend_schema_view(create=extend_schema(
-    request=AddMemberSerializer, responses={201: MemberSerializer},
-    examples=[OpenApiExample("Add an operator", value={"user": "ada@example.com", "role": "operator"},
-                             request_only=True)],
-))
+@extend_schema_view(
+    list=extend_schema(description="The workspace's members and their roles (admins)."),
+    create=extend_schema(request=AddMemberSerializer, responses={201: MemberSerializer},
+                         description="Add a person, by username or email, with a role (admins)."),
+    retrieve=extend_schema(description="One membership (admins)."),
+    partial_update=extend_schema(description="Change a member's role (admins); the last admin stays an admin."),
+    destroy=extend_schema(description="Remove a member (admins); the last admin cannot be removed."),
+)
 class MemberViewSet(WorkspaceScoped, viewsets.ModelViewSet):
     queryset = Membership.objects.select_related("user").order_by("user__username")
     serializer_class = MemberSerializer
@@ -71,8 +83,14 @@ class MemberViewSet(WorkspaceScoped, viewsets.ModelViewSet):
         membership.delete()
 
 
+API_KEY = {"id": 9, "name": "ci", "role": "operator", "prefix": "orch_Xk2f9QaB", "user": None,
+           "created": "2026-11-23T10:00:00Z", "expires_at": "2027-01-01T00:00:00Z", "revoked_at": None,
+           "revoked": False, "last_used_at": "2026-11-23T10:05:00Z"}
+
+
+@extend_schema_serializer(examples=[response_example("A CI key", API_KEY)])
 class ApiKeySerializer(serializers.ModelSerializer):
-    user = serializers.StringRelatedField()
+    user = serializers.StringRelatedField(allow_null=True, help_text="The person it acts for; null for a service key.")
     revoked = serializers.SerializerMethodField()
 
     class Meta:
@@ -85,6 +103,8 @@ class ApiKeySerializer(serializers.ModelSerializer):
         return key.revoked_at is not None
 
 
+@extend_schema_serializer(examples=[request_example("A CI key", {"name": "ci", "role": "operator",
+                                                                 "expires_at": "2027-01-01T00:00:00Z"})])
 class NewApiKeySerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     role = serializers.ChoiceField(choices=Role.choices, default=Role.OPERATOR)
@@ -97,6 +117,8 @@ class NewApiKeySerializer(serializers.Serializer):
         return value
 
 
+@extend_schema_serializer(examples=[response_example("Issued", {
+    **API_KEY, "last_used_at": None, "secret": "orch_Xk2f9QaBr7bnT0cJ6w1mVd3sLhYpE8uZ4oKq5gNiAxF"})])
 class IssuedApiKeySerializer(ApiKeySerializer):
     secret = serializers.CharField(help_text="Shown this once; only its hash is stored.")
 
@@ -106,10 +128,11 @@ class IssuedApiKeySerializer(ApiKeySerializer):
 
 
 @extend_schema_view(
+    list=extend_schema(description="The workspace's API keys, newest first, revoked ones too; never a secret (admins)."),
     create=extend_schema(request=NewApiKeySerializer, responses={201: IssuedApiKeySerializer},
-                         examples=[OpenApiExample("A CI key", request_only=True,
-                                                  value={"name": "ci", "role": "operator",
-                                                         "expires_at": "2027-01-01T00:00:00Z"})]),
+                         description="Issue a key (admins). The answer holds its secret, shown this once; only a "
+                                     "hash is stored."),
+    retrieve=extend_schema(description="One key: role, expiry, revocation and when it was last used (admins)."),
     destroy=extend_schema(description="Revoke the key: it stops working at once and stays listed as revoked."),
 )
 class ApiKeyViewSet(WorkspaceScoped, mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet):
@@ -128,3 +151,34 @@ class ApiKeyViewSet(WorkspaceScoped, mixins.CreateModelMixin, mixins.DestroyMode
 
     def perform_destroy(self, key):
         ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+@extend_schema_serializer(examples=[
+    response_example("Settings", {"account": "acme", "slug": "prod", "name": "Production",
+                                  "run_retention_days": 30, "created": "2026-11-01T08:00:00Z"}),
+    request_example("Keep runs for 90 days", {"run_retention_days": 90}),
+])
+class WorkspaceSettingsSerializer(serializers.ModelSerializer):
+    account = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    run_retention_days = serializers.IntegerField(
+        min_value=1, max_value=36500, required=False,
+        help_text="Days a finished run, its logs and events are kept (stored for the retention services).")
+
+    class Meta:
+        model = Workspace
+        fields = ["account", "slug", "name", "run_retention_days", "created"]
+        read_only_fields = ["account", "slug", "created"]
+
+
+@extend_schema_view(
+    get=extend_schema(description="The workspace's settings; every member may read them."),
+    patch=extend_schema(description="Change the workspace's name or run retention (admins)."),
+)
+class WorkspaceSettingsView(generics.RetrieveUpdateAPIView):
+    """The workspace's own settings: every member reads them, admins change them (PATCH)."""
+
+    serializer_class = WorkspaceSettingsSerializer
+    http_method_names = ["get", "patch", "head", "options"]
+
+    def get_object(self):
+        return self.request.workspace

@@ -1,7 +1,8 @@
 """The cheapest authenticated endpoint, and JSON answers for API URLs that match no route."""
 
 from django.http import JsonResponse
-from drf_spectacular.utils import extend_schema, inline_serializer
+from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -9,17 +10,24 @@ from rest_framework.views import APIView
 from .errors import error_body
 
 
+@extend_schema_serializer(examples=[OpenApiExample("An operator key", value={"workspace": "acme/prod",
+                                                                            "role": "operator"})])
+class PingSerializer(serializers.Serializer):
+    workspace = serializers.CharField(help_text="account/workspace")
+    role = serializers.CharField(help_text="Your role here: viewer, operator or admin.")
+
+
 class PingView(APIView):
     """Who am I here: authenticates, resolves the workspace and role, touches nothing else."""
 
-    @extend_schema(responses=inline_serializer("Ping", {"workspace": serializers.CharField(),
-                                                         "role": serializers.CharField()}))
+    @extend_schema(responses=PingSerializer)
     def get(self, request, *args, **kwargs):
         return Response({"workspace": str(request.workspace), "role": request.role})
 
 
+@csrf_exempt  # it reads and changes nothing; without this a POST would get Django's HTML CSRF page
 def api_not_found(request, *args, **kwargs):
-    """API clients get the JSON error form, never the HTML 404 page."""
+    """API clients get the JSON error form, never the HTML 404 page, whatever the method."""
     return JsonResponse(error_body("not_found", f"No API endpoint at {request.path}."), status=404)
 
 

@@ -24,7 +24,7 @@ def role_in_workspace(user, auth, workspace):
 
 
 class WorkspaceRolePermission(permissions.BasePermission):
-    """Viewers read; the view's `action_roles` say which role each other action needs.
+    """Viewers read; the view's `required_role` or `action_roles` say which role other actions need.
 
     A workspace the caller has no role in answers 404, as if it did not exist, so that names of
     other tenants' workspaces do not leak.
@@ -51,6 +51,10 @@ class WorkspaceRolePermission(permissions.BasePermission):
 
     @staticmethod
     def required_role(request, view):
+        """The view's `required_role` for all it does, else `action_roles` per action, else viewer
+        for reads and admin for writes."""
+        if getattr(view, "required_role", None):
+            return view.required_role
         action = getattr(view, "action", None)
         roles = getattr(view, "action_roles", {})
         if action in roles:

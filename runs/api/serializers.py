@@ -2,6 +2,7 @@
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.utils import timezone
+from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 from timezone_field.rest_framework import TimeZoneSerializerField
 
@@ -9,12 +10,31 @@ from runs.models import Flow, FlowRun, FlowVersion, Schedule, StateChange, WorkQ
 from runs.schedules import validate_schedule
 
 
+def request_example(name, value):
+    return OpenApiExample(name, value=value, request_only=True)
+
+
+def response_example(name, value):
+    return OpenApiExample(name, value=value, response_only=True)
+
+
+RUN_ID = "0b3f7c9e-6d2a-4f4e-9a51-2f6f1f0c2b11"
+VERSION = {"id": 12, "version": "1.4.2", "entrypoint": "etl.flows:nightly", "parameters": {"day": "yesterday"},
+           "job_env": {"TZ": "UTC"}, "is_latest": True, "archived": False, "created": "2026-11-20T09:30:00Z"}
+
+
+@extend_schema_serializer(examples=[response_example("The latest version", VERSION)])
 class FlowVersionSerializer(serializers.ModelSerializer):
     class Meta:
         model = FlowVersion
         fields = ["id", "version", "entrypoint", "parameters", "job_env", "is_latest", "archived", "created"]
 
 
+@extend_schema_serializer(examples=[
+    response_example("A flow", {"id": 4, "name": "nightly-etl", "description": "Loads yesterday's orders",
+                                "created": "2026-11-01T08:00:00Z", "latest_version": VERSION}),
+    request_example("Describe it", {"description": "Loads yesterday's orders into the warehouse"}),
+])
 class FlowSerializer(serializers.ModelSerializer):
     latest_version = serializers.SerializerMethodField()
 
@@ -22,7 +42,8 @@ class FlowSerializer(serializers.ModelSerializer):
         model = Flow
         fields = ["id", "name", "description", "created", "latest_version"]
 
-    def get_latest_version(self, flow) -> dict | None:
+    @extend_schema_field(FlowVersionSerializer(allow_null=True))
+    def get_latest_version(self, flow):
         latest = [v for v in flow.versions.all() if v.is_latest]
         return FlowVersionSerializer(latest[0]).data if latest else None
 
@@ -39,6 +60,30 @@ class WorkspaceRelatedField(serializers.SlugRelatedField):
         super().__init__(*args, **kwargs)
 
 
+SCHEDULE = {
+    "id": 3, "flow": "nightly-etl", "slug": "nightly", "description": "Every night at 02:00, Berlin time",
+    "kind": "cron", "interval_seconds": None, "anchor": None, "cron": "0 2 * * *", "rrule": "", "calendar": {},
+    "timezone": "Europe/Berlin", "dst_nonexistent": "shift", "dst_ambiguous": "once", "status": "ACTIVE",
+    "parameters": {"full": False}, "work_queue": "default", "catchup_max_runs": 0, "only_newest_when_late": True,
+    "created": "2026-11-01T08:00:00Z", "updated": "2026-11-01T08:00:00Z",
+    "description_text": "At 02:00 (Europe/Berlin)",
+    "next_runs": [{"utc": "2026-11-24T01:00:00Z", "local": "2026-11-24T02:00:00+01:00"},
+                  {"utc": "2026-11-25T01:00:00Z", "local": "2026-11-25T02:00:00+01:00"}],
+}
+
+
+@extend_schema_serializer(examples=[
+    response_example("A cron schedule", SCHEDULE),
+    request_example("Nightly, Berlin time", {"flow": "nightly-etl", "slug": "nightly", "kind": "cron",
+                                             "cron": "0 2 * * *", "timezone": "Europe/Berlin",
+                                             "parameters": {"full": False}, "only_newest_when_late": True}),
+    request_example("Every 15 minutes", {"flow": "sync", "slug": "quarter-hourly", "kind": "interval",
+                                         "interval_seconds": 900, "anchor": "2026-01-01T00:00:00Z"}),
+    request_example("Last business day of each quarter", {
+        "flow": "close-books", "slug": "quarter-end", "kind": "calendar", "timezone": "America/New_York",
+        "calendar": {"base": {"rule": "last_business_day_of_quarter"},
+                     "holidays": {"country": "US", "subdivision": "NY"}, "times": ["18:00"]}}),
+])
 class ScheduleSerializer(serializers.ModelSerializer):
     flow = WorkspaceRelatedField(slug_field="name", queryset=Flow.objects.all())
     work_queue = WorkspaceRelatedField(slug_field="name", queryset=WorkQueue.objects.all(), required=False,
@@ -95,20 +140,93 @@ class ScheduleSerializer(serializers.ModelSerializer):
         return {f.name: getattr(self.instance, f.name) for f in Schedule._meta.concrete_fields if f.name != "id"}
 
 
+class FireTimeSerializer(serializers.Serializer):
+    utc = serializers.DateTimeField()
+    local = serializers.DateTimeField(help_text="The same instant in the schedule's time zone.")
+
+
+@extend_schema_serializer(examples=[
+    request_example("Weekdays at 09:30 in Tokyo, next 3", {"kind": "cron", "cron": "30 9 * * 1-5",
+                                                            "timezone": "Asia/Tokyo", "count": 3}),
+])
+class SchedulePreviewRequestSerializer(ScheduleSerializer):
+    """A schedule's definition, without flow or slug, and how many fire times to show."""
+
+    count = serializers.IntegerField(required=False, min_value=1, max_value=100, default=10,
+                                     help_text="How many fire times (1–100).")
+
+    class Meta(ScheduleSerializer.Meta):
+        fields = ["kind", "interval_seconds", "anchor", "cron", "rrule", "calendar", "timezone", "dst_nonexistent",
+                  "dst_ambiguous", "count"]
+
+    def validate(self, attrs):
+        count = attrs.pop("count", 10)
+        return {**super().validate(attrs), "count": count}
+
+
+@extend_schema_serializer(examples=[response_example("Next 3", {
+    "description_text": "At 09:30, Monday through Friday (Asia/Tokyo)", "timezone": "Asia/Tokyo",
+    "next_runs": [{"utc": "2026-11-24T00:30:00Z", "local": "2026-11-24T09:30:00+09:00"},
+                  {"utc": "2026-11-25T00:30:00Z", "local": "2026-11-25T09:30:00+09:00"},
+                  {"utc": "2026-11-26T00:30:00Z", "local": "2026-11-26T09:30:00+09:00"}]})])
+class SchedulePreviewSerializer(serializers.Serializer):
+    description_text = serializers.CharField()
+    timezone = serializers.CharField()
+    next_runs = FireTimeSerializer(many=True)
+
+
+@extend_schema_serializer(examples=[response_example("Paused", {**SCHEDULE, "status": "PAUSED", "runs_deleted": 10})])
+class PausedScheduleSerializer(ScheduleSerializer):
+    runs_deleted = serializers.IntegerField(read_only=True, help_text="Future auto-scheduled runs deleted.")
+
+    class Meta(ScheduleSerializer.Meta):
+        fields = ScheduleSerializer.Meta.fields + ["runs_deleted"]
+
+
+@extend_schema_serializer(examples=[response_example("Resumed", {**SCHEDULE, "runs_created": 10})])
+class ResumedScheduleSerializer(ScheduleSerializer):
+    runs_created = serializers.IntegerField(read_only=True, help_text="Future runs created by the resume.")
+
+    class Meta(ScheduleSerializer.Meta):
+        fields = ScheduleSerializer.Meta.fields + ["runs_created"]
+
+
 class StateChangeSerializer(serializers.ModelSerializer):
-    user = serializers.StringRelatedField()
-    agent = serializers.StringRelatedField()
+    user = serializers.StringRelatedField(allow_null=True, help_text="The person, when a person did it.")
+    agent = serializers.StringRelatedField(allow_null=True, help_text="The agent, when an agent reported it.")
 
     class Meta:
         model = StateChange
         fields = ["from_state", "to_state", "message", "actor", "user", "agent", "timestamp"]
 
 
+FLOW_RUN = {
+    "id": RUN_ID, "name": "nightly-etl-2026-11-23", "flow": "nightly-etl", "flow_version": 12, "schedule": 3,
+    "schedule_slug": "nightly", "parameters": {"full": False}, "state": "COMPLETED", "state_message": "",
+    "state_changed": "2026-11-23T01:07:41Z", "scheduled_start": "2026-11-23T01:00:00Z", "auto_scheduled": True,
+    "created_by": None, "work_queue": "default", "agent": "build-host-1", "start_time": "2026-11-23T01:00:04Z",
+    "end_time": "2026-11-23T01:07:41Z", "last_heartbeat": "2026-11-23T01:07:30Z", "run_count": 1,
+    "lazarus_count": 0, "idempotency_key": None, "created": "2026-11-22T01:00:00Z",
+}
+HISTORY = [
+    {"from_state": "SCHEDULED", "to_state": "SUBMITTED", "message": "", "actor": "agent", "user": None,
+     "agent": "build-host-1", "timestamp": "2026-11-23T01:00:02Z"},
+    {"from_state": "SUBMITTED", "to_state": "RUNNING", "message": "", "actor": "agent", "user": None,
+     "agent": "build-host-1", "timestamp": "2026-11-23T01:00:04Z"},
+    {"from_state": "RUNNING", "to_state": "COMPLETED", "message": "Loaded 1,204 rows", "actor": "agent",
+     "user": None, "agent": "build-host-1", "timestamp": "2026-11-23T01:07:41Z"},
+]
+
+
+@extend_schema_serializer(examples=[response_example("A finished scheduled run", FLOW_RUN)])
 class FlowRunSerializer(serializers.ModelSerializer):
     flow = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    work_queue = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    agent = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    created_by = serializers.StringRelatedField()
+    work_queue = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+    agent = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True,
+                                         help_text="The agent that claimed it; null before a claim.")
+    created_by = serializers.StringRelatedField(allow_null=True,
+                                                help_text="The person who made a manual run; null for the scheduler's.")
+    schedule_slug = serializers.CharField(read_only=True, help_text="The schedule's slug; empty for a manual run.")
 
     class Meta:
         model = FlowRun
@@ -121,6 +239,8 @@ class FlowRunSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+@extend_schema_serializer(examples=[response_example("A finished run with its history",
+                                                     {**FLOW_RUN, "history": HISTORY})])
 class FlowRunDetailSerializer(FlowRunSerializer):
     history = StateChangeSerializer(many=True, read_only=True)
 

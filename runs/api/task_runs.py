@@ -1,13 +1,19 @@
 """Task runs, read-only: the steps inside the workspace's flow runs."""
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, extend_schema_view
 from rest_framework import serializers, viewsets
 
 from runs.models import State, TaskRun
 
+from .serializers import RUN_ID, response_example
 from .views import WorkspaceScoped
 
 
+@extend_schema_serializer(examples=[response_example("A finished task run", {
+    "id": "5e1d2c3b-4a59-4687-8796-a5b4c3d2e1f0", "flow_run": RUN_ID, "task_key": "extract", "dynamic_key": "0",
+    "name": "extract", "state": "COMPLETED", "state_message": "", "state_changed": "2026-11-23T01:03:10Z",
+    "run_count": 2, "max_retries": 2, "start_time": "2026-11-23T01:00:05Z", "end_time": "2026-11-23T01:03:10Z",
+    "last_heartbeat": "2026-11-23T01:03:00Z", "created": "2026-11-23T01:00:05Z"})])
 class TaskRunSerializer(serializers.ModelSerializer):
     class Meta:
         model = TaskRun
@@ -16,10 +22,13 @@ class TaskRunSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-@extend_schema_view(list=extend_schema(parameters=[
-    OpenApiParameter("flow_run", str, description="Only the task runs of this flow run (its id)."),
-    OpenApiParameter("state", str, description="One or more states, comma-separated."),
-]))
+@extend_schema_view(
+    list=extend_schema(parameters=[
+        OpenApiParameter("flow_run", str, description="Only the task runs of this flow run (its id)."),
+        OpenApiParameter("state", str, description="One or more states, comma-separated."),
+    ], description="Task runs of the workspace's flow runs, newest first, filtered by flow run and state."),
+    retrieve=extend_schema(description="One task run: its state, attempts and last heartbeat."),
+)
 class TaskRunViewSet(WorkspaceScoped, viewsets.ReadOnlyModelViewSet):
     queryset = TaskRun.objects.order_by("-created", "id")
     serializer_class = TaskRunSerializer

@@ -17,5 +17,7 @@ router.register("api_keys", members.ApiKeyViewSet, basename="api-key")
 urlpatterns = [
     path("accounts/<slug:account>/workspaces/<slug:workspace>/", include(router.urls)),
     path("accounts/<slug:account>/workspaces/<slug:workspace>/ping", meta.PingView.as_view(), name="ping"),
+    path("accounts/<slug:account>/workspaces/<slug:workspace>/settings", members.WorkspaceSettingsView.as_view(),
+         name="workspace-settings"),
     path("accounts/<slug:account>/workspaces/<slug:workspace>/agent/", include("runs.api.agents")),
 ]

@@ -1,10 +1,9 @@
 """API views. Each is scoped to the workspace in its URL by WorkspaceRolePermission."""
 
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from runs.models import Role, Schedule
@@ -22,12 +21,22 @@ class WorkspaceScoped:
         return super().get_queryset().filter(**{self.workspace_field: self.request.workspace})
 
 
+@extend_schema_view(
+    list=extend_schema(description="The workspace's schedules by flow and slug, each saying in words when it fires."),
+    create=extend_schema(description="Add a schedule to a flow (admins). An ACTIVE one has its next runs when this "
+                                     "returns."),
+    retrieve=extend_schema(description="One schedule with its next 10 fire times, in UTC and in its own zone."),
+    update=extend_schema(description="Replace a schedule's definition (admins). Future runs that still match are "
+                                     "kept; the others are replaced."),
+    partial_update=extend_schema(description="Change some of a schedule's fields (admins). Future runs that still "
+                                             "match are kept; the others are replaced."),
+    destroy=extend_schema(description="Delete the schedule and its future runs (admins); started runs stay."),
+)
 class ScheduleViewSet(WorkspaceScoped, viewsets.ModelViewSet):
     queryset = Schedule.objects.select_related("flow", "work_queue").order_by("flow__name", "slug")
     serializer_class = serializers.ScheduleSerializer
     workspace_field = "flow__workspace"
     action_roles = {"pause": Role.OPERATOR, "resume": Role.OPERATOR, "preview": Role.VIEWER}
-    preview_default, preview_max = 10, 100
 
     def get_serializer_context(self):
         # Only one schedule's page shows its next fire times: a list would compute them per row.
@@ -45,16 +54,16 @@ class ScheduleViewSet(WorkspaceScoped, viewsets.ModelViewSet):
     def perform_destroy(self, schedule):
         delete_schedule(schedule, timezone.now())
 
-    @extend_schema(request=serializers.ScheduleSerializer, responses=dict)
+    @extend_schema(request=serializers.SchedulePreviewRequestSerializer,
+                   responses=serializers.SchedulePreviewSerializer)
     @action(detail=False, methods=["post"])
     def preview(self, request, *args, **kwargs):
         """The next `count` (default 10, at most 100) fire times of a schedule definition, without saving it."""
-        serializer = self.get_serializer(data=request.data, partial=True)
-        serializer.is_valid(raise_exception=True)
-        count = request.data.get("count", self.preview_default)
-        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= self.preview_max:
-            raise ValidationError({"count": [f"count must be a whole number from 1 to {self.preview_max}."]})
-        fields = {k: v for k, v in serializer.validated_data.items() if k not in {"flow", "work_queue"}}
+        incoming = serializers.SchedulePreviewRequestSerializer(data=request.data,
+                                                                context=self.get_serializer_context())
+        incoming.is_valid(raise_exception=True)
+        fields = dict(incoming.validated_data)
+        count = fields.pop("count")
         schedule = Schedule(**{"kind": Schedule._meta.get_field("kind").default, **fields})
         return Response({
             "description_text": schedule.describe(),
@@ -62,7 +71,7 @@ class ScheduleViewSet(WorkspaceScoped, viewsets.ModelViewSet):
             "next_runs": serializers.ScheduleSerializer.fire_times_data(schedule, timezone.now(), count),
         })
 
-    @extend_schema(request=None, responses=serializers.ScheduleSerializer)
+    @extend_schema(request=None, responses=serializers.PausedScheduleSerializer)
     @action(detail=True, methods=["post"])
     def pause(self, request, *args, **kwargs):
         """Pause the schedule and delete its future auto-scheduled runs that have not started."""
@@ -70,7 +79,7 @@ class ScheduleViewSet(WorkspaceScoped, viewsets.ModelViewSet):
         deleted = pause_schedule(schedule)
         return Response({**self.get_serializer(schedule).data, "runs_deleted": deleted})
 
-    @extend_schema(request=None, responses=serializers.ScheduleSerializer)
+    @extend_schema(request=None, responses=serializers.ResumedScheduleSerializer)
     @action(detail=True, methods=["post"])
     def resume(self, request, *args, **kwargs):
         """Make the schedule ACTIVE; its next runs exist when this returns."""

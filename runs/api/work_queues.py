@@ -1,15 +1,23 @@
 """Work queues (admins create, edit, delete; operators pause, resume, limit) and agents (read)."""
 
-from drf_spectacular.utils import OpenApiExample, extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_serializer, extend_schema_view
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from runs.models import Agent, Role, WorkQueue
 
+from .serializers import request_example, response_example
 from .views import WorkspaceScoped
 
 
+@extend_schema_serializer(examples=[
+    response_example("A queue", {"id": 2, "name": "gpu", "work_pool": "on-prem", "description": "The A100 boxes",
+                                 "concurrency_limit": 4, "paused": False, "job_env": {"CUDA_VISIBLE_DEVICES": "0"},
+                                 "last_polled": "2026-11-23T09:59:58Z", "created": "2026-11-01T08:00:00Z"}),
+    request_example("A queue", {"name": "gpu", "work_pool": "on-prem", "description": "The A100 boxes",
+                                "concurrency_limit": 4, "job_env": {"CUDA_VISIBLE_DEVICES": "0"}}),
+])
 class WorkQueueSerializer(serializers.ModelSerializer):
     class Meta:
         model = WorkQueue
@@ -26,11 +34,21 @@ class WorkQueueSerializer(serializers.ModelSerializer):
         return name
 
 
+@extend_schema_serializer(examples=[request_example("At most 4", {"concurrency_limit": 4}),
+                                    request_example("No limit", {"concurrency_limit": None})])
 class ConcurrencyLimitSerializer(serializers.Serializer):
     concurrency_limit = serializers.IntegerField(min_value=0, max_value=2**31 - 1, allow_null=True,
                                                  help_text="Most runs SUBMITTED or RUNNING at once; null: no limit.")
 
 
+@extend_schema_view(
+    list=extend_schema(description="The workspace's work queues with their limits and whether they are paused."),
+    create=extend_schema(description="Add a work queue (admins)."),
+    retrieve=extend_schema(description="One work queue; `last_polled` says when an agent last asked it for runs."),
+    partial_update=extend_schema(description="Change a queue's name, pool, description, limit or job environment "
+                                             "(admins)."),
+    destroy=extend_schema(description="Delete a work queue (admins); its runs are kept and lose the queue."),
+)
 class WorkQueueViewSet(WorkspaceScoped, viewsets.ModelViewSet):
     queryset = WorkQueue.objects.order_by("name")
     serializer_class = WorkQueueSerializer
@@ -58,8 +76,7 @@ class WorkQueueViewSet(WorkspaceScoped, viewsets.ModelViewSet):
         """The queue hands out runs again."""
         return self._set(paused=False)
 
-    @extend_schema(request=ConcurrencyLimitSerializer, responses=WorkQueueSerializer,
-                   examples=[OpenApiExample("At most 4", value={"concurrency_limit": 4}, request_only=True)])
+    @extend_schema(request=ConcurrencyLimitSerializer, responses=WorkQueueSerializer)
     @action(detail=True, methods=["post"], url_path="concurrency_limit")
     def concurrency_limit(self, request, *args, **kwargs):
         """Set or clear (null) how many of the queue's runs may be active at once."""
@@ -68,6 +85,10 @@ class WorkQueueViewSet(WorkspaceScoped, viewsets.ModelViewSet):
         return self._set(concurrency_limit=incoming.validated_data["concurrency_limit"])
 
 
+@extend_schema_serializer(examples=[response_example("An agent", {
+    "id": 7, "name": "build-host-1", "queues": ["default", "gpu"], "labels": {"os": "linux"}, "version": "0.1.0",
+    "heartbeat_interval": 30, "last_heartbeat": "2026-11-23T09:59:41Z", "status": "ONLINE",
+    "created": "2026-11-01T08:00:00Z"})])
 class AgentSerializer(serializers.ModelSerializer):
     queues = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)
 
@@ -78,6 +99,11 @@ class AgentSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+@extend_schema_view(
+    list=extend_schema(description="Agents that registered with this workspace: their queues, last heartbeat and "
+                                   "whether they are ONLINE."),
+    retrieve=extend_schema(description="One agent."),
+)
 class AgentViewSet(WorkspaceScoped, viewsets.ReadOnlyModelViewSet):
     """The agents that have polled this workspace, and whether they are online."""
 

@@ -135,3 +135,15 @@ def test_list_runs_in_constant_queries(operator, prefix, ws, django_assert_max_n
         factories.flow_run(flow)
     with django_assert_max_num_queries(6):
         assert len(operator.get(f"{prefix}/flow_runs/").json()["results"]) == 20
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("0093-08-08T07:46:13+21:52", 200),  # an offset PostgreSQL refuses; fine once in UTC
+    ("0001-01-01T00:10:00+01:00", 400),  # before year 1 in UTC
+    ("9999-12-31T23:59:00-01:00", 400),  # after year 9999 in UTC
+])
+def test_time_filters_take_any_offset_and_refuse_times_outside_utc(operator, prefix, value, expected):
+    response = operator.get(f"{prefix}/flow_runs/", {"scheduled_after": value})
+    assert response.status_code == expected, response.content
+    if expected == 400:
+        assert "scheduled_after" in response.json()["error"]["fields"]

@@ -97,8 +97,9 @@ def test_expensive_endpoints_are_throttled_per_key(api, key_for, prefix, setting
     assert client.get(f"{prefix}/flows/").status_code == 200  # cheap endpoints are not counted
 
 
-def test_unknown_api_url_is_json_404(admin):
-    response = admin.get("/api/no/such/thing")
+@pytest.mark.parametrize("method", ["get", "post", "delete"])
+def test_unknown_api_url_is_json_404_for_any_method(admin, method):
+    response = getattr(admin, method)("/api/no/such/thing")
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
 
 

@@ -1,0 +1,153 @@
+"""What agents send to the server and what they get back, with the examples the schema shows.
+
+The views in agents.py validate input with these serializers; the answers are built as plain
+dicts on the hot paths (claim, state reports) and these serializers describe them. The fuzzing
+test checks every answer against this description.
+"""
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
+from rest_framework import serializers
+
+from runs.models import AgentStatus, LogLevel, State
+
+RUN_ID = "0b3f7c9e-6d2a-4f4e-9a51-2f6f1f0c2b11"
+TASK_RUN_ID = "5e1d2c3b-4a59-4687-8796-a5b4c3d2e1f0"
+
+
+def request_example(name, value):
+    return OpenApiExample(name, value=value, request_only=True)
+
+
+def response_example(name, value):
+    return OpenApiExample(name, value=value, response_only=True)
+
+
+@extend_schema_serializer(examples=[request_example("An agent on two queues", {
+    "name": "build-host-1", "queues": ["default", "gpu"], "labels": {"os": "linux"}, "version": "0.1.0",
+    "heartbeat_interval": 30})])
+class RegisterInput(serializers.Serializer):
+    name = serializers.CharField(max_length=200, help_text="Unique in the workspace; registering again refreshes it.")
+    queues = serializers.ListField(child=serializers.CharField(max_length=100), allow_empty=False,
+                                   help_text="Work queues it takes runs from; missing ones are created.")
+    labels = serializers.DictField(required=False, default=dict)
+    version = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
+    heartbeat_interval = serializers.IntegerField(min_value=1, max_value=86400, required=False, default=30,
+                                                  help_text="Seconds between its own heartbeats.")
+
+
+@extend_schema_serializer(examples=[response_example("Registered", {
+    "id": 7, "name": "build-host-1", "queues": ["default", "gpu"]})])
+class RegisteredAgentSerializer(serializers.Serializer):
+    id = serializers.IntegerField(help_text="Send it as agent_id in heartbeats and claims.")
+    name = serializers.CharField()
+    queues = serializers.ListField(child=serializers.CharField())
+
+
+@extend_schema_serializer(examples=[request_example("Alive", {"agent_id": 7}),
+                                    request_example("Shutting down", {"agent_id": 7, "status": "OFFLINE"})])
+class AgentHeartbeatInput(serializers.Serializer):
+    agent_id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=AgentStatus.choices, required=False, default=AgentStatus.ONLINE)
+
+
+@extend_schema_serializer(examples=[request_example("Up to 4 runs", {"agent_id": 7, "max_runs": 4})])
+class ClaimInput(serializers.Serializer):
+    agent_id = serializers.IntegerField()
+    max_runs = serializers.IntegerField(min_value=1, required=False, default=1,
+                                        help_text="At most ORCHESTRATOR_AGENT_CLAIM_MAX_RUNS (default 200).")
+
+    def validate_max_runs(self, value):
+        cap = settings.ORCHESTRATOR["AGENT_CLAIM_MAX_RUNS"]
+        if value > cap:
+            raise serializers.ValidationError(f"At most {cap} runs per claim.")
+        return value
+
+
+class ClaimedRunSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    flow = serializers.CharField(help_text="The flow's name.")
+    state = serializers.ChoiceField(choices=State.choices)
+    entrypoint = serializers.CharField(allow_null=True, help_text="module:function of the flow version.")
+    parameters = serializers.DictField(help_text="The version's defaults with the run's own on top.")
+    env = serializers.DictField(child=serializers.CharField(), help_text="The queue's then the version's job_env.")
+    work_queue = serializers.CharField(allow_null=True)
+    scheduled_start = serializers.DateTimeField()
+
+
+@extend_schema_serializer(examples=[response_example("One run claimed", {"runs": [{
+    "id": RUN_ID, "name": "nightly-etl-2026-11-23", "flow": "nightly-etl", "state": "SUBMITTED",
+    "entrypoint": "etl.flows:nightly", "parameters": {"day": "2026-11-22"}, "env": {"TZ": "UTC"},
+    "work_queue": "default", "scheduled_start": "2026-11-23T02:00:00+00:00"}]})])
+class ClaimAnswerSerializer(serializers.Serializer):
+    runs = ClaimedRunSerializer(many=True, help_text="Now SUBMITTED and the agent's; empty when nothing is due.")
+
+
+@extend_schema_serializer(examples=[
+    request_example("Started", {"state": "RUNNING", "heartbeat_interval": 30}),
+    request_example("Finished", {"state": "COMPLETED", "message": "Loaded 1,204 rows", "expected_state": "RUNNING"}),
+])
+class StateInput(serializers.Serializer):
+    state = serializers.ChoiceField(choices=State.choices)
+    message = serializers.CharField(required=False, allow_blank=True, default="", max_length=10000)
+    expected_state = serializers.ChoiceField(
+        choices=State.choices, required=False,
+        help_text="Refuse (409) unless the run is still in this state: guards against stale reports.")
+    heartbeat_interval = serializers.IntegerField(
+        min_value=1, max_value=86400, required=False, allow_null=True,
+        help_text="With RUNNING: seconds between the run's heartbeats; null: it sends none.")
+
+
+@extend_schema_serializer(examples=[response_example("Now running", {
+    "id": RUN_ID, "state": "RUNNING", "state_message": ""})])
+class ReportedFlowRunSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    state = serializers.ChoiceField(choices=State.choices)
+    state_message = serializers.CharField(allow_blank=True)
+
+
+@extend_schema_serializer(examples=[request_example("A task call", {
+    "task_key": "extract", "dynamic_key": "0", "name": "extract", "max_retries": 2})])
+class TaskRunInput(serializers.Serializer):
+    task_key = serializers.CharField(max_length=200, help_text="Which task of the flow.")
+    dynamic_key = serializers.CharField(max_length=200, required=False, default="0",
+                                        help_text="Which call of that task within the run (0, 1, …).")
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    max_retries = serializers.IntegerField(min_value=0, max_value=1000, required=False, default=0)
+
+
+@extend_schema_serializer(examples=[response_example("A task run", {
+    "id": TASK_RUN_ID, "task_key": "extract", "dynamic_key": "0", "state": "SCHEDULED", "run_count": 0})])
+class ReportedTaskRunSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    task_key = serializers.CharField()
+    dynamic_key = serializers.CharField()
+    state = serializers.ChoiceField(choices=State.choices)
+    run_count = serializers.IntegerField()
+
+
+class LogLine(serializers.Serializer):
+    flow_run_id = serializers.UUIDField()
+    task_run_id = serializers.UUIDField(required=False, allow_null=True)
+    level = serializers.ChoiceField(choices=LogLevel.choices, required=False, default=LogLevel.INFO)
+    message = serializers.CharField(allow_blank=True, trim_whitespace=False)
+    timestamp = serializers.DateTimeField(required=False, help_text="Default: when the server stores it.")
+
+
+@extend_schema_serializer(examples=[request_example("Two lines", {"logs": [
+    {"flow_run_id": RUN_ID, "level": 20, "message": "Extracting 2026-11-22", "timestamp": "2026-11-23T02:00:01Z"},
+    {"flow_run_id": RUN_ID, "task_run_id": TASK_RUN_ID, "level": 30, "message": "Slow source; retrying"},
+]})])
+class LogBatchInput(serializers.Serializer):
+    logs = LogLine(many=True, allow_empty=False)
+
+
+@extend_schema_serializer(examples=[response_example("Stored", {"stored": 2})])
+class StoredLogsSerializer(serializers.Serializer):
+    stored = serializers.IntegerField()
+
+
+@extend_schema_serializer(examples=[response_example("Fine", {"ok": True})])
+class AgentPingSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()

@@ -1,0 +1,89 @@
+"""How the API documents itself (drf-spectacular), beyond what each view declares.
+
+- Examples live on the serializers they show (`extend_schema_serializer(examples=...)`), so every
+  operation that sends or returns a serializer shows an example without per-view decorators.
+- Every operation under a workspace can answer with the one error form: bad input (400), no or a
+  bad key (401), a role too low (403), an unknown workspace or object (404), throttled (429, with
+  Retry-After), and for a body, an unreadable one (415). `errors_documented` adds those answers
+  to the schema; the rarer ones (409 for a refused transition, 413 for an oversized log batch)
+  are declared by the views that give them.
+"""
+
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema_serializer
+from rest_framework import serializers
+
+WORKSPACE_PREFIX = "/api/accounts/{account}/workspaces/{workspace}/"
+
+
+@extend_schema_serializer(component_name="ErrorDetail")
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="Stable, for programs: invalid, not_found, permission_denied, …")
+    message = serializers.CharField(help_text="For people: what is wrong and what to do about it.")
+    fields = serializers.DictField(
+        help_text="Input fields (or query parameters) that were refused, each with its problems; {} otherwise.")
+
+
+@extend_schema_serializer(component_name="Error")
+class ErrorSerializer(serializers.Serializer):
+    """Every 4xx and 5xx answer of the API has this form."""
+
+    error = ErrorDetailSerializer()
+
+
+def error_example(code, message, fields=None):
+    return {"error": {"code": code, "message": message, "fields": fields or {}}}
+
+
+def error_response(description, example_name, example):
+    return OpenApiResponse(ErrorSerializer, description=description,
+                           examples=[OpenApiExample(example_name, value=example)])
+
+
+CONFLICT = error_response(
+    "The run is not in a state that allows this change, or it changed meanwhile; `current_state` says which.",
+    "Stale or illegal", {**error_example("illegal_transition", "A COMPLETED run cannot move to RUNNING.",
+                                         {"state": ["A COMPLETED run cannot move to RUNNING."]}),
+                         "current_state": "COMPLETED"},
+)
+
+COMMON_ERRORS = {
+    "400": ("The input is invalid: `fields` names each refused field or query parameter.",
+            error_example("invalid", "name: This field is required.", {"name": ["This field is required."]})),
+    "401": ("No credentials, or the API key is unknown, revoked or expired.",
+            error_example("authentication_failed", "This API key is unknown, revoked or expired.")),
+    "403": ("Your role in this workspace does not allow this; the message names the role it needs.",
+            error_example("permission_denied",
+                          "Your role in this workspace is viewer; this action needs operator or above.")),
+    "404": ("No such workspace for you, or no such object in it (another workspace's objects are 404 too).",
+            error_example("not_found", "Not found.")),
+    "429": ("Too many requests (failed authentications from your address, or an expensive endpoint); "
+            "retry after the seconds in Retry-After.",
+            error_example("throttled", "Request was throttled. Expected available in 42 seconds.")),
+}
+UNSUPPORTED_MEDIA_TYPE = (
+    "The body is not JSON, a form or multipart form data (or cannot be read as its Content-Type says).",
+    error_example("unsupported_media_type", 'Unsupported media type "text/plain" in request.'))
+RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying."}}
+
+
+def errors_documented(result, generator, request, public):
+    """Postprocessing hook: give every workspace operation its common error answers."""
+    for path, operations in result.get("paths", {}).items():
+        if not path.startswith(WORKSPACE_PREFIX):
+            continue
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            errors = {**COMMON_ERRORS, "415": UNSUPPORTED_MEDIA_TYPE} if "requestBody" in operation else COMMON_ERRORS
+            for code, (description, example) in errors.items():
+                if code in responses:
+                    continue
+                responses[code] = {
+                    "description": description,
+                    "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/Error"},
+                        "examples": {"Example": {"value": example}},
+                    }},
+                }
+                if code == "429":
+                    responses[code]["headers"] = RETRY_AFTER
+    return result
