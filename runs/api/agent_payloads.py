@@ -6,21 +6,14 @@ test checks every answer against this description.
 """
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
+from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
 from runs.models import AgentStatus, LogLevel, State
 
-RUN_ID = "0b3f7c9e-6d2a-4f4e-9a51-2f6f1f0c2b11"
-TASK_RUN_ID = "5e1d2c3b-4a59-4687-8796-a5b4c3d2e1f0"
-
-
-def request_example(name, value):
-    return OpenApiExample(name, value=value, request_only=True)
-
-
-def response_example(name, value):
-    return OpenApiExample(name, value=value, response_only=True)
+from .schema import EXAMPLE_RUN_ID as RUN_ID
+from .schema import EXAMPLE_TASK_RUN_ID as TASK_RUN_ID
+from .schema import request_example, response_example
 
 
 @extend_schema_serializer(examples=[request_example("An agent on two queues", {

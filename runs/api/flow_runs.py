@@ -14,8 +14,8 @@ from runs.scheduling import create_manual_run
 from runs.states import IllegalTransition, set_flow_run_state
 
 from .filters import boolean_param, time_param
-from .schema import CONFLICT
-from .serializers import FlowRunDetailSerializer, FlowRunSerializer, WorkspaceRelatedField, request_example
+from .schema import CONFLICT, request_example
+from .serializers import FlowRunDetailSerializer, FlowRunSerializer, WorkspaceRelatedField
 from .throttles import ExpensiveEndpointThrottle
 from .views import WorkspaceScoped
 

@@ -7,7 +7,8 @@ from rest_framework.response import Response
 
 from runs.models import Flow, Role
 
-from .serializers import FlowSerializer, FlowVersionSerializer, request_example
+from .schema import request_example
+from .serializers import FlowSerializer, FlowVersionSerializer
 from .views import WorkspaceScoped
 
 @extend_schema_serializer(examples=[request_example("A version", {
@@ -71,9 +72,10 @@ class FlowViewSet(WorkspaceScoped, mixins.CreateModelMixin, mixins.UpdateModelMi
     @extend_schema(responses=FlowVersionSerializer(many=True))
     @action(detail=True, methods=["get"])
     def versions(self, request, *args, **kwargs):
-        """Every version of the flow, newest first."""
+        """Every version of the flow, newest first, in pages (a flow registered on every deploy has many)."""
         flow = self.get_object()
-        return Response(FlowVersionSerializer(flow.versions.all(), many=True).data)
+        page = self.paginate_queryset(flow.versions.order_by("-created", "-id"))
+        return self.get_paginated_response(FlowVersionSerializer(page, many=True).data)
 
     @extend_schema(request=RegisterVersionSerializer, responses={201: FlowVersionSerializer})
     @versions.mapping.post

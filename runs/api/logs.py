@@ -11,13 +11,13 @@ from rest_framework.pagination import CursorPagination
 from runs.models import Log, LogLevel
 
 from .filters import time_param
-from .serializers import RUN_ID, response_example
+from .schema import EXAMPLE_RUN_ID, response_example
 from .throttles import ExpensiveEndpointThrottle
 from .views import WorkspaceScoped
 
 
 @extend_schema_serializer(examples=[response_example("What Lazarus did", {
-    "id": 90211, "flow_run": RUN_ID, "task_run": None, "level": 30, "level_name": "Warning",
+    "id": 90211, "flow_run": EXAMPLE_RUN_ID, "task_run": None, "level": 30, "level_name": "Warning",
     "message": "Rescheduled by Lazarus (attempt 2 of 10): no task run was SUBMITTED or RUNNING for 612 s.",
     "timestamp": "2026-11-23T01:20:00Z", "source": "lazarus"})])
 class LogSerializer(serializers.ModelSerializer):

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 
 from runs.models import ApiKey, Membership, Role, Workspace
 
-from .serializers import request_example, response_example
+from .schema import request_example, response_example
 from .views import WorkspaceScoped
 
 ADMIN_ONLY = {name: Role.ADMIN for name in ("list", "retrieve", "create", "partial_update", "destroy")}

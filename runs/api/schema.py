@@ -13,6 +13,17 @@ from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import serializers
 
 WORKSPACE_PREFIX = "/api/accounts/{account}/workspaces/{workspace}/"
+# Ids the examples share, so that a run's example log line names the run's example id.
+EXAMPLE_RUN_ID = "0b3f7c9e-6d2a-4f4e-9a51-2f6f1f0c2b11"
+EXAMPLE_TASK_RUN_ID = "5e1d2c3b-4a59-4687-8796-a5b4c3d2e1f0"
+
+
+def request_example(name, value):
+    return OpenApiExample(name, value=value, request_only=True)
+
+
+def response_example(name, value):
+    return OpenApiExample(name, value=value, response_only=True)
 
 
 @extend_schema_serializer(component_name="ErrorDetail")

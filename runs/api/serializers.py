@@ -2,23 +2,16 @@
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
+from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 from timezone_field.rest_framework import TimeZoneSerializerField
 
 from runs.models import Flow, FlowRun, FlowVersion, Schedule, StateChange, WorkQueue
 from runs.schedules import validate_schedule
 
-
-def request_example(name, value):
-    return OpenApiExample(name, value=value, request_only=True)
+from .schema import EXAMPLE_RUN_ID, request_example, response_example
 
 
-def response_example(name, value):
-    return OpenApiExample(name, value=value, response_only=True)
-
-
-RUN_ID = "0b3f7c9e-6d2a-4f4e-9a51-2f6f1f0c2b11"
 VERSION = {"id": 12, "version": "1.4.2", "entrypoint": "etl.flows:nightly", "parameters": {"day": "yesterday"},
            "job_env": {"TZ": "UTC"}, "is_latest": True, "archived": False, "created": "2026-11-20T09:30:00Z"}
 
@@ -60,6 +53,17 @@ class WorkspaceRelatedField(serializers.SlugRelatedField):
         super().__init__(*args, **kwargs)
 
 
+class ZoneField(TimeZoneSerializerField):
+    """An IANA time zone name. zoneinfo refuses keys such as 'Europe/' or '../x' with a ValueError
+    that django-timezone-field does not catch; here every refusal is the field's 400."""
+
+    def to_internal_value(self, data):
+        try:
+            return super().to_internal_value(data)
+        except (ValueError, OSError):
+            self.fail("invalid")
+
+
 SCHEDULE = {
     "id": 3, "flow": "nightly-etl", "slug": "nightly", "description": "Every night at 02:00, Berlin time",
     "kind": "cron", "interval_seconds": None, "anchor": None, "cron": "0 2 * * *", "rrule": "", "calendar": {},
@@ -88,7 +92,7 @@ class ScheduleSerializer(serializers.ModelSerializer):
     flow = WorkspaceRelatedField(slug_field="name", queryset=Flow.objects.all())
     work_queue = WorkspaceRelatedField(slug_field="name", queryset=WorkQueue.objects.all(), required=False,
                                        allow_null=True)
-    timezone = TimeZoneSerializerField(use_pytz=False, required=False)
+    timezone = ZoneField(use_pytz=False, required=False, help_text="IANA zone, e.g. Europe/Berlin; default UTC.")
     description_text = serializers.SerializerMethodField(help_text="When it fires, in words.")
     next_runs = serializers.SerializerMethodField(
         help_text="On a single schedule: its next 10 fire times (UTC and local), computed from its definition.")
@@ -201,7 +205,7 @@ class StateChangeSerializer(serializers.ModelSerializer):
 
 
 FLOW_RUN = {
-    "id": RUN_ID, "name": "nightly-etl-2026-11-23", "flow": "nightly-etl", "flow_version": 12, "schedule": 3,
+    "id": EXAMPLE_RUN_ID, "name": "nightly-etl-2026-11-23", "flow": "nightly-etl", "flow_version": 12, "schedule": 3,
     "schedule_slug": "nightly", "parameters": {"full": False}, "state": "COMPLETED", "state_message": "",
     "state_changed": "2026-11-23T01:07:41Z", "scheduled_start": "2026-11-23T01:00:00Z", "auto_scheduled": True,
     "created_by": None, "work_queue": "default", "agent": "build-host-1", "start_time": "2026-11-23T01:00:04Z",

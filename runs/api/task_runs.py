@@ -5,12 +5,12 @@ from rest_framework import serializers, viewsets
 
 from runs.models import State, TaskRun
 
-from .serializers import RUN_ID, response_example
+from .schema import EXAMPLE_RUN_ID, EXAMPLE_TASK_RUN_ID, response_example
 from .views import WorkspaceScoped
 
 
 @extend_schema_serializer(examples=[response_example("A finished task run", {
-    "id": "5e1d2c3b-4a59-4687-8796-a5b4c3d2e1f0", "flow_run": RUN_ID, "task_key": "extract", "dynamic_key": "0",
+    "id": EXAMPLE_TASK_RUN_ID, "flow_run": EXAMPLE_RUN_ID, "task_key": "extract", "dynamic_key": "0",
     "name": "extract", "state": "COMPLETED", "state_message": "", "state_changed": "2026-11-23T01:03:10Z",
     "run_count": 2, "max_retries": 2, "start_time": "2026-11-23T01:00:05Z", "end_time": "2026-11-23T01:03:10Z",
     "last_heartbeat": "2026-11-23T01:03:00Z", "created": "2026-11-23T01:00:05Z"})])

@@ -10,6 +10,7 @@ from runs.models import Role, Schedule
 from runs.scheduling import delete_schedule, pause_schedule, reschedule_after_edit, resume_schedule
 
 from . import serializers
+from .throttles import ExpensiveEndpointThrottle
 
 
 class WorkspaceScoped:
@@ -37,6 +38,10 @@ class ScheduleViewSet(WorkspaceScoped, viewsets.ModelViewSet):
     serializer_class = serializers.ScheduleSerializer
     workspace_field = "flow__workspace"
     action_roles = {"pause": Role.OPERATOR, "resume": Role.OPERATOR, "preview": Role.VIEWER}
+
+    def get_throttles(self):
+        # A preview computes up to 100 fire times of any rule: as costly as listing runs.
+        return [ExpensiveEndpointThrottle()] if self.action == "preview" else []
 
     def get_serializer_context(self):
         # Only one schedule's page shows its next fire times: a list would compute them per row.

@@ -7,7 +7,7 @@ from rest_framework.response import Response
 
 from runs.models import Agent, Role, WorkQueue
 
-from .serializers import request_example, response_example
+from .schema import request_example, response_example
 from .views import WorkspaceScoped
 
 

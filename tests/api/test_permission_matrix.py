@@ -2,13 +2,18 @@
 
 The expected status comes from a table: the role an endpoint needs, and the status it answers on
 success. A caller below that role gets 403; a workspace the caller has no role in is 404; no key
-or a revoked key is 401.
+or a revoked key is 401. The table must name every operation of the OpenAPI schema, so a new
+endpoint cannot ship without its row.
 """
+
+import re
 
 import pytest
 from django.utils import timezone
+from drf_spectacular.generators import SchemaGenerator
 
-from runs.models import Membership, Role
+from runs.api.schema import WORKSPACE_PREFIX
+from runs.models import Log, Membership, Role
 from tests import factories
 from tests.conftest import api_prefix
 
@@ -17,6 +22,8 @@ V, O, A = Role.VIEWER, Role.OPERATOR, Role.ADMIN
 # (name, method, path under the workspace, body, role needed, success status)
 ENDPOINTS = [
     ("ping", "get", "ping", None, V, 200),
+    ("settings read", "get", "settings", None, V, 200),
+    ("settings change", "patch", "settings", {"run_retention_days": 60}, A, 200),
     ("flows list", "get", "flows/", None, V, 200),
     ("flow detail", "get", "flows/{flow}/", None, V, 200),
     ("flow create", "post", "flows/", {"name": "new-flow"}, O, 201),
@@ -26,6 +33,12 @@ ENDPOINTS = [
     ("flow delete", "delete", "flows/{flow}/", None, A, 204),
     ("schedules list", "get", "schedules/", None, V, 200),
     ("schedule detail", "get", "schedules/{schedule}/", None, V, 200),
+    ("schedule create", "post", "schedules/",
+     {"flow": "{flow_name}", "slug": "new", "kind": "interval", "interval_seconds": 3600}, A, 201),
+    ("schedule replace", "put", "schedules/{schedule}/",
+     {"flow": "{flow_name}", "slug": "renamed", "kind": "cron", "cron": "0 2 * * *"}, A, 200),
+    ("schedule edit", "patch", "schedules/{schedule}/", {"interval_seconds": 600}, A, 200),
+    ("schedule preview", "post", "schedules/preview/", {"kind": "cron", "cron": "0 2 * * *", "count": 2}, V, 200),
     ("schedule pause", "post", "schedules/{schedule}/pause/", None, O, 200),
     ("schedule resume", "post", "schedules/{schedule}/resume/", None, O, 200),
     ("schedule delete", "delete", "schedules/{schedule}/", None, A, 204),
@@ -38,7 +51,9 @@ ENDPOINTS = [
     ("task runs list", "get", "task_runs/", None, V, 200),
     ("task run detail", "get", "task_runs/{task_run}/", None, V, 200),
     ("logs list", "get", "logs/?source=lazarus", None, V, 200),
+    ("log detail", "get", "logs/{log}/", None, V, 200),
     ("work queues list", "get", "work_queues/", None, V, 200),
+    ("work queue detail", "get", "work_queues/{queue}/", None, V, 200),
     ("work queue create", "post", "work_queues/", {"name": "new-queue"}, A, 201),
     ("work queue edit", "patch", "work_queues/{queue}/", {"description": "d"}, A, 200),
     ("work queue pause", "post", "work_queues/{queue}/pause/", None, O, 200),
@@ -48,6 +63,7 @@ ENDPOINTS = [
     ("agents list", "get", "agents/", None, V, 200),
     ("agent detail", "get", "agents/{agent}/", None, V, 200),
     ("members list", "get", "members/", None, A, 200),
+    ("member detail", "get", "members/{membership}/", None, A, 200),
     ("member add", "post", "members/", {"user": "{outsider}", "role": "viewer"}, A, 201),
     ("member change role", "patch", "members/{membership}/", {"role": "operator"}, A, 200),
     ("member remove", "delete", "members/{membership}/", None, A, 204),
@@ -55,6 +71,17 @@ ENDPOINTS = [
     ("api key detail", "get", "api_keys/{key}/", None, A, 200),
     ("api key create", "post", "api_keys/", {"name": "ci", "role": "viewer"}, A, 201),
     ("api key revoke", "delete", "api_keys/{key}/", None, A, 204),
+    # The agent's own API: operators (an agent's key) and admins.
+    ("agent register", "post", "agent/register", {"name": "new-agent", "queues": ["default"]}, O, 201),
+    ("agent heartbeat", "post", "agent/heartbeat", {"agent_id": "{agent}"}, O, 204),
+    ("agent claim", "post", "agent/claim", {"agent_id": "{agent}", "max_runs": 5}, O, 200),
+    ("agent ping", "get", "agent/ping", None, O, 200),
+    ("agent logs", "post", "agent/logs", {"logs": [{"flow_run_id": "{run}", "message": "hello"}]}, O, 201),
+    ("agent flow run state", "post", "agent/flow_runs/{run}/state", {"state": "COMPLETED"}, O, 200),
+    ("agent flow run heartbeat", "post", "agent/flow_runs/{run}/heartbeat", None, O, 204),
+    ("agent task run create", "post", "agent/flow_runs/{run}/task_runs", {"task_key": "extract"}, O, 201),
+    ("agent task run state", "post", "agent/task_runs/{task_run}/state", {"state": "COMPLETED"}, O, 200),
+    ("agent task run heartbeat", "post", "agent/task_runs/{task_run}/heartbeat", None, O, 204),
 ]
 
 CALLERS = ["viewer", "operator", "admin", "no key", "revoked key"]
@@ -78,18 +105,35 @@ def world(ws):
     agent = factories.agent(ws)
     agent.queues.add(queue)
     membership = Membership.objects.get(user=factories.member(ws, role=Role.VIEWER), workspace=ws)
+    log = Log.objects.create(workspace=ws, flow_run=run, message="Rescheduled", source="lazarus", level=30)
     return {
         "flow": flow.pk, "flow_name": flow.name, "schedule": factories.schedule(flow).pk, "run": run.pk,
         "finished_run": finished.pk, "task_run": factories.task_run(run).pk, "queue": queue.pk, "agent": agent.pk,
         "membership": membership.pk, "key": factories.api_key(ws, role=Role.VIEWER)[0].pk,
-        "outsider": factories.user().username,
+        "outsider": factories.user().username, "log": log.pk,
     }
 
 
 def fill(template, names):
     if isinstance(template, dict):
         return {k: fill(v, names) for k, v in template.items()}
+    if isinstance(template, list):
+        return [fill(item, names) for item in template]
     return template.format(**names) if isinstance(template, str) else template
+
+
+def shape(path):
+    """A path with its parameters blanked and its query dropped: how table rows meet schema paths."""
+    return re.sub(r"\{[^}]*\}", "{}", path.split("?")[0])
+
+
+def test_the_table_names_every_operation_of_the_schema(db):
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    documented = {(method, shape(path[len(WORKSPACE_PREFIX):])) for path, operations in schema["paths"].items()
+                  if path.startswith(WORKSPACE_PREFIX) for method in operations}
+    tabled = {(method, shape(path)) for _, method, path, *_ in ENDPOINTS}
+    assert documented - tabled == set(), "operations without a row in ENDPOINTS"
+    assert tabled - documented == set(), "rows for operations the schema does not have"
 
 
 @pytest.mark.parametrize("own", [True, False], ids=["own", "foreign"])

@@ -19,7 +19,7 @@ def test_register_version_promotes_it_to_latest(admin, prefix, ws):
     assert response.status_code == 201
     flow = admin.get(f"{prefix}/flows/{created['id']}/").json()
     assert flow["latest_version"]["version"] == "2"
-    versions = admin.get(f"{prefix}/flows/{created['id']}/versions/").json()
+    versions = admin.get(f"{prefix}/flows/{created['id']}/versions/").json()["results"]
     assert [(v["version"], v["archived"]) for v in versions] == [("2", False), ("1", True)]
 
 
@@ -114,3 +114,63 @@ def test_work_queue_names_are_unique_per_workspace(admin, prefix, ws):
     factories.work_queue(ws, name="default-x")
     assert admin.post(f"{prefix}/work_queues/", {"name": "default-x"}, format="json").status_code == 400
     assert WorkQueue.objects.filter(workspace=ws, name="default-x").count() == 1
+
+
+def test_schedule_previews_are_throttled_as_expensive(api, key_for, prefix, settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "THROTTLE_EXPENSIVE_RATE": "1/minute"}
+    client = api.as_key(key_for(Role.VIEWER))
+    body = {"kind": "interval", "interval_seconds": 60, "count": 2}
+    statuses = [client.post(f"{prefix}/schedules/preview/", body, format="json").status_code for _ in range(2)]
+    assert statuses == [200, 429]
+
+
+def test_every_member_reads_the_settings_and_only_admins_change_them(api, key_for, prefix, ws):
+    viewer = api.as_key(key_for(Role.VIEWER))
+    assert viewer.get(f"{prefix}/settings").json()["run_retention_days"] == ws.run_retention_days
+    assert viewer.patch(f"{prefix}/settings", {"run_retention_days": 7}, format="json").status_code == 403
+    admin = api.as_key(key_for(Role.ADMIN))
+    changed = admin.patch(f"{prefix}/settings", {"run_retention_days": 90, "name": "Production"}, format="json")
+    assert changed.status_code == 200 and changed.json()["run_retention_days"] == 90
+    ws.refresh_from_db()
+    assert (ws.run_retention_days, ws.name) == (90, "Production")
+
+
+@pytest.mark.parametrize("days", [0, -1, "soon", 100000])
+def test_bad_retention_is_400_naming_the_field_and_changes_nothing(admin, prefix, ws, days):
+    before = ws.run_retention_days
+    response = admin.patch(f"{prefix}/settings", {"run_retention_days": days}, format="json")
+    assert response.status_code == 400 and "run_retention_days" in response.json()["error"]["fields"]
+    ws.refresh_from_db()
+    assert ws.run_retention_days == before
+
+
+def test_the_slug_of_a_workspace_cannot_be_changed_through_settings(admin, prefix, ws):
+    response = admin.patch(f"{prefix}/settings", {"slug": "elsewhere"}, format="json")
+    assert response.status_code == 200 and response.json()["slug"] == ws.slug
+
+
+def test_a_browser_session_needs_the_csrf_token_to_act(ws, prefix):
+    """Session auth is for the browser, so writes need Django's CSRF token; reads do not."""
+    from django.test import Client
+
+    operator = factories.member(ws, role=Role.OPERATOR)
+    queue = factories.work_queue(ws)
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(operator)
+    assert browser.get(f"{prefix}/work_queues/").status_code == 200
+    refused = browser.post(f"{prefix}/work_queues/{queue.pk}/pause/")
+    assert refused.status_code == 403 and "CSRF" in refused.json()["error"]["message"]
+    queue.refresh_from_db()
+    assert queue.paused is False
+    browser.get("/dashboard/login/")  # any page that renders a form sets the csrftoken cookie
+    token = browser.cookies["csrftoken"].value
+    accepted = browser.post(f"{prefix}/work_queues/{queue.pk}/pause/", HTTP_X_CSRFTOKEN=token)
+    assert accepted.status_code == 200 and accepted.json()["paused"] is True
+
+
+def test_a_session_user_acts_with_their_membership_role(client, ws, prefix):
+    viewer = factories.member(ws, role=Role.VIEWER)
+    client.force_login(viewer)
+    assert client.get(f"{prefix}/ping").json() == {"workspace": str(ws), "role": "viewer"}
+    response = client.post(f"{prefix}/flow_runs/", {"flow": factories.flow(ws).name}, content_type="application/json")
+    assert response.status_code == 403 and "viewer" in response.json()["error"]["message"]

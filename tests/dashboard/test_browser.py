@@ -20,7 +20,7 @@ AXE = Path(__file__).resolve().parents[2] / "static" / "vendor" / "axe-core" / "
 
 
 @pytest.fixture
-def seeded(live_dashboard):
+def seeded(live_browser_server):
     ws = factories.workspace(name="Production")
     user = factories.member(ws, role=Role.OPERATOR, username="ops")
     return {"ws": ws, "user": user, **seed_window(ws, timezone.now())}

@@ -6,7 +6,7 @@ import pytest
 from django.test import override_settings
 from django.utils import timezone
 
-from runs.models import Actor, Log, LogLevel, Role, State, StateChange
+from runs.models import Actor, Log, LogLevel, State, StateChange
 from tests import factories
 
 pytestmark = pytest.mark.django_db

@@ -108,3 +108,13 @@ def test_admin_form_names_the_bad_field(admin_client, flow):
     form = page.context["adminform"].form
     assert "calendar" in form.errors and "'XX' is not a supported country" in form.errors["calendar"][0]
     assert not Schedule.objects.exists()
+
+
+@pytest.mark.parametrize("zone", ["Europe/", "../../etc/passwd", "/etc/localtime", "Mars/Olympus_Mons"])
+def test_a_time_zone_zoneinfo_refuses_in_any_way_is_400_naming_the_field(api, key_for, prefix, flow, zone):
+    client = api.as_key(key_for(Role.ADMIN))
+    for url, body in ((f"{prefix}/schedules/preview/", {"timezone": zone}),
+                      (f"{prefix}/schedules/", {"flow": "etl", "slug": "s", "timezone": zone})):
+        response = client.post(url, body, format="json")
+        assert response.status_code == 400, (url, response.content)
+        assert "timezone" in response.json()["error"]["fields"]
