@@ -164,7 +164,8 @@ def _task_run_body(task_run):
 
 
 class TaskRunCreateView(AgentEndpoint):
-    @extend_schema(request=TaskRunInput, responses={201: ReportedTaskRunSerializer, 200: ReportedTaskRunSerializer})
+    @extend_schema(request=TaskRunInput,
+                   responses={201: ReportedTaskRunSerializer, 200: ReportedTaskRunSerializer, 409: CONFLICT})
     def post(self, request, run_id, **kwargs):
         """Create the task run (task_key, dynamic_key) of the flow run, or return it if it exists.
 

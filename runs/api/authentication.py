@@ -7,7 +7,8 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from runs.models import ApiKey, hash_api_key
+from runs.models import ApiKey, Membership, hash_api_key
+from runs.models.workspaces import ROLE_RANK
 
 from .throttles import FailedAuthenticationLimiter
 
@@ -56,6 +57,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if key is None or not key.is_usable:
             limiter.record_failure()
             raise exceptions.AuthenticationFailed("This API key is unknown, revoked or expired.")
+        key.acting_role = acting_role(key)
         if key.last_used_at is None or key.last_used_at < now - LAST_USED_PRECISION:
             ApiKey.objects.filter(pk=key.pk).filter(
                 Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_PRECISION)
@@ -65,6 +67,23 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request):
         return self.keyword
+
+
+def acting_role(key):
+    """The role a key acts with. A service key has its own; a person's key never more than the
+    person has now, so removing, demoting or deactivating someone also limits their keys."""
+    if not key.user_id:
+        return key.role
+    person = key.user
+    if not person.is_active:
+        raise exceptions.AuthenticationFailed("This API key belongs to a deactivated account.")
+    if person.is_superuser:
+        return key.role
+    membership = Membership.objects.filter(user_id=person.pk, workspace_id=key.workspace_id).values_list(
+        "role", flat=True).first()
+    if membership is None:
+        raise exceptions.AuthenticationFailed("This API key's owner is no longer a member of its workspace.")
+    return min(key.role, membership, key=lambda role: ROLE_RANK[role])
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):

@@ -1,10 +1,13 @@
 """Query-parameter parsing shared by the list endpoints: bad input is a 400 naming the parameter."""
 
+import uuid
 from datetime import timezone as dt_timezone
 
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
+
+from runs.models import State
 
 TRUE, FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
 
@@ -42,6 +45,27 @@ def time_param(params, name):
         return value.astimezone(dt_timezone.utc)
     except OverflowError:
         raise serializers.ValidationError({name: ["This date-time is out of range in UTC."]}) from None
+
+
+def states_param(params, name="state"):
+    """Run states from a comma-separated list, in any case; None when absent or empty."""
+    states = [s.strip().upper() for s in (params.get(name) or "").split(",") if s.strip()]
+    unknown = sorted(set(states) - set(State.values))
+    if unknown:
+        raise serializers.ValidationError(
+            {name: [f"Unknown state(s): {', '.join(unknown)}; use {', '.join(State.values)}."]})
+    return states or None
+
+
+def uuid_param(params, name):
+    """A run's or task run's id; None when absent."""
+    raw = params.get(name)
+    if not raw:
+        return None
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise serializers.ValidationError({name: ["Use the id (a UUID) of a run."]}) from None
 
 
 def int_param(params, name, *, minimum=None):

@@ -1,23 +1,36 @@
 """Flow runs: create a manual run, list with filters, detail with history, set state, cancel, retry."""
 
 from django.db import IntegrityError
+from django.db.models import prefetch_related_objects
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, extend_schema_view
-from rest_framework import mixins, serializers, status, viewsets
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_serializer,
+    extend_schema_view,
+)
+from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 
 from runs.models import TERMINAL_STATES, Actor, Flow, FlowRun, Role, State, WorkQueue
 from runs.scheduling import create_manual_run
 from runs.states import IllegalTransition, set_flow_run_state
 
-from .filters import boolean_param, time_param
-from .schema import CONFLICT, request_example
+from .filters import boolean_param, states_param, time_param
+from .pagination import KeysetPagination
+from .schema import CONFLICT, error_example, error_response, request_example
 from .serializers import FlowRunDetailSerializer, FlowRunSerializer, WorkspaceRelatedField
 from .throttles import ExpensiveEndpointThrottle
 from .views import WorkspaceScoped
+
+
+class IdempotencyKeyUsed(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "idempotency_key_used"
+    default_detail = "The run this idempotency key made has been deleted; send a new key to make a new run."
 
 
 def acting_person(request):
@@ -56,23 +69,15 @@ class SetStateSerializer(serializers.Serializer):
     )
 
 
-class RunOrdering(CursorPagination):
-    """Stable cursor pages: a new run never shifts the pages a client is reading.
+class RunPages(KeysetPagination):
+    """`ordering` picks the key; `-scheduled_start` pairs with the (workspace, state,
+    scheduled_start, id) index for "runs in this state within this time range"."""
 
-    `ordering` picks the key; `-scheduled_start` pairs with the (workspace, state, scheduled_start)
-    index for "runs in this state within this time range".
-    """
+    orderings = ("-created", "created", "-scheduled_start", "scheduled_start")
+    ordering_query_param = "ordering"
 
-    page_size_query_param = "page_size"
-    max_page_size = 500
-    allowed = ("-created", "created", "-scheduled_start", "scheduled_start")
 
-    def get_ordering(self, request, queryset, view):
-        chosen = request.query_params.get("ordering", "-created")
-        if chosen not in self.allowed:
-            raise serializers.ValidationError({"ordering": [f"Choose one of {', '.join(self.allowed)}."]})
-        return (chosen,)
-
+HISTORY = ("history__user", "history__agent")
 
 FILTERS = [
     OpenApiParameter("state", str, description="One or more states, comma-separated, e.g. FAILED,CRASHED."),
@@ -81,7 +86,7 @@ FILTERS = [
     OpenApiParameter("auto_scheduled", bool, description="true: made by the scheduler; false: manual."),
     OpenApiParameter("scheduled_after", OpenApiTypes.DATETIME, description="scheduled_start ≥ this."),
     OpenApiParameter("scheduled_before", OpenApiTypes.DATETIME, description="scheduled_start < this."),
-    OpenApiParameter("ordering", str, enum=RunOrdering.allowed, description="Default -created."),
+    OpenApiParameter("ordering", str, enum=RunPages.orderings, description="Default -created; ties by id."),
 ]
 
 
@@ -90,13 +95,16 @@ FILTERS = [
         "Runs of the workspace in stable cursor pages (newest first unless `ordering` says otherwise), filtered by "
         "state, flow, schedule, scheduled time window and whether the scheduler made them.")),
     retrieve=extend_schema(description="One run with its state history: who moved it from what to what, why, when."),
-    create=extend_schema(request=FlowRunCreateSerializer, responses={201: FlowRunSerializer, 200: FlowRunSerializer}),
+    create=extend_schema(request=FlowRunCreateSerializer, responses={
+        201: FlowRunSerializer, 200: OpenApiResponse(FlowRunSerializer, description="The run this key made before."),
+        409: error_response("The run this idempotency key made has been deleted.", "Key used",
+                            error_example("idempotency_key_used", IdempotencyKeyUsed.default_detail))}),
 )
 class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Runs of the workspace. Viewers read; operators run, set states, cancel and retry."""
 
     queryset = FlowRun.objects.alive().select_related("flow", "work_queue", "agent", "created_by")
-    pagination_class = RunOrdering
+    pagination_class = RunPages
     action_roles = {"create": Role.OPERATOR, "set_state": Role.OPERATOR, "cancel": Role.OPERATOR,
                     "retry": Role.OPERATOR}
 
@@ -112,14 +120,13 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
 
     def get_queryset(self):
         queryset = super().get_queryset()
+        if self.action == "retrieve":
+            return queryset.prefetch_related(*HISTORY)
         if self.action != "list":
-            return queryset.prefetch_related("history__user", "history__agent")
+            return queryset
         params = self.request.query_params
-        if params.get("state"):
-            states = [s.strip().upper() for s in params["state"].split(",") if s.strip()]
-            unknown = sorted(set(states) - set(State.values))
-            if unknown:
-                raise serializers.ValidationError({"state": [f"Unknown state(s): {', '.join(unknown)}."]})
+        states = states_param(params)
+        if states:
             queryset = queryset.filter(state__in=states)
         if params.get("flow"):
             queryset = queryset.filter(flow__name=params["flow"])
@@ -147,11 +154,24 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
                 idempotency_key=data.get("idempotency_key"), name=data.get("name", ""),
             )
         except IntegrityError:
+            if not data.get("idempotency_key"):
+                raise
             # Two requests with one key raced past get_or_create's retry: the winner's run exists now.
             run = FlowRun.objects.get(workspace=request.workspace, idempotency_key=data["idempotency_key"])
             created = False
-        run = self.get_queryset().get(pk=run.pk)
+        if not created:
+            # Made earlier: load what the answer names in one query. It may since have been deleted.
+            run = self.get_queryset().filter(pk=run.pk).first()
+            if run is None:
+                raise IdempotencyKeyUsed()
+        # A new run already holds its flow, queue and creator: answering needs no query.
         return Response(FlowRunSerializer(run).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    def answer_with_history(self, run):
+        """The run as its detail page shows it. `run` was loaded with its flow, queue, agent and
+        creator, and a state change refreshes it keeping those: only the history is fetched."""
+        prefetch_related_objects([run], *HISTORY)
+        return FlowRunDetailSerializer(run).data
 
     @extend_schema(request=SetStateSerializer, responses={200: FlowRunDetailSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"], url_path="set_state")
@@ -163,7 +183,7 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
         data = incoming.validated_data
         run = set_flow_run_state(run, data["state"], actor=Actor.USER, user=acting_person(request),
                                  message=data["message"], expected_state=data.get("expected_state"))
-        return Response(FlowRunDetailSerializer(self.get_queryset().get(pk=run.pk)).data)
+        return Response(self.answer_with_history(run))
 
     @extend_schema(request=None, responses={200: FlowRunDetailSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"])
@@ -173,7 +193,7 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
         target = State.CANCELLED if run.state in (State.SCHEDULED, State.LATE) else State.CANCELLING
         run = set_flow_run_state(run, target, actor=Actor.USER, user=acting_person(request),
                                  message=f"Cancelled by {request.user}")
-        return Response(FlowRunDetailSerializer(self.get_queryset().get(pk=run.pk)).data)
+        return Response(self.answer_with_history(run))
 
     @extend_schema(request=None, responses={200: FlowRunDetailSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"])
@@ -185,5 +205,5 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
                                     current=run.state, requested=State.SCHEDULED)
         run = set_flow_run_state(run, State.SCHEDULED, actor=Actor.USER, user=acting_person(request), retry=True,
                                  message=f"Retried by {request.user}", updates={"scheduled_start": timezone.now()})
-        return Response(FlowRunDetailSerializer(self.get_queryset().get(pk=run.pk)).data)
+        return Response(self.answer_with_history(run))
 

@@ -19,7 +19,8 @@ class RegisterVersionSerializer(serializers.Serializer):
                                         help_text="module:function, imported by the agent.")
     version = serializers.CharField(max_length=100, required=False, allow_blank=True)
     parameters = serializers.DictField(required=False, help_text="Default parameters of the flow.")
-    job_env = serializers.DictField(child=serializers.CharField(max_length=10000), required=False)
+    job_env = serializers.DictField(child=serializers.CharField(max_length=10000, allow_blank=True), required=False,
+                                    help_text="Environment variables for every run of this version.")
 
 
 @extend_schema_serializer(examples=[request_example("Flow with a first version", {

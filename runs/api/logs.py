@@ -6,22 +6,23 @@
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, extend_schema_view
 from rest_framework import serializers, viewsets
-from rest_framework.pagination import CursorPagination
 
 from runs.models import Log, LogLevel
 
-from .filters import time_param
+from .filters import time_param, uuid_param
+from .pagination import KeysetPagination
 from .schema import EXAMPLE_RUN_ID, response_example
 from .throttles import ExpensiveEndpointThrottle
 from .views import WorkspaceScoped
 
 
 @extend_schema_serializer(examples=[response_example("What Lazarus did", {
-    "id": 90211, "flow_run": EXAMPLE_RUN_ID, "task_run": None, "level": 30, "level_name": "Warning",
+    "id": 90211, "flow_run": EXAMPLE_RUN_ID, "task_run": None, "level": 30, "level_name": "WARNING",
     "message": "Rescheduled by Lazarus (attempt 2 of 10): no task run was SUBMITTED or RUNNING for 612 s.",
     "timestamp": "2026-11-23T01:20:00Z", "source": "lazarus"})])
 class LogSerializer(serializers.ModelSerializer):
-    level_name = serializers.CharField(source="get_level_display", read_only=True)
+    level_name = serializers.ChoiceField(choices=[label for _, label in LogLevel.choices], source="get_level_display",
+                                         read_only=True)
 
     class Meta:
         model = Log
@@ -29,9 +30,8 @@ class LogSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class LogCursor(CursorPagination):
-    ordering = ("timestamp", "id")
-    page_size_query_param = "page_size"
+class LogPages(KeysetPagination):
+    orderings = ("timestamp",)
     max_page_size = 1000
 
 
@@ -40,7 +40,7 @@ def level_param(raw):
     names = {label.upper(): value for value, label in LogLevel.choices}
     if raw.upper() in names:
         return names[raw.upper()]
-    if raw.isdigit() and int(raw) <= 100:
+    if raw.isascii() and raw.isdigit() and int(raw) <= 100:  # "²".isdigit() is True, int("²") fails
         return int(raw)
     raise serializers.ValidationError({"level": [f"Use a level name ({', '.join(names)}) or a number."]})
 
@@ -58,17 +58,15 @@ def level_param(raw):
 class LogViewSet(WorkspaceScoped, viewsets.ReadOnlyModelViewSet):
     queryset = Log.objects.all()
     serializer_class = LogSerializer
-    pagination_class = LogCursor
+    pagination_class = LogPages
     throttle_classes = [ExpensiveEndpointThrottle]
 
     def get_queryset(self):
         queryset = super().get_queryset()
         params = self.request.query_params
-        if params.get("flow_run"):
-            try:
-                queryset = queryset.filter(flow_run_id=serializers.UUIDField().to_internal_value(params["flow_run"]))
-            except serializers.ValidationError as exc:
-                raise serializers.ValidationError({"flow_run": exc.detail}) from None
+        flow_run = uuid_param(params, "flow_run")
+        if flow_run:
+            queryset = queryset.filter(flow_run_id=flow_run)
         if params.get("level"):
             queryset = queryset.filter(level__gte=level_param(params["level"]))
         if params.get("source"):

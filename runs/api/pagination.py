@@ -1,4 +1,23 @@
+"""Pages of API lists: page numbers for small lists, keyset cursors for runs and logs.
+
+DRF's CursorPagination keys a page on the first ordering field alone and breaks ties with an
+offset (capped at 1000). Runs tie a lot: the scheduler gives every run of a pass the same
+`created`, and many schedules fire at 02:00. Such pages would repeat or skip rows, and past the
+cap loop forever. A keyset cursor holds the last row's (value, id); the next page is the rows
+strictly after it in (field, id) order, one index range scan at any depth, and a row inserted
+meanwhile never shifts a page.
+"""
+
+import base64
+import binascii
+import json
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Q
+from rest_framework import serializers
 from rest_framework.pagination import CursorPagination, PageNumberPagination
+from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
 
 
 class PagePagination(PageNumberPagination):
@@ -6,9 +25,75 @@ class PagePagination(PageNumberPagination):
     max_page_size = 500
 
 
-class RunCursorPagination(CursorPagination):
-    """Stable under inserts: a new run never shifts the pages a client is reading."""
+class KeysetPagination(CursorPagination):
+    """Cursor pages keyed on (ordering field, id). Subclasses name their `orderings`, the first
+    being the default; with `ordering_query_param` set, clients choose among them."""
 
-    ordering = ("-created", "-id")
+    page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
+    orderings = ("-created",)
+    ordering_query_param = None
+    display_page_controls = False  # no HTML page links in the browsable API
+    invalid_cursor = "This cursor is not valid here; follow the next and previous links as given."
+
+    def chosen_ordering(self, request):
+        if self.ordering_query_param is None:
+            return self.orderings[0]
+        chosen = request.query_params.get(self.ordering_query_param) or self.orderings[0]
+        if chosen not in self.orderings:
+            raise serializers.ValidationError(
+                {self.ordering_query_param: [f"Choose one of {', '.join(self.orderings)}."]})
+        return chosen
+
+    def paginate_queryset(self, queryset, request, view=None):
+        self.request, self.page_size = request, self.get_page_size(request)
+        self.ordering = self.chosen_ordering(request)
+        self.field = self.ordering.lstrip("-")
+        cursor = self.decode_cursor(request, queryset.model)
+        backwards = bool(cursor and cursor["backwards"])
+        # Forward through a descending order, or backward through an ascending one, walks down.
+        down = self.ordering.startswith("-") != backwards
+        if cursor:
+            value, pk, op = cursor["value"], cursor["pk"], "lt" if down else "gt"
+            # The redundant bound (value ≤ / ≥) lets the database start an index range scan there.
+            queryset = queryset.filter(**{f"{self.field}__{op}e": value}).filter(
+                Q(**{f"{self.field}__{op}": value}) | Q(**{self.field: value, f"pk__{op}": pk}))
+        sign = "-" if down else ""
+        rows = list(queryset.order_by(f"{sign}{self.field}", f"{sign}pk")[: self.page_size + 1])
+        more = len(rows) > self.page_size
+        rows = rows[: self.page_size]
+        if backwards:
+            rows.reverse()
+        self.next_row = rows[-1] if rows and (backwards or more) else None
+        self.previous_row = rows[0] if rows and (more if backwards else cursor is not None) else None
+        return rows
+
+    def decode_cursor(self, request, model):
+        raw = request.query_params.get(self.cursor_query_param)
+        if not raw:
+            return None
+        try:
+            token = json.loads(base64.urlsafe_b64decode(raw.encode("ascii")))
+            if token["o"] != self.ordering:
+                raise ValueError("the cursor belongs to another ordering")
+            return {"value": model._meta.get_field(self.field).to_python(token["v"]),
+                    "pk": model._meta.pk.to_python(token["id"]), "backwards": bool(token["b"])}
+        except (ValueError, TypeError, KeyError, UnicodeError, binascii.Error, DjangoValidationError):
+            raise serializers.ValidationError({self.cursor_query_param: [self.invalid_cursor]}) from None
+
+    def link(self, row, backwards):
+        value = getattr(row, self.field)
+        token = {"o": self.ordering, "v": value.isoformat() if hasattr(value, "isoformat") else value,
+                 "id": str(row.pk), "b": int(backwards)}
+        encoded = base64.urlsafe_b64encode(json.dumps(token, separators=(",", ":")).encode()).decode("ascii")
+        return replace_query_param(self.request.build_absolute_uri(), self.cursor_query_param, encoded)
+
+    def get_next_link(self):
+        return self.link(self.next_row, backwards=False) if self.next_row else None
+
+    def get_previous_link(self):
+        return self.link(self.previous_row, backwards=True) if self.previous_row else None
+
+    def get_paginated_response(self, data):
+        return Response({"next": self.get_next_link(), "previous": self.get_previous_link(), "results": data})

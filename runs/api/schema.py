@@ -12,6 +12,10 @@
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema_serializer
 from rest_framework import serializers
 
+from runs.models import State
+
+from .errors import error_body
+
 WORKSPACE_PREFIX = "/api/accounts/{account}/workspaces/{workspace}/"
 # Ids the examples share, so that a run's example log line names the run's example id.
 EXAMPLE_RUN_ID = "0b3f7c9e-6d2a-4f4e-9a51-2f6f1f0c2b11"
@@ -41,13 +45,19 @@ class ErrorSerializer(serializers.Serializer):
     error = ErrorDetailSerializer()
 
 
+@extend_schema_serializer(component_name="Conflict")
+class ConflictSerializer(ErrorSerializer):
+    """A refused state change: the error, and the state the run is in now."""
+
+    current_state = serializers.ChoiceField(choices=State.choices)
+
+
 def error_example(code, message, fields=None):
-    return {"error": {"code": code, "message": message, "fields": fields or {}}}
+    return error_body(code, message, fields)
 
 
-def error_response(description, example_name, example):
-    return OpenApiResponse(ErrorSerializer, description=description,
-                           examples=[OpenApiExample(example_name, value=example)])
+def error_response(description, example_name, example, serializer=ErrorSerializer):
+    return OpenApiResponse(serializer, description=description, examples=[OpenApiExample(example_name, value=example)])
 
 
 CONFLICT = error_response(
@@ -55,6 +65,7 @@ CONFLICT = error_response(
     "Stale or illegal", {**error_example("illegal_transition", "A COMPLETED run cannot move to RUNNING.",
                                          {"state": ["A COMPLETED run cannot move to RUNNING."]}),
                          "current_state": "COMPLETED"},
+    serializer=ConflictSerializer,
 )
 
 COMMON_ERRORS = {

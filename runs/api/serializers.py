@@ -93,6 +93,7 @@ class ScheduleSerializer(serializers.ModelSerializer):
     work_queue = WorkspaceRelatedField(slug_field="name", queryset=WorkQueue.objects.all(), required=False,
                                        allow_null=True)
     timezone = ZoneField(use_pytz=False, required=False, help_text="IANA zone, e.g. Europe/Berlin; default UTC.")
+    parameters = serializers.DictField(required=False, help_text="Parameters of its runs, over the version's defaults.")
     description_text = serializers.SerializerMethodField(help_text="When it fires, in words.")
     next_runs = serializers.SerializerMethodField(
         help_text="On a single schedule: its next 10 fire times (UTC and local), computed from its definition.")

@@ -3,8 +3,9 @@
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, extend_schema_view
 from rest_framework import serializers, viewsets
 
-from runs.models import State, TaskRun
+from runs.models import TaskRun
 
+from .filters import states_param, uuid_param
 from .schema import EXAMPLE_RUN_ID, EXAMPLE_TASK_RUN_ID, response_example
 from .views import WorkspaceScoped
 
@@ -37,14 +38,9 @@ class TaskRunViewSet(WorkspaceScoped, viewsets.ReadOnlyModelViewSet):
     def get_queryset(self):
         queryset = super().get_queryset()
         params = self.request.query_params
-        if params.get("flow_run"):
-            try:
-                queryset = queryset.filter(flow_run_id=serializers.UUIDField().to_internal_value(params["flow_run"]))
-            except serializers.ValidationError as exc:
-                raise serializers.ValidationError({"flow_run": exc.detail}) from None
-        if params.get("state"):
-            states = [s.strip().upper() for s in params["state"].split(",") if s.strip()]
-            if set(states) - set(State.values):
-                raise serializers.ValidationError({"state": ["Unknown state."]})
+        flow_run, states = uuid_param(params, "flow_run"), states_param(params)
+        if flow_run:
+            queryset = queryset.filter(flow_run_id=flow_run)
+        if states:
             queryset = queryset.filter(state__in=states)
         return queryset

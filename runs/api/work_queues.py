@@ -19,6 +19,8 @@ from .views import WorkspaceScoped
                                 "concurrency_limit": 4, "job_env": {"CUDA_VISIBLE_DEVICES": "0"}}),
 ])
 class WorkQueueSerializer(serializers.ModelSerializer):
+    job_env = serializers.DictField(child=serializers.CharField(max_length=10000, allow_blank=True), required=False,
+                                    help_text="Environment variables for runs of this queue (under the version's).")
     class Meta:
         model = WorkQueue
         fields = ["id", "name", "work_pool", "description", "concurrency_limit", "paused", "job_env", "last_polled",

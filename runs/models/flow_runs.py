@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from .flows import Flow, FlowVersion
 from .schedules import Schedule
+from .validators import json_object
 from .workers import Agent, WorkQueue
 from .workspaces import Workspace
 
@@ -53,7 +54,7 @@ class FlowRun(models.Model):
         "runs.TaskRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="child_flow_runs"
     )
     name = models.CharField(max_length=200, blank=True)
-    parameters = models.JSONField(default=dict, blank=True)
+    parameters = models.JSONField(default=dict, blank=True, validators=[json_object])
     state = models.CharField(max_length=12, choices=State.choices, default=State.SCHEDULED)
     state_message = models.TextField(blank=True)
     state_changed = models.DateTimeField(default=timezone.now)
@@ -113,8 +114,10 @@ class FlowRun(models.Model):
             ),
             models.Index(fields=["flow", "scheduled_start"], name="flowrun_flow_time"),
             models.Index(fields=["schedule", "scheduled_start"], name="flowrun_schedule_time"),
-            models.Index(fields=["workspace", "state", "scheduled_start"], name="flowrun_workspace_state_time"),
-            models.Index(fields=["workspace", "-created"], name="flowrun_workspace_created"),
+            # The API's run pages: keyset cursors on (time, id), so id ends each index (ties are common:
+            # a scheduler pass gives its runs one `created`, many schedules fire at 02:00).
+            models.Index(fields=["workspace", "state", "scheduled_start", "id"], name="flowrun_ws_state_time_id"),
+            models.Index(fields=["workspace", "created", "id"], name="flowrun_ws_created_id"),
         ]
 
     def __str__(self):

@@ -3,6 +3,7 @@
 from django.db import models, transaction
 from django.utils import timezone
 
+from .validators import environment, json_object
 from .workspaces import Workspace
 
 
@@ -37,9 +38,11 @@ class FlowVersion(models.Model):
     flow = models.ForeignKey(Flow, on_delete=models.CASCADE, related_name="versions")
     version = models.CharField(max_length=100, blank=True, help_text="A label such as a git sha or 1.4.2.")
     entrypoint = models.CharField(max_length=500, help_text="module:function, imported by the agent.")
-    parameters = models.JSONField(default=dict, blank=True, help_text="Default parameters of the flow.")
+    parameters = models.JSONField(default=dict, blank=True, validators=[json_object],
+                                  help_text="Default parameters of the flow.")
     job_env = models.JSONField(
-        default=dict, blank=True, help_text="Environment variables set for every run of this version."
+        default=dict, blank=True, validators=[environment],
+        help_text="Environment variables set for every run of this version.",
     )
     is_latest = models.BooleanField(default=False)
     archived = models.BooleanField(default=False)

@@ -77,6 +77,7 @@ class Log(models.Model):
         indexes = [
             models.Index(fields=["flow_run", "timestamp"], name="log_run_time"),
             models.Index(fields=["workspace", "source", "timestamp"], name="log_workspace_source_time"),
+            models.Index(fields=["workspace", "timestamp", "id"], name="log_ws_time_id"),  # the API's log pages
         ]
         ordering = ["timestamp", "id"]
 

@@ -5,6 +5,7 @@ from django.utils import timezone as dj_timezone
 from timezone_field import TimeZoneField
 
 from .flows import Flow
+from .validators import json_object
 from .workers import WorkQueue
 
 
@@ -58,7 +59,8 @@ class Schedule(models.Model):
         verbose_name="DST overlap policy",
     )
     status = models.CharField(max_length=8, choices=ScheduleStatus.choices, default=ScheduleStatus.ACTIVE)
-    parameters = models.JSONField(default=dict, blank=True, help_text="Parameters of the runs it creates.")
+    parameters = models.JSONField(default=dict, blank=True, validators=[json_object],
+                                  help_text="Parameters of the runs it creates.")
     work_queue = models.ForeignKey(
         WorkQueue, null=True, blank=True, on_delete=models.SET_NULL, related_name="schedules",
         help_text="Queue its runs go to; empty: the workspace's 'default' queue.",

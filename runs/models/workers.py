@@ -3,6 +3,7 @@
 from django.db import models
 from django.utils import timezone
 
+from .validators import environment, json_object
 from .workspaces import Workspace
 
 
@@ -15,7 +16,8 @@ class WorkQueue(models.Model):
         null=True, blank=True, help_text="Most runs of this queue SUBMITTED or RUNNING at once; empty: no limit."
     )
     paused = models.BooleanField(default=False, help_text="A paused queue hands out no runs.")
-    job_env = models.JSONField(default=dict, blank=True, help_text="Environment variables for runs of this queue.")
+    job_env = models.JSONField(default=dict, blank=True, validators=[environment],
+                               help_text="Environment variables for runs of this queue.")
     last_polled = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(default=timezone.now)
 
@@ -36,7 +38,7 @@ class Agent(models.Model):
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="agents")
     name = models.CharField(max_length=200)
     queues = models.ManyToManyField(WorkQueue, blank=True, related_name="agents")
-    labels = models.JSONField(default=dict, blank=True)
+    labels = models.JSONField(default=dict, blank=True, validators=[json_object])
     version = models.CharField(max_length=50, blank=True)
     heartbeat_interval = models.PositiveIntegerField(default=30, help_text="Seconds between the agent's heartbeats.")
     last_heartbeat = models.DateTimeField(null=True, blank=True)

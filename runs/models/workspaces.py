@@ -4,6 +4,7 @@ import hashlib
 import secrets
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -106,6 +107,14 @@ class ApiKey(models.Model):
             hashed_secret=hash_api_key(secret),
         )
         return key, secret
+
+    def clean(self):
+        # A key acting for a person works only while that person is a member (see the API's
+        # authentication); one made for an outsider could never be used.
+        if self.user_id and self.workspace_id and not self.user.is_superuser and not Membership.objects.filter(
+                user_id=self.user_id, workspace_id=self.workspace_id).exists():
+            raise ValidationError({"user": "This person is not a member of the key's workspace; add them first, "
+                                           "or leave the person empty for a service key."})
 
     @property
     def is_usable(self):

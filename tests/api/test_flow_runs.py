@@ -88,7 +88,7 @@ def test_cursor_pages_are_stable_when_runs_are_added(operator, prefix, ws):
 
 
 def test_detail_shows_history_and_set_state_records_the_user(api, prefix, ws):
-    person = factories.user()
+    person = factories.member(ws, role=Role.OPERATOR)
     key = factories.api_key(ws, role=Role.OPERATOR, user=person)[1]
     run = factories.flow_run(factories.flow(ws), state=State.RUNNING)
     response = api.as_key(key).post(f"{prefix}/flow_runs/{run.pk}/set_state/", {"state": "FAILED",
@@ -147,3 +147,14 @@ def test_time_filters_take_any_offset_and_refuse_times_outside_utc(operator, pre
     assert response.status_code == expected, response.content
     if expected == 400:
         assert "scheduled_after" in response.json()["error"]["fields"]
+
+
+def test_an_idempotency_key_of_a_deleted_run_is_409_asking_for_a_new_key(operator, prefix, ws):
+    flow = factories.flow(ws)
+    first = operator.post(f"{prefix}/flow_runs/", {"flow": flow.name, "idempotency_key": "k1"}, format="json")
+    FlowRun.objects.filter(pk=first.json()["id"]).update(deleted_at=timezone.now())
+    again = operator.post(f"{prefix}/flow_runs/", {"flow": flow.name, "idempotency_key": "k1"}, format="json")
+    assert again.status_code == 409 and "new key" in again.json()["error"]["message"]
+    assert FlowRun.objects.filter(workspace=ws).count() == 1
+    fresh = operator.post(f"{prefix}/flow_runs/", {"flow": flow.name, "idempotency_key": "k2"}, format="json")
+    assert fresh.status_code == 201

@@ -14,6 +14,7 @@ from jsonschema import Draft202012Validator
 from runs.api.schema import WORKSPACE_PREFIX
 
 BODY_METHODS = {"post", "put", "patch"}
+ERROR_FORMS = {"#/components/schemas/Error", "#/components/schemas/Conflict"}
 
 
 @pytest.fixture(scope="module")
@@ -101,18 +102,22 @@ def test_every_error_answer_has_the_error_form(document):
         for code, response in operation["responses"].items():
             if code >= "400":
                 schema = response["content"]["application/json"]["schema"]
-                assert schema == {"$ref": "#/components/schemas/Error"}, f"{name} {code}"
+                assert schema["$ref"] in ERROR_FORMS, f"{name} {code}: {schema}"
         if "429" in codes:
             assert "Retry-After" in operation["responses"]["429"]["headers"]
 
 
-def test_state_changes_document_the_409_conflict(document):
+def test_every_conflict_answer_names_the_current_state(document):
+    conflict = document["components"]["schemas"]["Conflict"]
+    error = document["components"]["schemas"]["Error"]
+    assert set(error["properties"]) < set(conflict["properties"]) and "current_state" in conflict["properties"]
     changes = [name for name, _, path, op in operations(document)
-               if path.endswith(("/set_state/", "/cancel/", "/retry/", "/state"))]
-    assert len(changes) == 5
+               if path.endswith(("/set_state/", "/cancel/", "/retry/", "/state", "/task_runs"))]
+    assert len(changes) == 6
     for name, _, path, operation in operations(document):
         if name in changes:
-            assert "409" in operation["responses"], name
+            assert operation["responses"]["409"]["content"]["application/json"]["schema"]["$ref"].endswith(
+                "/Conflict"), name
 
 
 def test_every_example_matches_its_schema(document):

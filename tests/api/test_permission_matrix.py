@@ -155,3 +155,25 @@ def test_status_by_role_and_workspace(api, ws, other_ws, endpoint, caller, own):
     assert response.status_code == expected_status(caller, needed, success, own), response.content
     if response.status_code >= 400:
         assert set(response.json()["error"]) == {"code", "message", "fields"}
+
+
+def references(endpoint):
+    """The objects a row names in its path or body (a username is not an object of a workspace)."""
+    _, _, path, body, *_ = endpoint
+    return set(re.findall(r"\{(\w+)\}", f"{path} {body}")) - {"outsider"}
+
+
+FOREIGN_REFERENCES = [endpoint for endpoint in ENDPOINTS if references(endpoint)]
+
+
+@pytest.mark.parametrize("endpoint", FOREIGN_REFERENCES, ids=[e[0] for e in FOREIGN_REFERENCES])
+def test_another_workspaces_objects_are_not_reachable_through_your_own(api, ws, other_ws, endpoint):
+    """An admin of `ws` naming `other_ws`'s objects under `ws`'s URL: 404 for a path, 400/404 for a body."""
+    name, method, path, body, *_ = endpoint
+    world(ws)  # own objects exist too, so "nothing here" cannot hide a leak
+    foreign = world(other_ws)
+    api.as_key(factories.api_key(ws, role=Role.ADMIN)[1])
+    response = getattr(api, method)(f"{api_prefix(ws)}/{fill(path, foreign)}", fill(body, foreign), format="json")
+    in_path = set(re.findall(r"\{(\w+)\}", path))
+    assert response.status_code == 404 if in_path else response.status_code in (400, 404), response.content
+    assert set(response.json()["error"]) == {"code", "message", "fields"}

@@ -174,3 +174,53 @@ def test_a_session_user_acts_with_their_membership_role(client, ws, prefix):
     assert client.get(f"{prefix}/ping").json() == {"workspace": str(ws), "role": "viewer"}
     response = client.post(f"{prefix}/flow_runs/", {"flow": factories.flow(ws).name}, content_type="application/json")
     assert response.status_code == 403 and "viewer" in response.json()["error"]["message"]
+
+
+@pytest.fixture
+def personal_admin_key(ws):
+    """An admin who issued a key acting as themselves (for_me)."""
+    person = factories.member(ws, role=Role.ADMIN)
+    factories.member(ws, role=Role.ADMIN)  # another admin, so this one may be demoted or removed
+    return person, factories.api_key(ws, role=Role.ADMIN, user=person)[1]
+
+
+def test_a_personal_key_stops_when_its_person_leaves_the_workspace(api, prefix, ws, personal_admin_key):
+    person, secret = personal_admin_key
+    assert api.as_key(secret).get(f"{prefix}/members/").status_code == 200
+    Membership.objects.filter(user=person, workspace=ws).delete()
+    response = api.as_key(secret).get(f"{prefix}/members/")
+    assert response.status_code == 401 and "no longer a member" in response.json()["error"]["message"]
+
+
+def test_a_personal_key_acts_with_no_more_than_its_persons_current_role(api, prefix, ws, personal_admin_key):
+    person, secret = personal_admin_key
+    Membership.objects.filter(user=person, workspace=ws).update(role=Role.VIEWER)
+    client = api.as_key(secret)
+    assert client.get(f"{prefix}/ping").json()["role"] == "viewer"
+    assert client.post(f"{prefix}/api_keys/", {"name": "escalate", "role": "admin"}, format="json").status_code == 403
+
+
+def test_a_personal_key_of_a_deactivated_account_is_refused(api, prefix, ws, personal_admin_key):
+    person, secret = personal_admin_key
+    person.is_active = False
+    person.save()
+    assert api.as_key(secret).get(f"{prefix}/ping").status_code == 401
+
+
+def test_a_service_key_request_costs_one_query(api, key_for, prefix, django_assert_max_num_queries):
+    """The key's lookup brings its workspace: heartbeats and claims pay for one query, not two."""
+    client = api.as_key(key_for(Role.OPERATOR))
+    client.get(f"{prefix}/ping")  # records last use (at most once a minute)
+    with django_assert_max_num_queries(1):
+        assert client.get(f"{prefix}/ping").status_code == 200
+
+
+def test_a_personal_key_cannot_be_made_for_someone_outside_the_workspace(ws):
+    from django.core.exceptions import ValidationError
+
+    outsider, member = factories.user(), factories.member(ws, role=Role.VIEWER)
+    with pytest.raises(ValidationError) as refused:
+        ApiKey(workspace=ws, user=outsider, name="x", role=Role.VIEWER).clean()
+    assert "user" in refused.value.message_dict
+    ApiKey(workspace=ws, user=member, name="y", role=Role.VIEWER).clean()
+    ApiKey(workspace=ws, name="service", role=Role.OPERATOR).clean()
