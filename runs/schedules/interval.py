@@ -5,6 +5,9 @@ from datetime import datetime, timedelta
 from .dst import UTC, collect, local_naive
 
 DAY = 86_400
+MAX_SECONDS = 36_525 * DAY  # 100 years: longer is a typo, and past it timedelta itself overflows
+# The last day datetime can hold is left out: a time there cannot be shown in a zone east of UTC.
+END = datetime(9999, 12, 30, tzinfo=UTC)
 
 
 def validate(schedule, errors):
@@ -13,6 +16,10 @@ def validate(schedule, errors):
         errors["interval_seconds"] = "An interval schedule needs interval_seconds."
     elif seconds <= 0:
         errors["interval_seconds"] = "The interval must be at least 1 second."
+    elif seconds > MAX_SECONDS:
+        errors["interval_seconds"] = f"The interval can be at most 100 years ({MAX_SECONDS:,} seconds)."
+    if schedule.anchor is not None and not datetime(1, 1, 2, tzinfo=UTC) <= schedule.anchor < END:
+        errors["anchor"] = "The anchor must fall between 0001-01-02 and 9999-12-29."
 
 
 def _anchor(schedule):
@@ -28,15 +35,31 @@ def next_fire_times(schedule, after, count):
         anchor_local = local_naive(anchor, zone)
         days = seconds // DAY
         start_k = max(0, (local_naive(after, zone) - anchor_local).days // days - 1)
-        wall_times = (anchor_local + timedelta(days=days * k) for k in range(start_k, start_k + 100_000))
+        wall_times = _until_year_9999(lambda k: anchor_local + timedelta(days=days * k), start_k, 100_000)
         return collect(wall_times, zone, after, count, schedule.dst_nonexistent, schedule.dst_ambiguous)
     # Shorter intervals are exact durations: every 90 minutes is 90 minutes, DST or not.
     step = timedelta(seconds=seconds)
     k = max(0, int((after - anchor) // step) + 1)
-    first = anchor + k * step
-    if first <= after:
-        first += step
-    return [first + i * step for i in range(count)]
+    try:
+        first = anchor + k * step
+        if first <= after:
+            first += step
+    except OverflowError:
+        return []
+    return list(_until_year_9999(lambda i: first + i * step, 0, count))
+
+
+def _until_year_9999(time_at, start, steps):
+    """time_at(start), time_at(start + 1), … for `steps` steps, ending early where datetime ends:
+    an interval's times past year 9999 do not exist, so the schedule simply has no more."""
+    for k in range(start, start + steps):
+        try:
+            when = time_at(k)
+        except OverflowError:
+            return
+        if when >= (END if when.tzinfo else END.replace(tzinfo=None)):
+            return
+        yield when
 
 
 def describe(schedule):

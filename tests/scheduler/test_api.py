@@ -118,3 +118,22 @@ def test_a_time_zone_zoneinfo_refuses_in_any_way_is_400_naming_the_field(api, ke
         response = client.post(url, body, format="json")
         assert response.status_code == 400, (url, response.content)
         assert "timezone" in response.json()["error"]["fields"]
+
+
+@pytest.mark.parametrize("fields, field", [
+    ({"kind": "interval", "interval_seconds": 981118213324953216}, "interval_seconds"),
+    ({"kind": "interval", "interval_seconds": 36_526 * 86_400}, "interval_seconds"),
+    ({"kind": "interval", "interval_seconds": 3600, "anchor": "9999-12-31T20:00:00Z"}, "anchor"),
+])
+def test_intervals_beyond_the_calendar_are_400_naming_the_field(api, key_for, prefix, flow, fields, field):
+    response = api.as_key(key_for(Role.ADMIN)).post(f"{prefix}/schedules/preview/", fields, format="json")
+    assert response.status_code == 400 and field in response.json()["error"]["fields"], response.content
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Pacific/Kiritimati"])
+def test_a_schedule_whose_times_run_past_year_9999_simply_ends(api, key_for, prefix, flow, zone):
+    body = {"kind": "interval", "interval_seconds": 90 * 365 * 86_400, "timezone": zone, "count": 100}
+    response = api.as_key(key_for(Role.VIEWER)).post(f"{prefix}/schedules/preview/", body, format="json")
+    assert response.status_code == 200, response.content
+    times = response.json()["next_runs"]
+    assert 0 < len(times) < 100 and times[-1]["utc"] < "9999-12-30"
