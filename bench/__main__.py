@@ -39,6 +39,9 @@ def main():
     setup_test_environment()
     runner = get_runner(settings)(verbosity=0, interactive=False)
     old_config = runner.setup_databases()
+    from orchestrator.heap import freeze_startup_heap
+
+    freeze_startup_heap()  # as the web processes do (orchestrator/wsgi.py, asgi.py)
     table = Table()
     engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
     try:
