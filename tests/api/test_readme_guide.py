@@ -1,10 +1,12 @@
 """The README's curl guide, run as written against a live server: if it breaks, this fails.
 
-Two substitutions only: the live server's address for 127.0.0.1:8000, and the key line runs the
-same management command in this process (a subprocess could not see the test database).
+One substitution: the live server's address for 127.0.0.1:8000. On PostgreSQL the key line runs
+as written in a shell with a clean environment, pointed at the test database; on SQLite (an
+in-memory test database no other process can open) it runs the same command in this process.
 """
 
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -13,11 +15,13 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 
 from runs.models import Account, ApiKey, FlowRun, Role, Schedule, ScheduleStatus, Workspace
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-KEY_LINE = re.compile(r"^KEY=\$\(\.venv/bin/python manage\.py (create_api_key .*)\)$", re.M)
+ROOT = Path(__file__).resolve().parents[2]
+KEY_LINE = re.compile(r"^KEY=\$\(((?:\w+=\S+ )*)\.venv/bin/python manage\.py (create_api_key .*)\)$", re.M)
 
 
 def guide():
@@ -39,12 +43,24 @@ def issue_key(command_line):
     return out.getvalue().strip()
 
 
+def run_key_line(line):
+    """The guide's key line in a shell that has only what a person's shell has, plus the database."""
+    db = connection.settings_dict
+    url = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "DATABASE_URL": url}
+    done = subprocess.run(["bash", "-euc", f"{line}\necho \"$KEY\""], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the guide is written for curl; install curl")
 def test_the_readme_curl_guide_works_as_written(live_server, demo):
     script = guide()
     command = KEY_LINE.search(script)
     assert command, "the guide's first step must issue a key with manage.py create_api_key"
-    script = KEY_LINE.sub(f"KEY={issue_key(command.group(1))}", script)
+    key = run_key_line(command.group(0)) if connection.vendor == "postgresql" else issue_key(command.group(2))
+    script = script.replace(command.group(0), f"KEY={key}")
     script = script.replace("http://127.0.0.1:8000", live_server.url)
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -55,9 +71,9 @@ def test_the_readme_curl_guide_works_as_written(live_server, demo):
     assert '"runs_deleted":10' in done.stdout and '"runs_created":10' in done.stdout
     assert ApiKey.objects.get(workspace=demo, name="ci").role == Role.OPERATOR
     # The last step again: the same idempotency key gives the same run, not a second one.
-    last = script.strip().splitlines()[-1]
-    again = subprocess.run(["bash", "-c", "\n".join(script.splitlines()[:3]) + "\n" + last], capture_output=True,
-                           text=True, timeout=60)
+    lines = script.strip().splitlines()
+    setup = lines[:next(i for i, line in enumerate(lines) if line.startswith("B=")) + 1]
+    again = subprocess.run(["bash", "-euc", "\n".join(setup + lines[-1:])], capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr
     assert FlowRun.objects.filter(workspace=demo, idempotency_key="build-42").count() == 1
 
