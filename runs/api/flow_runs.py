@@ -1,7 +1,6 @@
 """Flow runs: create a manual run, list with filters, detail with history, set state, cancel, retry."""
 
 from django.db import IntegrityError
-from django.db.models import prefetch_related_objects
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -154,10 +153,12 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
                 idempotency_key=data.get("idempotency_key"), name=data.get("name", ""),
             )
         except IntegrityError:
-            if not data.get("idempotency_key"):
-                raise
             # Two requests with one key raced past get_or_create's retry: the winner's run exists now.
-            run = FlowRun.objects.get(workspace=request.workspace, idempotency_key=data["idempotency_key"])
+            # Any other conflict (no key, or not about the key) is the error handler's 400.
+            key = data.get("idempotency_key")
+            run = FlowRun.objects.filter(workspace=request.workspace, idempotency_key=key).first() if key else None
+            if run is None:
+                raise
             created = False
         if not created:
             # Made earlier: load what the answer names in one query. It may since have been deleted.
@@ -168,10 +169,9 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
         return Response(FlowRunSerializer(run).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     def answer_with_history(self, run):
-        """The run as its detail page shows it. `run` was loaded with its flow, queue, agent and
-        creator, and a state change refreshes it keeping those: only the history is fetched."""
-        prefetch_related_objects([run], *HISTORY)
-        return FlowRunDetailSerializer(run).data
+        """The run as its detail page shows it: one query with what it names, one for its history.
+        (A state change refreshes the run, and a refresh drops its cached flow, queue and agent.)"""
+        return FlowRunDetailSerializer(self.get_queryset().prefetch_related(*HISTORY).get(pk=run.pk)).data
 
     @extend_schema(request=SetStateSerializer, responses={200: FlowRunDetailSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"], url_path="set_state")

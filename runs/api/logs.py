@@ -40,7 +40,8 @@ def level_param(raw):
     names = {label.upper(): value for value, label in LogLevel.choices}
     if raw.upper() in names:
         return names[raw.upper()]
-    if raw.isascii() and raw.isdigit() and int(raw) <= 100:  # "²".isdigit() is True, int("²") fails
+    # "²".isdigit() is True but int("²") fails, and int() refuses strings of over 4,300 digits.
+    if raw.isascii() and raw.isdigit() and len(raw) <= 3 and int(raw) <= 100:
         return int(raw)
     raise serializers.ValidationError({"level": [f"Use a level name ({', '.join(names)}) or a number."]})
 

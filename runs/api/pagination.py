@@ -11,13 +11,14 @@ meanwhile never shifts a page.
 import base64
 import binascii
 import json
+from datetime import datetime, timezone
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Q
 from rest_framework import serializers
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.response import Response
-from rest_framework.utils.urls import replace_query_param
+from rest_framework.utils.urls import remove_query_param, replace_query_param
 
 
 class PagePagination(PageNumberPagination):
@@ -36,6 +37,7 @@ class KeysetPagination(CursorPagination):
     ordering_query_param = None
     display_page_controls = False  # no HTML page links in the browsable API
     invalid_cursor = "This cursor is not valid here; follow the next and previous links as given."
+    max_cursor_length = 400  # a real one is about 150 characters
 
     def chosen_ordering(self, request):
         if self.ordering_query_param is None:
@@ -51,7 +53,7 @@ class KeysetPagination(CursorPagination):
         self.ordering = self.chosen_ordering(request)
         self.field = self.ordering.lstrip("-")
         cursor = self.decode_cursor(request, queryset.model)
-        backwards = bool(cursor and cursor["backwards"])
+        backwards = self.backwards = bool(cursor and cursor["backwards"])
         # Forward through a descending order, or backward through an ascending one, walks down.
         down = self.ordering.startswith("-") != backwards
         if cursor:
@@ -67,6 +69,8 @@ class KeysetPagination(CursorPagination):
             rows.reverse()
         self.next_row = rows[-1] if rows and (backwards or more) else None
         self.previous_row = rows[0] if rows and (more if backwards else cursor is not None) else None
+        # A page emptied meanwhile (its rows deleted) still leads somewhere: back to the first page.
+        self.restart = cursor is not None and not rows
         return rows
 
     def decode_cursor(self, request, model):
@@ -74,12 +78,24 @@ class KeysetPagination(CursorPagination):
         if not raw:
             return None
         try:
+            if len(raw) > self.max_cursor_length:
+                raise ValueError("too long")
             token = json.loads(base64.urlsafe_b64decode(raw.encode("ascii")))
-            if token["o"] != self.ordering:
-                raise ValueError("the cursor belongs to another ordering")
-            return {"value": model._meta.get_field(self.field).to_python(token["v"]),
-                    "pk": model._meta.pk.to_python(token["id"]), "backwards": bool(token["b"])}
-        except (ValueError, TypeError, KeyError, UnicodeError, binascii.Error, DjangoValidationError):
+            if not isinstance(token, dict) or token.get("o") != self.ordering or not isinstance(token.get("v"), str) \
+                    or not isinstance(token.get("id"), (str, int)) or isinstance(token.get("id"), bool):
+                raise ValueError("not a cursor of this list")
+            value = model._meta.get_field(self.field).to_python(token["v"])
+            if not isinstance(value, datetime) or value.tzinfo is None:
+                raise ValueError("not an aware time")
+            # In UTC here, as the database will want it: an offset past ±15:59 or a time outside
+            # years 1..9999 in UTC is the client's 400, not a 500 in the driver.
+            value = value.astimezone(timezone.utc)
+            pk = model._meta.pk.to_python(token["id"])
+            if isinstance(pk, int) and not -2**63 <= pk < 2**63:
+                raise ValueError("an id out of the database's range")
+            return {"value": value, "pk": pk, "backwards": bool(token.get("b"))}
+        except (ValueError, TypeError, KeyError, UnicodeError, OverflowError, RecursionError, binascii.Error,
+                DjangoValidationError):
             raise serializers.ValidationError({self.cursor_query_param: [self.invalid_cursor]}) from None
 
     def link(self, row, backwards):
@@ -89,11 +105,18 @@ class KeysetPagination(CursorPagination):
         encoded = base64.urlsafe_b64encode(json.dumps(token, separators=(",", ":")).encode()).decode("ascii")
         return replace_query_param(self.request.build_absolute_uri(), self.cursor_query_param, encoded)
 
+    def first_page(self):
+        return remove_query_param(self.request.build_absolute_uri(), self.cursor_query_param)
+
     def get_next_link(self):
-        return self.link(self.next_row, backwards=False) if self.next_row else None
+        if self.next_row:
+            return self.link(self.next_row, backwards=False)
+        return self.first_page() if self.restart and self.backwards else None
 
     def get_previous_link(self):
-        return self.link(self.previous_row, backwards=True) if self.previous_row else None
+        if self.previous_row:
+            return self.link(self.previous_row, backwards=True)
+        return self.first_page() if self.restart and not self.backwards else None
 
     def get_paginated_response(self, data):
         return Response({"next": self.get_next_link(), "previous": self.get_previous_link(), "results": data})

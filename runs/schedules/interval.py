@@ -7,7 +7,7 @@ from .dst import UTC, collect, local_naive
 DAY = 86_400
 MAX_SECONDS = 36_525 * DAY  # 100 years: longer is a typo, and past it timedelta itself overflows
 # The last day datetime can hold is left out: a time there cannot be shown in a zone east of UTC.
-END = datetime(9999, 12, 30, tzinfo=UTC)
+START, END = datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 30, tzinfo=UTC)
 
 
 def validate(schedule, errors):
@@ -18,7 +18,7 @@ def validate(schedule, errors):
         errors["interval_seconds"] = "The interval must be at least 1 second."
     elif seconds > MAX_SECONDS:
         errors["interval_seconds"] = f"The interval can be at most 100 years ({MAX_SECONDS:,} seconds)."
-    if schedule.anchor is not None and not datetime(1, 1, 2, tzinfo=UTC) <= schedule.anchor < END:
+    if schedule.anchor is not None and not START <= schedule.anchor < END:
         errors["anchor"] = "The anchor must fall between 0001-01-02 and 9999-12-29."
 
 
@@ -30,6 +30,8 @@ def next_fire_times(schedule, after, count):
     seconds = schedule.interval_seconds
     zone = schedule.timezone
     anchor = _anchor(schedule)
+    if seconds > MAX_SECONDS or not START <= anchor < END:
+        return []  # saved before these limits were checked: no time of it can be computed
     if seconds % DAY == 0:
         # Whole days keep their wall-clock time across DST changes: 09:00 stays 09:00.
         anchor_local = local_naive(anchor, zone)

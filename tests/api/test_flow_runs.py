@@ -158,3 +158,15 @@ def test_an_idempotency_key_of_a_deleted_run_is_409_asking_for_a_new_key(operato
     assert FlowRun.objects.filter(workspace=ws).count() == 1
     fresh = operator.post(f"{prefix}/flow_runs/", {"flow": flow.name, "idempotency_key": "k2"}, format="json")
     assert fresh.status_code == 201
+
+
+def test_creating_and_moving_a_run_take_a_fixed_number_of_queries(operator, prefix, ws, django_assert_max_num_queries):
+    flow = factories.flow(ws)
+    factories.work_queue(ws, name="default")  # made once per workspace, on its first run
+    operator.get(f"{prefix}/ping")  # records the key's last use, at most once a minute
+    with django_assert_max_num_queries(11):
+        created = operator.post(f"{prefix}/flow_runs/", {"flow": flow.name, "idempotency_key": "q"}, format="json")
+    with django_assert_max_num_queries(10):
+        moved = operator.post(f"{prefix}/flow_runs/{created.json()['id']}/set_state/", {"state": "CANCELLED"},
+                              format="json")
+    assert moved.status_code == 200 and moved.json()["history"][-1]["to_state"] == "CANCELLED"

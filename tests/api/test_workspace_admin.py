@@ -224,3 +224,9 @@ def test_a_personal_key_cannot_be_made_for_someone_outside_the_workspace(ws):
     assert "user" in refused.value.message_dict
     ApiKey(workspace=ws, user=member, name="y", role=Role.VIEWER).clean()
     ApiKey(workspace=ws, name="service", role=Role.OPERATOR).clean()
+
+
+@pytest.mark.parametrize("level", ["1" * 4301, "²", "1000", "LOUD"])
+def test_a_log_level_that_is_no_level_is_400(admin, prefix, level):
+    response = admin.get(f"{prefix}/logs/", {"level": level})
+    assert response.status_code == 400 and "level" in response.json()["error"]["fields"]

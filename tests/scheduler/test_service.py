@@ -235,3 +235,21 @@ def test_a_pass_that_raced_an_edit_has_its_stale_runs_replaced_by_the_next_pass(
     assert summary["stale_runs_deleted"] == 5  # 18:00 … 22:00 are not half-hourly times of the next ten
     assert starts(runs_of(s).filter(scheduled_start__gt=NOW)) == [
         utc(2026, 5, 4, 12, 30) + timedelta(minutes=30 * i) for i in range(10)]
+
+
+def test_a_schedule_saved_before_the_interval_limits_makes_no_runs_and_breaks_no_pass(db):
+    """Rows written before intervals were capped (or by SQL) must not crash the scheduler."""
+    from datetime import datetime, timezone as dt_timezone
+
+    from django.utils import timezone
+
+    from runs.scheduling import schedule_future_runs
+
+    flow = factories.flow(factories.workspace())
+    huge = Schedule.objects.create(flow=flow, slug="huge", kind="interval", interval_seconds=10**18)
+    late = Schedule.objects.create(flow=flow, slug="late", kind="interval", interval_seconds=3600,
+                                   anchor=datetime(9999, 12, 31, 20, tzinfo=dt_timezone.utc))
+    fine = Schedule.objects.create(flow=flow, slug="fine", kind="interval", interval_seconds=3600)
+    schedule_future_runs([huge, late, fine], timezone.now())
+    assert FlowRun.objects.filter(schedule__in=[huge, late]).count() == 0
+    assert FlowRun.objects.filter(schedule=fine).count() == 10
