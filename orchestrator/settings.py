@@ -9,9 +9,13 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
-from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+class BadEnvironment(RuntimeError):
+    """A setting the environment must give, or gives wrongly. Not ImproperlyConfigured: manage.py
+    swallows that while loading settings and then fails with an unrelated "Models aren't loaded yet"."""
 
 
 def env_bool(name, default):
@@ -28,7 +32,7 @@ def env_int(name, default):
     try:
         return int(value)
     except ValueError as exc:
-        raise ImproperlyConfigured(f"{name} must be a whole number, got {value!r}") from exc
+        raise BadEnvironment(f"{name} must be a whole number, got {value!r}") from exc
 
 
 def env_list(name, default):
@@ -50,7 +54,7 @@ def _secret_key():
     if key:
         return key
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+        raise BadEnvironment("SECRET_KEY must be set when DEBUG is off (make run and make test set DEBUG=true).")
     # Generated once and kept, so sessions survive restarts of a development server.
     path = VAR_DIR / "secret_key"
     if not path.exists():

@@ -33,11 +33,12 @@ from .agent_payloads import (
     StoredLogsSerializer,
     TaskRunInput,
 )
-from .schema import CONFLICT, error_example, error_response
+from .errors import error_body
+from .schema import CONFLICT, error_response
 
 NO_CONTENT = OpenApiResponse(description="Recorded.")
 TOO_LARGE = error_response("The batch is larger than ORCHESTRATOR_AGENT_LOG_BATCH_MAX_BYTES; send smaller ones.",
-                           "Too large", error_example("payload_too_large",
+                           "Too large", error_body("payload_too_large",
                                                       "A log batch may be at most 1048576 bytes; send smaller batches."))
 
 

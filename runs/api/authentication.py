@@ -7,8 +7,7 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from runs.models import ApiKey, Membership, hash_api_key
-from runs.models.workspaces import ROLE_RANK
+from runs.models import ApiKey, hash_api_key, role_allows, role_of
 
 from .throttles import FailedAuthenticationLimiter
 
@@ -74,16 +73,12 @@ def acting_role(key):
     person has now, so removing, demoting or deactivating someone also limits their keys."""
     if not key.user_id:
         return key.role
-    person = key.user
-    if not person.is_active:
+    if not key.user.is_active:
         raise exceptions.AuthenticationFailed("This API key belongs to a deactivated account.")
-    if person.is_superuser:
-        return key.role
-    membership = Membership.objects.filter(user_id=person.pk, workspace_id=key.workspace_id).values_list(
-        "role", flat=True).first()
-    if membership is None:
+    person_role = role_of(key.user, key.workspace_id)
+    if person_role is None:
         raise exceptions.AuthenticationFailed("This API key's owner is no longer a member of its workspace.")
-    return min(key.role, membership, key=lambda role: ROLE_RANK[role])
+    return key.role if role_allows(person_role, key.role) else person_role
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):

@@ -20,7 +20,8 @@ from runs.states import IllegalTransition, set_flow_run_state
 
 from .filters import boolean_param, states_param, time_param
 from .pagination import KeysetPagination
-from .schema import CONFLICT, error_example, error_response, request_example
+from .errors import error_body
+from .schema import CONFLICT, error_response, request_example
 from .serializers import FlowRunDetailSerializer, FlowRunSerializer, WorkspaceRelatedField
 from .throttles import ExpensiveEndpointThrottle
 from .views import WorkspaceScoped
@@ -97,18 +98,17 @@ FILTERS = [
     create=extend_schema(request=FlowRunCreateSerializer, responses={
         201: FlowRunSerializer, 200: OpenApiResponse(FlowRunSerializer, description="The run this key made before."),
         409: error_response("The run this idempotency key made has been deleted.", "Key used",
-                            error_example("idempotency_key_used", IdempotencyKeyUsed.default_detail))}),
+                            error_body("idempotency_key_used", IdempotencyKeyUsed.default_detail))}),
 )
 class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Runs of the workspace. Viewers read; operators run, set states, cancel and retry."""
 
     queryset = FlowRun.objects.alive().select_related("flow", "work_queue", "agent", "created_by")
     pagination_class = RunPages
+    throttle_classes = [ExpensiveEndpointThrottle]
+    expensive_actions = {"list", "create"}
     action_roles = {"create": Role.OPERATOR, "set_state": Role.OPERATOR, "cancel": Role.OPERATOR,
                     "retry": Role.OPERATOR}
-
-    def get_throttles(self):
-        return [ExpensiveEndpointThrottle()] if self.action in ("list", "create") else []
 
     def get_serializer_class(self):
         if self.action == "create":

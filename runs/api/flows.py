@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from runs.models import Flow, Role
 
 from .schema import request_example
-from .serializers import FlowSerializer, FlowVersionSerializer
+from .serializers import FlowSerializer, FlowVersionSerializer, environment_field
 from .views import WorkspaceScoped
 
 @extend_schema_serializer(examples=[request_example("A version", {
@@ -19,8 +19,7 @@ class RegisterVersionSerializer(serializers.Serializer):
                                         help_text="module:function, imported by the agent.")
     version = serializers.CharField(max_length=100, required=False, allow_blank=True)
     parameters = serializers.DictField(required=False, help_text="Default parameters of the flow.")
-    job_env = serializers.DictField(child=serializers.CharField(max_length=10000, allow_blank=True), required=False,
-                                    help_text="Environment variables for every run of this version.")
+    job_env = environment_field("Environment variables for every run of this version.")
 
 
 @extend_schema_serializer(examples=[request_example("Flow with a first version", {

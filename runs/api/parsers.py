@@ -8,11 +8,9 @@ can act on. Form bodies need the same check as JSON ones: a client may send eith
 
 import re
 
-
 from django.http import QueryDict
 from rest_framework import exceptions
 from rest_framework.parsers import DataAndFiles, FormParser, JSONParser, MultiPartParser
-
 
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 

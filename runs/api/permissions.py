@@ -2,7 +2,7 @@
 
 from rest_framework import exceptions, permissions
 
-from runs.models import ApiKey, Membership, Role, Workspace, role_allows
+from runs.models import ApiKey, Role, Workspace, role_allows, role_of
 
 
 def resolve_workspace(account_slug, workspace_slug):
@@ -25,11 +25,9 @@ def role_in_workspace(user, auth, workspace):
     """The caller's role in `workspace`, or None when it has none there."""
     if isinstance(auth, ApiKey):
         return getattr(auth, "acting_role", auth.role) if auth.workspace_id == workspace.pk else None
-    if getattr(user, "is_superuser", False):
-        return Role.ADMIN
     if not getattr(user, "is_authenticated", False):
         return None
-    return Membership.objects.filter(user=user, workspace=workspace).values_list("role", flat=True).first()
+    return role_of(user, workspace.pk)
 
 
 class WorkspaceRolePermission(permissions.BasePermission):

@@ -52,17 +52,13 @@ class ConflictSerializer(ErrorSerializer):
     current_state = serializers.ChoiceField(choices=State.choices)
 
 
-def error_example(code, message, fields=None):
-    return error_body(code, message, fields)
-
-
 def error_response(description, example_name, example, serializer=ErrorSerializer):
     return OpenApiResponse(serializer, description=description, examples=[OpenApiExample(example_name, value=example)])
 
 
 CONFLICT = error_response(
     "The run is not in a state that allows this change, or it changed meanwhile; `current_state` says which.",
-    "Stale or illegal", {**error_example("illegal_transition", "A COMPLETED run cannot move to RUNNING.",
+    "Stale or illegal", {**error_body("illegal_transition", "A COMPLETED run cannot move to RUNNING.",
                                          {"state": ["A COMPLETED run cannot move to RUNNING."]}),
                          "current_state": "COMPLETED"},
     serializer=ConflictSerializer,
@@ -70,21 +66,21 @@ CONFLICT = error_response(
 
 COMMON_ERRORS = {
     "400": ("The input is invalid: `fields` names each refused field or query parameter.",
-            error_example("invalid", "name: This field is required.", {"name": ["This field is required."]})),
+            error_body("invalid", "name: This field is required.", {"name": ["This field is required."]})),
     "401": ("No credentials, or the API key is unknown, revoked or expired.",
-            error_example("authentication_failed", "This API key is unknown, revoked or expired.")),
+            error_body("authentication_failed", "This API key is unknown, revoked or expired.")),
     "403": ("Your role in this workspace does not allow this; the message names the role it needs.",
-            error_example("permission_denied",
+            error_body("permission_denied",
                           "Your role in this workspace is viewer; this action needs operator or above.")),
     "404": ("No such workspace for you, or no such object in it (another workspace's objects are 404 too).",
-            error_example("not_found", "Not found.")),
+            error_body("not_found", "Not found.")),
     "429": ("Too many requests (failed authentications from your address, or an expensive endpoint); "
             "retry after the seconds in Retry-After.",
-            error_example("throttled", "Request was throttled. Expected available in 42 seconds.")),
+            error_body("throttled", "Request was throttled. Expected available in 42 seconds.")),
 }
 UNSUPPORTED_MEDIA_TYPE = (
     "The body is not JSON, a form or multipart form data (or cannot be read as its Content-Type says).",
-    error_example("unsupported_media_type", 'Unsupported media type "text/plain" in request.'))
+    error_body("unsupported_media_type", 'Unsupported media type "text/plain" in request.'))
 RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying."}}
 
 

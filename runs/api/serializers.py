@@ -41,6 +41,12 @@ class FlowSerializer(serializers.ModelSerializer):
         return FlowVersionSerializer(latest[0]).data if latest else None
 
 
+def environment_field(help_text):
+    """Environment variables as the API takes them: names to strings (numbers are turned into text)."""
+    return serializers.DictField(child=serializers.CharField(max_length=10000, allow_blank=True), required=False,
+                                 help_text=help_text)
+
+
 class WorkspaceRelatedField(serializers.SlugRelatedField):
     """A related object named within the request's workspace; another workspace's is 'not found'."""
 

@@ -23,10 +23,19 @@ def _parse_rate(rate):
 
 
 class ExpensiveEndpointThrottle(SimpleRateThrottle):
-    """Limits the endpoints that scan many rows or create runs, per API key (or user, or address)."""
+    """Limits the endpoints that scan many rows or create runs, per API key (or user, or address).
+
+    A view lists it in `throttle_classes`; with `expensive_actions` only those of its actions count.
+    """
 
     scope = "expensive"
     setting = "THROTTLE_EXPENSIVE_RATE"
+
+    def allow_request(self, request, view):
+        actions = getattr(view, "expensive_actions", None)
+        if actions is not None and getattr(view, "action", None) not in actions:
+            return True
+        return super().allow_request(request, view)
 
     def get_rate(self):
         return settings.ORCHESTRATOR[self.setting] or None

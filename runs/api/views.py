@@ -38,10 +38,8 @@ class ScheduleViewSet(WorkspaceScoped, viewsets.ModelViewSet):
     serializer_class = serializers.ScheduleSerializer
     workspace_field = "flow__workspace"
     action_roles = {"pause": Role.OPERATOR, "resume": Role.OPERATOR, "preview": Role.VIEWER}
-
-    def get_throttles(self):
-        # A preview computes up to 100 fire times of any rule: as costly as listing runs.
-        return [ExpensiveEndpointThrottle()] if self.action == "preview" else []
+    throttle_classes = [ExpensiveEndpointThrottle]
+    expensive_actions = {"preview"}  # up to 100 fire times of any rule: as costly as listing runs
 
     def get_serializer_context(self):
         # Only one schedule's page shows its next fire times: a list would compute them per row.

@@ -8,6 +8,7 @@ from rest_framework.response import Response
 from runs.models import Agent, Role, WorkQueue
 
 from .schema import request_example, response_example
+from .serializers import environment_field
 from .views import WorkspaceScoped
 
 
@@ -19,8 +20,7 @@ from .views import WorkspaceScoped
                                 "concurrency_limit": 4, "job_env": {"CUDA_VISIBLE_DEVICES": "0"}}),
 ])
 class WorkQueueSerializer(serializers.ModelSerializer):
-    job_env = serializers.DictField(child=serializers.CharField(max_length=10000, allow_blank=True), required=False,
-                                    help_text="Environment variables for runs of this queue (under the version's).")
+    job_env = environment_field("Environment variables for runs of this queue (under the version's).")
     class Meta:
         model = WorkQueue
         fields = ["id", "name", "work_pool", "description", "concurrency_limit", "paused", "job_env", "last_polled",

@@ -23,6 +23,15 @@ def role_allows(role, required):
     return ROLE_RANK.get(role, 0) >= ROLE_RANK[required]
 
 
+def role_of(person, workspace_id):
+    """A person's role in a workspace: admin for a superuser, else their membership's; None when
+    they are not a member."""
+    if person.is_superuser:
+        return Role.ADMIN
+    return Membership.objects.filter(user_id=person.pk, workspace_id=workspace_id).values_list(
+        "role", flat=True).first()
+
+
 class Account(models.Model):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100, unique=True)
@@ -111,8 +120,7 @@ class ApiKey(models.Model):
     def clean(self):
         # A key acting for a person works only while that person is a member (see the API's
         # authentication); one made for an outsider could never be used.
-        if self.user_id and self.workspace_id and not self.user.is_superuser and not Membership.objects.filter(
-                user_id=self.user_id, workspace_id=self.workspace_id).exists():
+        if self.user_id and self.workspace_id and role_of(self.user, self.workspace_id) is None:
             raise ValidationError({"user": "This person is not a member of the key's workspace; add them first, "
                                            "or leave the person empty for a service key."})
 

@@ -1,6 +1,7 @@
 """Interval schedules: anchor + k × interval."""
 
 from datetime import datetime, timedelta
+from itertools import islice
 
 from .dst import UTC, collect, local_naive
 
@@ -41,14 +42,9 @@ def next_fire_times(schedule, after, count):
         return collect(wall_times, zone, after, count, schedule.dst_nonexistent, schedule.dst_ambiguous)
     # Shorter intervals are exact durations: every 90 minutes is 90 minutes, DST or not.
     step = timedelta(seconds=seconds)
-    k = max(0, int((after - anchor) // step) + 1)
-    try:
-        first = anchor + k * step
-        if first <= after:
-            first += step
-    except OverflowError:
-        return []
-    return list(_until_year_9999(lambda i: first + i * step, 0, count))
+    k = max(0, int((after - anchor) // step))  # anchor + k × step is at or just before `after`
+    times = (when for when in _until_year_9999(lambda i: anchor + i * step, k, count + 2) if when > after)
+    return list(islice(times, count))
 
 
 def _until_year_9999(time_at, start, steps):

@@ -12,11 +12,6 @@ from runs.models import FlowRun, Role, State
 from tests import factories
 
 
-@pytest.fixture
-def operator(api, key_for):
-    return api.as_key(key_for(Role.OPERATOR))
-
-
 def test_same_idempotency_key_twice_creates_one_run(operator, prefix, ws):
     flow = factories.flow(ws)
     body = {"flow": flow.name, "idempotency_key": "build-4711", "parameters": {"day": "monday"}}

@@ -7,13 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from runs.models import FlowRun, Log, Role
+from runs.models import FlowRun, Log
 from tests import factories
-
-
-@pytest.fixture
-def viewer(api, key_for):
-    return api.as_key(key_for(Role.VIEWER))
 
 
 def walk(client, url, params, direction="next"):

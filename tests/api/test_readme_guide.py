@@ -19,8 +19,8 @@ from django.db import connection
 
 from runs.models import Account, ApiKey, FlowRun, Role, Schedule, ScheduleStatus, Workspace
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
 KEY_LINE = re.compile(r"^KEY=\$\(((?:\w+=\S+ )*)\.venv/bin/python manage\.py (create_api_key .*)\)$", re.M)
 
 

@@ -2,13 +2,8 @@
 
 import pytest
 
-from runs.models import Role, Schedule
+from runs.models import Schedule
 from tests import factories
-
-
-@pytest.fixture
-def admin(api, key_for):
-    return api.as_key(key_for(Role.ADMIN))
 
 
 @pytest.mark.parametrize("media", ["json", "multipart", "form"])

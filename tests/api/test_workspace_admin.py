@@ -6,11 +6,6 @@ from runs.models import ApiKey, Flow, Membership, Role, WorkQueue
 from tests import factories
 
 
-@pytest.fixture
-def admin(api, key_for):
-    return api.as_key(key_for(Role.ADMIN))
-
-
 def test_register_version_promotes_it_to_latest(admin, prefix, ws):
     created = admin.post(f"{prefix}/flows/", {"name": "etl", "version": {"entrypoint": "etl:run", "version": "1"}},
                          format="json").json()
