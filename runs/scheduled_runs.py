@@ -3,7 +3,7 @@
 The scheduler creates tens of thousands of rows per pass. Building a model instance per row and
 letting `bulk_create` prepare each field costs more than the insert itself, so each schedule's
 constant columns are prepared once and every run only adds its id, name and start time.
-The partial unique constraint (flow, schedule slug, scheduled start) where auto_scheduled makes
+The partial unique constraint (flow, schedule slug, slot) where auto_scheduled makes
 two copies of the scheduler inserting the same run harmless: the second insert does nothing.
 """
 
@@ -47,6 +47,7 @@ class ScheduledRunWriter:
             base[index[attname]] = value  # ids and text need no preparing on any backend
         base[index["parameters"]] = self.parameters_field.get_db_prep_save(schedule.parameters, connection)
         i_id, i_name, i_start = (index[c] for c in PER_RUN)
+        i_slot = index["slot"]
         native_uuid = connection.features.has_native_uuid_field
         adapt_time = connection.ops.adapt_datetimefield_value
         slug, rows = schedule.slug, self.rows
@@ -55,7 +56,7 @@ class ScheduledRunWriter:
             run_id = uuid.uuid4()
             row[i_id] = run_id if native_uuid else run_id.hex
             row[i_name] = f"{slug}-{when:%Y%m%d-%H%M%S}"
-            row[i_start] = adapt_time(when)
+            row[i_start] = row[i_slot] = adapt_time(when)  # due at its slot, which stays its identity
             rows.append(row)
 
     def insert(self):

@@ -50,7 +50,7 @@ def schedule_future_runs(schedules, now, count=None):
     """Make sure each ACTIVE schedule in `schedules` has its next `count` runs; returns how many were made.
 
     Set-based: a fixed number of queries whatever the number of schedules. Safe to run in
-    parallel: the unique (flow, schedule slug, scheduled start) constraint plus an insert that
+    parallel: the unique (flow, schedule slug, slot) constraint plus an insert that
     ignores conflicts means two copies never create the same run twice, and no lock is held
     that a crash could leave behind. Never creates a run in the past, except the missed runs a
     schedule's catch-up setting asks for (see `catch_up_since`).
@@ -83,6 +83,8 @@ def schedule_future_runs(schedules, now, count=None):
 
 def _future_run_counts(schedules, now):
     """{(flow_id, slug): number of future auto-scheduled runs}, in one query."""
+    # A run due in the future was never rescheduled (that makes it due now), so its due time is
+    # its slot, and the (flow, scheduled_start) index serves this read.
     future = FlowRun.objects.filter(auto_scheduled=True, scheduled_start__gt=now)
     # A short list is looked up by flow; the service's pass over every schedule reads all future
     # runs, which an IN list of thousands of ids would only slow down.
@@ -103,8 +105,8 @@ def catch_up_since(schedules, now):
         return {}
     rows = (
         FlowRun.objects.filter(auto_scheduled=True, flow_id__in={s.flow_id for s in schedules},
-                               schedule_slug__in={s.slug for s in schedules}, scheduled_start__lte=now)
-        .values_list("flow_id", "schedule_slug").annotate(last=Max("scheduled_start")).order_by()
+                               schedule_slug__in={s.slug for s in schedules}, slot__lte=now)
+        .values_list("flow_id", "schedule_slug").annotate(last=Max("slot")).order_by()
     )
     latest = {(flow_id, slug): last for flow_id, slug, last in rows}
     return {s.pk: max(latest.get((s.flow_id, s.slug), s.created), s.created) for s in schedules}
@@ -122,15 +124,15 @@ def cancel_superseded_late_runs(now):
         scheduled_start__lte=now, deleted_at__isnull=True,
     )
     newer = overdue.filter(flow_id=OuterRef("flow_id"), schedule_slug=OuterRef("schedule_slug"),
-                           scheduled_start__gt=OuterRef("scheduled_start"))
+                           slot__gt=OuterRef("slot"))
     superseded = overdue.filter(schedule__only_newest_when_late=True).filter(Exists(newer))
 
     def why(row):
         return (f"Cancelled by the scheduler: schedule '{row['schedule_slug']}' runs only the newest of its "
-                f"late runs, and a newer one is due; this one was due at {row['scheduled_start']:%Y-%m-%d %H:%M:%S} UTC.")
+                f"late runs, and a newer one is due; this one was due at {row['slot']:%Y-%m-%d %H:%M:%S} UTC.")
 
     return transition_flow_runs(superseded, State.CANCELLED, actor=Actor.SCHEDULER, message=why, now=now,
-                                extra_fields=("schedule_slug", "scheduled_start"))
+                                extra_fields=("schedule_slug", "slot"))
 
 
 def future_runs_to_delete(schedule, now=None):

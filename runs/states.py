@@ -10,9 +10,11 @@ ago is never overwritten: the caller gets a `StaleTransition` naming both states
 change writes a history row (who, from, to, why) and an event.
 """
 
+import functools
+import logging
 from dataclasses import dataclass
 
-from django.db import models, transaction
+from django.db import DatabaseError, models, transaction
 from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -29,6 +31,7 @@ from runs.models import (
 )
 
 S = State
+logger = logging.getLogger(__name__)
 
 # from-state -> the states a flow run may move to. Leaving a terminal state needs an explicit
 # retry (see `retry=`), or is the one late-completion case in `_late_completion_allowed`.
@@ -224,34 +227,60 @@ def set_task_run_state(task_run, to_state, *, actor, message="", expected_state=
 def _transition_many(kind, queryset, to_state, *, actor, message, now, updates, limit, extra_fields, user):
     allowed_from = [s for s, targets in kind.transitions.items() if to_state in targets]
     fields = ["pk", "state", kind.workspace_path, kind.flow_run_path, *extra_fields]
-    with transaction.atomic():
-        # Rows another copy of the service holds are skipped, not waited for: that copy acts on them.
-        candidates = queryset.filter(state__in=allowed_from).select_for_update(skip_locked=True, of=("self",))
-        rows = list(candidates.order_by("pk").values(*fields)[:limit] if limit else candidates.values(*fields))
-        if not rows:
-            return []
-        texts = {row["pk"]: message(row) if callable(message) else message for row in rows}
-        if callable(message):
-            # Per-row messages go into the same UPDATE, as a CASE over the ids.
-            state_message = models.Case(*[models.When(pk=pk, then=models.Value(text)) for pk, text in texts.items()],
-                                        default=models.Value(""), output_field=models.TextField())
-        else:
-            state_message = message
-        by_from = {}
-        for row in rows:
-            by_from.setdefault(row["state"], []).append(row["pk"])
-        for from_state, ids in by_from.items():
-            values = _time_updates(from_state, to_state, now)
-            values["state_message"] = state_message
-            values.update(updates or {})
-            kind.model.objects.filter(pk__in=ids, state=from_state).update(**values)
-        history = [_history_row(kind, row["pk"], row[kind.flow_run_path], row["state"], to_state, texts[row["pk"]],
-                                actor, user, None, now) for row in rows]
-        events = [_event(kind, row["pk"], row[kind.workspace_path], row["state"], to_state, texts[row["pk"]], actor, now)
-                  for row in rows]
-        StateChange.objects.bulk_create(history)
-        Event.objects.bulk_create(events)
-    return rows
+    # Rows another copy of the service holds are skipped, not waited for: that copy acts on them.
+    candidates = queryset.filter(state__in=allowed_from).select_for_update(skip_locked=True, of=("self",))
+    move = functools.partial(_move, kind, to_state, message, actor=actor, now=now, updates=updates, user=user)
+    picked = []
+    try:
+        with transaction.atomic():
+            rows = list(candidates.order_by("pk").values(*fields)[:limit] if limit else candidates.values(*fields))
+            picked = [row["pk"] for row in rows]
+            move(rows)
+        return rows
+    except DatabaseError:
+        if not picked:
+            raise  # the read itself failed: nothing of this pass can be judged
+        # One bad row (a constraint, a trigger, a value the database refuses) must not keep the
+        # others where they are: each row is tried again on its own and only the bad ones stay.
+        logger.warning("Moving %d %ss to %s failed as a batch; trying them one by one.", len(picked), kind.label,
+                       to_state, exc_info=True)
+    moved = []
+    for pk in picked:
+        try:
+            with transaction.atomic():
+                rows = list(candidates.filter(pk=pk).values(*fields))
+                move(rows)
+            moved += rows
+        except DatabaseError:
+            logger.exception("Could not move %s %s to %s; it stays as it is for this pass.", kind.label, pk, to_state)
+    return moved
+
+
+def _move(kind, to_state, message, rows, *, actor, now, updates, user):
+    """Write the transitions of `rows` (locked by the caller): updates by from-state, history, events."""
+    if not rows:
+        return
+    texts = {row["pk"]: message(row) if callable(message) else message for row in rows}
+    if callable(message):
+        # Per-row messages go into the same UPDATE, as a CASE over the ids.
+        state_message = models.Case(*[models.When(pk=pk, then=models.Value(text)) for pk, text in texts.items()],
+                                    default=models.Value(""), output_field=models.TextField())
+    else:
+        state_message = message
+    by_from = {}
+    for row in rows:
+        by_from.setdefault(row["state"], []).append(row["pk"])
+    for from_state, ids in by_from.items():
+        values = _time_updates(from_state, to_state, now)
+        values["state_message"] = state_message
+        values.update(updates or {})
+        kind.model.objects.filter(pk__in=ids, state=from_state).update(**values)
+    history = [_history_row(kind, row["pk"], row[kind.flow_run_path], row["state"], to_state, texts[row["pk"]],
+                            actor, user, None, now) for row in rows]
+    events = [_event(kind, row["pk"], row[kind.workspace_path], row["state"], to_state, texts[row["pk"]], actor, now)
+              for row in rows]
+    StateChange.objects.bulk_create(history)
+    Event.objects.bulk_create(events)
 
 
 def transition_flow_runs(queryset, to_state, *, actor, message="", now=None, updates=None, limit=None,

@@ -214,9 +214,9 @@ class StateChangeSerializer(serializers.ModelSerializer):
 FLOW_RUN = {
     "id": EXAMPLE_RUN_ID, "name": "nightly-etl-2026-11-23", "flow": "nightly-etl", "flow_version": 12, "schedule": 3,
     "schedule_slug": "nightly", "parameters": {"full": False}, "state": "COMPLETED", "state_message": "",
-    "state_changed": "2026-11-23T01:07:41Z", "scheduled_start": "2026-11-23T01:00:00Z", "auto_scheduled": True,
-    "created_by": None, "work_queue": "default", "agent": "build-host-1", "start_time": "2026-11-23T01:00:04Z",
-    "end_time": "2026-11-23T01:07:41Z", "last_heartbeat": "2026-11-23T01:07:30Z", "run_count": 1,
+    "state_changed": "2026-11-23T01:07:41Z", "scheduled_start": "2026-11-23T01:00:00Z", "slot": "2026-11-23T01:00:00Z",
+    "auto_scheduled": True, "created_by": None, "work_queue": "default", "agent": "build-host-1",
+    "start_time": "2026-11-23T01:00:04Z", "end_time": "2026-11-23T01:07:41Z", "last_heartbeat": "2026-11-23T01:07:30Z", "run_count": 1,
     "lazarus_count": 0, "idempotency_key": None, "created": "2026-11-22T01:00:00Z",
 }
 HISTORY = [
@@ -243,7 +243,7 @@ class FlowRunSerializer(serializers.ModelSerializer):
         model = FlowRun
         fields = [
             "id", "name", "flow", "flow_version", "schedule", "schedule_slug", "parameters", "state",
-            "state_message", "state_changed", "scheduled_start", "auto_scheduled", "created_by", "work_queue",
+            "state_message", "state_changed", "scheduled_start", "slot", "auto_scheduled", "created_by", "work_queue",
             "agent", "start_time", "end_time", "last_heartbeat", "run_count", "lazarus_count",
             "idempotency_key", "created",
         ]

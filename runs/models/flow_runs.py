@@ -47,8 +47,8 @@ class FlowRun(models.Model):
     flow = models.ForeignKey(Flow, on_delete=models.CASCADE, related_name="runs")
     flow_version = models.ForeignKey(FlowVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
     schedule = models.ForeignKey(Schedule, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
-    # Kept apart from the schedule FK: (flow, schedule_slug, scheduled_start) identifies an
-    # auto-scheduled run even after its schedule is deleted and re-created with the same slug.
+    # Kept apart from the schedule FK: (flow, schedule_slug, slot) identifies an auto-scheduled run
+    # even after its schedule is deleted and re-created with the same slug.
     schedule_slug = models.SlugField(max_length=100, blank=True)
     parent_task_run = models.ForeignKey(
         "runs.TaskRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="child_flow_runs"
@@ -58,7 +58,16 @@ class FlowRun(models.Model):
     state = models.CharField(max_length=12, choices=State.choices, default=State.SCHEDULED)
     state_message = models.TextField(blank=True)
     state_changed = models.DateTimeField(default=timezone.now)
-    scheduled_start = models.DateTimeField(default=timezone.now, help_text="When the run is due.")
+    scheduled_start = models.DateTimeField(
+        default=timezone.now, help_text="When the run is due: its slot, or later for a retry or a Lazarus reschedule."
+    )
+    # The identity of an auto-scheduled run never moves: a reschedule changes when the next attempt
+    # is due (`scheduled_start`), not which fire time of its schedule the run stands for. Moving the
+    # identity made two rescheduled runs of one schedule collide on the unique key below.
+    slot = models.DateTimeField(
+        null=True, blank=True, editable=False,
+        help_text="The fire time of its schedule this run was made for (UTC); empty for manual runs.",
+    )
     auto_scheduled = models.BooleanField(default=False, help_text="Made by the scheduler, not by a person.")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="created_flow_runs"
@@ -85,9 +94,9 @@ class FlowRun(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["flow", "schedule_slug", "scheduled_start"],
+                fields=["flow", "schedule_slug", "slot"],
                 condition=models.Q(auto_scheduled=True),
-                name="flowrun_auto_scheduled_unique",
+                name="flowrun_auto_scheduled_slot_unique",
             ),
             models.UniqueConstraint(
                 fields=["workspace", "idempotency_key"],
@@ -122,6 +131,11 @@ class FlowRun(models.Model):
 
     def __str__(self):
         return self.name or str(self.id)
+
+    def save(self, *args, **kwargs):
+        if self.auto_scheduled and self.slot is None:
+            self.slot = self.scheduled_start  # made for that fire time; it stays its identity
+        super().save(*args, **kwargs)
 
     @property
     def is_terminal(self):

@@ -24,6 +24,10 @@ class TaskRun(models.Model):
     start_time = models.DateTimeField(null=True, blank=True)
     end_time = models.DateTimeField(null=True, blank=True)
     last_heartbeat = models.DateTimeField(null=True, blank=True)
+    # {"value": <the task's return value>} once it COMPLETED with a JSON result; null when it has none
+    # (not finished, or a result JSON cannot hold). A later attempt of the flow run takes the value
+    # instead of running the task again.
+    result = models.JSONField(null=True, blank=True)
     created = models.DateTimeField(default=timezone.now)
     updated = models.DateTimeField(auto_now=True)
 

@@ -98,3 +98,53 @@ def test_a_pass_costs_the_same_queries_for_2_or_25_runs(stuck, now, count, djang
     with django_assert_max_num_queries(22):
         summary = lazarus.run_once(now)
     assert summary == {"rescheduled": count - count // 2, "failed": count // 2}
+
+
+def test_stuck_runs_of_one_schedule_are_rescheduled_together_and_keep_their_slots(flow, ws, ago, now):
+    """Issue #11, item 1: overlapping runs of one schedule die with their node; one pass reschedules all.
+
+    Each run keeps the fire time it was made for (its identity); only when its next attempt is due
+    changes. The pass used to give every run the same new start, the same unique key, and failed.
+    """
+    schedule = factories.schedule(flow, slug="every-minute")
+    agent = factories.agent(ws, last_heartbeat=ago(1200))
+    slots = [ago(3600), ago(3540), ago(3480)]
+    runs = [factories.flow_run(flow, State.RUNNING, schedule=schedule, schedule_slug=schedule.slug,
+                               auto_scheduled=True, scheduled_start=slot, start_time=slot, last_heartbeat=ago(1200),
+                               heartbeat_interval=30, agent=agent, state_changed=slot) for slot in slots]
+    manual = factories.flow_run(flow, State.RUNNING, start_time=ago(3600), last_heartbeat=ago(1200),
+                                heartbeat_interval=30, agent=agent, state_changed=ago(3600))
+
+    assert lazarus.run_once(now) == {"rescheduled": 4, "failed": 0}
+
+    for run, slot in zip(runs, slots):
+        run.refresh_from_db()
+        assert (run.state, run.slot, run.scheduled_start, run.lazarus_count) == (State.SCHEDULED, slot, now, 1)
+    manual.refresh_from_db()
+    assert (manual.state, manual.slot) == (State.SCHEDULED, None)
+
+
+def test_a_row_the_database_refuses_does_not_keep_the_others_stuck(stuck, now):
+    """One bad row fails alone: the rest of the batch moves and the pass succeeds."""
+    from django.db import connection
+
+    runs = [stuck() for _ in range(3)]
+    bad = runs[1]
+    table = FlowRun._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"""CREATE FUNCTION refuse_bad_run() RETURNS trigger AS $$
+                BEGIN IF NEW.id = '{bad.pk}' THEN RAISE EXCEPTION 'refused by a test trigger'; END IF;
+                RETURN NEW; END $$ LANGUAGE plpgsql""")
+            cursor.execute(f"CREATE TRIGGER refuse_bad_run BEFORE UPDATE ON {table} "
+                           "FOR EACH ROW EXECUTE FUNCTION refuse_bad_run()")
+        else:
+            cursor.execute(f"CREATE TRIGGER refuse_bad_run BEFORE UPDATE ON {table} "
+                           f"WHEN NEW.id = '{bad.pk.hex}' BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END")
+
+    assert lazarus.run_once(now) == {"rescheduled": 2, "failed": 0}
+
+    states = {run.pk: FlowRun.objects.get(pk=run.pk).state for run in runs}
+    assert states == {runs[0].pk: State.SCHEDULED, bad.pk: State.RUNNING, runs[2].pk: State.SCHEDULED}
+    assert not Log.objects.filter(flow_run=bad).exists()
+    assert history(bad) == []
