@@ -5,7 +5,9 @@ pass, writes one `ServicePass` ledger row, and on failure logs the traceback and
 `service.failed` event. `health_report(now)` turns the ledger into a verdict per service.
 
 The lock cannot outlive a crash: on PostgreSQL it is a session advisory lock, released by the
-server when the connection dies; elsewhere it is a `ServiceLease` row that expires.
+server when the connection dies; elsewhere it is a `ServiceLease` row that expires. A pass whose
+connection died (server restart, `pg_terminate_backend`) is still recorded as failed, on a fresh
+connection, and the next pass runs as usual.
 """
 
 import hashlib
@@ -44,16 +46,21 @@ def _advisory_lock(name):
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
         acquired = cursor.fetchone()[0]
+    session = connection.connection  # the server session that holds the lock
     try:
         yield acquired
     finally:
-        if acquired:
+        if acquired and connection.connection is session:
             try:
                 with connection.cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
             except DatabaseError:
                 # The connection died with the pass; the server already freed its locks.
                 logger.warning("Could not release the lock of %s; the connection is gone.", name)
+        elif acquired:
+            # The session that held the lock was closed (a broken connection is replaced before
+            # the ledger row is written): the server freed the lock with it.
+            logger.info("The lock of %s went with its closed connection.", name)
 
 
 @contextmanager
@@ -97,6 +104,28 @@ def _emit_failure_events(name, now, message):
     )
 
 
+def _replace_broken_connection():
+    """Close the connection if the failed pass broke it (server restart, pg_terminate_backend, a
+    network cut), so that the next query opens a fresh one. Inside a caller's transaction the
+    connection is the caller's to handle."""
+    if connection.in_atomic_block or connection.connection is None or not connection.errors_occurred:
+        return
+    if not connection.is_usable():
+        connection.close()
+
+
+def _record_failure(name, now, duration_ms, trace, message):
+    """The failed pass's ledger row and events, on a working connection when there is one."""
+    try:
+        _replace_broken_connection()
+        ServicePass.objects.create(service=name, started=now, duration_ms=duration_ms, ok=False, error=trace)
+        _emit_failure_events(name, now, message)
+    except DatabaseError:
+        # The database is unreachable: the log above is all there is; the next pass tries again.
+        logger.exception("Could not record the failed pass of %s", name)
+        _replace_broken_connection()
+
+
 def run(name, now=None):
     """Run one pass of service `name` through its lock; returns its summary, or why it did not run."""
     service = registry.get(name)
@@ -110,10 +139,8 @@ def run(name, now=None):
             summary = service.run_once(now)
         except Exception as exc:
             duration_ms = int((time.perf_counter() - started) * 1000)
-            trace = traceback.format_exc()
             logger.exception("Service %s failed after %d ms", name, duration_ms)
-            ServicePass.objects.create(service=name, started=now, duration_ms=duration_ms, ok=False, error=trace)
-            _emit_failure_events(name, now, f"{type(exc).__name__}: {exc}")
+            _record_failure(name, now, duration_ms, traceback.format_exc(), f"{type(exc).__name__}: {exc}")
             return {"error": f"{type(exc).__name__}: {exc}"}
         duration_ms = int((time.perf_counter() - started) * 1000)
         summary = summary if isinstance(summary, dict) else {}
