@@ -18,7 +18,7 @@ from services.registry import register
 CANCELLED_PARENTS = [State.CANCELLING, State.CANCELLED]
 
 
-@register("cancellation-cleanup", interval_seconds=settings.ORCHESTRATOR["CANCELLATION_CLEANUP_LOOP_SECONDS"],
+@register("cancellation-cleanup", interval_setting="CANCELLATION_CLEANUP_LOOP_SECONDS",
           description="Cancels the task runs and child runs of cancelled runs; ends cancellations nobody finishes.")
 def run_once(now):
     """Finish abandoned cancellations, then cancel what cancelled runs left behind; returns counts."""

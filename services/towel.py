@@ -24,11 +24,10 @@ from django.db.models import Max, OuterRef, Subquery
 from django.utils import timezone
 
 from services import registry
+from services.beat import PERIODIC_TASK_PREFIX, periodic_task_name
 from services.models import ServiceLease, ServicePass
 
 logger = logging.getLogger(__name__)
-
-PERIODIC_TASK_PREFIX = "service: "
 
 
 def _config(key):
@@ -152,18 +151,18 @@ def run(name, now=None):
 
 
 def intervals(services):
-    """Seconds between passes per service name: the PeriodicTask's interval if any, else the default."""
+    """Seconds between passes per service name (from settings), and whether its beat row is enabled.
+
+    The interval's one source is the environment (services/beat.py copies it into beat's rows);
+    `enabled` is the admin's switch on the PeriodicTask row (no row yet: enabled).
+    """
     from django_celery_beat.models import PeriodicTask
 
     seconds = {name: service.interval_seconds for name, service in services.items()}
     enabled = dict.fromkeys(services, True)
-    per_period = {"days": 86400, "hours": 3600, "minutes": 60, "seconds": 1, "microseconds": 1e-6}
-    tasks = PeriodicTask.objects.filter(name__in=[PERIODIC_TASK_PREFIX + n for n in services]).select_related("interval")
-    for task in tasks:
-        name = task.name[len(PERIODIC_TASK_PREFIX):]
-        enabled[name] = task.enabled
-        if task.interval is not None:
-            seconds[name] = max(1, int(task.interval.every * per_period.get(task.interval.period, 1)))
+    rows = PeriodicTask.objects.filter(name__in=[periodic_task_name(n) for n in services])
+    for task_name, is_enabled in rows.values_list("name", "enabled"):
+        enabled[task_name[len(PERIODIC_TASK_PREFIX):]] = is_enabled
     return seconds, enabled
 
 
@@ -171,7 +170,7 @@ def health_report(now):
     """Per service: healthy, last success, last error (its last line) and when, interval seconds.
 
     A service is unhealthy when it has not succeeded within TOWEL_UNHEALTHY_INTERVALS (3) of its
-    intervals. A service whose PeriodicTask an admin disabled is reported but not judged.
+    intervals (from settings). A service whose PeriodicTask an admin disabled is reported but not judged.
     """
     services = registry.all_services()
     seconds, enabled = intervals(services)

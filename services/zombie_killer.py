@@ -27,7 +27,7 @@ def _flow_run_message(threshold):
     return f'Marked "Crashed" by a Zombie Killer process: no sign of life for over {threshold} s.'
 
 
-@register("zombie-killer", interval_seconds=settings.ORCHESTRATOR["ZOMBIE_KILLER_LOOP_SECONDS"],
+@register("zombie-killer", interval_setting="ZOMBIE_KILLER_LOOP_SECONDS",
           description="Fails task runs and crashes flow runs whose heartbeat stopped.")
 def run_once(now):
     """Fail silent RUNNING task runs, crash silent RUNNING flow runs; returns how many of each."""

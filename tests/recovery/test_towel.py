@@ -1,5 +1,6 @@
 """Towel: one ledger row per pass, overlapping passes skip, failures are visible, health is judged."""
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -26,8 +27,7 @@ def break_service(monkeypatch):
 
     def make():
         service = registry.get("mark-late-runs")
-        monkeypatch.setitem(registry._SERVICES, "mark-late-runs", registry.Service(
-            service.name, _explode, service.interval_seconds, service.description))
+        monkeypatch.setitem(registry._SERVICES, "mark-late-runs", dataclasses.replace(service, run_once=_explode))
 
     return make
 
@@ -90,10 +90,8 @@ def test_health_is_lost_after_three_intervals_without_success(break_service, now
                       "interval_seconds": 5}
 
 
-def test_health_uses_the_admins_interval_and_ignores_disabled_services(now, periodic_tasks):
-    task = PeriodicTask.objects.select_related("interval").get(name="service: lazarus")
-    task.interval.every = 3600
-    task.interval.save()
+def test_health_reads_intervals_from_the_environment_and_ignores_disabled_services(now, settings, periodic_tasks):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "LAZARUS_LOOP_SECONDS": 3600}
     PeriodicTask.objects.filter(name="service: agent-monitor").update(enabled=False)
     towel.run("lazarus", now)
     report = towel.health_report(now + timedelta(hours=2))
