@@ -1,4 +1,8 @@
-"""GET /healthz: is the database reachable, is the broker reachable. 503 when either is not."""
+"""GET /healthz: is the database reachable, is the broker reachable. 503 when either is not.
+
+It also lists Towel's verdict per service (healthy, and a reason a person can read), which never
+turns the answer into a 503: a stopped beat must not take the web tier out of a load balancer.
+"""
 
 import os
 

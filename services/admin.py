@@ -11,7 +11,7 @@ from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
 from services.beat import service_of
-from services.models import ServiceLease, ServicePass
+from services.models import ServiceLease, ServicePass, ServiceSchedule
 
 
 @admin.register(ServicePass)
@@ -32,6 +32,15 @@ class ServiceLeaseAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+
+@admin.register(ServiceSchedule)
+class ServiceScheduleAdmin(admin.ModelAdmin):
+    list_display = ("service", "expected_since")
+    readonly_fields = ("service", "expected_since")
+
+    def has_add_permission(self, request):
+        return False  # recorded by beat starts and migrate (services/beat.py)
 
 
 class ServiceTaskForm(forms.ModelForm):

@@ -43,17 +43,20 @@ def _serialize(using):
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
 
 
-def apply_service_intervals(*, apps=global_apps, using=DEFAULT_DB_ALIAS):
+def apply_service_intervals(now=None, *, apps=global_apps, using=DEFAULT_DB_ALIAS):
     """Give every service a PeriodicTask with the interval of its setting; returns the names changed.
 
     Creates missing rows (enabled), re-points rows whose interval, task or arguments differ, leaves
-    `enabled` alone. Tells running beats to reload when a row changed.
+    `enabled` alone. Records when each service was first expected to run (`ServiceSchedule`), which
+    Towel's health verdict counts from. Tells running beats to reload when a row changed.
     `apps` may be a migration state's (post_migrate), so only plain model methods are used.
     """
     IntervalSchedule = apps.get_model("django_celery_beat", "IntervalSchedule")
     PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
     PeriodicTasks = apps.get_model("django_celery_beat", "PeriodicTasks")
+    ServiceSchedule = apps.get_model("services", "ServiceSchedule")
     services = registry.all_services()
+    now = now or timezone.now()
     changed = []
     with transaction.atomic(using=using):
         _serialize(using)
@@ -77,6 +80,8 @@ def apply_service_intervals(*, apps=global_apps, using=DEFAULT_DB_ALIAS):
             else:
                 continue
             changed.append(name)
+        ServiceSchedule.objects.using(using).bulk_create(
+            [ServiceSchedule(service=name, expected_since=now) for name in services], ignore_conflicts=True)
         if changed:
             # What the model's save() signal does; update() and migration models skip it. Running
             # beats compare this timestamp and reload their schedule when it moves.
@@ -87,7 +92,8 @@ def apply_service_intervals(*, apps=global_apps, using=DEFAULT_DB_ALIAS):
 def apply_after_migrate(sender, app_config=None, using=DEFAULT_DB_ALIAS, apps=global_apps, **kwargs):
     """post_migrate receiver: apply the intervals once the tables exist (skipped when migrated backwards)."""
     try:
-        apps.get_model("django_celery_beat.PeriodicTask")
+        for model in ("django_celery_beat.PeriodicTask", "services.ServiceSchedule"):
+            apps.get_model(model)
     except LookupError:
         return
     changed = apply_service_intervals(apps=apps, using=using)

@@ -17,6 +17,7 @@ import traceback
 import uuid
 from contextlib import contextmanager
 from datetime import timedelta
+from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
@@ -25,7 +26,7 @@ from django.utils import timezone
 
 from services import registry
 from services.beat import PERIODIC_TASK_PREFIX, periodic_task_name
-from services.models import ServiceLease, ServicePass
+from services.models import ServiceLease, ServicePass, ServiceSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -166,14 +167,61 @@ def intervals(services):
     return seconds, enabled
 
 
-def health_report(now):
-    """Per service: healthy, last success, last error (its last line) and when, interval seconds.
+def _duration(delta):
+    """A duration in the unit a person would say: 45 s, 35 min, 3 h 5 min, 2 days."""
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} days"
 
-    A service is unhealthy when it has not succeeded within TOWEL_UNHEALTHY_INTERVALS (3) of its
-    intervals (from settings). A service whose PeriodicTask an admin disabled is reported but not judged.
+
+def _moment(at, now):
+    """A time in UTC, with its date unless it is today's."""
+    at, now = at.astimezone(dt_timezone.utc), now.astimezone(dt_timezone.utc)
+    return f"{at:%H:%M:%S} UTC" if at.date() == now.date() else f"{at:%Y-%m-%d %H:%M} UTC"
+
+
+def _verdict(now, interval, enabled, last_success, expected_since):
+    """(healthy, reason, due_by) of one service; due_by is when it is overdue without a success.
+
+    The clock starts at its last success, or before any at when beat was first expected to run it
+    (services/beat.py records that): a service is healthy until it is overdue, i.e. until
+    TOWEL_UNHEALTHY_INTERVALS (3) of its intervals pass without a success.
+    """
+    if not enabled:
+        return True, "disabled in the admin (Periodic tasks); not judged", None
+    since = last_success or expected_since
+    if since is None:
+        return False, "never scheduled: no beat start or migrate has recorded it yet", None
+    window = timedelta(seconds=interval * _config("TOWEL_UNHEALTHY_INTERVALS"))
+    due_by = since + window
+    if now <= due_by:
+        if last_success is None:
+            return True, f"waiting for its first pass, due by {_moment(due_by, now)}", due_by
+        return True, f"last success {_duration(now - last_success)} ago", due_by
+    every = f"expected every {_duration(timedelta(seconds=interval))}"
+    if last_success is None:
+        return False, (f"no success since it was expected at {_moment(expected_since, now)} "
+                       f"({_duration(now - expected_since)} ago; {every})"), due_by
+    return False, f"no success for {_duration(now - last_success)} ({every})", due_by
+
+
+def health_report(now):
+    """Per service: healthy and why, when it is due by, last success, last error (its last line)
+    and when, interval seconds.
+
+    A service is unhealthy once it is overdue: no success within TOWEL_UNHEALTHY_INTERVALS (3) of
+    its intervals of its last success or, before its first, of when beat was first expected to run
+    it. A service whose PeriodicTask an admin disabled is reported but not judged. `now` is a
+    parameter: the verdict is a function of the ledger and the time.
     """
     services = registry.all_services()
     seconds, enabled = intervals(services)
+    expected = dict(ServiceSchedule.objects.filter(service__in=services).values_list("service", "expected_since"))
     successes = dict(ServicePass.objects.filter(ok=True, service__in=services).values("service")
                      .annotate(last=Max("started")).values_list("service", "last"))
     latest_failure = (ServicePass.objects.filter(ok=False, service=OuterRef("service"))
@@ -184,12 +232,14 @@ def health_report(now):
     for name in services:
         last_success = successes.get(name)
         failure = failures.get(name)
-        window = timedelta(seconds=seconds[name] * _config("TOWEL_UNHEALTHY_INTERVALS"))
-        healthy = not enabled[name] or (last_success is not None and last_success >= now - window)
+        healthy, reason, due_by = _verdict(now, seconds[name], enabled[name], last_success, expected.get(name))
         last_line = failure.error.strip().splitlines()[-1] if failure and failure.error.strip() else None
         report[name] = {
             "healthy": healthy,
+            "reason": reason,
             "enabled": enabled[name],
+            "due_by": due_by.isoformat() if due_by else None,
+            "expected_since": expected[name].isoformat() if name in expected else None,
             "last_success": last_success.isoformat() if last_success else None,
             "last_error": last_line,
             "last_error_at": failure.started.isoformat() if failure else None,

@@ -15,6 +15,7 @@ from django_celery_beat.models import CrontabSchedule, IntervalSchedule, Periodi
 from orchestrator.celery import app as celery_app
 from services import registry
 from services.beat import apply_service_intervals
+from services.models import ServiceSchedule
 
 
 def _row(name):
@@ -103,6 +104,7 @@ def test_the_beat_scheduler_applies_the_environment_before_its_first_schedule(en
 @pytest.mark.django_db(transaction=True)
 def test_two_beats_starting_at_once_leave_one_row_per_service(postgres_only, environment):
     PeriodicTask.objects.filter(name__startswith="service: ").delete()
+    ServiceSchedule.objects.all().delete()
     environment(LAZARUS_LOOP_SECONDS=4321)  # an interval no row has yet: both starts would create it
     copies = 4
     barrier = threading.Barrier(copies)
@@ -126,6 +128,7 @@ def test_two_beats_starting_at_once_leave_one_row_per_service(postgres_only, env
     names = [f"service: {name}" for name in registry.all_services()]
     assert sorted(PeriodicTask.objects.filter(name__in=names).values_list("name", flat=True)) == sorted(names)
     assert IntervalSchedule.objects.filter(every=4321, period="seconds").count() == 1
+    assert ServiceSchedule.objects.count() == len(names)
     # One start created every row; the others found them as they should be.
     assert sorted(len(changed) for changed in results) == [0] * (copies - 1) + [len(names)]
 
