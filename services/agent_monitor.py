@@ -28,7 +28,7 @@ def _silent_online_agents(now):
             if (beat or created) < deadline(now, 0, interval)]
 
 
-@register("agent-monitor", interval_seconds=settings.ORCHESTRATOR["AGENT_MONITOR_LOOP_SECONDS"],
+@register("agent-monitor", interval_setting="AGENT_MONITOR_LOOP_SECONDS",
           description="Marks silent agents OFFLINE and hands their unstarted runs back to the queue.")
 def run_once(now):
     """Mark silent agents OFFLINE, reschedule their never-started SUBMITTED runs; returns counts."""

@@ -1,22 +1,24 @@
 """cancellation-cleanup: finishes what a cancellation started.
 
 - a CANCELLING flow run whose agent is gone (no agent, agent offline or silent, or its own
-  heartbeat silent past CANCELLING_THRESHOLD_SECONDS) becomes CANCELLED;
+  heartbeat and its task runs' silent past CANCELLING_THRESHOLD_SECONDS) becomes CANCELLED;
 - unfinished task runs of CANCELLING/CANCELLED flow runs are cancelled;
 - unfinished child flow runs (started by a task run) of CANCELLING/CANCELLED flow runs are cancelled.
 """
+
+from datetime import timedelta
 
 from django.conf import settings
 
 from runs.models import TERMINAL_STATES, Actor, FlowRun, State, TaskRun
 from runs.states import transition_flow_runs, transition_task_runs
-from services.liveness import silent_flow_run_ids
+from services.liveness import silent_flow_run_ids, task_runs_beating_since
 from services.registry import register
 
 CANCELLED_PARENTS = [State.CANCELLING, State.CANCELLED]
 
 
-@register("cancellation-cleanup", interval_seconds=settings.ORCHESTRATOR["CANCELLATION_CLEANUP_LOOP_SECONDS"],
+@register("cancellation-cleanup", interval_setting="CANCELLATION_CLEANUP_LOOP_SECONDS",
           description="Cancels the task runs and child runs of cancelled runs; ends cancellations nobody finishes.")
 def run_once(now):
     """Finish abandoned cancellations, then cancel what cancelled runs left behind; returns counts."""
@@ -26,8 +28,11 @@ def run_once(now):
     abandoned_ids = silent_flow_run_ids(cancelling, now, threshold, batch)
     abandoned = []
     if abandoned_ids:
+        # Task runs still beating mean its agent is still there, finishing the cancellation.
+        beating = task_runs_beating_since(now - timedelta(seconds=threshold))
         abandoned = transition_flow_runs(
-            cancelling.filter(pk__in=abandoned_ids), State.CANCELLED, actor=Actor.CANCELLATION_CLEANUP, now=now,
+            cancelling.filter(pk__in=abandoned_ids).exclude(beating), State.CANCELLED,
+            actor=Actor.CANCELLATION_CLEANUP, now=now,
             message=f"Cancelled: its agent is gone and nothing reported for {threshold} s while cancelling.",
         )
 

@@ -9,7 +9,7 @@ from runs.states import transition_flow_runs
 from services.registry import register
 
 
-@register("mark-late-runs", interval_seconds=settings.ORCHESTRATOR["LATE_RUNS_LOOP_SECONDS"],
+@register("mark-late-runs", interval_setting="LATE_RUNS_LOOP_SECONDS",
           description="Marks SCHEDULED runs past their start time plus a grace period as LATE.")
 def run_once(now):
     """Mark overdue SCHEDULED runs LATE; returns how many."""

@@ -12,9 +12,9 @@ threshold), then the per-row interval rule in Python over those candidates only.
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q, Subquery
 
-from runs.models import Agent, AgentStatus
+from runs.models import Agent, AgentStatus, TaskRun
 
 
 def missed_beats():
@@ -52,19 +52,45 @@ def _sign_of_life(row, prefix=""):
     return row[f"{prefix}last_heartbeat"] or row[f"{prefix}start_time"] or row[f"{prefix}state_changed"]
 
 
+def task_runs_beating_since(cutoff):
+    """Exists: a task run of the flow run (OuterRef pk) beat at or after `cutoff`.
+
+    Task runs' heartbeats are signs of life of their flow run, whatever state the task run is in
+    now: one the Zombie Killer failed a minute ago still beat when it beat, so a flow run is
+    judged on its own threshold and Lazarus keeps acting first. Judged here, by the services, so
+    the heartbeat endpoints stay one UPDATE each; served by the (flow_run, state) index for the
+    few silent candidates only.
+    """
+    return Exists(TaskRun.objects.filter(flow_run=OuterRef("pk"), last_heartbeat__gte=cutoff))
+
+
+def _latest_task_beat():
+    """Subquery: the latest heartbeat of the flow run's (OuterRef pk) task runs."""
+    return Subquery(TaskRun.objects.filter(flow_run=OuterRef("pk"), last_heartbeat__isnull=False)
+                    .order_by("-last_heartbeat").values("last_heartbeat")[:1])
+
+
 def silent_flow_run_ids(queryset, now, threshold_seconds, limit):
-    """Ids (at most `limit`) of the flow runs of `queryset` that have gone silent."""
+    """Ids (at most `limit`) of the flow runs of `queryset` that have gone silent.
+
+    A flow run is silent when neither it nor any of its task runs beat past its deadline
+    (with heartbeats off: when its agent is silent). Still one candidate query: the task runs'
+    beats are judged inside it.
+    """
     cutoff = now - timedelta(seconds=threshold_seconds)
     silent_agents = silent_agent_ids(now, threshold_seconds)
     candidates = queryset.filter(
         (Q(heartbeat_interval__isnull=False) & own_beat_older_than(cutoff))
         | Q(heartbeat_interval__isnull=True, agent_id__in=silent_agents)
         | (Q(heartbeat_interval__isnull=True, agent__isnull=True) & own_beat_older_than(cutoff))
-    ).values("pk", "last_heartbeat", "start_time", "state_changed", "heartbeat_interval")
+    ).filter(~task_runs_beating_since(cutoff)).annotate(task_beat=_latest_task_beat()).values(
+        "pk", "last_heartbeat", "start_time", "state_changed", "heartbeat_interval", "task_beat")
     ids = []
     for row in candidates.order_by("pk")[: limit * 2]:
         interval = row["heartbeat_interval"]
-        if interval is None or _sign_of_life(row) < deadline(now, threshold_seconds, interval):
+        # A slow heartbeat's deadline is older than the cutoff: a task run's beat between the two counts.
+        alive = max(_sign_of_life(row), row["task_beat"] or _sign_of_life(row))
+        if interval is None or alive < deadline(now, threshold_seconds, interval):
             ids.append(row["pk"])
     return ids[:limit]
 

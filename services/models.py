@@ -36,3 +36,16 @@ class ServiceLease(models.Model):
 
     def __str__(self):
         return f"{self.service} held by {self.holder or 'nobody'} until {self.expires:%H:%M:%S}"
+
+
+class ServiceSchedule(models.Model):
+    """Since when beat is expected to run a service: recorded the first time a beat start or a
+    `migrate` applied its interval, and never moved, so that Towel counts a service that never
+    succeeded as overdue from there (a fresh install is not unhealthy before its first pass, and
+    a beat that restarts in a loop cannot keep a service looking new)."""
+
+    service = models.CharField(max_length=64, primary_key=True)
+    expected_since = models.DateTimeField()
+
+    def __str__(self):
+        return f"{self.service} expected since {self.expected_since:%Y-%m-%d %H:%M:%S}"

@@ -7,7 +7,7 @@ from runs.states import transition_flow_runs
 from services.registry import register
 
 
-@register("fail-expired-pauses", interval_seconds=settings.ORCHESTRATOR["PAUSE_EXPIRER_LOOP_SECONDS"],
+@register("fail-expired-pauses", interval_setting="PAUSE_EXPIRER_LOOP_SECONDS",
           description="Fails PAUSED runs whose pause timed out.")
 def run_once(now):
     """Fail PAUSED runs whose `pause_expires_at` has passed; returns how many."""

@@ -1,25 +1,53 @@
-"""Every background service, by name. Beat's PeriodicTask rows name services from here."""
+"""Every background service, by name. Beat's PeriodicTask rows name services from here.
+
+A service's interval has one source: its setting (`settings.ORCHESTRATOR[interval_setting]`, from
+the environment variable `ORCHESTRATOR_<interval_setting>`), read live, so every reader (beat's
+rows, Towel's health verdict) sees the same number. services/beat.py copies it into beat's rows.
+"""
 
 from dataclasses import dataclass
 from typing import Callable
+
+from django.conf import settings
+
+# lazarus.py still passes `interval_seconds=<its setting's value>` (another change is in flight
+# there); until it passes `interval_setting`, its setting is named here.
+_SETTING_OF_OLDER_CALLERS = {"lazarus": "LAZARUS_LOOP_SECONDS"}
 
 
 @dataclass(frozen=True)
 class Service:
     name: str
     run_once: Callable  # run_once(now) -> dict summary of what it touched
-    interval_seconds: int  # the default loop; admins change the PeriodicTask to change it
+    interval_setting: str  # key of settings.ORCHESTRATOR holding the seconds between passes
     description: str
+
+    @property
+    def interval_seconds(self):
+        """Seconds between passes, as the environment says now."""
+        return int(settings.ORCHESTRATOR[self.interval_setting])
+
+    @property
+    def interval_variable(self):
+        """The environment variable that sets the interval."""
+        return f"ORCHESTRATOR_{self.interval_setting}"
 
 
 _SERVICES = {}
 
 
-def register(name, interval_seconds, description):
-    """Decorator for a service's `run_once(now)`."""
+def register(name, interval_setting=None, description="", *, interval_seconds=None):
+    """Decorator for a service's `run_once(now)`; `interval_setting` names its ORCHESTRATOR setting.
+
+    `interval_seconds` (a value, not a source) is accepted only from callers not yet moved to
+    `interval_setting`; their setting must be known above.
+    """
+    setting = interval_setting or _SETTING_OF_OLDER_CALLERS.get(name)
+    if setting is None or setting not in settings.ORCHESTRATOR:
+        raise ValueError(f"Service {name!r} needs interval_setting, a key of settings.ORCHESTRATOR")
 
     def wrap(run_once):
-        _SERVICES[name] = Service(name, run_once, interval_seconds, description)
+        _SERVICES[name] = Service(name, run_once, setting, description)
         return run_once
 
     return wrap

@@ -10,7 +10,7 @@ from runs.scheduling import (cancel_superseded_late_runs, delete_runs_of_paused_
 from services.registry import register
 
 
-@register("scheduler", interval_seconds=settings.ORCHESTRATOR["SCHEDULER_LOOP_SECONDS"],
+@register("scheduler", interval_setting="SCHEDULER_LOOP_SECONDS",
           description="Creates the next runs of every active schedule.")
 def run_once(now):
     """Create the missing future runs of every active schedule, tidy paused and late ones; returns counts.

@@ -5,7 +5,9 @@ pass, writes one `ServicePass` ledger row, and on failure logs the traceback and
 `service.failed` event. `health_report(now)` turns the ledger into a verdict per service.
 
 The lock cannot outlive a crash: on PostgreSQL it is a session advisory lock, released by the
-server when the connection dies; elsewhere it is a `ServiceLease` row that expires.
+server when the connection dies; elsewhere it is a `ServiceLease` row that expires. A pass whose
+connection died (server restart, `pg_terminate_backend`) is still recorded as failed, on a fresh
+connection, and the next pass runs as usual.
 """
 
 import hashlib
@@ -15,6 +17,7 @@ import traceback
 import uuid
 from contextlib import contextmanager
 from datetime import timedelta
+from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
@@ -22,11 +25,10 @@ from django.db.models import Max, OuterRef, Subquery
 from django.utils import timezone
 
 from services import registry
-from services.models import ServiceLease, ServicePass
+from services.beat import PERIODIC_TASK_PREFIX, periodic_task_name
+from services.models import ServiceLease, ServicePass, ServiceSchedule
 
 logger = logging.getLogger(__name__)
-
-PERIODIC_TASK_PREFIX = "service: "
 
 
 def _config(key):
@@ -44,16 +46,21 @@ def _advisory_lock(name):
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
         acquired = cursor.fetchone()[0]
+    session = connection.connection  # the server session that holds the lock
     try:
         yield acquired
     finally:
-        if acquired:
+        if acquired and connection.connection is session:
             try:
                 with connection.cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
             except DatabaseError:
                 # The connection died with the pass; the server already freed its locks.
                 logger.warning("Could not release the lock of %s; the connection is gone.", name)
+        elif acquired:
+            # The session that held the lock was closed (a broken connection is replaced before
+            # the ledger row is written): the server freed the lock with it.
+            logger.info("The lock of %s went with its closed connection.", name)
 
 
 @contextmanager
@@ -97,6 +104,28 @@ def _emit_failure_events(name, now, message):
     )
 
 
+def _replace_broken_connection():
+    """Close the connection if the failed pass broke it (server restart, pg_terminate_backend, a
+    network cut), so that the next query opens a fresh one. Inside a caller's transaction the
+    connection is the caller's to handle."""
+    if connection.in_atomic_block or connection.connection is None or not connection.errors_occurred:
+        return
+    if not connection.is_usable():
+        connection.close()
+
+
+def _record_failure(name, now, duration_ms, trace, message):
+    """The failed pass's ledger row and events, on a working connection when there is one."""
+    try:
+        _replace_broken_connection()
+        ServicePass.objects.create(service=name, started=now, duration_ms=duration_ms, ok=False, error=trace)
+        _emit_failure_events(name, now, message)
+    except DatabaseError:
+        # The database is unreachable: the log above is all there is; the next pass tries again.
+        logger.exception("Could not record the failed pass of %s", name)
+        _replace_broken_connection()
+
+
 def run(name, now=None):
     """Run one pass of service `name` through its lock; returns its summary, or why it did not run."""
     service = registry.get(name)
@@ -110,10 +139,8 @@ def run(name, now=None):
             summary = service.run_once(now)
         except Exception as exc:
             duration_ms = int((time.perf_counter() - started) * 1000)
-            trace = traceback.format_exc()
             logger.exception("Service %s failed after %d ms", name, duration_ms)
-            ServicePass.objects.create(service=name, started=now, duration_ms=duration_ms, ok=False, error=trace)
-            _emit_failure_events(name, now, f"{type(exc).__name__}: {exc}")
+            _record_failure(name, now, duration_ms, traceback.format_exc(), f"{type(exc).__name__}: {exc}")
             return {"error": f"{type(exc).__name__}: {exc}"}
         duration_ms = int((time.perf_counter() - started) * 1000)
         summary = summary if isinstance(summary, dict) else {}
@@ -125,29 +152,76 @@ def run(name, now=None):
 
 
 def intervals(services):
-    """Seconds between passes per service name: the PeriodicTask's interval if any, else the default."""
+    """Seconds between passes per service name (from settings), and whether its beat row is enabled.
+
+    The interval's one source is the environment (services/beat.py copies it into beat's rows);
+    `enabled` is the admin's switch on the PeriodicTask row (no row yet: enabled).
+    """
     from django_celery_beat.models import PeriodicTask
 
     seconds = {name: service.interval_seconds for name, service in services.items()}
     enabled = dict.fromkeys(services, True)
-    per_period = {"days": 86400, "hours": 3600, "minutes": 60, "seconds": 1, "microseconds": 1e-6}
-    tasks = PeriodicTask.objects.filter(name__in=[PERIODIC_TASK_PREFIX + n for n in services]).select_related("interval")
-    for task in tasks:
-        name = task.name[len(PERIODIC_TASK_PREFIX):]
-        enabled[name] = task.enabled
-        if task.interval is not None:
-            seconds[name] = max(1, int(task.interval.every * per_period.get(task.interval.period, 1)))
+    rows = PeriodicTask.objects.filter(name__in=[periodic_task_name(n) for n in services])
+    for task_name, is_enabled in rows.values_list("name", "enabled"):
+        enabled[task_name[len(PERIODIC_TASK_PREFIX):]] = is_enabled
     return seconds, enabled
 
 
-def health_report(now):
-    """Per service: healthy, last success, last error (its last line) and when, interval seconds.
+def _duration(delta):
+    """A duration in the unit a person would say: 45 s, 35 min, 3 h 5 min, 2 days."""
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} days"
 
-    A service is unhealthy when it has not succeeded within TOWEL_UNHEALTHY_INTERVALS (3) of its
-    intervals. A service whose PeriodicTask an admin disabled is reported but not judged.
+
+def _moment(at, now):
+    """A time in UTC, with its date unless it is today's."""
+    at, now = at.astimezone(dt_timezone.utc), now.astimezone(dt_timezone.utc)
+    return f"{at:%H:%M:%S} UTC" if at.date() == now.date() else f"{at:%Y-%m-%d %H:%M} UTC"
+
+
+def _verdict(now, interval, enabled, last_success, expected_since):
+    """(healthy, reason, due_by) of one service; due_by is when it is overdue without a success.
+
+    The clock starts at its last success, or before any at when beat was first expected to run it
+    (services/beat.py records that): a service is healthy until it is overdue, i.e. until
+    TOWEL_UNHEALTHY_INTERVALS (3) of its intervals pass without a success.
+    """
+    if not enabled:
+        return True, "disabled in the admin (Periodic tasks); not judged", None
+    since = last_success or expected_since
+    if since is None:
+        return False, "never scheduled: no beat start or migrate has recorded it yet", None
+    window = timedelta(seconds=interval * _config("TOWEL_UNHEALTHY_INTERVALS"))
+    due_by = since + window
+    if now <= due_by:
+        if last_success is None:
+            return True, f"waiting for its first pass, due by {_moment(due_by, now)}", due_by
+        return True, f"last success {_duration(now - last_success)} ago", due_by
+    every = f"expected every {_duration(timedelta(seconds=interval))}"
+    if last_success is None:
+        return False, (f"no success since it was expected at {_moment(expected_since, now)} "
+                       f"({_duration(now - expected_since)} ago; {every})"), due_by
+    return False, f"no success for {_duration(now - last_success)} ({every})", due_by
+
+
+def health_report(now):
+    """Per service: healthy and why, when it is due by, last success, last error (its last line)
+    and when, interval seconds.
+
+    A service is unhealthy once it is overdue: no success within TOWEL_UNHEALTHY_INTERVALS (3) of
+    its intervals of its last success or, before its first, of when beat was first expected to run
+    it. A service whose PeriodicTask an admin disabled is reported but not judged. `now` is a
+    parameter: the verdict is a function of the ledger and the time.
     """
     services = registry.all_services()
     seconds, enabled = intervals(services)
+    expected = dict(ServiceSchedule.objects.filter(service__in=services).values_list("service", "expected_since"))
     successes = dict(ServicePass.objects.filter(ok=True, service__in=services).values("service")
                      .annotate(last=Max("started")).values_list("service", "last"))
     latest_failure = (ServicePass.objects.filter(ok=False, service=OuterRef("service"))
@@ -158,12 +232,14 @@ def health_report(now):
     for name in services:
         last_success = successes.get(name)
         failure = failures.get(name)
-        window = timedelta(seconds=seconds[name] * _config("TOWEL_UNHEALTHY_INTERVALS"))
-        healthy = not enabled[name] or (last_success is not None and last_success >= now - window)
+        healthy, reason, due_by = _verdict(now, seconds[name], enabled[name], last_success, expected.get(name))
         last_line = failure.error.strip().splitlines()[-1] if failure and failure.error.strip() else None
         report[name] = {
             "healthy": healthy,
+            "reason": reason,
             "enabled": enabled[name],
+            "due_by": due_by.isoformat() if due_by else None,
+            "expected_since": expected[name].isoformat() if name in expected else None,
             "last_success": last_success.isoformat() if last_success else None,
             "last_error": last_line,
             "last_error_at": failure.started.isoformat() if failure else None,

@@ -2,14 +2,17 @@
 
 Task runs get the ZOMBIE_KILLER_THRESHOLD_SECONDS threshold (10 min; 2 min in the fast profile).
 Flow runs get a longer one (ZOMBIE_KILLER_FLOW_RUN_THRESHOLD_SECONDS) so that Lazarus, which
-re-runs a flow whose node died, acts first; the crash verdict is the backstop.
+re-runs a flow whose node died, acts first; the crash verdict is the backstop. A flow run whose
+task runs still beat is alive, whatever its own heartbeat says.
 """
+
+from datetime import timedelta
 
 from django.conf import settings
 
 from runs.models import Actor, FlowRun, Log, LogLevel, State, TaskRun
 from runs.states import transition_flow_runs, transition_task_runs
-from services.liveness import silent_flow_run_ids, silent_task_run_ids
+from services.liveness import silent_flow_run_ids, silent_task_run_ids, task_runs_beating_since
 from services.registry import register
 
 TASK_RUN_MESSAGE = 'Marked "Failed" by a Zombie Killer process'
@@ -24,7 +27,7 @@ def _flow_run_message(threshold):
     return f'Marked "Crashed" by a Zombie Killer process: no sign of life for over {threshold} s.'
 
 
-@register("zombie-killer", interval_seconds=settings.ORCHESTRATOR["ZOMBIE_KILLER_LOOP_SECONDS"],
+@register("zombie-killer", interval_setting="ZOMBIE_KILLER_LOOP_SECONDS",
           description="Fails task runs and crashes flow runs whose heartbeat stopped.")
 def run_once(now):
     """Fail silent RUNNING task runs, crash silent RUNNING flow runs; returns how many of each."""
@@ -45,8 +48,10 @@ def run_once(now):
     flow_ids = silent_flow_run_ids(running_flows, now, flow_threshold, batch)
     crashed = []
     if flow_ids:
+        # A task run's heartbeat is the flow run's sign of life too: one that arrived meanwhile saves it.
+        beating = task_runs_beating_since(now - timedelta(seconds=flow_threshold))
         crashed = transition_flow_runs(
-            running_flows.filter(pk__in=flow_ids), State.CRASHED, actor=Actor.ZOMBIE_KILLER,
+            running_flows.filter(pk__in=flow_ids).exclude(beating), State.CRASHED, actor=Actor.ZOMBIE_KILLER,
             message=_flow_run_message(flow_threshold), now=now,
         )
 

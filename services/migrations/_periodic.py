@@ -1,4 +1,8 @@
-"""Helpers for the data migrations that give each service its PeriodicTask row.
+"""Helpers for the data migrations that first gave each service its PeriodicTask row.
+
+Kept for the migrations that use them. The rows' intervals are no longer theirs to set:
+services/beat.py applies each service's interval from the environment after every `migrate` and
+on every beat start.
 
 Files starting with an underscore are not migrations; Django's loader skips them.
 """
@@ -11,7 +15,7 @@ TASK = "services.run_service"
 def periodic_task_adder(services):
     """A RunPython forward function creating one PeriodicTask per (name, seconds) in `services`.
 
-    Existing rows are left as they are, so an admin's changed interval or disabled task survives.
+    Existing rows are left as they are, so an admin's disabled task survives.
     """
 
     def forward(apps, schema_editor):

@@ -81,6 +81,19 @@ def test_overview_says_when_towel_has_no_report_or_shows_its_verdicts(as_operato
     assert "unhealthy" in page.content.decode() and "boom" in page.content.decode()
 
 
+def test_overview_says_why_each_service_is_healthy_or_not(as_operator):
+    from services.beat import apply_service_intervals
+    from services.models import ServiceSchedule
+
+    apply_service_intervals()
+    ServiceSchedule.objects.update(expected_since=timezone.now())  # a fresh install: nothing ran yet
+    html = as_operator.get("/dashboard/").content.decode()
+    assert "waiting for its first pass, due by" in html and "unhealthy" not in html
+    ServiceSchedule.objects.update(expected_since=timezone.now() - timedelta(hours=1))
+    html = as_operator.get("/dashboard/").content.decode()
+    assert "unhealthy" in html and "no success since it was expected at" in html
+
+
 def test_other_workspaces_runs_are_not_shown(as_operator, other_ws):
     hidden = factories.flow_run(factories.flow(other_ws), State.LATE, scheduled_start=timezone.now())
     assert as_operator.get("/dashboard/").context["late_total"] == 0

@@ -36,7 +36,7 @@ def paused_schedule_flow(ws):
 @pytest.fixture
 def postgres_only():
     if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL (row locks, SKIP LOCKED); CI runs it there")
+        pytest.skip("needs PostgreSQL (row locks, SKIP LOCKED, advisory locks, killing a session); CI runs it there")
 
 
 def history(run, task_run=None):

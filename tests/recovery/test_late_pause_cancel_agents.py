@@ -1,5 +1,7 @@
 """mark-late-runs, fail-expired-pauses, cancellation-cleanup and agent-monitor: what they change, what they leave."""
 
+from datetime import timedelta
+
 import pytest
 
 from runs.models import Actor, AgentStatus, Event, FlowRun, State
@@ -82,6 +84,21 @@ def test_cancelling_run_whose_agent_is_gone_becomes_cancelled(flow, ws, ago, now
     abandoned.refresh_from_db(), abandoned_task.refresh_from_db(), in_progress.refresh_from_db()
     assert (abandoned.state, abandoned_task.state, in_progress.state) == (
         State.CANCELLED, State.CANCELLED, State.CANCELLING)
+
+
+def test_cancelling_run_whose_task_runs_still_beat_is_not_abandoned(flow, ago, now):
+    # Its own heartbeat stopped an hour ago, but its task run beat a minute ago: its agent is
+    # still there, finishing the cancellation.
+    run = factories.flow_run(flow, State.CANCELLING, heartbeat_interval=30, last_heartbeat=ago(3600),
+                             start_time=ago(7200), state_changed=ago(3600))
+    factories.task_run(run, State.RUNNING, last_heartbeat=ago(60))
+    assert cancellation_cleanup.run_once(now)["cancelling_runs_cancelled"] == 0
+    run.refresh_from_db()
+    assert run.state == State.CANCELLING
+    # Nothing beats any more: past the 300 s threshold the cancellation is finished for it.
+    assert cancellation_cleanup.run_once(now + timedelta(seconds=300))["cancelling_runs_cancelled"] == 1
+    run.refresh_from_db()
+    assert run.state == State.CANCELLED
 
 
 # --- agent-monitor ---------------------------------------------------------------------------

@@ -1,13 +1,17 @@
 """Towel: one ledger row per pass, overlapping passes skip, failures are visible, health is judged."""
 
-from datetime import timedelta
+import dataclasses
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 import pytest
+from django.db import ProgrammingError
 from django_celery_beat.models import PeriodicTask
 
 from runs.models import Event
 from services import registry, towel
-from services.models import ServiceLease, ServicePass
+from services.beat import apply_service_intervals
+from services.models import ServiceLease, ServicePass, ServiceSchedule
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -26,8 +30,7 @@ def break_service(monkeypatch):
 
     def make():
         service = registry.get("mark-late-runs")
-        monkeypatch.setitem(registry._SERVICES, "mark-late-runs", registry.Service(
-            service.name, _explode, service.interval_seconds, service.description))
+        monkeypatch.setitem(registry._SERVICES, "mark-late-runs", dataclasses.replace(service, run_once=_explode))
 
     return make
 
@@ -85,28 +88,120 @@ def test_health_is_lost_after_three_intervals_without_success(break_service, now
     break_service()
     towel.run("mark-late-runs", later)  # this one fails
     report = towel.health_report(now + timedelta(seconds=16))["mark-late-runs"]
-    assert report == {"healthy": False, "enabled": True, "last_success": now.isoformat(),
+    assert report == {"healthy": False, "reason": "no success for 16 s (expected every 5 s)", "enabled": True,
+                      "due_by": (now + timedelta(seconds=15)).isoformat(),
+                      "expected_since": report["expected_since"], "last_success": now.isoformat(),
                       "last_error": "RuntimeError: the database went away", "last_error_at": later.isoformat(),
                       "interval_seconds": 5}
 
 
-def test_health_uses_the_admins_interval_and_ignores_disabled_services(now, periodic_tasks):
-    task = PeriodicTask.objects.select_related("interval").get(name="service: lazarus")
-    task.interval.every = 3600
-    task.interval.save()
+@pytest.fixture
+def fresh_install(db):
+    """fresh_install(at) -> beat's rows as a first `migrate` or beat start at `at` leaves them, no ledger."""
+
+    def install(at):
+        PeriodicTask.objects.filter(name__startswith="service: ").delete()
+        ServiceSchedule.objects.all().delete()
+        ServicePass.objects.all().delete()
+        apply_service_intervals(at)
+
+    return install
+
+
+T0 = datetime(2026, 11, 29, 10, 0, tzinfo=dt_timezone.utc)
+
+
+def test_a_fresh_install_is_healthy_until_a_service_is_overdue(fresh_install):
+    fresh_install(T0)
+    # Every service is healthy until the first is overdue: mark-late-runs, every 5 s, after 15 s.
+    report = towel.health_report(T0 + timedelta(seconds=15))
+    assert [name for name, service in report.items() if not service["healthy"]] == []
+    assert [name for name, service in towel.health_report(T0 + timedelta(seconds=16)).items()
+            if not service["healthy"]] == ["mark-late-runs"]
+    # Lazarus runs every 10 min: beat's first pass comes 10 min after it starts; overdue after 3 intervals.
+    report = towel.health_report(T0 + timedelta(minutes=10))
+    assert report["lazarus"] | {"interval_seconds": 600} == {
+        "healthy": True, "reason": "waiting for its first pass, due by 10:30:00 UTC", "enabled": True,
+        "due_by": "2026-11-29T10:30:00+00:00", "expected_since": T0.isoformat(), "last_success": None,
+        "last_error": None, "last_error_at": None, "interval_seconds": 600}
+    assert towel.health_report(T0 + timedelta(minutes=30))["lazarus"]["healthy"] is True
+    overdue = towel.health_report(T0 + timedelta(minutes=30, seconds=1))
+    assert (overdue["lazarus"]["healthy"], overdue["lazarus"]["reason"]) == (
+        False, "no success since it was expected at 10:00:00 UTC (30 min ago; expected every 10 min)")
+    # mark-late-runs (every 5 s) has long been overdue by then.
+    assert overdue["mark-late-runs"]["healthy"] is False
+
+
+def test_a_service_that_succeeds_on_a_fresh_install_stays_healthy(fresh_install):
+    fresh_install(T0)
+    towel.run("lazarus", T0 + timedelta(minutes=10))
+    report = towel.health_report(T0 + timedelta(minutes=39))["lazarus"]
+    assert (report["healthy"], report["reason"], report["due_by"]) == (
+        True, "last success 29 min ago", "2026-11-29T10:40:00+00:00")
+
+
+def test_restarting_beat_does_not_make_a_service_that_never_succeeded_look_new(fresh_install):
+    fresh_install(T0)
+    # A beat restarting in a loop re-applies its intervals each time; the first expectation stands.
+    apply_service_intervals(T0 + timedelta(minutes=25))
+    assert towel.health_report(T0 + timedelta(minutes=31))["lazarus"]["healthy"] is False
+
+
+def test_a_stopped_beat_shows_as_unhealthy_services_once_their_windows_pass(fresh_install):
+    fresh_install(T0 - timedelta(days=1))
+    for name in registry.all_services():
+        assert "error" not in towel.run(name, T0)
+    # Beat stops here: nothing runs any more.
+    report = towel.health_report(T0 + timedelta(minutes=29))
+    assert (report["lazarus"]["healthy"], report["lazarus"]["reason"]) == (True, "last success 29 min ago")
+    assert (report["zombie-killer"]["healthy"], report["zombie-killer"]["reason"]) == (
+        False, "no success for 29 min (expected every 60 s)")
+    later = towel.health_report(T0 + timedelta(minutes=31))
+    assert [name for name, service in later.items() if service["healthy"]] == []
+
+
+def test_health_reads_intervals_from_the_environment_and_ignores_disabled_services(now, settings, periodic_tasks):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "LAZARUS_LOOP_SECONDS": 3600}
     PeriodicTask.objects.filter(name="service: agent-monitor").update(enabled=False)
     towel.run("lazarus", now)
     report = towel.health_report(now + timedelta(hours=2))
     assert report["lazarus"]["healthy"] and report["lazarus"]["interval_seconds"] == 3600
-    assert report["agent-monitor"] == {"healthy": True, "enabled": False, "last_success": None, "last_error": None,
-                                       "last_error_at": None, "interval_seconds": 30}
-    assert report["zombie-killer"]["healthy"] is False  # never succeeded
+    assert report["agent-monitor"] | {"expected_since": None} == {
+        "healthy": True, "reason": "disabled in the admin (Periodic tasks); not judged", "enabled": False,
+        "due_by": None, "expected_since": None, "last_success": None, "last_error": None, "last_error_at": None,
+        "interval_seconds": 30}
 
 
-def test_healthz_shows_service_health_without_failing_on_it(client):
+def test_a_service_no_beat_start_or_migrate_recorded_is_unhealthy(now):
+    ServiceSchedule.objects.filter(service="lazarus").delete()
+    report = towel.health_report(now)["lazarus"]
+    assert (report["healthy"], report["reason"]) == (
+        False, "never scheduled: no beat start or migrate has recorded it yet")
+
+
+def test_healthz_says_why_a_service_is_healthy_or_not_without_failing_on_it(client, fresh_install):
+    fresh_install(towel.timezone.now())
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.json()["services"]["zombie-killer"]["healthy"] is False
+    lazarus = response.json()["services"]["lazarus"]
+    assert lazarus["healthy"] is True and lazarus["reason"].startswith("waiting for its first pass, due by ")
+    ServiceSchedule.objects.update(expected_since=towel.timezone.now() - timedelta(minutes=45))
+    response = client.get("/healthz")
+    lazarus = response.json()["services"]["lazarus"]
+    assert response.status_code == 200 and lazarus["healthy"] is False
+    assert lazarus["reason"].startswith("no success since it was expected at ")
+    assert lazarus["reason"].endswith("(45 min ago; expected every 10 min)")
+
+
+def test_healthz_still_answers_when_the_health_report_fails(client, monkeypatch):
+    def before_migrate(now):  # a new release's web process whose `migrate` has not run yet
+        raise ProgrammingError('relation "services_serviceschedule" does not exist')
+
+    monkeypatch.setattr(towel, "health_report", before_migrate)
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json()["services"] == {
+        "error": 'the health report failed: relation "services_serviceschedule" does not exist'}
 
 
 def test_old_ledger_rows_are_pruned(now):

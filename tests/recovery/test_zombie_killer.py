@@ -1,5 +1,7 @@
 """The Zombie Killer fails silent task runs and crashes silent flow runs, and nothing else."""
 
+from datetime import timedelta
+
 import pytest
 
 from runs.models import Actor, Event, Log, State
@@ -74,13 +76,43 @@ def test_heartbeats_off_judged_by_the_agents_heartbeat(running, ws, now, ago):
 
 
 def test_flow_run_silent_past_its_threshold_is_crashed(running, now, ago):
-    crashed, _ = running(task_beat=ago(10), last_heartbeat=ago(31 * 60))
+    crashed, _ = running(task_beat=ago(31 * 60), last_heartbeat=ago(31 * 60))
     quiet, _ = running(task_beat=ago(10), last_heartbeat=ago(11 * 60))
-    assert zombie_killer.run_once(now) == {"task_runs_failed": 0, "flow_runs_crashed": 1}
+    assert zombie_killer.run_once(now) == {"task_runs_failed": 1, "flow_runs_crashed": 1}
     crashed.refresh_from_db(), quiet.refresh_from_db()
     assert (crashed.state, quiet.state) == (State.CRASHED, State.RUNNING)
     assert history(crashed)[-1][1:3] == (State.CRASHED, Actor.ZOMBIE_KILLER)
     assert Log.objects.filter(flow_run=crashed, task_run__isnull=True, source="zombie-killer").count() == 1
+
+
+def test_flow_run_whose_own_heartbeat_stopped_lives_while_its_task_runs_beat(running, now, ago):
+    # Its own beat is 31 min old (threshold 30 min), but a task run beat a minute ago: it is alive.
+    run, task = running(task_beat=ago(60), last_heartbeat=ago(31 * 60))
+    assert zombie_killer.run_once(now) == {"task_runs_failed": 0, "flow_runs_crashed": 0}
+    run.refresh_from_db(), task.refresh_from_db()
+    assert (run.state, task.state) == (State.RUNNING, State.RUNNING) and not Log.objects.exists()
+    # Then the task run stops beating too: 31 min later both are judged.
+    assert zombie_killer.run_once(now + timedelta(minutes=30)) == {"task_runs_failed": 1, "flow_runs_crashed": 1}
+    run.refresh_from_db()
+    assert run.state == State.CRASHED and history(run)[-1][1:3] == (State.CRASHED, Actor.ZOMBIE_KILLER)
+
+
+def test_a_failed_task_runs_last_beat_still_counts_for_its_flow_run(running, now, ago):
+    # The task run is a zombie (20 min > 10 min) and is failed, but it beat within the flow run's
+    # 30 min: the flow run is left to Lazarus, which acts first, rather than crashed in the same pass.
+    run, _ = running(task_beat=ago(20 * 60), last_heartbeat=ago(40 * 60))
+    assert zombie_killer.run_once(now) == {"task_runs_failed": 1, "flow_runs_crashed": 0}
+    run.refresh_from_db()
+    assert run.state == State.RUNNING
+
+
+def test_a_slow_heartbeat_counts_task_run_beats_within_its_missed_beats(running, now, ago):
+    # Beats every 15 min: 3 missed beats = 45 min. Its own beat is 50 min old, a task run's 40 min.
+    alive, _ = running(task_beat=ago(40 * 60), last_heartbeat=ago(50 * 60), heartbeat_interval=900)
+    dead, _ = running(task_beat=ago(46 * 60), last_heartbeat=ago(50 * 60), heartbeat_interval=900)
+    assert zombie_killer.run_once(now) == {"task_runs_failed": 1, "flow_runs_crashed": 1}
+    alive.refresh_from_db(), dead.refresh_from_db()
+    assert (alive.state, dead.state) == (State.RUNNING, State.CRASHED)
 
 
 def test_terminal_paused_and_paused_schedule_runs_are_left_alone(flow, paused_schedule_flow, now, ago):
@@ -114,6 +146,13 @@ def test_a_pass_costs_the_same_queries_for_2_or_25_zombies(running, now, ago, zo
                                                             django_assert_max_num_queries):
     for _ in range(zombies):
         running(task_beat=ago(3600), last_heartbeat=ago(3600))
-    with django_assert_max_num_queries(20):
+        running(task_beat=ago(60), last_heartbeat=ago(3600))  # alive through its task run's beat
+    with django_assert_max_num_queries(QUERIES_PER_PASS):
         summary = zombie_killer.run_once(now)
     assert summary == {"task_runs_failed": zombies, "flow_runs_crashed": zombies}
+
+
+# Whatever the number of runs: per verdict (task runs, then flow runs) a silent-agent lookup, one
+# candidate query (task runs' beats are judged inside it) and a transition (savepoint, select for
+# update, update, history, events, release); then one insert of the logs.
+QUERIES_PER_PASS = 17
