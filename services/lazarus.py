@@ -45,7 +45,7 @@ def candidates(now):
     return FlowRun.objects.alive().filter(starting | running).filter(~Exists(active_task))
 
 
-@register("lazarus", interval_seconds=settings.ORCHESTRATOR["LAZARUS_LOOP_SECONDS"],
+@register("lazarus", interval_setting="LAZARUS_LOOP_SECONDS",
           description="Reschedules flow runs whose node died; gives up after a number of attempts.")
 def run_once(now):
     """Reschedule (or, past the limit, fail) stuck flow runs; returns how many of each."""

@@ -10,10 +10,6 @@ from typing import Callable
 
 from django.conf import settings
 
-# lazarus.py still passes `interval_seconds=<its setting's value>` (another change is in flight
-# there); until it passes `interval_setting`, its setting is named here.
-_SETTING_OF_OLDER_CALLERS = {"lazarus": "LAZARUS_LOOP_SECONDS"}
-
 
 @dataclass(frozen=True)
 class Service:
@@ -36,18 +32,13 @@ class Service:
 _SERVICES = {}
 
 
-def register(name, interval_setting=None, description="", *, interval_seconds=None):
-    """Decorator for a service's `run_once(now)`; `interval_setting` names its ORCHESTRATOR setting.
-
-    `interval_seconds` (a value, not a source) is accepted only from callers not yet moved to
-    `interval_setting`; their setting must be known above.
-    """
-    setting = interval_setting or _SETTING_OF_OLDER_CALLERS.get(name)
-    if setting is None or setting not in settings.ORCHESTRATOR:
+def register(name, interval_setting, description=""):
+    """Decorator for a service's `run_once(now)`; `interval_setting` names its ORCHESTRATOR setting."""
+    if interval_setting not in settings.ORCHESTRATOR:
         raise ValueError(f"Service {name!r} needs interval_setting, a key of settings.ORCHESTRATOR")
 
     def wrap(run_once):
-        _SERVICES[name] = Service(name, run_once, setting, description)
+        _SERVICES[name] = Service(name, run_once, interval_setting, description)
         return run_once
 
     return wrap
