@@ -223,6 +223,10 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
                           "LOCATION": str(VAR_DIR / "cache")}}
 
+# The largest request body (bytes) the API reads; a larger one is a 413 before it is read. Django's
+# own default, named here because the agents' log batches (AGENT_LOG_BATCH_MAX_BYTES) must fit in it.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("ORCHESTRATOR_API_MAX_BODY_BYTES", 2_621_440)
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "Orchestrator API",
     "DESCRIPTION": "Flows, schedules, runs and the agents that execute them.",
@@ -290,7 +294,14 @@ ORCHESTRATOR = {
     # client address; list/create-run and log endpoints count per API key.
     "THROTTLE_FAILED_AUTH_RATE": os.environ.get("ORCHESTRATOR_THROTTLE_FAILED_AUTH_RATE", "300/minute"),
     "THROTTLE_EXPENSIVE_RATE": os.environ.get("ORCHESTRATOR_THROTTLE_EXPENSIVE_RATE", "6000/minute"),
+    # Request bodies (JSON, and JSON text in form fields) may nest objects and arrays this deep.
+    # Parameters rarely need more than a handful; at most 500, well below Python's recursion limit
+    # (1,000), which json.dumps on the way to the database and back must not reach either.
+    "API_MAX_JSON_DEPTH": env_int("ORCHESTRATOR_API_MAX_JSON_DEPTH", 64),
 }
+
+if not 1 <= ORCHESTRATOR["API_MAX_JSON_DEPTH"] <= 500:
+    raise BadEnvironment(f"ORCHESTRATOR_API_MAX_JSON_DEPTH must be 1..500, got {ORCHESTRATOR['API_MAX_JSON_DEPTH']}")
 
 LOGGING = {
     "version": 1,

@@ -1,5 +1,7 @@
 """One error form everywhere: {"error": {"code", "message", "fields"}}."""
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError
 from django.http import Http404
@@ -32,6 +34,12 @@ def error_body(code, message, fields=None):
     return {"error": {"code": code, "message": message, "fields": fields or {}}}
 
 
+def too_large_body():
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return error_body("payload_too_large", f"The request body is larger than {limit} bytes, the most this server "
+                                           f"reads (ORCHESTRATOR_API_MAX_BODY_BYTES); send less at a time.")
+
+
 def exception_handler(exc, context):
     if isinstance(exc, TransitionError):
         return Response(
@@ -42,6 +50,10 @@ def exception_handler(exc, context):
         exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages})
     if isinstance(exc, IntegrityError):
         exc = exceptions.ValidationError({"non_field_errors": ["This conflicts with an existing object."]})
+    if isinstance(exc, RequestDataTooBig):  # a SuspiciousOperation, but not a suspicious one: 413
+        return Response(too_large_body(), status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+    if isinstance(exc, SuspiciousOperation):  # too many fields or files, and the like
+        return Response(error_body("invalid", f"The request was refused: {exc}"), status=status.HTTP_400_BAD_REQUEST)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
