@@ -106,6 +106,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, so that it sees the views' exceptions first: a lost database is a 503, not a 500.
+    "orchestrator.health.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "orchestrator.urls"
