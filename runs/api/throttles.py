@@ -33,14 +33,15 @@ CACHE_ERRORS = (RedisError, OSError)
 class CounterCacheBreaker:
     """Skips the throttle cache for a while after it failed: a small circuit breaker, per process."""
 
-    def __init__(self):
-        self.skip_until = 0.0  # time.monotonic() before which the cache is not asked
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock  # seconds; a parameter so that tests move time instead of sleeping
+        self.skip_until = 0.0  # clock() before which the cache is not asked
         self.failing = False
         self._lock = threading.Lock()
 
     def call(self, operation, fallback):
         """operation() from the cache, or `fallback` when the cache failed now or recently."""
-        if time.monotonic() < self.skip_until:
+        if self.clock() < self.skip_until:
             return fallback
         try:
             result = operation()
@@ -55,9 +56,9 @@ class CounterCacheBreaker:
     def _trip(self, exc):
         retry = settings.ORCHESTRATOR["CACHE_RETRY_SECONDS"]
         with self._lock:  # concurrent requests failing together log once
-            if time.monotonic() < self.skip_until:
+            if self.clock() < self.skip_until:
                 return
-            self.skip_until = time.monotonic() + retry
+            self.skip_until = self.clock() + retry
             self.failing = True
         logger.warning("The throttle cache (%s) failed: %s: %s. API throttling is off; the cache is tried again "
                        "in %ss.", settings.CACHES["default"]["BACKEND"].rsplit(".", 1)[-1], type(exc).__name__,

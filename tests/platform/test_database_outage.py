@@ -57,6 +57,12 @@ def postgres_only():
 
 @pytest.fixture
 def client_of(live_server, postgres_only):
+    # Persistent connections as in production (DATABASE_CONN_MAX_AGE); the browser tests' fixture
+    # turns them off for the rest of the session.
+    from django.db import connections
+
+    before = connections.settings["default"]["CONN_MAX_AGE"]
+    connections.settings["default"]["CONN_MAX_AGE"] = 60
     opened = []
 
     def make(ws, role=Role.OPERATOR):
@@ -66,6 +72,7 @@ def client_of(live_server, postgres_only):
     yield make
     for keep_alive in opened:  # the server thread closes its database connection with the socket
         keep_alive.http.close()
+    connections.settings["default"]["CONN_MAX_AGE"] = before
 
 
 def assert_database_unavailable(status, headers, body):
