@@ -219,22 +219,17 @@ HOSTILE_QUERY_VALUES = ["9" * 10_000, "-" + "9" * 30, "1e400", "NaN", "-1", "0",
 
 
 @pytest.mark.parametrize("endpoint", READS, ids=[e[0] for e in READS])
-def test_hostile_query_values_are_never_a_5xx(viewer_admin, ws, schema, endpoint):
+def test_hostile_query_values_are_never_a_5xx(admin, ws, schema, endpoint):
     name, method, path, *_ = endpoint
     names = world(ws)
     documented = [p["name"] for p in operation(schema, method, path).get("parameters", []) if p["in"] == "query"]
     base = f"{api_prefix(ws)}/{fill(path.split('?')[0], names)}"
     for parameter in {*documented, "page", "page_size", "limit", "cursor", "offset"}:
         for value in HOSTILE_QUERY_VALUES:
-            response = viewer_admin.get(f"{base}?{quote(parameter)}={quote(value)}")
+            response = admin.get(f"{base}?{quote(parameter)}={quote(value)}")
             assert response.status_code < 500, (parameter, value[:20], response.content[:300])
             if response.status_code >= 400:
                 assert set(response.json()["error"]) == {"code", "message", "fields"}
-
-
-@pytest.fixture
-def viewer_admin(api, ws):
-    return api.as_key(factories.api_key(ws, role=Role.ADMIN)[1])
 
 
 def test_a_huge_page_size_is_capped_not_refused(operator, prefix, ws):
