@@ -2,14 +2,17 @@
 
 It also lists Towel's verdict per service (healthy, and a reason a person can read), which never
 turns the answer into a 503: a stopped beat must not take the web tier out of a load balancer.
+
+Also the answer of every non-API page while the database is unreachable: a 503 with Retry-After
+(DatabaseUnavailableMiddleware), not a 500; the API's own views answer the same in runs/api/errors.py.
 """
 
 import logging
 import os
 
 from django.conf import settings
-from django.db import DatabaseError, connection
-from django.http import JsonResponse
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -52,6 +55,8 @@ def services_status():
 
     try:
         return health_report(timezone.now())
+    except (OperationalError, InterfaceError):
+        raise  # the database itself went away: that is the database's verdict, not the services'
     except DatabaseError as exc:
         logger.exception("The services' health report failed")
         return {"error": f"the health report failed: {str(exc)[:300]}"}
@@ -61,7 +66,37 @@ def services_status():
 @require_GET
 def healthz(request):
     checks = {"database": database_status(), "broker": broker_status()}
-    checks["services"] = services_status() if checks["database"]["ok"] else {}
+    try:
+        checks["services"] = services_status() if checks["database"]["ok"] else {}
+    except (OperationalError, InterfaceError) as exc:  # the database went away between the two checks
+        checks["database"] = {"ok": False, "vendor": connection.vendor, "error": str(exc)[:300]}
+        checks["services"] = {}
     healthy = checks["database"]["ok"] and checks["broker"]["ok"]
     body = {"status": "ok" if healthy else "unavailable", "time": timezone.now().isoformat(), **checks}
     return JsonResponse(body, status=200 if healthy else 503)
+
+
+class DatabaseUnavailableMiddleware:
+    """A view that loses the database (a restart, a failover, a killed connection) answers 503 with
+    Retry-After instead of a 500: JSON in the API's error form under /api/, a line of text
+    elsewhere. Django closes the broken connection when the request ends; the next one reconnects."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        if not isinstance(exception, (OperationalError, InterfaceError)):
+            return None
+        from runs.api.errors import DATABASE_RETRY_AFTER_SECONDS, database_unavailable_body
+
+        logger.warning("Database unavailable, answered 503 for %s: %s", request.path, str(exception).strip()[:300])
+        if request.path.startswith("/api/"):
+            response = JsonResponse(database_unavailable_body(), status=503)
+        else:
+            response = HttpResponse("The database is unreachable right now; try again in a few seconds.\n",
+                                    status=503, content_type="text/plain; charset=utf-8")
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+        return response

@@ -9,6 +9,8 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -33,6 +35,16 @@ def env_int(name, default):
         return int(value)
     except ValueError as exc:
         raise BadEnvironment(f"{name} must be a whole number, got {value!r}") from exc
+
+
+def env_float(name, default):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise BadEnvironment(f"{name} must be a number, got {value!r}") from exc
 
 
 def env_list(name, default):
@@ -94,6 +106,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, so that it sees the views' exceptions first: a lost database is a 503, not a 500.
+    "orchestrator.health.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "orchestrator.urls"
@@ -217,12 +231,23 @@ if DEBUG:
 
 # The cache holds the API throttle counters, so every web process must see the same one: Redis
 # when REDIS_URL is set, else a file cache under var/ that all processes of this host share.
+# redis-py waits 5 s by default to connect and to read: a stopped or frozen Redis would hold every
+# request that long. Counters are O(1) commands, so a small timeout is plenty when Redis is well,
+# and runs/api/throttles.py skips the cache for CACHE_RETRY_SECONDS after a failure, so at most one
+# request per process and interval pays it. No retries: a retry would double the wait.
+CACHE_TIMEOUT_SECONDS = env_float("ORCHESTRATOR_CACHE_TIMEOUT_SECONDS", 0.25)
+REDIS_CACHE_OPTIONS = {"socket_connect_timeout": CACHE_TIMEOUT_SECONDS, "socket_timeout": CACHE_TIMEOUT_SECONDS,
+                       "retry": Retry(NoBackoff(), 0)}
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
-                          "KEY_PREFIX": "orchestrator"}}
+                          "KEY_PREFIX": "orchestrator", "OPTIONS": REDIS_CACHE_OPTIONS}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
                           "LOCATION": str(VAR_DIR / "cache")}}
+
+# The largest request body (bytes) the API reads; a larger one is a 413 before it is read. Django's
+# own default, named here because the agents' log batches (AGENT_LOG_BATCH_MAX_BYTES) must fit in it.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("ORCHESTRATOR_API_MAX_BODY_BYTES", 2_621_440)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Orchestrator API",
@@ -291,7 +316,17 @@ ORCHESTRATOR = {
     # client address; list/create-run and log endpoints count per API key.
     "THROTTLE_FAILED_AUTH_RATE": os.environ.get("ORCHESTRATOR_THROTTLE_FAILED_AUTH_RATE", "300/minute"),
     "THROTTLE_EXPENSIVE_RATE": os.environ.get("ORCHESTRATOR_THROTTLE_EXPENSIVE_RATE", "6000/minute"),
+    # After the cache (Redis) fails, throttling is off and the cache untouched for this many
+    # seconds, then tried again; one warning per interval says so.
+    "CACHE_RETRY_SECONDS": env_float("ORCHESTRATOR_CACHE_RETRY_SECONDS", 5),
+    # Request bodies (JSON, and JSON text in form fields) may nest objects and arrays this deep.
+    # Parameters rarely need more than a handful; at most 500, well below Python's recursion limit
+    # (1,000), which json.dumps on the way to the database and back must not reach either.
+    "API_MAX_JSON_DEPTH": env_int("ORCHESTRATOR_API_MAX_JSON_DEPTH", 64),
 }
+
+if not 1 <= ORCHESTRATOR["API_MAX_JSON_DEPTH"] <= 500:
+    raise BadEnvironment(f"ORCHESTRATOR_API_MAX_JSON_DEPTH must be 1..500, got {ORCHESTRATOR['API_MAX_JSON_DEPTH']}")
 
 LOGGING = {
     "version": 1,

@@ -4,9 +4,10 @@
   operation that sends or returns a serializer shows an example without per-view decorators.
 - Every operation under a workspace can answer with the one error form: bad input (400), no or a
   bad key (401), a role too low (403), an unknown workspace or object (404), throttled (429, with
-  Retry-After), and for a body, an unreadable one (415). `errors_documented` adds those answers
-  to the schema; the rarer ones (409 for a refused transition, 413 for an oversized log batch)
-  are declared by the views that give them.
+  Retry-After), a database that is unreachable for a moment (503, with Retry-After), and for a
+  body, one too large to read (413) or unreadable (415). `errors_documented` adds those answers
+  to the schema; the rarer ones (409 for a refused transition, the log batch's own 413) are
+  declared by the views that give them.
 """
 
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema_serializer
@@ -14,7 +15,7 @@ from rest_framework import serializers
 
 from runs.models import State
 
-from .errors import error_body
+from .errors import database_unavailable_body, error_body, too_large_body
 
 WORKSPACE_PREFIX = "/api/accounts/{account}/workspaces/{workspace}/"
 # Ids the examples share, so that a run's example log line names the run's example id.
@@ -77,10 +78,13 @@ COMMON_ERRORS = {
     "429": ("Too many requests (failed authentications from your address, or an expensive endpoint); "
             "retry after the seconds in Retry-After.",
             error_body("throttled", "Request was throttled. Expected available in 42 seconds.")),
+    "503": ("The database is unreachable for a moment (a restart or failover); retry after the seconds in "
+            "Retry-After. Nothing is wrong with the request.", database_unavailable_body()),
 }
 UNSUPPORTED_MEDIA_TYPE = (
     "The body is not JSON, a form or multipart form data (or cannot be read as its Content-Type says).",
     error_body("unsupported_media_type", 'Unsupported media type "text/plain" in request.'))
+TOO_LARGE = ("The body is larger than the server reads (ORCHESTRATOR_API_MAX_BODY_BYTES).", too_large_body())
 RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying."}}
 
 
@@ -91,7 +95,8 @@ def errors_documented(result, generator, request, public):
             continue
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
-            errors = {**COMMON_ERRORS, "415": UNSUPPORTED_MEDIA_TYPE} if "requestBody" in operation else COMMON_ERRORS
+            errors = {**COMMON_ERRORS, "413": TOO_LARGE, "415": UNSUPPORTED_MEDIA_TYPE} if "requestBody" in operation \
+                else COMMON_ERRORS
             for code, (description, example) in errors.items():
                 if code in responses:
                     continue
@@ -102,6 +107,6 @@ def errors_documented(result, generator, request, public):
                         "examples": {"Example": {"value": example}},
                     }},
                 }
-                if code == "429":
+                if code in ("429", "503"):
                     responses[code]["headers"] = RETRY_AFTER
     return result

@@ -4,14 +4,71 @@ Rates are read from `settings.ORCHESTRATOR` on every request (not frozen at impo
 defaults), so an operator changes them in the environment and a test with `settings`.
 Counters live in Django's cache: Redis when REDIS_URL is set, else a file cache every process
 of the host shares (see CACHES in orchestrator/settings.py).
+
+Throttling fails open (DESIGN: "degrade, don't fail"): when the cache errs, requests are served
+unthrottled rather than refused, and for CACHE_RETRY_SECONDS the cache is not asked at all, so a
+stopped or frozen Redis costs one request per process and interval its connect timeout, not every
+request. One warning per interval says so in the log.
 """
+
+import logging
+import threading
+import time
 
 from django.conf import settings
 from django.core.cache import cache
+from redis.exceptions import RedisError
 from rest_framework import exceptions
 from rest_framework.throttling import SimpleRateThrottle
 
 from runs.models import ApiKey
+
+logger = logging.getLogger(__name__)
+
+# What a cache backend raises when its server is away: redis-py's connection and timeout errors,
+# or the file cache's disk errors.
+CACHE_ERRORS = (RedisError, OSError)
+
+
+class CounterCacheBreaker:
+    """Skips the throttle cache for a while after it failed: a small circuit breaker, per process."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock  # seconds; a parameter so that tests move time instead of sleeping
+        self.skip_until = 0.0  # clock() before which the cache is not asked
+        self.failing = False
+        self._lock = threading.Lock()
+
+    def call(self, operation, fallback):
+        """operation() from the cache, or `fallback` when the cache failed now or recently."""
+        if self.clock() < self.skip_until:
+            return fallback
+        try:
+            result = operation()
+        except CACHE_ERRORS as exc:
+            self._trip(exc)
+            return fallback
+        if self.failing:
+            self.failing = False
+            logger.warning("The throttle cache answers again; API throttling is back on.")
+        return result
+
+    def _trip(self, exc):
+        retry = settings.ORCHESTRATOR["CACHE_RETRY_SECONDS"]
+        with self._lock:  # concurrent requests failing together log once
+            if self.clock() < self.skip_until:
+                return
+            self.skip_until = self.clock() + retry
+            self.failing = True
+        logger.warning("The throttle cache (%s) failed: %s: %s. API throttling is off; the cache is tried again "
+                       "in %ss.", settings.CACHES["default"]["BACKEND"].rsplit(".", 1)[-1], type(exc).__name__,
+                       str(exc)[:200], retry)
+
+    def reset(self):
+        self.skip_until, self.failing = 0.0, False
+
+
+counter_cache = CounterCacheBreaker()
 
 
 def _parse_rate(rate):
@@ -35,7 +92,8 @@ class ExpensiveEndpointThrottle(SimpleRateThrottle):
         actions = getattr(view, "expensive_actions", None)
         if actions is not None and getattr(view, "action", None) not in actions:
             return True
-        return super().allow_request(request, view)
+        count_and_decide = super().allow_request
+        return counter_cache.call(lambda: count_and_decide(request, view), fallback=True)
 
     def get_rate(self):
         return settings.ORCHESTRATOR[self.setting] or None
@@ -63,12 +121,14 @@ class FailedAuthenticationLimiter:
 
     def check(self):
         """Raise Throttled when this address failed too often within the window."""
-        if self.limit and (cache.get(self.cache_key) or 0) >= self.limit:
+        if self.limit and (counter_cache.call(lambda: cache.get(self.cache_key), fallback=None) or 0) >= self.limit:
             raise exceptions.Throttled(wait=self.window, detail="Too many failed authentications from this address.")
 
     def record_failure(self):
-        if not self.limit:
-            return
+        if self.limit:
+            counter_cache.call(self._count_failure, fallback=None)
+
+    def _count_failure(self):
         # add() starts the window only once; incr() after it is atomic on Redis and in locmem.
         cache.add(self.cache_key, 0, timeout=self.window)
         try:
