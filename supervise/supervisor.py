@@ -264,8 +264,10 @@ class Supervisor:
             if pid == 0:
                 return
             proc = self._by_pid.pop(pid, None)
-            if proc is None:
-                continue  # an adopted orphan: reaping it is all we owe it
+            if proc is None:  # an adopted orphan: reaping it is all we owe it, and a line
+                self.say(f"pid {pid} (orphaned by a process that exited) exited with "
+                         f"{describe_exit(os.waitstatus_to_exitcode(status))}")
+                continue
             # We reap for Popen (waitpid(-1) is the only way to also reap orphans), so tell it.
             code = proc.popen.returncode = os.waitstatus_to_exitcode(status)
             # Its group's other members belong to the dead process: ask them to go, and the next

@@ -357,3 +357,11 @@ def test_a_missing_or_empty_procfile_is_an_error_with_exit_code_2(tmp_path, caps
     (tmp_path / "Procfile").write_text("# nothing here\n")
     assert main(["-f", str(tmp_path / "Procfile")]) == 2
     assert "has no process lines" in capsys.readouterr().err
+
+
+def test_every_line_of_the_project_procfile_is_one_program_that_the_supervisor_watches_directly():
+    from honcho.environ import parse_procfile
+
+    processes = parse_procfile((ROOT / "Procfile").read_text()).processes
+    assert list(processes) == ["web", "worker", "beat", "agent"]
+    assert all(shell_argv(command)[2] == f"exec {command}" for command in processes.values())
