@@ -3,7 +3,7 @@
 python procfile_standin.py MODE [NAME|CODE]:
   serve NAME    prints "NAME ready PID" (and a line on stderr), then waits; SIGTERM ends it
   polite NAME   the same, but on SIGTERM prints "NAME got SIGTERM" and exits 0 (SIGINT too, by name)
-  exit CODE     prints a line and exits with CODE at once, like a process whose port is taken
+  exit CODE     prints the time and exits with CODE at once, like a process whose port is taken
   stubborn      ignores SIGTERM and starts a grandchild in its process group that ignores it too
   spawner NAME  starts a "runner" leading its own session, as the agent does for each flow run
 """
@@ -33,7 +33,8 @@ def main(mode, arg=None):
         signal.signal(signal.SIGINT, leave)
         ready(arg)
     elif mode == "exit":
-        print("cannot start: address already in use", flush=True)
+        # Its own clock (CLOCK_MONOTONIC is system-wide): tests measure the waits between starts.
+        print(f"cannot start: address already in use (t={time.monotonic():.4f})", flush=True)
         sys.exit(int(arg))
     elif mode == "stubborn":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited by the grandchild through exec
