@@ -102,7 +102,8 @@ class Running:
 
 @pytest.fixture
 def start(tmp_path):
-    """start(procfile_lines, *args, make=False) -> Running. Whatever a test leaves is killed."""
+    """start({name: stand-in arguments}, *supervisor_args, make=False) -> Running; whatever a test
+    leaves running is killed."""
     started = []
 
     def _start(processes, *args, make=False):
