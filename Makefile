@@ -25,9 +25,10 @@ migrate: $(STAMP)
 seed: migrate
 	$(BIN)/python manage.py seed_demo
 
-# Web (127.0.0.1:8000), Celery worker, beat and a local agent, output prefixed; Ctrl-C stops all.
+# The Procfile's processes (web on 127.0.0.1:8000, Celery worker, beat, a local agent), output
+# prefixed; one that dies is restarted with a growing wait; Ctrl-C stops all (README: make run).
 run: seed
-	$(BIN)/honcho --procfile Procfile start
+	$(BIN)/python -m supervise --procfile Procfile
 
 # The whole suite: against PostgreSQL and Redis when DATABASE_URL / REDIS_URL are set, else SQLite.
 test: $(STAMP)
