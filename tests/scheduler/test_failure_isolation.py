@@ -28,8 +28,8 @@ QUICKLY = 5  # seconds; the budget is 1 s
 BAD_ROWS = [
     pytest.param({"kind": ScheduleKind.CRON, "cron": "0 0 31 2 *"}, id="cron-february-31"),
     pytest.param({"kind": ScheduleKind.RRULE, "rrule": "RRULE:FREQ=SECONDLY;BYSETPOS=2"}, id="rrule-hangs"),
-    pytest.param({"kind": ScheduleKind.RRULE, "rrule": "DTSTART:00010101T000000\nRRULE:FREQ=SECONDLY;COUNT=99999999999"},
-                 id="rrule-count-from-year-1"),
+    pytest.param({"kind": ScheduleKind.RRULE,
+                  "rrule": "DTSTART:00010101T000000\nRRULE:FREQ=SECONDLY;COUNT=99999999999"}, id="rrule-count-from-year-1"),
     pytest.param({"kind": ScheduleKind.RRULE, "rrule": "RRULE:FREQ=MINUTELY;INTERVAL=120;BYHOUR=1"},
                  id="rrule-raises-while-evaluated"),
     pytest.param({"kind": ScheduleKind.CALENDAR, "calendar": {}}, id="calendar-empty"),
