@@ -5,7 +5,9 @@ the admin role in the object's workspace; the run and schedule actions need oper
 """
 
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import Count
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -31,6 +33,7 @@ from runs.models import (
     Workspace,
     role_allows,
 )
+from runs.schedules import ScheduleComputeError
 from runs.states import transition_flow_runs
 
 
@@ -245,14 +248,24 @@ class ScheduleAdmin(WorkspaceScopedAdmin):
             return "Shown once saved."
         try:
             times = schedule.next_fire_times(timezone.now(), 10)
-        except Exception as exc:  # a preview must never break the page
-            return f"Cannot compute: {exc}"
+        except ScheduleComputeError as exc:  # a rule saved before it was validated: the page still opens
+            return f"Cannot compute: {_problems(exc)}"
         zone = schedule.timezone
         return format_html("<br>".join("{}" for _ in times), *[f"{t.astimezone(zone):%a %Y-%m-%d %H:%M:%S %Z}" for t in times])
 
     def save_model(self, request, obj, form, change):
+        # The admin's view runs in a transaction: a rescheduling that fails undoes the save with it.
         super().save_model(request, obj, form, change)
         scheduling.reschedule_after_edit(obj, timezone.now())
+
+    def changeform_view(self, request, *args, **kwargs):
+        # The form validated the rule, so its runs are made almost always; when they cannot be
+        # (it ran past the time budget this time), the transaction is undone and the form shown again.
+        try:
+            return super().changeform_view(request, *args, **kwargs)
+        except ValidationError as exc:  # ScheduleComputeError, from save_model's rescheduling
+            self.message_user(request, f"Not saved: {_problems(exc)}", messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
 
     @admin.action(description="Pause selected schedules (deletes their future runs)", permissions=["operate"])
     def pause(self, request, queryset):
@@ -281,14 +294,27 @@ class ScheduleAdmin(WorkspaceScopedAdmin):
     def resume(self, request, queryset):
         queryset = self.split_by_role(request, queryset)
         now = timezone.now()
-        created = sum(scheduling.resume_schedule(s, now) for s in queryset.select_related("flow"))
-        self.message_user(request, f"Resumed {queryset.count()} schedule(s); created {created} run(s).")
+        resumed, created = 0, 0
+        for schedule in queryset.select_related("flow"):
+            try:
+                created += scheduling.resume_schedule(schedule, now)
+                resumed += 1
+            except ScheduleComputeError as exc:  # it stays paused; the others are resumed
+                self.message_user(request, f"Not resumed {schedule}: {_problems(exc)}", messages.ERROR)
+        self.message_user(request, f"Resumed {resumed} schedule(s); created {created} run(s).")
 
     @admin.action(description="Run selected schedules' flows now", permissions=["operate"])
     def run_now(self, request, queryset):
         runs = [scheduling.create_manual_run(s.flow, user=request.user, schedule=s)[0]
                 for s in self.split_by_role(request, queryset).select_related("flow", "work_queue")]
         self.message_user(request, f"Created {len(runs)} run(s).")
+
+
+def _problems(error):
+    """A ValidationError's messages on one line, each after its field."""
+    if not hasattr(error, "error_dict"):
+        return " ".join(error.messages)
+    return "; ".join(f"{field}: {' '.join(problems)}" for field, problems in error.message_dict.items())
 
 
 # --- runs -----------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ The admin, the API, the dashboard and the scheduler service all call these, so a
 behaves the same whichever door it was touched through.
 """
 
+from dataclasses import dataclass
+
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Exists, Max, OuterRef, Q
@@ -20,6 +22,7 @@ from runs.models import (
     WorkQueue,
 )
 from runs.scheduled_runs import ScheduledRunWriter, missed_fire_times
+from runs.schedules import evaluating
 from runs.states import transition_flow_runs
 
 DEFAULT_QUEUE = "default"
@@ -29,6 +32,23 @@ EDIT_RECHECK_LIMIT = 200
 
 def runs_ahead():
     return settings.ORCHESTRATOR["SCHEDULER_RUNS_AHEAD"]
+
+
+@dataclass
+class SkippedSchedule:
+    """A schedule a scheduler pass left out because its fire times could not be computed."""
+
+    schedule: Schedule
+    step: str  # what the pass was doing, in words
+    error: Exception
+
+
+def _skip(failures, schedule, step, exc):
+    """In a scheduler pass (`failures` is its {schedule id: SkippedSchedule}), note `schedule` as
+    skipped; elsewhere (a request saving one schedule) let the error go to the caller."""
+    if failures is None:
+        raise exc
+    failures.setdefault(schedule.pk, SkippedSchedule(schedule, step, exc))
 
 
 def default_queues(workspace_ids):
@@ -46,7 +66,7 @@ def default_queues(workspace_ids):
     return queues
 
 
-def schedule_future_runs(schedules, now, count=None):
+def schedule_future_runs(schedules, now, count=None, failures=None):
     """Make sure each ACTIVE schedule in `schedules` has its next `count` runs; returns how many were made.
 
     Set-based: a fixed number of queries whatever the number of schedules. Safe to run in
@@ -54,6 +74,11 @@ def schedule_future_runs(schedules, now, count=None):
     ignores conflicts means two copies never create the same run twice, and no lock is held
     that a crash could leave behind. Never creates a run in the past, except the missed runs a
     schedule's catch-up setting asks for (see `catch_up_since`).
+
+    A schedule whose times cannot be computed (ScheduleComputeError: its rule fails, or costs more
+    than the time budget) raises, unless `failures` is given (a scheduler pass): then it is
+    recorded there and skipped, and the others get their runs. Schedules already in `failures`
+    are skipped too.
     """
     count = runs_ahead() if count is None else count
     schedules = [s for s in schedules if s.status == ScheduleStatus.ACTIVE]
@@ -72,9 +97,17 @@ def schedule_future_runs(schedules, now, count=None):
     since = catch_up_since([s for s in short if s.catchup_max_runs], now)
     writer = ScheduledRunWriter(now)
     for schedule in short:
-        times = schedule.next_fire_times(now, count)
-        if schedule.catchup_max_runs:
-            times = missed_fire_times(schedule, since[schedule.pk], now, schedule.catchup_max_runs) + times
+        if failures is not None and schedule.pk in failures:
+            continue
+        try:
+            # One time budget for the schedule's next and missed times together.
+            with evaluating(schedule, "its next and missed runs"):
+                times = schedule.next_fire_times(now, count)
+                if schedule.catchup_max_runs:
+                    times = missed_fire_times(schedule, since[schedule.pk], now, schedule.catchup_max_runs) + times
+        except Exception as exc:  # noqa: BLE001 (one schedule never stops a pass for the others)
+            _skip(failures, schedule, "making its next runs", exc)
+            continue
         workspace_id = workspaces[schedule.flow_id]
         writer.add(schedule, workspace_id=workspace_id, flow_version_id=latest.get(schedule.flow_id),
                    work_queue_id=schedule.work_queue_id or queues[workspace_id].id, times=times)
@@ -156,12 +189,14 @@ def delete_runs_of_paused_schedules(now):
     return deleted
 
 
-def delete_stale_runs_of_edited_schedules(schedules, now, edited_since):
+def delete_stale_runs_of_edited_schedules(schedules, now, edited_since, failures=None):
     """Delete future not-started runs that no longer match schedules edited after `edited_since`.
 
     An edit already replaces its stale runs in its own request; this closes the race of a pass
     that read the schedule before the edit and inserted runs of the old definition after it.
-    One query whatever the number of schedules; returns how many runs were deleted.
+    One query whatever the number of schedules; returns how many runs were deleted. A schedule
+    whose times cannot be computed keeps its runs and, given `failures`, is recorded there
+    (see `schedule_future_runs`).
     """
     edited = sorted((s for s in schedules if s.updated >= edited_since), key=lambda s: s.updated, reverse=True)
     # Bounded work per pass, newest edits first: a bulk import of thousands of schedules must not
@@ -169,11 +204,18 @@ def delete_stale_runs_of_edited_schedules(schedules, now, edited_since):
     edited = edited[:EDIT_RECHECK_LIMIT]
     if not edited:
         return 0
-    matching = Q(pk__in=[])
+    matching, checked = Q(pk__in=[]), []
     for schedule in edited:
-        matching |= Q(schedule_id=schedule.pk, schedule_slug=schedule.slug,
-                      scheduled_start__in=schedule.next_fire_times(now, runs_ahead()))
-    stale = FlowRun.objects.filter(schedule_id__in=[s.pk for s in edited]).future_auto_scheduled(now)
+        try:
+            wanted = schedule.next_fire_times(now, runs_ahead())
+        except Exception as exc:  # noqa: BLE001 (one schedule never stops a pass for the others)
+            _skip(failures, schedule, "checking its runs after an edit", exc)
+            continue
+        matching |= Q(schedule_id=schedule.pk, schedule_slug=schedule.slug, scheduled_start__in=wanted)
+        checked.append(schedule.pk)
+    if not checked:
+        return 0
+    stale = FlowRun.objects.filter(schedule_id__in=checked).future_auto_scheduled(now)
     deleted, _ = stale.exclude(matching).delete()
     return deleted
 
@@ -201,11 +243,21 @@ def pause_schedule(schedule, now=None):
 
 
 def resume_schedule(schedule, now=None):
-    """Make `schedule` ACTIVE and create its next runs at once; returns how many were made."""
+    """Make `schedule` ACTIVE and create its next runs at once; returns how many were made.
+
+    One transaction: when its runs cannot be made (ScheduleComputeError, e.g. a rule saved before
+    validation refused it), the schedule stays PAUSED and the error goes to the caller.
+    """
     now = now or timezone.now()
-    Schedule.objects.filter(pk=schedule.pk).update(status=ScheduleStatus.ACTIVE, updated=now)
-    schedule.status = ScheduleStatus.ACTIVE
-    return schedule_future_runs([schedule], now)
+    previous = schedule.status
+    try:
+        with transaction.atomic():
+            Schedule.objects.filter(pk=schedule.pk).update(status=ScheduleStatus.ACTIVE, updated=now)
+            schedule.status = ScheduleStatus.ACTIVE
+            return schedule_future_runs([schedule], now)
+    except BaseException:
+        schedule.status = previous
+        raise
 
 
 def create_manual_run(flow, *, user=None, parameters=None, work_queue=None, scheduled_start=None,
@@ -246,18 +298,21 @@ def reschedule_after_edit(schedule, now=None):
     """After an edit: drop future not-started runs that no longer match, keep the rest, fill the gaps.
 
     Kept runs take the schedule's current parameters and queue. A paused schedule keeps none.
+    One transaction, and the fire times are computed before anything is written: when they cannot
+    be (ScheduleComputeError), nothing changes. Callers that save the schedule first do so in the
+    same transaction (`transaction.atomic()` around both), so the edit is undone with it.
     """
     now = now or timezone.now()
     future = future_runs_to_delete(schedule, now)
-    if schedule.status != ScheduleStatus.ACTIVE:
-        future.delete()
-        return 0
-    wanted = schedule.next_fire_times(now, runs_ahead())
     with transaction.atomic():
+        if schedule.status != ScheduleStatus.ACTIVE:
+            future.delete()
+            return 0
+        wanted = schedule.next_fire_times(now, runs_ahead())
         future.exclude(scheduled_start__in=wanted).delete()
         # A renamed schedule's runs under its old slug no longer belong to it.
         FlowRun.objects.filter(schedule=schedule).exclude(schedule_slug=schedule.slug).future_auto_scheduled(now).delete()
         queue_id = schedule.work_queue_id or default_queues([schedule.flow.workspace_id])[schedule.flow.workspace_id].id
         # Kept runs follow the edit, and a re-created schedule adopts the runs of its slug.
         future.update(parameters=schedule.parameters, work_queue_id=queue_id, schedule=schedule)
-    return schedule_future_runs([schedule], now)
+        return schedule_future_runs([schedule], now)

@@ -7,7 +7,7 @@ from rest_framework import serializers
 from timezone_field.rest_framework import TimeZoneSerializerField
 
 from runs.models import Flow, FlowRun, FlowVersion, Schedule, StateChange, WorkQueue
-from runs.schedules import validate_schedule
+from runs.schedules import ScheduleComputeError, validate_schedule
 
 from .schema import EXAMPLE_RUN_ID, request_example, response_example
 
@@ -79,6 +79,7 @@ SCHEDULE = {
     "description_text": "At 02:00 (Europe/Berlin)",
     "next_runs": [{"utc": "2026-11-24T01:00:00Z", "local": "2026-11-24T02:00:00+01:00"},
                   {"utc": "2026-11-25T01:00:00Z", "local": "2026-11-25T02:00:00+01:00"}],
+    "next_runs_error": None,
 }
 
 
@@ -102,7 +103,11 @@ class ScheduleSerializer(serializers.ModelSerializer):
     parameters = serializers.DictField(required=False, help_text="Parameters of its runs, over the version's defaults.")
     description_text = serializers.SerializerMethodField(help_text="When it fires, in words.")
     next_runs = serializers.SerializerMethodField(
-        help_text="On a single schedule: its next 10 fire times (UTC and local), computed from its definition.")
+        help_text="On a single schedule: its next 10 fire times (UTC and local), computed from its definition; "
+                  "empty when they cannot be computed (see next_runs_error).")
+    next_runs_error = serializers.SerializerMethodField(
+        help_text="On a single schedule whose fire times cannot be computed (a rule saved before it was "
+                  "validated, or too expensive to evaluate): why, naming the field. Otherwise null.")
 
     class Meta:
         model = Schedule
@@ -110,6 +115,7 @@ class ScheduleSerializer(serializers.ModelSerializer):
             "id", "flow", "slug", "description", "kind", "interval_seconds", "anchor", "cron", "rrule",
             "calendar", "timezone", "dst_nonexistent", "dst_ambiguous", "status", "parameters", "work_queue",
             "catchup_max_runs", "only_newest_when_late", "created", "updated", "description_text", "next_runs",
+            "next_runs_error",
         ]
         read_only_fields = ["status", "created", "updated"]
         # Uniqueness of (flow, slug) is checked in validate(), so the error names the slug field.
@@ -119,9 +125,23 @@ class ScheduleSerializer(serializers.ModelSerializer):
         return schedule.describe()
 
     def get_next_runs(self, schedule) -> list[dict] | None:
+        return self._next_runs(schedule)[0]
+
+    def get_next_runs_error(self, schedule) -> str | None:
+        return self._next_runs(schedule)[1]
+
+    def _next_runs(self, schedule):
+        """(next runs, why there are none), computed once per schedule; (None, None) on a list."""
         if not self.context.get("with_next_runs"):
-            return None
-        return self.fire_times_data(schedule, timezone.now(), 10)
+            return None, None
+        cache = self.__dict__.setdefault("_next_runs_cache", {})
+        if schedule.pk not in cache:
+            try:
+                cache[schedule.pk] = self.fire_times_data(schedule, timezone.now(), 10), None
+            except ScheduleComputeError as exc:  # a bad stored rule: the page still answers, saying why
+                cache[schedule.pk] = [], "; ".join(f"{field}: {' '.join(problems)}"
+                                                   for field, problems in exc.message_dict.items())
+        return cache[schedule.pk]
 
     @staticmethod
     def fire_times_data(schedule, after, count):

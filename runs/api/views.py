@@ -1,5 +1,6 @@
 """API views. Each is scoped to the workspace in its URL by WorkspaceRolePermission."""
 
+from django.db import transaction
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import viewsets
@@ -46,13 +47,16 @@ class ScheduleViewSet(WorkspaceScoped, viewsets.ModelViewSet):
         return {**super().get_serializer_context(), "with_next_runs": self.action == "retrieve"}
 
     def perform_create(self, serializer):
-        schedule = serializer.save()
-        # Also adopts the future runs of a deleted schedule that had this slug, instead of duplicating them.
-        reschedule_after_edit(schedule, timezone.now())
+        # One transaction with its runs: when they cannot be made, nothing is saved (a 400 naming the field).
+        with transaction.atomic():
+            schedule = serializer.save()
+            # Also adopts the future runs of a deleted schedule that had this slug, instead of duplicating them.
+            reschedule_after_edit(schedule, timezone.now())
 
     def perform_update(self, serializer):
-        schedule = serializer.save()
-        reschedule_after_edit(schedule, timezone.now())
+        with transaction.atomic():
+            schedule = serializer.save()
+            reschedule_after_edit(schedule, timezone.now())
 
     def perform_destroy(self, schedule):
         delete_schedule(schedule, timezone.now())

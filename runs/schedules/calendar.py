@@ -29,10 +29,12 @@ A calendar rule is a JSON object in `Schedule.calendar`, read as base rule → f
 
 import functools
 import heapq
+import json
 from datetime import date, datetime, time, timedelta
 
 import holidays as holidays_lib
 
+from .bounds import MAX_GAP
 from .dst import collect, start_of_search
 
 WEEKDAYS = ["MO", "TU", "WE", "TH", "FR", "SA", "SU"]
@@ -51,7 +53,8 @@ FILTERS = {"months", "weekdays", "business_days", "not_holidays", "exclude_dates
 ADJUSTMENTS = {"none", "next_business_day", "previous_business_day"}
 # How far an adjustment may move a date: longer runs of holidays than this do not exist.
 MAX_SHIFT = timedelta(days=31)
-SEARCH_YEARS = 30
+# The longest rule accepted, as JSON text: some 1,400 excluded dates.
+MAX_RULE_CHARS = 20_000
 
 
 @functools.lru_cache(maxsize=256)
@@ -71,8 +74,15 @@ class Calendar:
         place = spec.get("holidays") or {}
         self.country = place.get("country")
         self.subdivision = place.get("subdivision")
-        self.filters = spec.get("filters") or []
+        # Excluded dates as a set: a list of thousands, read for every day, would cost millions of comparisons.
+        self.filters = [{**f, "dates": frozenset(f.get("dates") or [])} if f["type"] == "exclude_dates" else f
+                        for f in spec.get("filters") or []]
         self.adjustment = spec.get("adjustment") or "none"
+        # Months no months filter lets through are skipped whole.
+        self.months = None
+        for f in self.filters:
+            if f["type"] == "months":
+                self.months = set(f["months"]) if self.months is None else self.months & set(f["months"])
 
     # --- business days ---------------------------------------------------------------------
     def is_holiday(self, day):
@@ -90,31 +100,33 @@ class Calendar:
         return self.next_business_day(_month_end(year, month), step=-1)
 
     # --- base rule ---------------------------------------------------------------------------
-    def matches_base(self, day):
-        rule = self.rule
-        if rule == "every_day":
-            return True
-        if rule == "business_days":
-            return self.is_business_day(day)
+    def base_days(self, year, month):
+        """The days of `month` of `year` that the base rule picks, ascending."""
+        rule, first, end = self.rule, date(year, month, 1), _month_end(year, month)
+        if rule in ("every_day", "business_days"):
+            days = [first + timedelta(days=i) for i in range(end.day)]
+            return days if rule == "every_day" else [d for d in days if self.is_business_day(d)]
         if rule == "day_of_month":
             wanted = self.base["day"]
-            return day.day == (wanted if wanted > 0 else _month_end(day.year, day.month).day + 1 + wanted)
+            day = wanted if wanted > 0 else end.day + 1 + wanted
+            return [first.replace(day=day)] if 1 <= day <= end.day else []  # a day the month lacks is skipped
         if rule == "nth_weekday":
-            if day.weekday() != WEEKDAYS.index(self.base["weekday"]):
-                return False
-            nth = self.base["nth"]
+            weekday, nth = WEEKDAYS.index(self.base["weekday"]), self.base["nth"]
             if nth > 0:
-                return (day.day - 1) // 7 + 1 == nth
-            return (_month_end(day.year, day.month).day - day.day) // 7 + 1 == -nth
-        if rule == "first_business_day_of_month":
-            return day == self.next_business_day(day.replace(day=1))
-        if rule == "last_business_day_of_month":
-            return day == self.last_business_day_of_month(day.year, day.month)
-        if rule == "last_business_day_of_quarter":
-            return day.month % 3 == 0 and day == self.last_business_day_of_month(day.year, day.month)
-        if rule == "first_business_day_after_quarter_end":
-            return day.month in (1, 4, 7, 10) and day == self.next_business_day(day.replace(day=1))
-        raise ValueError(f"unknown base rule {rule!r}")
+                day = 1 + (weekday - first.weekday()) % 7 + 7 * (nth - 1)
+            else:
+                day = end.day - (end.weekday() - weekday) % 7 + 7 * (nth + 1)
+            return [first.replace(day=day)] if 1 <= day <= end.day else []
+        if rule == "first_business_day_of_month" or (rule == "first_business_day_after_quarter_end"
+                                                     and month in (1, 4, 7, 10)):
+            day = self.next_business_day(first)
+        elif rule == "last_business_day_of_month" or (rule == "last_business_day_of_quarter" and month % 3 == 0):
+            day = self.last_business_day_of_month(year, month)
+        elif rule in BASE_RULES:
+            return []
+        else:
+            raise ValueError(f"unknown base rule {rule!r}")
+        return [day] if (day.year, day.month) == (year, month) else []
 
     def passes_filters(self, day):
         for f in self.filters:
@@ -139,19 +151,29 @@ class Calendar:
         return day
 
     def dates(self, start):
-        """Fire dates from `start` on, ascending, no repeats (adjusted dates are put back in order)."""
-        pending, last = [], None
-        day, end = start - MAX_SHIFT, start + timedelta(days=366 * SEARCH_YEARS)
-        while day < end:
-            if self.matches_base(day) and self.passes_filters(day):
-                heapq.heappush(pending, self.adjust(day))
-            # A date more than MAX_SHIFT behind the base date can no longer be overtaken.
-            while pending and pending[0] < day - MAX_SHIFT:
+        """Fire dates from `start` on, ascending, no repeats (adjusted dates are put back in order).
+
+        Month by month; they end once MAX_GAP passes without one, or with the calendar (year 9999).
+        """
+        pending, last, found_at = [], None, start
+        first = start - MAX_SHIFT
+        year, month = first.year, first.month
+        while True:
+            if self.months is None or month in self.months:
+                for day in self.base_days(year, month):
+                    if day >= first and self.passes_filters(day):
+                        heapq.heappush(pending, self.adjust(day))
+            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+            # A date more than MAX_SHIFT before the next base day can no longer be overtaken.
+            horizon = date(year, month, 1) - MAX_SHIFT if year <= date.max.year else date.max
+            while pending and pending[0] < horizon:
                 ready = heapq.heappop(pending)
                 if ready != last and ready >= start:
+                    found_at = ready
                     yield ready
                 last = ready
-            day += timedelta(days=1)
+            if year > date.max.year or horizon - found_at > MAX_GAP:
+                return
 
     # --- times of day ------------------------------------------------------------------------
     def times_of_day(self):
@@ -186,7 +208,13 @@ def _parse_time(text):
 # --- the kind interface --------------------------------------------------------------------
 
 def validate(schedule, errors):
-    """Name what is wrong with `schedule.calendar`, under the field `calendar`."""
+    """Name what is wrong with `schedule.calendar`, under the field `calendar` (whether it fires is
+    checked by the caller)."""
+    size = len(json.dumps(schedule.calendar))
+    if size > MAX_RULE_CHARS:
+        errors["calendar"] = (f"A calendar rule can be at most {MAX_RULE_CHARS:,} characters of JSON; this one "
+                              f"has {size:,}.")
+        return
     problem = _problem(schedule.calendar)
     if problem:
         errors["calendar"] = problem
@@ -256,8 +284,6 @@ def _problem(spec):  # noqa: C901 (one message per mistake reads best as one lis
             [_parse_time(t) for t in times]
     except (KeyError, TypeError, ValueError):
         return 'Times of day are "HH:MM" or "HH:MM:SS"; a window needs start, end and every_minutes.'
-    if next(Calendar(spec).dates(date(2000, 1, 1)), None) is None:
-        return "This rule never fires."
     return None
 
 

@@ -6,6 +6,7 @@ from croniter import croniter
 from croniter.croniter import CroniterError
 from cron_descriptor import ExpressionDescriptor, Options
 
+from .bounds import MAX_YEARS_WITHOUT_FIRING
 from .dst import collect, start_of_search
 
 
@@ -30,9 +31,13 @@ def validate(schedule, errors):
 
 def next_fire_times(schedule, after, count):
     zone = schedule.timezone
-    iterator = croniter(schedule.cron.strip(), start_of_search(after, zone), second_at_beginning=True)
-    wall_times = iter(lambda: iterator.get_next(datetime), None)
-    return collect(wall_times, zone, after, count, schedule.dst_nonexistent, schedule.dst_ambiguous)
+    # croniter looks at most `max_years_between_matches` years ahead for each next time, jumping
+    # field by field (about 2 ms when nothing matches, as on 31 February). Given explicitly, its
+    # iterator then simply ends instead of raising CroniterBadDateError: the schedule has ended.
+    iterator = croniter(schedule.cron.strip(), start_of_search(after, zone), second_at_beginning=True,
+                        max_years_between_matches=MAX_YEARS_WITHOUT_FIRING)
+    return collect(iterator.all_next(datetime), zone, after, count, schedule.dst_nonexistent,
+                   schedule.dst_ambiguous)
 
 
 def describe(schedule):

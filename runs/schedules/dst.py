@@ -4,6 +4,8 @@ from datetime import timedelta, timezone as dt_timezone
 
 from runs.models import AmbiguousTimePolicy, NonexistentTimePolicy
 
+from .bounds import check
+
 UTC = dt_timezone.utc
 
 
@@ -51,23 +53,41 @@ def collect(naive_times, zone, after, count, nonexistent, ambiguous, max_steps=1
     """The first `count` instants strictly after `after` from increasing local wall times.
 
     Wall times map to instants almost in order; a fall-back overlap can swap neighbours, so a
-    few hours' more wall time is read past the count-th instant before sorting.
+    few hours' more wall time is read past the count-th instant before sorting, when a change of
+    offset lies in those hours. Wall times that datetime cannot hold as an instant (near years 1
+    and 9999) end the schedule there. At most `max_steps` wall times are read.
     """
     found = set()
     reached_at = None
     # Without DST (UTC, Etc/*) wall times are instants in order: stop at the count-th.
     margin = timedelta(0) if is_fixed(zone) else timedelta(hours=3)
-    for step, naive in enumerate(naive_times):
-        if step >= max_steps:
+    naive_times = iter(naive_times)
+    for _ in range(max_steps):
+        check()  # our own loop's share of the time budget, if one is running
+        try:
+            naive = next(naive_times)
+            if reached_at is not None and naive > reached_at + margin:
+                break
+            instants = localize(naive, zone, nonexistent, ambiguous)
+        except StopIteration:
             break
-        if reached_at is not None and naive > reached_at + margin:
-            break
-        for instant in localize(naive, zone, nonexistent, ambiguous):
-            if instant > after:
-                found.add(instant)
+        except OverflowError:
+            break  # past what datetime holds: the schedule has no more times
+        found.update(instant for instant in instants if instant > after)
         if reached_at is None and len(found) >= count:
             reached_at = naive
+            if margin and _same_offset_for(zone, naive, margin):
+                break  # no change of offset ahead: later wall times are later instants
     return sorted(found)[:count]
+
+
+def _same_offset_for(zone, naive, span):
+    """True when `zone` keeps one UTC offset from wall time `naive` through `span` after it."""
+    try:
+        ends = (naive, naive + span)
+        return len({end.replace(tzinfo=zone, fold=fold).utcoffset() for end in ends for fold in (0, 1)}) == 1
+    except OverflowError:
+        return False
 
 
 def local_naive(instant, zone):

@@ -3,12 +3,13 @@
 from datetime import datetime, timedelta
 from itertools import islice
 
+from .bounds import LAST_INSTANT
 from .dst import UTC, collect, local_naive
 
 DAY = 86_400
 MAX_SECONDS = 36_525 * DAY  # 100 years: longer is a typo, and past it timedelta itself overflows
-# The last day datetime can hold is left out: a time there cannot be shown in a zone east of UTC.
-START, END = datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 30, tzinfo=UTC)
+# The first and last days datetime can hold are left out: a time there cannot be shown in every zone.
+START, END = datetime(1, 1, 2, tzinfo=UTC), LAST_INSTANT
 
 
 def validate(schedule, errors):
