@@ -31,14 +31,19 @@ class LogShipper:
 
     The buffer holds at most `capacity` lines: when the server is away longer than that lasts,
     the oldest lines are dropped and a line saying how many is sent once it is back.
+
+    A `journal` (optional) is told each line as it is added (`added(line)`, the line has a `seq`)
+    and, after each batch the server took, the highest `seq` done (`delivered(seq)`).
     """
 
-    def __init__(self, client, *, interval=1.0, capacity=10_000):
+    def __init__(self, client, *, interval=1.0, capacity=10_000, journal=None):
         self.client = client
         self.interval = interval
         self.buffer = collections.deque(maxlen=capacity)
         self.lock = threading.Lock()
         self.dropped = {}
+        self.journal = journal
+        self.seq = 0
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="log-shipper", daemon=True)
 
@@ -46,14 +51,19 @@ class LogShipper:
         self.thread.start()
         return self
 
-    def add(self, flow_run_id, message, *, level=logging.INFO, task_run_id=None):
+    def add(self, flow_run_id, message, *, level=logging.INFO, task_run_id=None, timestamp=None):
         line = {"flow_run_id": flow_run_id, "task_run_id": task_run_id, "level": server_level(level),
-                "message": message[:MAX_MESSAGE_CHARS], "timestamp": datetime.now(timezone.utc).isoformat()}
+                "message": message[:MAX_MESSAGE_CHARS],
+                "timestamp": timestamp or datetime.now(timezone.utc).isoformat()}
         with self.lock:
             if len(self.buffer) == self.buffer.maxlen:
                 oldest = self.buffer[0]["flow_run_id"]
                 self.dropped[oldest] = self.dropped.get(oldest, 0) + 1
+            self.seq += 1
+            line["seq"] = self.seq
             self.buffer.append(line)
+            if self.journal is not None:
+                self.journal.added(line)
 
     def flush(self):
         """Send everything buffered; returns False when the server could not take it."""
@@ -76,6 +86,8 @@ class LogShipper:
                 self._put_back([line for line in lines if id(line) in unsent],
                                {run_id: dropped[run_id] for run_id, note in notes.items() if id(note) in unsent})
                 return False
+            if self.journal is not None and lines:
+                self.journal.delivered(lines[-1]["seq"])
 
     def drain(self, timeout):
         """Flush until everything is sent or `timeout` seconds passed; returns whether it all went."""
@@ -89,7 +101,8 @@ class LogShipper:
     def _send(self, lines):
         """Post `lines`; returns those not sent because the server is away (refused ones are not kept)."""
         try:
-            answer = self.client.post("logs", {"logs": lines})
+            answer = self.client.post("logs", {"logs": [{k: v for k, v in line.items() if k != "seq"}
+                                                        for line in lines]})
         except ApiError as exc:
             if exc.status == 413 and len(lines) > 1:
                 half = len(lines) // 2

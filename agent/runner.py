@@ -2,7 +2,7 @@
 
 The agent passes everything in the environment (ORCHESTRATOR_FLOW_RUN_ID, _ENTRYPOINT,
 _PARAMETERS as JSON, _API_URL, _API_KEY, _HEARTBEAT_MODE, _RUNNER_HEARTBEAT_SECONDS,
-_TASK_RESULT_MAX_BYTES, _AGENT_NAME, _AGENT_PID).
+_TASK_RESULT_MAX_BYTES, _AGENT_NAME, _AGENT_PID, _RUNNER_JOURNAL).
 
 The runner needs its agent only to be started. It sends the flow run's heartbeats, ships its
 own logs (Python logging, and everything written to its fds 1 and 2, by the flow or by processes
@@ -19,6 +19,7 @@ SIGTERM raises FlowRunStopped in the flow's main thread, so its `finally` blocks
 flow run's heartbeat answering CANCELLING.
 """
 
+import collections
 import importlib
 import json
 import logging
@@ -32,6 +33,11 @@ from . import sdk
 from .client import ApiClient, ApiError, ServerUnreachable
 from .heartbeats import STOP_STATES, start_heartbeats
 from .logs import LogShipper
+
+# The journal of log lines in the agent's scratch file: lines, and how far the server has them.
+JOURNAL_LINE_MARKER = "\x1eorchestrator-log "
+JOURNAL_DELIVERED_MARKER = "\x1eorchestrator-delivered "
+JOURNAL_MAX_BYTES = 1024 * 1024  # past this, the file is rewritten with the lines not yet delivered
 
 # Exit codes the agent reads. Anything else (a signal, an interpreter that died) means the runner
 # crashed, and the agent reports the run CRASHED.
@@ -137,6 +143,45 @@ class OutputCapture:
         fd = self.saved.get(2, 2)
         try:
             os.write(fd, (text + "\n").encode(errors="replace"))
+        except OSError:
+            pass
+
+
+class LogJournal:
+    """Every log line also goes to the agent's scratch file (the runner's original stderr) until the
+    server has it, so that when the runner dies before its shipper sent them (SIGKILL, the
+    out-of-memory killer) the agent ships its last lines. The file is rewritten with only the
+    undelivered lines when it grows past JOURNAL_MAX_BYTES."""
+
+    def __init__(self, fd, capacity):
+        self.fd = fd
+        self.lock = threading.Lock()
+        self.pending = collections.deque(maxlen=capacity)  # (seq, encoded line) not delivered yet
+        self.size = 0
+
+    def added(self, line):
+        encoded = (JOURNAL_LINE_MARKER + json.dumps(line) + "\n").encode(errors="replace")
+        with self.lock:
+            self.pending.append((line["seq"], encoded))
+            self._write(encoded)
+
+    def delivered(self, seq):
+        with self.lock:
+            while self.pending and self.pending[0][0] <= seq:
+                self.pending.popleft()
+            if self.size <= JOURNAL_MAX_BYTES:
+                self._write(f"{JOURNAL_DELIVERED_MARKER}{seq}\n".encode())
+                return
+            os.ftruncate(self.fd, 0)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            self.size = 0
+            for _, encoded in self.pending:
+                self._write(encoded)
+
+    def _write(self, data):
+        try:
+            os.write(self.fd, data)
+            self.size += len(data)
         except OSError:
             pass
 
@@ -259,6 +304,8 @@ class Runner:
         logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
         logging.getLogger("urllib3").setLevel(logging.WARNING)
         self.capture.start()
+        if self.env.get("ORCHESTRATOR_RUNNER_JOURNAL") == "1":  # the agent gave it a scratch file for this
+            self.shipper.journal = LogJournal(self.capture.saved[2], self.shipper.buffer.maxlen)
         for name in ("agent.logs", "agent.client"):
             plumbing = logging.getLogger(name)
             plumbing.addHandler(OriginalStreamHandler(self.capture))

@@ -25,7 +25,13 @@ import time
 from .client import ApiError, ServerUnreachable
 from .health import start_health_server
 from .logs import LogShipper
-from .runner import EXIT_AGENT_REPORTS, EXIT_REPORTED, VERDICT_MARKER
+from .runner import (
+    EXIT_AGENT_REPORTS,
+    EXIT_REPORTED,
+    JOURNAL_DELIVERED_MARKER,
+    JOURNAL_LINE_MARKER,
+    VERDICT_MARKER,
+)
 
 log = logging.getLogger("agent")
 
@@ -35,8 +41,9 @@ UNHEALTHY_AFTER_POLLS = 3
 REPORT_RETRY_SECONDS = 600
 # At shutdown, how long a runner may take between SIGTERM and SIGKILL (seconds).
 SHUTDOWN_KILL_SECONDS = 5
-# How much of a runner's own output (what it wrote before or after its capture) the agent reads.
-OUTPUT_TAIL_BYTES = 64 * 1024
+# How much of a runner's scratch file the agent reads when the runner did not report (its journal
+# keeps it under about 1 MiB).
+OUTPUT_TAIL_BYTES = 2 * 1024 * 1024
 
 
 class Execution:
@@ -94,9 +101,10 @@ class Execution:
                "ORCHESTRATOR_RUNNER_HEARTBEAT_SECONDS": str(interval or 0),
                "ORCHESTRATOR_TASK_RESULT_MAX_BYTES": str(agent.task_result_max_bytes),
                "ORCHESTRATOR_AGENT_NAME": agent.name, "ORCHESTRATOR_AGENT_PID": str(os.getpid()),
-               "PYTHONUNBUFFERED": "1"}
-        # The runner reads its own output once it runs; this file gets only what it writes before
-        # (an interpreter that cannot start) or after (its last words), and outlives this agent.
+               "ORCHESTRATOR_RUNNER_JOURNAL": "1", "PYTHONUNBUFFERED": "1"}
+        # The runner reads its own output once it runs. This scratch file, which outlives this agent,
+        # gets what it writes before (an interpreter that cannot start) or after (its last words),
+        # and the journal of its log lines not yet delivered, for when it dies unreported.
         with tempfile.TemporaryFile() as output:
             try:
                 process = subprocess.Popen(
@@ -116,14 +124,37 @@ class Execution:
             if code == EXIT_REPORTED:
                 log.info("Run %s: its runner reported the final state.", self.run_id)
                 return
-            output.seek(max(output.seek(0, os.SEEK_END) - OUTPUT_TAIL_BYTES, 0))
-            lines = output.read().decode(errors="replace").splitlines()
-        verdicts = [line for line in lines if line.startswith(VERDICT_MARKER)]
-        for line in lines[-100:]:
-            if line.strip() and not line.startswith(VERDICT_MARKER):
-                agent.shipper.add(self.run_id, f"[runner] {line}", level=logging.ERROR)
+            start = max(output.seek(0, os.SEEK_END) - OUTPUT_TAIL_BYTES, 0)
+            output.seek(start)
+            # Split on newlines only: str.splitlines() would also split at the markers' record separator.
+            lines = output.read().decode(errors="replace").split("\n")[1 if start else 0:]  # no half line
+        verdict = self._ship_what_the_runner_left(lines)
         agent.shipper.flush()  # a finished run has its logs before its final state
-        self._report(*self._final_state(code, verdicts[-1] if verdicts else None))
+        self._report(*self._final_state(code, verdict))
+
+    def _ship_what_the_runner_left(self, lines):
+        """Ship the journal's undelivered lines and the runner's other output; returns its verdict line."""
+        delivered, journal, output, verdict = 0, [], [], None
+        for line in lines:
+            if line.startswith(JOURNAL_LINE_MARKER):
+                journal.append(line[len(JOURNAL_LINE_MARKER):])
+            elif line.startswith(JOURNAL_DELIVERED_MARKER):
+                delivered = max(delivered, int(line[len(JOURNAL_DELIVERED_MARKER):] or 0))
+            elif line.startswith(VERDICT_MARKER):
+                verdict = line
+            elif line.strip():
+                output.append(line)
+        for encoded in journal:
+            try:
+                record = json.loads(encoded)
+                if record["seq"] > delivered:
+                    self.agent.shipper.add(self.run_id, record["message"], level=record["level"],
+                                           task_run_id=record.get("task_run_id"), timestamp=record.get("timestamp"))
+            except (ValueError, KeyError, TypeError):
+                pass
+        for line in output[-100:]:
+            self.agent.shipper.add(self.run_id, f"[runner] {line}", level=logging.ERROR)
+        return verdict
 
     def _final_state(self, code, verdict):
         """(state, message) for a runner that did not report, from what the agent knows and its exit."""

@@ -115,3 +115,12 @@ def stubborn(marks):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     (Path(marks) / "stubborn").write_text(str(os.getpid()))
     time.sleep(600)
+
+
+@flow
+def killed():
+    """Dies the way the out-of-memory killer ends a process: no chance to report."""
+    logging.getLogger("tests.flows").warning("about to be killed")
+    print("printed just before")
+    time.sleep(0.2)  # the runner reads its pipe in a thread: give it the line (its shipper sends every 1 s)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -187,3 +187,40 @@ def test_custom_logging_levels_are_sent_as_the_servers_nearest_level_below():
     for level in (5, 25, 45, 60):
         shipper.add("run-1", "x", level=level)
     assert [line["level"] for line in shipper.buffer] == [10, 20, 40, 50]
+
+
+def test_the_agent_ships_the_lines_a_dead_runner_had_not_delivered(tmp_path, monkeypatch):
+    from agent import runner as runner_module
+    from agent.worker import Execution
+
+    scratch = (tmp_path / "scratch").open("w+b")
+    batches = []
+    shipper = LogShipper(FakeClient(lambda path, payload: batches.append(payload["logs"])))
+    shipper.journal = runner_module.LogJournal(scratch.fileno(), capacity=100)
+    shipper.add("run-1", "delivered")
+    assert shipper.flush() and [line["message"] for line in batches[0]] == ["delivered"]
+    shipper.add("run-1", "not yet", level=logging.WARNING, task_run_id="task-1")
+    # The runner dies here. Its agent reads the scratch file.
+    scratch.seek(0)
+    lines = scratch.read().decode().split("\n")
+    agent = new_agent(FakeClient(lambda path, payload: None))
+    left = Execution(agent, {"id": "run-1"})._ship_what_the_runner_left(lines + ["Traceback: boom"])
+    assert left is None
+    assert [(line["message"], line["level"], line["task_run_id"]) for line in agent.shipper.buffer] == [
+        ("not yet", 30, "task-1"), ("[runner] Traceback: boom", 40, None)]
+
+
+def test_the_journal_is_rewritten_with_only_undelivered_lines_when_it_grows(tmp_path, monkeypatch):
+    from agent import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "JOURNAL_MAX_BYTES", 2000)
+    scratch = (tmp_path / "scratch").open("w+b")
+    shipper = LogShipper(FakeClient(lambda path, payload: None))
+    shipper.journal = runner_module.LogJournal(scratch.fileno(), capacity=100)
+    for i in range(30):
+        shipper.add("run-1", f"line {i}")
+    shipper.flush()  # all delivered, past the size: the file starts over
+    shipper.add("run-1", "after")
+    assert scratch.seek(0, 2) < 300
+    scratch.seek(0)
+    assert b"line 29" not in scratch.read()

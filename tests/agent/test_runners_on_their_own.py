@@ -187,3 +187,15 @@ def test_an_orphaned_runner_stops_itself_when_its_run_is_cancelled(ws, workspace
     assert run.state_message == "Cancelled: the flow stopped when asked; reported by its runner."
     assert (marks / "cleaned-up").exists()
     assert TaskRun.objects.get(flow_run=run).state == State.CANCELLED
+
+
+def test_a_runner_killed_before_it_could_report_is_reported_crashed_by_its_agent(ws, workspace_url, start_agent,
+                                                                                  operator_key):
+    run = queued_run(ws, "tests.agent.flows:killed")
+    agent = start_agent(workspace_url, operator_key, "faults", "witness")
+    wait_for(lambda: FlowRun.objects.get(pk=run.pk).state == State.CRASHED, timeout=30, what=lambda: story(run, agent))
+    run.refresh_from_db()
+    assert run.state_message == ("The flow's process was killed by SIGKILL (the out-of-memory killer does this) "
+                                 "before it could report.")
+    # Its last lines, which its shipper had not sent: the agent found them in the runner's journal.
+    assert {"tests.flows: about to be killed", "printed just before"} <= set(logs_of(run))
