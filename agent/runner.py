@@ -53,8 +53,8 @@ REPORT_RETRY_SECONDS = 600
 # How often it checks that its agent is still its parent (seconds).
 ORPHAN_CHECK_SECONDS = 1.0
 
-# Why a flow was stopped.
-CANCELLED, HANDED_BACK, SIGNALLED = "cancelled", "handed back", "signalled"
+# Why a flow was stopped. SIGNALLED (a SIGTERM from outside) is settled as CANCELLED or TERMINATED.
+CANCELLED, HANDED_BACK, SIGNALLED, TERMINATED = "cancelled", "handed back", "signalled", "terminated"
 
 log = logging.getLogger("agent.runner")
 
@@ -270,7 +270,7 @@ class Runner:
             if isinstance(answer, dict) and answer.get("state") in STOP_STATES:
                 self.stop_reason = CANCELLED
             else:
-                self.stop_reason = "terminated"
+                self.stop_reason = TERMINATED
         return self.stop_reason
 
     # --- Orphans ----------------------------------------------------------------------------
