@@ -47,6 +47,9 @@ def build_parser():
                        help="most flow runs at once")
     start.add_argument("--grace-seconds", type=float, default=float(_env("ORCHESTRATOR_AGENT_GRACE_SECONDS", 30)),
                        help="on SIGTERM, how long running flows may take to finish")
+    start.add_argument("--cancel-grace-seconds", type=float,
+                       default=float(_env("ORCHESTRATOR_AGENT_CANCEL_GRACE_SECONDS", 30)),
+                       help="a cancelled run's process gets SIGTERM, then SIGKILL after this long")
     start.add_argument("--webserver-host", default=_env("ORCHESTRATOR_AGENT_WEBSERVER_HOST", "127.0.0.1"))
     start.add_argument("--webserver-port", type=int, default=int(_env("ORCHESTRATOR_AGENT_WEBSERVER_PORT", 8080)),
                        help="healthcheck port; 0 picks a free one, -1 turns the server off")
@@ -73,7 +76,8 @@ def main(argv=None):
         ApiClient(args.api, key), api_url=args.api, key=key, name=args.name, queues=queues,
         query_seconds=args.query_seconds, heartbeat_seconds=args.heartbeat_seconds,
         runner_heartbeat_seconds=args.runner_heartbeat_seconds, heartbeat_mode=args.heartbeat_mode,
-        limit=args.limit, grace_seconds=args.grace_seconds, webserver_host=args.webserver_host,
+        limit=args.limit, grace_seconds=args.grace_seconds, cancel_grace_seconds=args.cancel_grace_seconds,
+        webserver_host=args.webserver_host,
         webserver_port=None if args.webserver_port < 0 else args.webserver_port, version=VERSION,
     )
     signal.signal(signal.SIGTERM, agent.stop)

@@ -1,8 +1,10 @@
 """The agent's HTTP client: Bearer key, JSON, retries with backoff while the server is away."""
 
+import email.utils
 import logging
 import random
 import time
+from datetime import datetime, timezone
 
 import requests
 
@@ -11,20 +13,56 @@ log = logging.getLogger("agent.client")
 # Answers that mean "try again later", not "you are wrong".
 RETRYABLE_STATUS = {429, 502, 503, 504}
 MAX_BACKOFF_SECONDS = 30.0
+# A server's Retry-After is honoured up to this long (seconds): a wrong header must not park an agent for a day.
+MAX_RETRY_AFTER_SECONDS = 300.0
 
 
 class ApiError(Exception):
     """The server refused the request (4xx, or 5xx after retries ran out)."""
 
-    def __init__(self, status, body):
+    def __init__(self, status, body, retry_after=None):
         self.status = status
         self.body = body
+        self.retry_after = retry_after
         message = body.get("error", {}).get("message") if isinstance(body, dict) else None
         super().__init__(f"HTTP {status}: {message or body}")
 
 
 class ServerUnreachable(Exception):
-    """The server did not answer within the time the caller was willing to retry."""
+    """The server did not answer within the time the caller was willing to retry.
+
+    `retry_after`: seconds the server asked to wait (429/503 with Retry-After), else None.
+    """
+
+    def __init__(self, message, retry_after=None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(response, now=None):
+    """The wait a 429/503 asks for in Retry-After (seconds or an HTTP date), capped; None without one."""
+    value = response.headers.get("Retry-After") if response.status_code in (429, 503) else None
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def backoff_seconds(delay, retry_after=None):
+    """How long to wait before the next try: the backoff `delay`, or at least `retry_after`, jittered
+    so that a fleet of agents does not retry in step."""
+    if retry_after is not None:
+        return max(retry_after * (1 + 0.2 * random.random()), delay * (0.5 + random.random()))
+    return delay * (0.5 + random.random())
 
 
 class ApiClient:
@@ -53,6 +91,7 @@ class ApiClient:
         deadline = None if retry_for is None else time.monotonic() + retry_for
         delay = 0.5
         while True:
+            retry_after = None
             try:
                 response = self.session.request(method, self.base_url + path, json=payload, timeout=self.timeout)
             except requests.RequestException as exc:
@@ -60,16 +99,21 @@ class ApiClient:
             else:
                 if response.status_code < 400:
                     return response.json() if response.content else None
+                retry_after = retry_after_seconds(response)
                 if response.status_code not in RETRYABLE_STATUS and response.status_code < 500:
-                    raise ApiError(response.status_code, _body(response))
+                    raise ApiError(response.status_code, _body(response), retry_after)
                 problem = f"HTTP {response.status_code}"
                 if deadline is not None and time.monotonic() >= deadline and response.status_code >= 500:
-                    raise ApiError(response.status_code, _body(response))
+                    raise ApiError(response.status_code, _body(response), retry_after)
             if deadline is not None and time.monotonic() >= deadline:
-                raise ServerUnreachable(f"{method} {path}: {problem}")
-            wait = delay * (0.5 + random.random())  # jitter: a fleet of agents must not retry in step
+                raise ServerUnreachable(f"{method} {path}: {problem}", retry_after)
+            wait = backoff_seconds(delay, retry_after)
             if deadline is not None:
-                wait = min(wait, max(deadline - time.monotonic(), 0))
+                left = max(deadline - time.monotonic(), 0)
+                if retry_after is not None and retry_after > left:
+                    # Asking again sooner than the server said would only be refused again.
+                    raise ServerUnreachable(f"{method} {path}: {problem}, retry after {retry_after:g} s", retry_after)
+                wait = min(wait, left)
             log.debug("%s %s failed (%s); retrying in %.1f s", method, path, problem, wait)
             if stop is not None and stop.wait(wait):
                 raise ServerUnreachable(f"{method} {path}: stopped while retrying ({problem})")

@@ -4,32 +4,41 @@
 call (and stops when the run's process dies, which is the point of a heartbeat); `off` sends
 none, and the run is registered with no heartbeat interval so the Zombie Killer judges it only by
 its start time.
+
+A flow run's heartbeat answers with the run's state: when it says the run is being cancelled,
+the sender tells the runner (`on_stop(state)` from the thread; SIGUSR1 from the process).
 """
 
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 
 from .client import ApiClient
 
 MODES = ("thread", "process", "off")
+# States in a flow run heartbeat's answer that mean "stop the flow".
+STOP_STATES = ("CANCELLING", "CANCELLED")
 
 
-def _beat(client, targets):
+def _beat(client, targets, on_stop=None):
     for kind, target_id in targets:
         try:
-            client.post(f"{kind}/{target_id}/heartbeat")
+            answer = client.post(f"{kind}/{target_id}/heartbeat")
         except Exception:  # noqa: BLE001 - a lost beat is retried by the next one
-            pass
+            continue
+        state = answer.get("state") if kind == "flow_runs" and isinstance(answer, dict) else None
+        if state in STOP_STATES and on_stop is not None:
+            on_stop(state)
 
 
 class ThreadHeartbeats:
     """Beats every `interval` seconds from a daemon thread of this process."""
 
-    def __init__(self, client, interval):
-        self.client, self.interval = client, interval
+    def __init__(self, client, interval, on_stop=None):
+        self.client, self.interval, self.on_stop = client, interval, on_stop
         self.targets = set()
         self.lock = threading.Lock()
         self.stopped = threading.Event()
@@ -54,12 +63,22 @@ class ThreadHeartbeats:
         while not self.stopped.wait(self.interval):
             with self.lock:
                 targets = list(self.targets)
-            _beat(self.client, targets)
+            _beat(self.client, targets, self.on_stop)
 
 
 def _process_loop(base_url, key, interval, commands, parent_pid):
+    # Forked from the runner: its handlers (which raise into the flow) are not this process's.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     client = ApiClient(base_url, key)
     targets = set()
+    told = []
+
+    def tell_parent(state):
+        if not told:
+            told.append(state)
+            os.kill(parent_pid, signal.SIGUSR1)
+
     while os.getppid() == parent_pid:
         next_beat = time.monotonic() + interval
         while (left := next_beat - time.monotonic()) > 0:
@@ -70,11 +89,12 @@ def _process_loop(base_url, key, interval, commands, parent_pid):
             if command == "stop":
                 return
             (targets.add if command == "add" else targets.discard)((kind, target_id))
-        _beat(client, list(targets))
+        _beat(client, list(targets), tell_parent)
 
 
 class ProcessHeartbeats:
-    """Beats from a separate process that exits when this one does."""
+    """Beats from a separate process that exits when this one does; it sends this process SIGUSR1
+    when the flow run's heartbeat answers that the run is being cancelled."""
 
     def __init__(self, client, interval, *, base_url, key):
         context = multiprocessing.get_context("fork")
@@ -115,10 +135,14 @@ class NoHeartbeats:
         pass
 
 
-def start_heartbeats(mode, client, interval, *, base_url, key):
-    """Start the heartbeat sender of `mode`; returns an object with track/untrack/stop."""
+def start_heartbeats(mode, client, interval, *, base_url, key, on_stop=None):
+    """Start the heartbeat sender of `mode`; returns an object with track/untrack/stop.
+
+    `on_stop(state)` is called (mode thread) when a flow run's heartbeat answers CANCELLING or
+    CANCELLED; in mode process, this process gets SIGUSR1 instead.
+    """
     if mode == "off" or not interval:
         return NoHeartbeats().start()
     if mode == "process":
         return ProcessHeartbeats(client, interval, base_url=base_url, key=key).start()
-    return ThreadHeartbeats(client, interval).start()
+    return ThreadHeartbeats(client, interval, on_stop).start()

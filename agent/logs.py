@@ -1,8 +1,13 @@
-"""Ships run log lines to the server in batches, from a bounded buffer that survives outages."""
+"""Ships run log lines to the server in batches, from a bounded buffer that survives outages.
+
+The server judges each line on its own: it stores the good ones and says which it refused and
+why, so one bad line never costs its batch; a batch it finds too large (413) is split in halves.
+"""
 
 import collections
 import logging
 import threading
+import time
 from datetime import datetime, timezone
 
 from .client import ApiError
@@ -12,6 +17,13 @@ log = logging.getLogger("agent.logs")
 MAX_MESSAGE_CHARS = 10_000
 BATCH_LINES = 500
 BATCH_BYTES = 256 * 1024  # well under the server's default 1 MiB limit per request
+# The levels the server stores; Python's custom levels (e.g. 25) are sent as the nearest one below.
+SERVER_LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+
+
+def server_level(levelno):
+    """The server's level for a Python logging level number."""
+    return max((level for level in SERVER_LEVELS if level <= levelno), default=logging.DEBUG)
 
 
 class LogShipper:
@@ -19,14 +31,19 @@ class LogShipper:
 
     The buffer holds at most `capacity` lines: when the server is away longer than that lasts,
     the oldest lines are dropped and a line saying how many is sent once it is back.
+
+    A `journal` (optional) is told each line as it is added (`added(line)`, the line has a `seq`)
+    and, after each batch the server took, the highest `seq` done (`delivered(seq)`).
     """
 
-    def __init__(self, client, *, interval=1.0, capacity=10_000):
+    def __init__(self, client, *, interval=1.0, capacity=10_000, journal=None):
         self.client = client
         self.interval = interval
         self.buffer = collections.deque(maxlen=capacity)
         self.lock = threading.Lock()
         self.dropped = {}
+        self.journal = journal
+        self.seq = 0
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="log-shipper", daemon=True)
 
@@ -34,23 +51,29 @@ class LogShipper:
         self.thread.start()
         return self
 
-    def add(self, flow_run_id, message, *, level=logging.INFO, task_run_id=None):
-        line = {"flow_run_id": flow_run_id, "task_run_id": task_run_id, "level": level,
-                "message": message[:MAX_MESSAGE_CHARS], "timestamp": datetime.now(timezone.utc).isoformat()}
+    def add(self, flow_run_id, message, *, level=logging.INFO, task_run_id=None, timestamp=None):
+        line = {"flow_run_id": flow_run_id, "task_run_id": task_run_id, "level": server_level(level),
+                "message": message[:MAX_MESSAGE_CHARS],
+                "timestamp": timestamp or datetime.now(timezone.utc).isoformat()}
         with self.lock:
             if len(self.buffer) == self.buffer.maxlen:
                 oldest = self.buffer[0]["flow_run_id"]
                 self.dropped[oldest] = self.dropped.get(oldest, 0) + 1
+            self.seq += 1
+            line["seq"] = self.seq
             self.buffer.append(line)
+            if self.journal is not None:
+                self.journal.added(line)
 
     def flush(self):
         """Send everything buffered; returns False when the server could not take it."""
         while True:
             with self.lock:
                 dropped, self.dropped = self.dropped, {}
-                notes = [{"flow_run_id": run_id, "task_run_id": None, "level": logging.WARNING,
-                          "message": f"The agent dropped {count} log line(s) of this run while the server was away.",
-                          "timestamp": datetime.now(timezone.utc).isoformat()} for run_id, count in dropped.items()]
+                notes = {run_id: {"flow_run_id": run_id, "task_run_id": None, "level": logging.WARNING,
+                                  "message": f"The agent dropped {count} log line(s) of this run while the server "
+                                             f"was away.", "timestamp": datetime.now(timezone.utc).isoformat()}
+                         for run_id, count in dropped.items()}
                 lines, size = [], 0
                 while self.buffer and len(lines) < BATCH_LINES and size < BATCH_BYTES:
                     line = self.buffer.popleft()
@@ -58,14 +81,44 @@ class LogShipper:
                     lines.append(line)
             if not lines and not notes:
                 return True
-            try:
-                self.client.post("logs", {"logs": notes + lines})
-            except ApiError as exc:
-                # Refused for good (e.g. the run was deleted): keeping it would block the rest.
-                log.warning("The server refused %d log line(s): %s", len(notes) + len(lines), exc)
-            except Exception:  # noqa: BLE001 - server away: put the batch back, try again later
-                self._put_back(lines, dropped)
+            unsent = {id(line) for line in self._send([*notes.values(), *lines])}
+            if unsent:  # server away: put them back, try again later
+                self._put_back([line for line in lines if id(line) in unsent],
+                               {run_id: dropped[run_id] for run_id, note in notes.items() if id(note) in unsent})
                 return False
+            if self.journal is not None and lines:
+                self.journal.delivered(lines[-1]["seq"])
+
+    def drain(self, timeout):
+        """Flush until everything is sent or `timeout` seconds passed; returns whether it all went."""
+        deadline = time.monotonic() + timeout
+        while not self.flush():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(1.0, max(deadline - time.monotonic(), 0)))
+        return True
+
+    def _send(self, lines):
+        """Post `lines`; returns those not sent because the server is away (refused ones are not kept)."""
+        try:
+            answer = self.client.post("logs", {"logs": [{k: v for k, v in line.items() if k != "seq"}
+                                                        for line in lines]})
+        except ApiError as exc:
+            if exc.status == 413 and len(lines) > 1:
+                half = len(lines) // 2
+                unsent = self._send(lines[:half])
+                return unsent + lines[half:] if unsent else self._send(lines[half:])
+            # Refused for good (e.g. the run was deleted): keeping them would block the rest.
+            log.warning("The server refused %d log line(s): %s", len(lines), exc)
+            return []
+        except Exception:  # noqa: BLE001 - server away
+            return lines
+        for refusal in (answer or {}).get("refused") or []:
+            index = refusal.get("index")
+            line = lines[index] if isinstance(index, int) and 0 <= index < len(lines) else {}
+            log.warning("The server refused a log line of run %s (%s): %.200s", line.get("flow_run_id"),
+                        refusal.get("reason"), line.get("message", ""))
+        return []
 
     def _put_back(self, lines, dropped):
         with self.lock:
@@ -77,10 +130,11 @@ class LogShipper:
                 self.dropped[line["flow_run_id"]] = self.dropped.get(line["flow_run_id"], 0) + 1
             self.buffer.extendleft(reversed(kept))
 
-    def stop(self):
+    def stop(self, drain_seconds=0.0):
+        """Stop the shipping thread and send what is left (trying for up to `drain_seconds`)."""
         self.stopped.set()
         self.thread.join(timeout=10)
-        self.flush()
+        return self.drain(drain_seconds)
 
     def _loop(self):
         while not self.stopped.wait(self.interval):

@@ -2,29 +2,54 @@
 
 Under the agent, `agent.runner` binds a RunContext before calling the flow. Each task call
 creates (or finds) its task run, moves it to RUNNING, keeps it in the heartbeats, and ends it
-COMPLETED or FAILED; with `retries=` a failed attempt goes back to SCHEDULED and runs again after
-`retry_delay_seconds`. Tasks run when called, so a task that takes another's result waits for it.
+COMPLETED (with its result, when JSON can hold it) or FAILED; with `retries=` a failed attempt
+goes back to SCHEDULED and runs again after `retry_delay_seconds`. Tasks run when called, so a
+task that takes another's result waits for it.
+
+A task run that COMPLETED in an earlier attempt of the flow run (before Lazarus rescheduled it,
+say) is not run again: the server answers it with its stored result, which the call returns.
 """
 
 import contextvars
 import functools
+import json
 import logging
 import time
 
+from .client import ApiError
+
 _context = None
 _current_task_run = contextvars.ContextVar("current_task_run", default=None)
+log = logging.getLogger("agent.tasks")
 
 # A state report waits this long for a server that is away before the task gives up.
 STATE_REPORT_RETRY_SECONDS = 600
+# The server's ORCHESTRATOR_TASK_RESULT_MAX_BYTES, unless the agent says otherwise.
+DEFAULT_RESULT_MAX_BYTES = 1_048_576
+
+
+class FlowRunStopped(BaseException):
+    """Raised in the flow's main thread when the run is stopped from outside (SIGTERM, a cancellation).
+
+    A BaseException, so that `except Exception` in a flow does not swallow it and its `finally`
+    blocks run.
+    """
 
 
 class RunContext:
-    """What the SDK needs to report: the client, the flow run, the heartbeat sender."""
+    """What the SDK needs to report: the client, the flow run, the heartbeat sender.
 
-    def __init__(self, client, flow_run_id, heartbeats):
+    `why_stopped()` tells a task interrupted by FlowRunStopped how to end: a (state, message)
+    pair for its task run (the runner knows whether the run was cancelled or handed back).
+    """
+
+    def __init__(self, client, flow_run_id, heartbeats, *, result_max_bytes=DEFAULT_RESULT_MAX_BYTES,
+                 why_stopped=None):
         self.client = client
         self.flow_run_id = flow_run_id
         self.heartbeats = heartbeats
+        self.result_max_bytes = result_max_bytes
+        self.why_stopped = why_stopped or (lambda: ("CRASHED", "The flow's process was stopped."))
         self.calls = {}
 
     def next_dynamic_key(self, task_key):
@@ -101,11 +126,19 @@ def _run_reported(ctx, fn, task_key, args, kwargs, retries, delay):
     state_path = f"task_runs/{task_run_id}/state"
     token = _current_task_run.set(task_run_id)
     try:
+        if task_run["state"] == "COMPLETED" and task_run.get("result") is not None:
+            log.info("Task %s completed in an earlier attempt; its result stands.", task_key)
+            return task_run["result"]["value"]
         for attempt in range(retries + 1):
             ctx.report(state_path, {"state": "RUNNING", "message": f"Attempt {attempt + 1} of {retries + 1}."})
             ctx.heartbeats.track("task_runs", task_run_id)
             try:
                 result = fn(*args, **kwargs)
+            except FlowRunStopped:
+                ctx.heartbeats.untrack("task_runs", task_run_id)
+                state, message = ctx.why_stopped()
+                ctx.report(state_path, {"state": state, "message": message})
+                raise
             except Exception as exc:
                 ctx.heartbeats.untrack("task_runs", task_run_id)
                 if attempt < retries:
@@ -116,7 +149,36 @@ def _run_reported(ctx, fn, task_key, args, kwargs, retries, delay):
                 ctx.report(state_path, {"state": "FAILED", "message": f"{type(exc).__name__}: {exc}"[:10000]})
                 raise
             ctx.heartbeats.untrack("task_runs", task_run_id)
-            ctx.report(state_path, {"state": "COMPLETED"})
+            _report_completed(ctx, state_path, task_key, result)
             return result
     finally:
         _current_task_run.reset(token)
+
+
+def _report_completed(ctx, state_path, task_key, result):
+    """COMPLETED, with the result when the server can keep it exactly (else a line in the run's logs)."""
+    try:
+        encoded = json.dumps(result, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        exact = json.loads(encoded) == result  # a tuple comes back a list, {1: 2} as {"1": 2}: not the same
+    except (TypeError, ValueError, RecursionError):
+        exact = False
+    if not exact:
+        log.info("Task %s returned a %s, which JSON cannot hold as it is: its result is not kept, and a later "
+                 "attempt of this flow run would run the task again.", task_key, type(result).__name__)
+        ctx.report(state_path, {"state": "COMPLETED"})
+        return
+    size = len(encoded.encode())
+    if size > ctx.result_max_bytes:
+        log.info("Task %s returned %d bytes of JSON, more than the %d the server keeps "
+                 "(ORCHESTRATOR_TASK_RESULT_MAX_BYTES): its result is not kept, and a later attempt of this flow run "
+                 "would run the task again.", task_key, size, ctx.result_max_bytes)
+        ctx.report(state_path, {"state": "COMPLETED"})
+        return
+    try:
+        ctx.report(state_path, {"state": "COMPLETED", "result": result})
+    except ApiError as exc:
+        if exc.status not in (400, 413):
+            raise
+        # The body was refused (e.g. a smaller limit on the server's request size): the state matters more.
+        log.info("The server refused task %s's result (%s); it is not kept.", task_key, exc)
+        ctx.report(state_path, {"state": "COMPLETED"})

@@ -1,22 +1,37 @@
-"""The agent's main loop: register, poll and claim, run each claimed flow in a subprocess, report.
+"""The agent's main loop: register, poll and claim, run each claimed flow in a runner process.
 
-Threads: the poll loop (main), one per running flow (starts the subprocess, forwards its output
-to the log shipper, reports the final state from the exit code), the agent's own heartbeat, the
-log shipper and the healthcheck server.
+Threads: the poll loop (main), one per running flow (starts its runner, waits for it, reports
+only what the runner could not), the agent's own heartbeat, the log shipper and the healthcheck
+server.
+
+Who reports what: the runner (agent/runner.py) reports its run's final state and ships its logs
+itself, so a run outlives an agent that dies. The agent reports RUNNING when it starts the
+runner, and the final state only when the runner could not: killed by a signal, a crashed
+interpreter (CRASHED, with the signal or exit code and the runner's last output), a verdict the
+runner left it (exit code EXIT_AGENT_REPORTS), a run it ended because it is being cancelled
+(CANCELLED), or its own shutdown (CRASHED). A 409 then means the runner got there first.
 """
 
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 from .client import ApiError, ServerUnreachable
 from .health import start_health_server
 from .logs import LogShipper
-from .runner import LOG_MARKER
+from .runner import (
+    EXIT_AGENT_REPORTS,
+    EXIT_REPORTED,
+    JOURNAL_DELIVERED_MARKER,
+    JOURNAL_LINE_MARKER,
+    VERDICT_MARKER,
+)
 
 log = logging.getLogger("agent")
 
@@ -24,37 +39,56 @@ log = logging.getLogger("agent")
 UNHEALTHY_AFTER_POLLS = 3
 # State reports are retried this long while the server is away.
 REPORT_RETRY_SECONDS = 600
+# At shutdown, how long a runner may take between SIGTERM and SIGKILL (seconds).
+SHUTDOWN_KILL_SECONDS = 5
+# How much of a runner's scratch file the agent reads when the runner did not report (its journal
+# keeps it under about 1 MiB).
+OUTPUT_TAIL_BYTES = 2 * 1024 * 1024
 
 
 class Execution:
-    """One claimed flow run in its subprocess."""
+    """One claimed flow run in its runner process."""
 
     def __init__(self, agent, run):
         self.agent = agent
         self.run = run
         self.run_id = run["id"]
         self.process = None
+        self.lock = threading.Lock()
+        self.exited = threading.Event()
         self.abandoned = False  # set at shutdown: the agent gave up waiting for it
+        self.cancelled = False  # the run is being cancelled: the agent ends its process
         self.thread = threading.Thread(target=self._execute, name=f"run-{self.run_id[:8]}", daemon=True)
 
     def start(self):
         self.thread.start()
 
     def _report(self, state, message="", **extra):
+        """Report `state`; returns None when it was recorded, else the ApiError or ServerUnreachable."""
         try:
             self.agent.client.post(f"flow_runs/{self.run_id}/state", {"state": state, "message": message, **extra},
                                    retry_for=REPORT_RETRY_SECONDS)
-            return True
-        except (ApiError, ServerUnreachable) as exc:
+            return None
+        except ApiError as exc:
+            if exc.status == 409:
+                log.info("Run %s: not reported %s, its state was set meanwhile: %s", self.run_id, state, exc)
+            else:
+                log.warning("Run %s: could not report %s: %s", self.run_id, state, exc)
+            return exc
+        except ServerUnreachable as exc:
             log.warning("Run %s: could not report %s: %s", self.run_id, state, exc)
-            return False
+            return exc
 
     def _execute(self):
         agent = self.agent
         interval = agent.runner_heartbeat_seconds if agent.heartbeat_mode != "off" else None
         # The server keeps whole seconds; the beats themselves may come faster.
         declared = max(round(interval), 1) if interval else None
-        if not self._report("RUNNING", f"Started by agent {agent.name}.", heartbeat_interval=declared):
+        refused = self._report("RUNNING", f"Started by agent {agent.name}.", heartbeat_interval=declared)
+        if refused:
+            if isinstance(refused, ApiError) and isinstance(refused.body, dict) \
+                    and refused.body.get("current_state") == "CANCELLING":
+                self._report("CANCELLED", f"Cancelled before agent {agent.name} started it.")
             return
         if not self.run.get("entrypoint"):
             self._report("FAILED", "The flow has no version with an entrypoint to run.")
@@ -64,59 +98,120 @@ class Execution:
                "ORCHESTRATOR_PARAMETERS": json.dumps(self.run.get("parameters") or {}),
                "ORCHESTRATOR_API_URL": agent.api_url, "ORCHESTRATOR_API_KEY": agent.key,
                "ORCHESTRATOR_HEARTBEAT_MODE": agent.heartbeat_mode,
-               "ORCHESTRATOR_RUNNER_HEARTBEAT_SECONDS": str(interval or 0), "PYTHONUNBUFFERED": "1"}
-        try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "agent.runner"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True, errors="replace", start_new_session=True,
-            )
-        except OSError as exc:
-            self._report("CRASHED", f"Could not start the flow's process: {exc}")
-            return
-        readers = [threading.Thread(target=self._forward, args=(self.process.stdout, logging.INFO), daemon=True),
-                   threading.Thread(target=self._forward, args=(self.process.stderr, logging.ERROR), daemon=True)]
-        for reader in readers:
-            reader.start()
-        code = self.process.wait()
-        for reader in readers:
-            reader.join(timeout=5)
-        # A finished run has its logs: send them before the final state.
-        agent.shipper.flush()
-        if self.abandoned:
-            self._report("CRASHED", f"Agent {agent.name} stopped before the run finished "
-                                    f"(grace period {agent.grace_seconds:g} s); the flow's process was ended.")
-        elif code == 0:
-            self._report("COMPLETED", "The flow's process exited with code 0.")
-        else:
-            self._report("FAILED", f"The flow's process exited with code {code}.")
+               "ORCHESTRATOR_RUNNER_HEARTBEAT_SECONDS": str(interval or 0),
+               "ORCHESTRATOR_TASK_RESULT_MAX_BYTES": str(agent.task_result_max_bytes),
+               "ORCHESTRATOR_AGENT_NAME": agent.name, "ORCHESTRATOR_AGENT_PID": str(os.getpid()),
+               "ORCHESTRATOR_RUNNER_JOURNAL": "1", "PYTHONUNBUFFERED": "1"}
+        # The runner reads its own output once it runs. This scratch file, which outlives this agent,
+        # gets what it writes before (an interpreter that cannot start) or after (its last words),
+        # and the journal of its log lines not yet delivered, for when it dies unreported.
+        with tempfile.TemporaryFile() as output:
+            try:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "agent.runner"], env=env, stdin=subprocess.DEVNULL, stdout=output,
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            except OSError as exc:
+                self._report("CRASHED", f"Could not start the flow's process: {exc}")
+                return
+            with self.lock:
+                self.process = process
+                cancelled = self.cancelled
+            if cancelled:
+                self._end_in_background(agent.cancel_grace_seconds)
+            code = process.wait()
+            self.exited.set()
+            if code == EXIT_REPORTED:
+                log.info("Run %s: its runner reported the final state.", self.run_id)
+                return
+            start = max(output.seek(0, os.SEEK_END) - OUTPUT_TAIL_BYTES, 0)
+            output.seek(start)
+            # Split on newlines only: str.splitlines() would also split at the markers' record separator.
+            lines = output.read().decode(errors="replace").split("\n")[1 if start else 0:]  # no half line
+        verdict = self._ship_what_the_runner_left(lines)
+        agent.shipper.flush()  # a finished run has its logs before its final state
+        self._report(*self._final_state(code, verdict))
 
-    def _forward(self, stream, level):
-        shipper = self.agent.shipper
-        for raw in stream:
-            line = raw.rstrip("\n")
-            if line.startswith(LOG_MARKER):
-                try:
-                    record = json.loads(line[len(LOG_MARKER):])
-                    shipper.add(self.run_id, record["message"], level=int(record["level"]),
-                                task_run_id=record.get("task_run_id"))
-                    continue
-                except (ValueError, KeyError):
-                    pass
-            if line:
-                shipper.add(self.run_id, line, level=level)
+    def _ship_what_the_runner_left(self, lines):
+        """Ship the journal's undelivered lines and the runner's other output; returns its verdict line."""
+        delivered, journal, output, verdict = 0, [], [], None
+        for line in lines:
+            if line.startswith(JOURNAL_LINE_MARKER):
+                journal.append(line[len(JOURNAL_LINE_MARKER):])
+            elif line.startswith(JOURNAL_DELIVERED_MARKER):
+                delivered = max(delivered, int(line[len(JOURNAL_DELIVERED_MARKER):] or 0))
+            elif line.startswith(VERDICT_MARKER):
+                verdict = line
+            elif line.strip():
+                output.append(line)
+        for encoded in journal:
+            try:
+                record = json.loads(encoded)
+                if record["seq"] > delivered:
+                    self.agent.shipper.add(self.run_id, record["message"], level=record["level"],
+                                           task_run_id=record.get("task_run_id"), timestamp=record.get("timestamp"))
+            except (ValueError, KeyError, TypeError):
+                pass
+        for line in output[-100:]:
+            self.agent.shipper.add(self.run_id, f"[runner] {line}", level=logging.ERROR)
+        return verdict
+
+    def _final_state(self, code, verdict):
+        """(state, message) for a runner that did not report, from what the agent knows and its exit."""
+        agent = self.agent
+        if self.cancelled:
+            return "CANCELLED", (f"Cancelled: agent {agent.name} ended the flow's process (SIGTERM, then SIGKILL "
+                                 f"after {agent.cancel_grace_seconds:g} s).")
+        if self.abandoned:
+            return "CRASHED", (f"Agent {agent.name} stopped before the run finished (grace period "
+                               f"{agent.grace_seconds:g} s); the flow's process was ended.")
+        if code == EXIT_AGENT_REPORTS and verdict:
+            try:
+                said = json.loads(verdict[len(VERDICT_MARKER):])
+                return said["state"], said["message"]
+            except (ValueError, KeyError, TypeError):
+                pass
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            hint = " (the out-of-memory killer does this)" if -code == signal.SIGKILL else ""
+            return "CRASHED", f"The flow's process was killed by {name}{hint} before it could report."
+        return "CRASHED", f"The flow's process exited with code {code} before it could report."
+
+    def cancel(self, grace):
+        """The run is being cancelled: SIGTERM its process group, SIGKILL after `grace` seconds."""
+        with self.lock:
+            if self.cancelled or self.exited.is_set():
+                return
+            self.cancelled = True
+            started = self.process is not None
+        if started:
+            log.info("Run %s is being cancelled: ending its process (grace %g s).", self.run_id, grace)
+            self._end_in_background(grace)
+
+    def _end_in_background(self, grace):
+        threading.Thread(target=self._end_process, args=(grace,), name=f"end-{self.run_id[:8]}", daemon=True).start()
+
+    def _end_process(self, grace):
+        """Ask the runner's process group to stop, then kill it if the runner does not exit in time."""
+        self._signal_group(signal.SIGTERM)
+        if not self.exited.wait(grace):
+            self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, signum):
+        # The runner leads its own process group (start_new_session): the flow's subprocesses are in it.
+        try:
+            os.killpg(self.process.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def end(self):
-        """Ask the flow's process group to stop, then kill it if it does not."""
+        """At shutdown: stop the flow's process group now (SIGTERM, then SIGKILL)."""
         self.abandoned = True
-        if self.process and self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, 15)
-                self.process.wait(timeout=5)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.process.pid, 9)
-                except ProcessLookupError:
-                    pass
+        if self.process and not self.exited.is_set():
+            self._end_process(SHUTDOWN_KILL_SECONDS)
 
 
 class Agent:
@@ -124,12 +219,14 @@ class Agent:
 
     def __init__(self, client, *, api_url, key, name, queues, query_seconds=10.0, heartbeat_seconds=30.0,
                  runner_heartbeat_seconds=30.0, heartbeat_mode="thread", limit=8, grace_seconds=30.0,
-                 webserver_host="127.0.0.1", webserver_port=8080, version=""):
+                 cancel_grace_seconds=30.0, webserver_host="127.0.0.1", webserver_port=8080, version=""):
         self.client, self.api_url, self.key = client, api_url, key
         self.name, self.queues, self.version = name, queues, version
         self.query_seconds, self.heartbeat_seconds = query_seconds, heartbeat_seconds
         self.runner_heartbeat_seconds, self.heartbeat_mode = runner_heartbeat_seconds, heartbeat_mode
-        self.limit, self.grace_seconds = limit, grace_seconds
+        self.limit, self.grace_seconds, self.cancel_grace_seconds = limit, grace_seconds, cancel_grace_seconds
+        self.task_result_max_bytes = 1_048_576  # until the server says otherwise when it registers us
+        self.next_poll_seconds = query_seconds
         self.webserver = (webserver_host, webserver_port)
         self.stopping = threading.Event()
         self.agent_id = None
@@ -162,7 +259,7 @@ class Agent:
                  self.query_seconds)
         while not self.stopping.is_set():
             self.poll_once()
-            self.stopping.wait(self.query_seconds)
+            self.stopping.wait(self.next_poll_seconds)
         self._shutdown()
         return self.exit_code
 
@@ -180,22 +277,26 @@ class Agent:
             self.exit_code = 2
             return False
         self.agent_id = answer["id"]
+        self.task_result_max_bytes = answer.get("task_result_max_bytes", self.task_result_max_bytes)
         return True
 
     def poll_once(self):
-        """Claim what fits under the limit and start it; returns how many runs were claimed."""
+        """Claim what fits under the limit and start it, stop what is being cancelled; returns how
+        many runs were started."""
         self.executions = {k: e for k, e in self.executions.items() if e.thread.is_alive()}
         room = self.limit - len(self.executions)
+        self.next_poll_seconds = self.query_seconds
         try:
             if room > 0:
-                runs = self.client.post("claim", {"agent_id": self.agent_id, "max_runs": room})["runs"]
+                answer = self.client.post("claim", {"agent_id": self.agent_id, "max_runs": room})
             else:
-                runs = []
-                self.client.post("heartbeat", {"agent_id": self.agent_id})
+                answer = self.client.post("heartbeat", {"agent_id": self.agent_id})
         except (ApiError, ServerUnreachable) as exc:
             self.failed_polls += 1
+            if exc.retry_after:  # the server asked for a pause (429/503 with Retry-After)
+                self.next_poll_seconds = max(self.query_seconds, exc.retry_after)
             if not self.server_away:
-                log.warning("Poll failed: %s; retrying every %g s", exc, self.query_seconds)
+                log.warning("Poll failed: %s; retrying every %g s", exc, self.next_poll_seconds)
             self.server_away = True
             return 0
         if self.server_away:
@@ -203,19 +304,33 @@ class Agent:
             self.server_away = False
         self.failed_polls = 0
         self.last_good_poll = time.monotonic()
-        for run in runs:
+        answer = answer or {}
+        self._cancel(answer.get("cancelling") or [])
+        started = 0
+        for run in answer.get("runs") or []:
+            if run["id"] in self.executions:
+                continue  # claimed before and already running here: the claim hands it out until it starts
             log.info("Claimed run %s (%s) of flow %s", run["id"], run["name"], run["flow"])
             execution = Execution(self, run)
             self.executions[run["id"]] = execution
             execution.start()
-        return len(runs)
+            started += 1
+        return started
+
+    def _cancel(self, run_ids):
+        for run_id in run_ids:
+            execution = self.executions.get(run_id)
+            if execution is not None:
+                execution.cancel(self.cancel_grace_seconds)
 
     def _heartbeat_loop(self):
         while not self.stopping.wait(self.heartbeat_seconds):
             try:
-                self.client.post("heartbeat", {"agent_id": self.agent_id})
+                answer = self.client.post("heartbeat", {"agent_id": self.agent_id})
             except (ApiError, ServerUnreachable) as exc:
                 log.debug("Agent heartbeat failed: %s", exc)
+                continue
+            self._cancel((answer or {}).get("cancelling") or [])
 
     def _shutdown(self):
         running = [e for e in self.executions.values() if e.thread.is_alive()]

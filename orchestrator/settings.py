@@ -316,6 +316,9 @@ ORCHESTRATOR = {
     # one poll may claim.
     "AGENT_LOG_BATCH_MAX_BYTES": env_int("ORCHESTRATOR_AGENT_LOG_BATCH_MAX_BYTES", 1_048_576),
     "AGENT_CLAIM_MAX_RUNS": env_int("ORCHESTRATOR_AGENT_CLAIM_MAX_RUNS", 200),
+    # The largest task result (compact UTF-8 JSON, bytes) kept for later attempts of a flow run;
+    # a bigger one is not kept and the task runs again in a later attempt.
+    "TASK_RESULT_MAX_BYTES": env_int("ORCHESTRATOR_TASK_RESULT_MAX_BYTES", 1_048_576),
     # API throttling ("N/second|minute|hour|day"; empty turns it off). Failed key checks count per
     # client address; list/create-run and log endpoints count per API key.
     "THROTTLE_FAILED_AUTH_RATE": os.environ.get("ORCHESTRATOR_THROTTLE_FAILED_AUTH_RATE", "300/minute"),

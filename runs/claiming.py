@@ -5,7 +5,15 @@ Two agents polling the same queue never get the same run: due rows are picked wi
 the other rather than waited for, and the move to SUBMITTED is a conditional update through
 `runs.states`. A queue with a concurrency limit is locked while it is counted, so two agents
 cannot both fill its last free slot.
+
+A claim's answer can be lost (a timeout, a dropped connection, an agent killed and restarted under
+its name): `claim_for_agent` hands an agent the runs it claimed and has not started (still
+SUBMITTED to it) again, before new ones, so they do not wait for the agent monitor or Lazarus;
+the agent skips the ones it already runs.
 """
+
+from collections import namedtuple
+
 
 from django.db import connection, transaction
 from django.db.models import Count
@@ -47,6 +55,32 @@ def record_poll(queue_ids, now):
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
         WorkQueue.objects.filter(pk__in=queue_ids).update(last_polled=now)
+
+
+Claim = namedtuple("Claim", "runs cancelling")
+
+
+def claim_for_agent(agent, *, limit, now):
+    """What an agent's claim gets: a Claim of the runs to start and the ids of its runs to cancel.
+
+    `runs` (oldest scheduled start first, at most `limit`) are first the runs claimed by this
+    agent earlier and not started, then newly claimed due runs; `cancelling` are its runs that are
+    CANCELLING, whose processes the agent ends.
+    """
+    # One read for both: the partial index on active states holds few rows, whatever the table's size.
+    mine = list(FlowRun.objects.alive().filter(agent=agent, state__in=[State.SUBMITTED, State.CANCELLING])
+                .order_by("scheduled_start").values_list("pk", "state"))
+    again = [pk for pk, state in mine if state == State.SUBMITTED][:max(limit, 0)]
+    runs = claim_due_runs(agent, limit=limit - len(again), now=now)
+    if again:
+        runs += FlowRun.objects.filter(pk__in=again).select_related("flow", "flow_version", "work_queue")
+        runs.sort(key=lambda run: run.scheduled_start)
+    return Claim(runs, [pk for pk, state in mine if state == State.CANCELLING])
+
+
+def cancelling_run_ids(agent_id):
+    """Ids of the agent's runs that are CANCELLING (the answer to its heartbeat)."""
+    return list(FlowRun.objects.alive().filter(agent_id=agent_id, state=State.CANCELLING).values_list("pk", flat=True))
 
 
 def claim_due_runs(agent, *, limit, now):

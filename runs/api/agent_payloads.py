@@ -30,11 +30,13 @@ class RegisterInput(serializers.Serializer):
 
 
 @extend_schema_serializer(examples=[response_example("Registered", {
-    "id": 7, "name": "build-host-1", "queues": ["default", "gpu"]})])
+    "id": 7, "name": "build-host-1", "queues": ["default", "gpu"], "task_result_max_bytes": 1048576})])
 class RegisteredAgentSerializer(serializers.Serializer):
     id = serializers.IntegerField(help_text="Send it as agent_id in heartbeats and claims.")
     name = serializers.CharField()
     queues = serializers.ListField(child=serializers.CharField())
+    task_result_max_bytes = serializers.IntegerField(
+        help_text="The largest task result (JSON, in bytes) the server keeps: ORCHESTRATOR_TASK_RESULT_MAX_BYTES.")
 
 
 @extend_schema_serializer(examples=[request_example("Alive", {"agent_id": 7}),
@@ -42,6 +44,14 @@ class RegisteredAgentSerializer(serializers.Serializer):
 class AgentHeartbeatInput(serializers.Serializer):
     agent_id = serializers.IntegerField()
     status = serializers.ChoiceField(choices=AgentStatus.choices, required=False, default=AgentStatus.ONLINE)
+
+
+CANCELLING_HELP = "Ids of this agent's runs that are CANCELLING: the agent ends their processes and reports CANCELLED."
+
+
+@extend_schema_serializer(examples=[response_example("One run to stop", {"cancelling": [RUN_ID]})])
+class AgentHeartbeatAnswerSerializer(serializers.Serializer):
+    cancelling = serializers.ListField(child=serializers.UUIDField(), help_text=CANCELLING_HELP)
 
 
 @extend_schema_serializer(examples=[request_example("Up to 4 runs", {"agent_id": 7, "max_runs": 4})])
@@ -72,9 +82,13 @@ class ClaimedRunSerializer(serializers.Serializer):
 @extend_schema_serializer(examples=[response_example("One run claimed", {"runs": [{
     "id": RUN_ID, "name": "nightly-etl-2026-11-23", "flow": "nightly-etl", "state": "SUBMITTED",
     "entrypoint": "etl.flows:nightly", "parameters": {"day": "2026-11-22"}, "env": {"TZ": "UTC"},
-    "work_queue": "default", "scheduled_start": "2026-11-23T02:00:00+00:00"}]})])
+    "work_queue": "default", "scheduled_start": "2026-11-23T02:00:00+00:00"}], "cancelling": []})])
 class ClaimAnswerSerializer(serializers.Serializer):
-    runs = ClaimedRunSerializer(many=True, help_text="Now SUBMITTED and the agent's; empty when nothing is due.")
+    runs = ClaimedRunSerializer(many=True, help_text=(
+        "Now SUBMITTED and the agent's; empty when nothing is due. Runs this agent claimed earlier and has "
+        "not started (still SUBMITTED) come again, so a claim whose answer was lost loses nothing: the agent "
+        "skips those it already runs."))
+    cancelling = serializers.ListField(child=serializers.UUIDField(), help_text=CANCELLING_HELP)
 
 
 @extend_schema_serializer(examples=[
@@ -90,6 +104,25 @@ class StateInput(serializers.Serializer):
     heartbeat_interval = serializers.IntegerField(
         min_value=1, max_value=86400, required=False, allow_null=True,
         help_text="With RUNNING: seconds between the run's heartbeats; null: it sends none.")
+
+
+@extend_schema_serializer(examples=[
+    request_example("Completed with its result", {"state": "COMPLETED", "result": {"rows": 1204}}),
+    request_example("Failed", {"state": "FAILED", "message": "ValueError: no such table"}),
+])
+class TaskRunStateInput(StateInput):
+    result = serializers.JSONField(
+        required=False, allow_null=True,
+        help_text="With COMPLETED: the task's return value as JSON. Kept when at most "
+                  "ORCHESTRATOR_TASK_RESULT_MAX_BYTES, so a later attempt of the flow run takes it instead of "
+                  "running the task again; larger results are not kept.")
+
+
+@extend_schema_serializer(examples=[response_example("Alive", {"state": "RUNNING"}),
+                                    response_example("Asked to stop", {"state": "CANCELLING"})])
+class FlowRunHeartbeatAnswerSerializer(serializers.Serializer):
+    state = serializers.ChoiceField(
+        choices=State.choices, help_text="The run's state now: CANCELLING (or CANCELLED) tells its process to stop.")
 
 
 @extend_schema_serializer(examples=[response_example("Now running", {
@@ -110,14 +143,26 @@ class TaskRunInput(serializers.Serializer):
     max_retries = serializers.IntegerField(min_value=0, max_value=1000, required=False, default=0)
 
 
-@extend_schema_serializer(examples=[response_example("A task run", {
-    "id": TASK_RUN_ID, "task_key": "extract", "dynamic_key": "0", "state": "SCHEDULED", "run_count": 0})])
+class TaskResultSerializer(serializers.Serializer):
+    value = serializers.JSONField(help_text="What the task returned.")
+
+
+@extend_schema_serializer(examples=[
+    response_example("A task run", {"id": TASK_RUN_ID, "task_key": "extract", "dynamic_key": "0",
+                                    "state": "SCHEDULED", "run_count": 0, "result": None}),
+    response_example("Completed in an earlier attempt", {
+        "id": TASK_RUN_ID, "task_key": "extract", "dynamic_key": "0", "state": "COMPLETED", "run_count": 1,
+        "result": {"value": {"rows": 1204}}}),
+])
 class ReportedTaskRunSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     task_key = serializers.CharField()
     dynamic_key = serializers.CharField()
     state = serializers.ChoiceField(choices=State.choices)
     run_count = serializers.IntegerField()
+    result = TaskResultSerializer(allow_null=True, help_text=(
+        "Set once the task run COMPLETED with a result the server kept. Asked for again by a later attempt, a "
+        "COMPLETED task run with a result comes back as it is: its result stands and the task is not run again."))
 
 
 class LogLine(serializers.Serializer):
@@ -133,12 +178,31 @@ class LogLine(serializers.Serializer):
     {"flow_run_id": RUN_ID, "task_run_id": TASK_RUN_ID, "level": 30, "message": "Slow source; retrying"},
 ]})])
 class LogBatchInput(serializers.Serializer):
-    logs = LogLine(many=True, allow_empty=False)
+    logs = LogLine(many=True, allow_empty=False, help_text=(
+        "Each line is judged on its own: good lines are stored even when others are refused (see `refused`)."))
 
 
-@extend_schema_serializer(examples=[response_example("Stored", {"stored": 2})])
+class LogBatchEnvelope(serializers.Serializer):
+    """The batch's outer shape; LogBatchView then validates each line with LogLine on its own."""
+
+    logs = serializers.ListField(allow_empty=False)
+
+
+class RefusedLogLineSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="Position of the line in the batch, from 0.")
+    reason = serializers.CharField()
+
+
+@extend_schema_serializer(examples=[
+    response_example("Stored", {"stored": 2, "refused": []}),
+    response_example("One line refused", {"stored": 1, "refused": [
+        {"index": 1, "reason": "flow_run_id: no such flow run in this workspace."}]}),
+])
 class StoredLogsSerializer(serializers.Serializer):
     stored = serializers.IntegerField()
+    refused = RefusedLogLineSerializer(many=True, help_text=(
+        "Lines not stored, and why; the others are. A batch with no line worth storing is a 400 (malformed "
+        "lines) or a 404 (lines of runs not in this workspace)."))
 
 
 @extend_schema_serializer(examples=[response_example("Fine", {"ok": True})])

@@ -5,6 +5,8 @@ All live under `<workspace prefix>/agent/` and need the operator role. State cha
 Heartbeats are one conditional UPDATE each: they are the hottest path of the server.
 """
 
+import json
+
 from django.conf import settings
 from django.db import connection, transaction
 from django.shortcuts import get_object_or_404
@@ -15,16 +17,20 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from runs.claiming import claim_due_runs
-from runs.models import Actor, Agent, AgentStatus, FlowRun, Log, Role, State, TaskRun, WorkQueue
+from runs.claiming import cancelling_run_ids, claim_for_agent
+from runs.models import Actor, Agent, AgentStatus, FlowRun, Log, LogLevel, Role, State, TaskRun, WorkQueue
 from runs.states import set_flow_run_state, set_task_run_state
 
 from .agent_payloads import (
+    AgentHeartbeatAnswerSerializer,
     AgentHeartbeatInput,
     AgentPingSerializer,
     ClaimAnswerSerializer,
     ClaimInput,
+    FlowRunHeartbeatAnswerSerializer,
+    LogBatchEnvelope,
     LogBatchInput,
+    LogLine,
     RegisteredAgentSerializer,
     RegisterInput,
     ReportedFlowRunSerializer,
@@ -32,6 +38,7 @@ from .agent_payloads import (
     StateInput,
     StoredLogsSerializer,
     TaskRunInput,
+    TaskRunStateInput,
 )
 from .errors import error_body
 from .schema import CONFLICT, error_response
@@ -94,20 +101,21 @@ class RegisterView(AgentEndpoint):
                           "status": AgentStatus.ONLINE},
             )
             agent.queues.set(queues)
-        return Response({"id": agent.pk, "name": agent.name, "queues": sorted(q.name for q in queues)},
+        return Response({"id": agent.pk, "name": agent.name, "queues": sorted(q.name for q in queues),
+                         "task_result_max_bytes": settings.ORCHESTRATOR["TASK_RESULT_MAX_BYTES"]},
                         status=status.HTTP_201_CREATED)
 
 
 class AgentHeartbeatView(AgentEndpoint):
-    @extend_schema(request=AgentHeartbeatInput, responses={204: NO_CONTENT})
+    @extend_schema(request=AgentHeartbeatInput, responses={200: AgentHeartbeatAnswerSerializer})
     def post(self, request, **kwargs):
-        """The agent is alive (or, with status OFFLINE, is shutting down)."""
+        """The agent is alive (or, with status OFFLINE, is shutting down); the answer lists its runs to stop."""
         data = self.valid(AgentHeartbeatInput)
         changed = record_heartbeat(Agent.objects.filter(pk=data["agent_id"], workspace=request.workspace),
                                    last_heartbeat=timezone.now(), status=data["status"])
         if not changed:
             raise exceptions.NotFound("No such agent in this workspace.")
-        return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response({"cancelling": [str(pk) for pk in cancelling_run_ids(data["agent_id"])]})
 
 
 def _claimed(run):
@@ -126,11 +134,15 @@ def _claimed(run):
 class ClaimView(AgentEndpoint):
     @extend_schema(request=ClaimInput, responses={200: ClaimAnswerSerializer})
     def post(self, request, **kwargs):
-        """Claim up to `max_runs` due runs of the agent's queues; they come back SUBMITTED."""
+        """Claim up to `max_runs` due runs of the agent's queues; they come back SUBMITTED.
+
+        Runs this agent claimed before and has not started come again (the answer that carried them
+        may have been lost); the answer also lists the agent's runs that are CANCELLING.
+        """
         data = self.valid(ClaimInput)
         agent = self.agent_of(data["agent_id"])
-        runs = claim_due_runs(agent, limit=data["max_runs"], now=timezone.now())
-        return Response({"runs": [_claimed(run) for run in runs]})
+        runs, cancelling = claim_for_agent(agent, limit=data["max_runs"], now=timezone.now())
+        return Response({"runs": [_claimed(run) for run in runs], "cancelling": [str(pk) for pk in cancelling]})
 
 
 class FlowRunStateView(AgentEndpoint):
@@ -143,25 +155,56 @@ class FlowRunStateView(AgentEndpoint):
         updates = {}
         if data["state"] == State.RUNNING:
             updates = {"heartbeat_interval": data.get("heartbeat_interval"), "last_heartbeat": now}
+        elif data["state"] == State.SCHEDULED:
+            # Handed back (e.g. by a runner that lost its agent with heartbeats off): due now, for any
+            # agent, and the next attempt starts afresh, so that task runs of this one count as earlier.
+            updates = {"scheduled_start": now, "agent": None, "start_time": None, "last_heartbeat": None}
         run = set_flow_run_state(run, data["state"], actor=Actor.AGENT, message=data["message"],
                                  expected_state=data.get("expected_state"), agent=run.agent, now=now,
                                  updates=updates)
         return Response({"id": str(run.pk), "state": run.state, "state_message": run.state_message})
 
 
+def record_flow_run_heartbeat(run_id, workspace_id, now):
+    """Move the run's last heartbeat to `now`; returns its state, or None if no such run in the workspace.
+
+    The heartbeat is the server's hottest path, and its answer tells a runner to stop (CANCELLING),
+    so the state comes back from the UPDATE itself (RETURNING: PostgreSQL, SQLite ≥ 3.35).
+    """
+    meta = FlowRun._meta
+    quote = connection.ops.quote_name
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")  # see record_heartbeat
+            if connection.features.can_return_columns_from_insert:
+                cursor.execute(
+                    f"UPDATE {quote(meta.db_table)} SET {quote(meta.get_field('last_heartbeat').column)} = %s "
+                    f"WHERE {quote(meta.pk.column)} = %s AND {quote(meta.get_field('workspace').column)} = %s "
+                    f"RETURNING {quote(meta.get_field('state').column)}",
+                    [meta.get_field("last_heartbeat").get_db_prep_value(now, connection),
+                     meta.pk.get_db_prep_value(run_id, connection), workspace_id])
+                row = cursor.fetchone()
+                return row[0] if row else None
+        # An SQLite without RETURNING: the UPDATE, then one read by primary key.
+        if not FlowRun.objects.filter(pk=run_id, workspace_id=workspace_id).update(last_heartbeat=now):
+            return None
+        return FlowRun.objects.filter(pk=run_id).values_list("state", flat=True).first()
+
+
 class FlowRunHeartbeatView(AgentEndpoint):
-    @extend_schema(request=None, responses={204: NO_CONTENT})
+    @extend_schema(request=None, responses={200: FlowRunHeartbeatAnswerSerializer})
     def post(self, request, run_id, **kwargs):
-        """The run's process is alive."""
-        if not record_heartbeat(FlowRun.objects.filter(pk=run_id, workspace=request.workspace),
-                                last_heartbeat=timezone.now()):
+        """The run's process is alive; the answer is the run's state (CANCELLING: stop)."""
+        state = record_flow_run_heartbeat(run_id, request.workspace.pk, timezone.now())
+        if state is None:
             raise exceptions.NotFound("No such flow run in this workspace.")
-        return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response({"state": state})
 
 
 def _task_run_body(task_run):
     return {"id": str(task_run.pk), "task_key": task_run.task_key, "dynamic_key": task_run.dynamic_key,
-            "state": task_run.state, "run_count": task_run.run_count}
+            "state": task_run.state, "run_count": task_run.run_count, "result": task_run.result}
 
 
 class TaskRunCreateView(AgentEndpoint):
@@ -170,7 +213,9 @@ class TaskRunCreateView(AgentEndpoint):
     def post(self, request, run_id, **kwargs):
         """Create the task run (task_key, dynamic_key) of the flow run, or return it if it exists.
 
-        Idempotent, so an agent that retries after a lost answer gets the same task run.
+        Idempotent, so an agent that retries after a lost answer gets the same task run. A task run
+        that COMPLETED with a kept result comes back as it is (its result stands, like Prefect's
+        task caching by key); one that an earlier attempt left otherwise is reopened (SCHEDULED).
         """
         data = self.valid(TaskRunInput)
         run = get_object_or_404(FlowRun.objects.alive(), pk=run_id, workspace=request.workspace)
@@ -178,12 +223,17 @@ class TaskRunCreateView(AgentEndpoint):
             flow_run=run, task_key=data["task_key"], dynamic_key=data["dynamic_key"],
             defaults={"name": data["name"] or data["task_key"], "max_retries": data["max_retries"]},
         )
-        if not created and _left_by_an_earlier_attempt(task_run, run):
-            task_run = set_task_run_state(
-                task_run, State.SCHEDULED, actor=Actor.AGENT, agent=run.agent, retry=True,
-                message=f"Run again: attempt {run.run_count} of the flow run started after this task ended "
-                        f"{task_run.state} in an earlier attempt.",
-            )
+        result_stands = task_run.state == State.COMPLETED and task_run.result is not None
+        if not created and not result_stands and _left_by_an_earlier_attempt(task_run, run):
+            why = (" without a result the server kept (not JSON, or larger than ORCHESTRATOR_TASK_RESULT_MAX_BYTES)"
+                   if task_run.state == State.COMPLETED else "")
+            message = (f"Run again: attempt {run.run_count} of the flow run started after this task ended "
+                       f"{task_run.state} in an earlier attempt{why}.")
+            task_run = set_task_run_state(task_run, State.SCHEDULED, actor=Actor.AGENT, agent=run.agent, retry=True,
+                                          message=message)
+            if why:
+                Log.objects.create(workspace=request.workspace, flow_run=run, task_run=task_run,
+                                   level=LogLevel.WARNING, message=message, source="agent")
         return Response(_task_run_body(task_run), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
@@ -204,14 +254,22 @@ def _task_run_in(workspace, task_run_id):
                              flow_run__workspace=workspace)
 
 
+def kept_result(value):
+    """{"value": value} when it fits ORCHESTRATOR_TASK_RESULT_MAX_BYTES (compact UTF-8 JSON), else None."""
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    return {"value": value} if size <= settings.ORCHESTRATOR["TASK_RESULT_MAX_BYTES"] else None
+
+
 class TaskRunStateView(AgentEndpoint):
-    @extend_schema(request=StateInput, responses={200: ReportedTaskRunSerializer, 409: CONFLICT})
+    @extend_schema(request=TaskRunStateInput, responses={200: ReportedTaskRunSerializer, 409: CONFLICT})
     def post(self, request, task_run_id, **kwargs):
-        """Move the task run; entering RUNNING counts as its first heartbeat."""
-        data = self.valid(StateInput)
+        """Move the task run; entering RUNNING counts as its first heartbeat; COMPLETED may bring its result."""
+        data = self.valid(TaskRunStateInput)
         task_run = _task_run_in(request.workspace, task_run_id)
         now = timezone.now()
         updates = {"last_heartbeat": now} if data["state"] == State.RUNNING else {}
+        if data["state"] == State.COMPLETED and "result" in data:
+            updates["result"] = kept_result(data["result"])
         task_run = set_task_run_state(task_run, data["state"], actor=Actor.AGENT, message=data["message"],
                                       expected_state=data.get("expected_state"), agent=task_run.flow_run.agent,
                                       now=now, updates=updates)
@@ -232,26 +290,51 @@ class TaskRunHeartbeatView(AgentEndpoint):
 class LogBatchView(AgentEndpoint):
     @extend_schema(request=LogBatchInput, responses={201: StoredLogsSerializer, 413: TOO_LARGE})
     def post(self, request, **kwargs):
-        """Store many log lines in one insert. Lines of runs outside the workspace are refused (404)."""
+        """Store many log lines in one insert; each line is judged on its own.
+
+        Good lines are stored and the others listed in `refused` with the reason, so one bad line
+        never costs its batch. When no line can be stored: 400 if some were malformed, else 404
+        (they name runs not in this workspace).
+        """
         limit = settings.ORCHESTRATOR["AGENT_LOG_BATCH_MAX_BYTES"]
         # Judged on the declared length, before the body is read or parsed.
         if int(request.META.get("CONTENT_LENGTH") or 0) > limit:
             raise PayloadTooLarge(f"A log batch may be at most {limit} bytes; send smaller batches.")
-        lines = self.valid(LogBatchInput)["logs"]
-        run_ids = {line["flow_run_id"] for line in lines}
-        task_ids = {line["task_run_id"] for line in lines if line.get("task_run_id")}
-        found = set(FlowRun.objects.filter(pk__in=run_ids, workspace=request.workspace).values_list("pk", flat=True))
-        tasks = set(TaskRun.objects.filter(pk__in=task_ids, flow_run__workspace=request.workspace)
-                    .values_list("pk", flat=True)) if task_ids else set()
-        if found != run_ids or tasks != task_ids:
-            raise exceptions.NotFound("A log line names a flow run or task run not in this workspace.")
+        refused, lines = [], []
+        for index, raw in enumerate(self.valid(LogBatchEnvelope)["logs"]):
+            line = LogLine(data=raw)
+            if line.is_valid():
+                lines.append((index, line.validated_data))
+                continue
+            problems = line.errors if isinstance(line.errors, dict) else {"input": line.errors}
+            refused.append({"index": index, "reason": "; ".join(f"{field}: {errors[0]}"
+                                                               for field, errors in problems.items())})
+        malformed = [f"line {r['index']}: {r['reason']}" for r in refused]
+        run_ids = {line["flow_run_id"] for _, line in lines}
+        task_ids = {line["task_run_id"] for _, line in lines if line.get("task_run_id")}
+        found = set(FlowRun.objects.filter(pk__in=run_ids, workspace=request.workspace)
+                    .values_list("pk", flat=True)) if run_ids else set()
+        tasks = dict(TaskRun.objects.filter(pk__in=task_ids, flow_run__workspace=request.workspace)
+                     .values_list("pk", "flow_run_id")) if task_ids else {}
         now = timezone.now()
-        Log.objects.bulk_create([
-            Log(workspace=request.workspace, flow_run_id=line["flow_run_id"], task_run_id=line.get("task_run_id"),
-                level=line["level"], message=line["message"], timestamp=line.get("timestamp") or now, source="agent")
-            for line in lines
-        ])
-        return Response({"stored": len(lines)}, status=status.HTTP_201_CREATED)
+        stored = []
+        for index, line in lines:
+            task_run_id = line.get("task_run_id")
+            if line["flow_run_id"] not in found:
+                refused.append({"index": index, "reason": "flow_run_id: no such flow run in this workspace."})
+            elif task_run_id and tasks.get(task_run_id) != line["flow_run_id"]:
+                refused.append({"index": index, "reason": "task_run_id: no such task run in this flow run."})
+            else:
+                stored.append(Log(workspace=request.workspace, flow_run_id=line["flow_run_id"],
+                                  task_run_id=task_run_id, level=line["level"], message=line["message"],
+                                  timestamp=line.get("timestamp") or now, source="agent"))
+        if not stored:
+            if malformed:
+                raise exceptions.ValidationError({"logs": malformed})
+            raise exceptions.NotFound("No line of the batch names a flow run (and task run) of this workspace.")
+        Log.objects.bulk_create(stored)
+        return Response({"stored": len(stored), "refused": sorted(refused, key=lambda r: r["index"])},
+                        status=status.HTTP_201_CREATED)
 
 
 class PingView(AgentEndpoint):

@@ -15,6 +15,60 @@ from tests.conftest import api_prefix
 REPO = Path(__file__).resolve().parents[2]
 
 
+def process_tree(pid):
+    """pid and every descendant of it, read from /proc (the flow's runner runs in its own session)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def alive(pid):
+    """Whether `pid` runs (a zombie nobody reaped yet does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def runner_pids(agent_pid):
+    """The `python -m agent.runner` processes an agent started."""
+    found = []
+    for pid in process_tree(agent_pid)[1:]:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if b"agent.runner" in cmdline.read():
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def kill_tagged(tag):
+    """SIGKILL every process whose environment carries ORCHESTRATOR_TEST_TAG=tag (orphans included)."""
+    needle = f"ORCHESTRATOR_TEST_TAG={tag}".encode()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as environ:
+                    if needle in environ.read().split(b"\0"):
+                        os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -52,14 +106,17 @@ class AgentProcess:
 
 @pytest.fixture
 def start_agent(tmp_path):
-    """start_agent(api_url, key, queue, name, **flags) -> AgentProcess; all are stopped at teardown."""
+    """start_agent(api_url, key, queue, name, *flags, env={...}) -> AgentProcess; all are stopped at
+    teardown, and every runner they started too, orphans included."""
     started = []
+    tag = f"{os.getpid()}-{time.monotonic_ns()}"
 
-    def start(api_url, key, queue, name, *extra):
+    def start(api_url, key, queue, name, *extra, env=None):
         port = free_port()
         log_path = tmp_path / f"{name}.log"
         env = {**os.environ, "ORCHESTRATOR_AGENT_QUERY_SECONDS": "0.3", "ORCHESTRATOR_AGENT_HEARTBEAT_SECONDS": "1",
-               "ORCHESTRATOR_RUNNER_HEARTBEAT_SECONDS": "0.3", "ORCHESTRATOR_AGENT_WEBSERVER_PORT": str(port)}
+               "ORCHESTRATOR_RUNNER_HEARTBEAT_SECONDS": "0.3", "ORCHESTRATOR_AGENT_WEBSERVER_PORT": str(port),
+               "ORCHESTRATOR_AGENT_GRACE_SECONDS": "2", "ORCHESTRATOR_TEST_TAG": tag, **(env or {})}
         process = subprocess.Popen(
             [sys.executable, "-m", "agent", "start", "--api", api_url, "--key", key, "--queue", queue,
              "--name", name, *extra],
@@ -72,6 +129,7 @@ def start_agent(tmp_path):
     yield start
     for agent in started:
         agent.stop()
+    kill_tagged(tag)
 
 
 @pytest.fixture

@@ -1,7 +1,13 @@
 """Flows the end-to-end tests give the agent to run (imported by the agent's subprocess)."""
 
+import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from agent import flow, task
 
@@ -50,3 +56,71 @@ def broken():
 @flow
 def forever():
     wait(600)
+
+
+def _wait_for_file(path, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.05)
+
+
+@task
+def step(name, marks, gate=None):
+    """Counts its executions in marks/<name> (one line each, the pid), then waits for `gate` if given."""
+    with open(Path(marks) / name, "a") as counter:
+        counter.write(f"{os.getpid()}\n")
+    if gate:
+        _wait_for_file(gate)
+    return {"step": name, "pid": os.getpid()}
+
+
+@flow
+def three_steps(marks, gate):
+    """Step two waits until the test opens the gate; what follows is logged in three ways."""
+    one = step("one", marks)
+    two = step("two", marks, gate)
+    print(f"step two done in {two['pid']}")
+    subprocess.run([sys.executable, "-c", "print('printed by a subprocess of the flow')"], check=True)
+    logging.getLogger("tests.flows").warning("logged after step two")
+    three = step("three", marks)
+    (Path(marks) / "results.json").write_text(json.dumps([one, two, three]))
+    return [one["step"], two["step"], three["step"]]
+
+
+@task
+def hold(marks):
+    """Runs until stopped; its `finally` leaves a mark, so a test sees that cleanup ran."""
+    with open(Path(marks) / "hold", "a") as counter:
+        counter.write(f"{os.getpid()}\n")
+    try:
+        time.sleep(600)
+    finally:
+        (Path(marks) / "cleaned-up").write_text("yes")
+
+
+@flow
+def cancellable(marks):
+    try:
+        hold(marks)
+    except Exception:  # noqa: BLE001 - a stop must not be swallowed by user code like this
+        (Path(marks) / "swallowed").write_text("the stop was caught as an Exception")
+        time.sleep(600)
+
+
+@flow
+def stubborn(marks):
+    """Ignores SIGTERM, as some user code does: only SIGKILL ends it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    (Path(marks) / "stubborn").write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+@flow
+def killed():
+    """Dies the way the out-of-memory killer ends a process: no chance to report."""
+    logging.getLogger("tests.flows").warning("about to be killed")
+    print("printed just before")
+    time.sleep(0.2)  # the runner reads its pipe in a thread: give it the line (its shipper sends every 1 s)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -143,11 +143,13 @@ def test_asking_again_within_one_attempt_does_not_reopen_a_failed_task(operator,
 
 def test_heartbeats_move_last_heartbeat(operator, prefix, ws, registered):
     run = due_run(ws, state=State.RUNNING)
-    assert operator.post(f"{prefix}/agent/flow_runs/{run.pk}/heartbeat").status_code == 204
+    answer = operator.post(f"{prefix}/agent/flow_runs/{run.pk}/heartbeat")
+    assert (answer.status_code, answer.json()) == (200, {"state": "RUNNING"})
     run.refresh_from_db()
     assert run.last_heartbeat is not None
     before = Agent.objects.get(pk=registered).last_heartbeat
-    assert operator.post(f"{prefix}/agent/heartbeat", {"agent_id": registered}, format="json").status_code == 204
+    answer = operator.post(f"{prefix}/agent/heartbeat", {"agent_id": registered}, format="json")
+    assert (answer.status_code, answer.json()) == (200, {"cancelling": []})
     assert Agent.objects.get(pk=registered).last_heartbeat >= before
 
 
@@ -160,9 +162,10 @@ def test_a_flow_run_heartbeat_is_a_single_update(operator, prefix, ws):
     run = due_run(ws, state=State.RUNNING)
     operator.get(f"{prefix}/agent/ping")  # the key's last_used_at is written at most once a minute
     with CaptureQueriesContext(connection) as captured:
-        assert operator.post(f"{prefix}/agent/flow_runs/{run.pk}/heartbeat").status_code == 204
+        assert operator.post(f"{prefix}/agent/flow_runs/{run.pk}/heartbeat").json() == {"state": "RUNNING"}
     statements = [q["sql"].split()[0] for q in captured.captured_queries]
-    # One read of the key (its workspace comes with it), then one UPDATE (in a transaction, see record_heartbeat).
+    # One read of the key (its workspace comes with it), then one UPDATE that also returns the run's
+    # state (in a transaction, see record_flow_run_heartbeat).
     assert statements.count("SELECT") == 1 and statements.count("UPDATE") == 1
     assert not {"INSERT", "DELETE"} & set(statements)
 
@@ -173,7 +176,7 @@ def test_logs_are_stored_in_one_batch(operator, prefix, ws):
     lines = [{"flow_run_id": str(run.pk), "message": f"line {i}", "level": 20} for i in range(50)]
     lines.append({"flow_run_id": str(run.pk), "task_run_id": str(task.pk), "message": "boom", "level": 40})
     answer = operator.post(f"{prefix}/agent/logs", {"logs": lines}, format="json")
-    assert answer.status_code == 201 and answer.json() == {"stored": 51}
+    assert answer.status_code == 201 and answer.json() == {"stored": 51, "refused": []}
     assert Log.objects.filter(flow_run=run).count() == 51
     assert Log.objects.get(task_run=task).level == 40
 
@@ -244,4 +247,160 @@ def test_a_log_batch_over_the_size_limit_is_413_naming_the_limit(operator, prefi
     answer = operator.post(f"{prefix}/agent/logs", {"logs": lines}, format="json")
     assert answer.status_code == 413
     assert "2000 bytes" in answer.json()["error"]["message"]
+    assert not Log.objects.exists()
+
+
+# --- A run keeps what an earlier attempt completed ------------------------------------------
+
+def rescheduled(run):
+    """Lazarus moves the run back to SCHEDULED, another agent starts its next attempt."""
+    from runs.states import set_flow_run_state
+
+    run = set_flow_run_state(run, State.SCHEDULED, actor=Actor.LAZARUS,
+                             updates={"start_time": None, "agent": None, "last_heartbeat": None})
+    run = set_flow_run_state(run, State.SUBMITTED, actor=Actor.AGENT)
+    return set_flow_run_state(run, State.RUNNING, actor=Actor.AGENT, now=timezone.now() + timedelta(seconds=5))
+
+
+def completed_task(operator, prefix, run, key, **result):
+    url = f"{prefix}/agent/flow_runs/{run.pk}/task_runs"
+    task_id = operator.post(url, {"task_key": key}, format="json").json()["id"]
+    operator.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "RUNNING"}, format="json")
+    answer = operator.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "COMPLETED", **result},
+                           format="json")
+    assert answer.status_code == 200, answer.content
+    return answer.json()
+
+
+def test_a_completed_tasks_json_result_is_kept(operator, prefix, ws):
+    run = due_run(ws, state=State.RUNNING)
+    answer = completed_task(operator, prefix, run, "extract", result={"rows": [1, 2], "ok": True})
+    assert answer["state"] == "COMPLETED" and answer["result"] == {"value": {"rows": [1, 2], "ok": True}}
+    assert TaskRun.objects.get(pk=answer["id"]).result == {"value": {"rows": [1, 2], "ok": True}}
+    none = completed_task(operator, prefix, run, "returns-none", result=None)
+    assert none["result"] == {"value": None}  # None is a result too
+    assert completed_task(operator, prefix, run, "no-result")["result"] is None
+
+
+def test_a_result_over_the_limit_is_not_kept(operator, prefix, ws, settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "TASK_RESULT_MAX_BYTES": 10}
+    run = due_run(ws, state=State.RUNNING)
+    assert completed_task(operator, prefix, run, "small", result="12345678")["result"] == {"value": "12345678"}
+    big = completed_task(operator, prefix, run, "big", result="123456789")  # 11 bytes with its quotes
+    assert big["state"] == "COMPLETED" and big["result"] is None
+
+
+def test_a_later_attempt_gets_a_completed_task_with_its_result_instead_of_running_it(operator, prefix, ws):
+    run = due_run(ws, state=State.RUNNING)
+    first = completed_task(operator, prefix, run, "extract", result=[1, 2, 3])
+    rescheduled(run)
+    again = operator.post(f"{prefix}/agent/flow_runs/{run.pk}/task_runs", {"task_key": "extract"}, format="json")
+    assert again.status_code == 200
+    assert again.json() == {**first, "state": "COMPLETED", "result": {"value": [1, 2, 3]}}
+    history = list(StateChange.objects.filter(task_run_id=first["id"]).values_list("to_state", flat=True))
+    assert history == ["RUNNING", "COMPLETED"]  # not reopened
+
+
+def test_a_later_attempt_reruns_a_completed_task_whose_result_was_not_kept_and_says_why(operator, prefix, ws):
+    run = due_run(ws, state=State.RUNNING)
+    first = completed_task(operator, prefix, run, "to-dataframe")
+    run = rescheduled(run)
+    again = operator.post(f"{prefix}/agent/flow_runs/{run.pk}/task_runs", {"task_key": "to-dataframe"},
+                          format="json").json()
+    assert (again["id"], again["state"], again["result"]) == (first["id"], "SCHEDULED", None)
+    [line] = Log.objects.filter(task_run_id=first["id"]).values_list("message", flat=True)
+    assert "ended COMPLETED in an earlier attempt without a result the server kept" in line
+
+
+def test_the_register_answer_says_how_large_a_result_the_server_keeps(operator, prefix, settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "TASK_RESULT_MAX_BYTES": 4096}
+    answer = operator.post(f"{prefix}/agent/register", {"name": "box", "queues": ["q"]}, format="json").json()
+    assert answer["task_result_max_bytes"] == 4096
+
+
+# --- A claim whose answer was lost; cancellations in the poll answers ---------------------------
+
+def test_a_claim_hands_out_again_what_this_agent_claimed_and_has_not_started(operator, prefix, ws, registered):
+    run = due_run(ws)
+    claim = lambda agent_id: operator.post(f"{prefix}/agent/claim", {"agent_id": agent_id, "max_runs": 5},  # noqa: E731
+                                           format="json").json()["runs"]
+    assert [r["id"] for r in claim(registered)] == [str(run.pk)]
+    # The answer was lost: the next claim brings the run again, to this agent only.
+    other = operator.post(f"{prefix}/agent/register", {"name": "box-2", "queues": ["default"]}, format="json")
+    assert claim(other.json()["id"]) == []
+    assert [(r["id"], r["state"]) for r in claim(registered)] == [(str(run.pk), "SUBMITTED")]
+    # The same agent restarted (registered again under its name) gets it too.
+    again = operator.post(f"{prefix}/agent/register", {"name": "box-1", "queues": ["default"]}, format="json")
+    assert again.json()["id"] == registered and [r["id"] for r in claim(registered)] == [str(run.pk)]
+    # Once started, it is no longer handed out; claiming never wrote a second history row.
+    operator.post(f"{prefix}/agent/flow_runs/{run.pk}/state", {"state": "RUNNING"}, format="json")
+    assert claim(registered) == []
+    assert StateChange.objects.filter(flow_run=run, to_state=State.SUBMITTED).count() == 1
+
+
+def test_handed_out_again_counts_against_max_runs(operator, prefix, ws, registered):
+    runs = [due_run(ws) for _ in range(3)]
+    claim = lambda n: operator.post(f"{prefix}/agent/claim", {"agent_id": registered, "max_runs": n},  # noqa: E731
+                                    format="json").json()["runs"]
+    assert len(claim(2)) == 2
+    assert len(claim(2)) == 2  # the two unstarted ones again, nothing new
+    assert {r["id"] for r in claim(3)} == {str(r.pk) for r in runs}
+
+
+def test_the_poll_answers_name_the_agents_runs_being_cancelled(operator, prefix, ws, registered):
+    mine = due_run(ws, state=State.CANCELLING, agent_id=registered)
+    due_run(ws, state=State.CANCELLING, agent=factories.agent(ws))  # another agent's
+    due_run(ws, state=State.RUNNING, agent_id=registered)
+    claim = operator.post(f"{prefix}/agent/claim", {"agent_id": registered}, format="json").json()
+    beat = operator.post(f"{prefix}/agent/heartbeat", {"agent_id": registered}, format="json").json()
+    assert claim["cancelling"] == beat["cancelling"] == [str(mine.pk)]
+
+
+def test_a_flow_run_heartbeat_answers_the_runs_state(operator, prefix, ws):
+    run = due_run(ws, state=State.CANCELLING)
+    assert operator.post(f"{prefix}/agent/flow_runs/{run.pk}/heartbeat").json() == {"state": "CANCELLING"}
+    run.refresh_from_db()
+    assert run.last_heartbeat is not None
+
+
+def test_a_run_handed_back_is_due_now_for_any_agent_and_starts_afresh(operator, prefix, ws, registered):
+    run = due_run(ws, state=State.RUNNING, agent_id=registered, last_heartbeat=timezone.now())
+    answer = operator.post(f"{prefix}/agent/flow_runs/{run.pk}/state",
+                           {"state": "SCHEDULED", "message": "Handed back by its runner"}, format="json")
+    assert answer.status_code == 200 and answer.json()["state"] == "SCHEDULED"
+    run.refresh_from_db()
+    assert (run.agent, run.start_time, run.last_heartbeat) == (None, None, None)
+    assert run.scheduled_start > timezone.now() - timedelta(seconds=5)
+
+
+# --- One bad log line does not cost its batch ---------------------------------------------------
+
+def test_a_log_batch_stores_the_good_lines_and_names_the_refused_ones(operator, prefix, ws, other_ws):
+    run, foreign = due_run(ws, state=State.RUNNING), due_run(other_ws, state=State.RUNNING)
+    elsewhere = factories.task_run(due_run(ws, state=State.RUNNING))
+    lines = [
+        {"flow_run_id": str(run.pk), "message": "good"},
+        {"flow_run_id": str(foreign.pk), "message": "another workspace's run"},
+        {"flow_run_id": str(run.pk), "message": "bad level", "level": 25},
+        {"flow_run_id": str(run.pk), "task_run_id": str(elsewhere.pk), "message": "another run's task"},
+        "not a line",
+        {"flow_run_id": str(run.pk), "message": "good too", "level": 40},
+    ]
+    answer = operator.post(f"{prefix}/agent/logs", {"logs": lines}, format="json")
+    assert answer.status_code == 201, answer.content
+    body = answer.json()
+    assert body["stored"] == 2 and [r["index"] for r in body["refused"]] == [1, 2, 3, 4]
+    reasons = [r["reason"] for r in body["refused"]]
+    assert reasons[0] == "flow_run_id: no such flow run in this workspace."
+    assert reasons[1].startswith("level: ") and reasons[2].startswith("task_run_id: ")
+    assert sorted(Log.objects.filter(flow_run=run).values_list("message", flat=True)) == ["good", "good too"]
+
+
+def test_a_log_batch_with_nothing_to_store_is_400_or_404(operator, prefix, ws, other_ws):
+    foreign = due_run(other_ws, state=State.RUNNING)
+    malformed = operator.post(f"{prefix}/agent/logs", {"logs": [{"message": "no run"}]}, format="json")
+    assert malformed.status_code == 400 and "line 0: flow_run_id" in malformed.json()["error"]["message"]
+    unknown = operator.post(f"{prefix}/agent/logs", {"logs": [{"flow_run_id": str(foreign.pk), "message": "x"}]},
+                            format="json")
+    assert unknown.status_code == 404
     assert not Log.objects.exists()

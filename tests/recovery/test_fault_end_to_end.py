@@ -1,5 +1,7 @@
-"""End to end: agent A dies by SIGKILL mid-task; the Zombie Killer, Lazarus and agent B recover the run."""
+"""End to end: agent A's machine dies (SIGKILL to the agent and its runners) mid-task; the Zombie
+Killer, Lazarus and agent B recover the run, and tasks that completed before stand."""
 
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +13,7 @@ from django.utils import timezone
 from runs.models import TERMINAL_STATES, Actor, FlowRun, Role, State, StateChange, TaskRun
 from services import towel
 from tests import factories
-from tests.agent.conftest import REPO, free_port, wait_for
+from tests.agent.conftest import REPO, free_port, process_tree, runner_pids, wait_for
 from tests.conftest import api_prefix
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -47,28 +49,9 @@ def agents(tmp_path):
             _kill_node(process)
 
 
-def _process_tree(pid):
-    """pid and every descendant of it, read from /proc (the flow subprocess runs in its own session)."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, []))
-    return tree
-
-
 def _kill_node(process):
     """SIGKILL the agent and everything it started, as if its machine died."""
-    for pid in _process_tree(process.pid):
+    for pid in process_tree(process.pid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -127,3 +110,40 @@ def test_a_killed_agents_run_is_failed_rescheduled_and_completed_by_another(ws, 
     assert StateChange.objects.get(task_run=long_task, to_state=State.FAILED).actor == Actor.ZOMBIE_KILLER
     assert killed_at < task_failed_at < steps[2][2] < steps[3][2]
     assert run.logs.filter(source="lazarus", message__contains="attempt 1 of 10").exists()
+
+
+def test_a_new_attempt_keeps_the_results_of_tasks_that_completed_before_the_machine_died(
+        ws, live_server, fast_services, agents, tmp_path):
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    marks.mkdir()
+    queue = factories.work_queue(ws, name="fault")
+    flow = factories.flow(ws, entrypoint="tests.agent.flows:three_steps")
+    run = factories.flow_run(flow, work_queue=queue, parameters={"marks": str(marks), "gate": str(gate)})
+    url, key = live_server.url + api_prefix(ws), factories.api_key(ws, role=Role.OPERATOR)[1]
+    ran = lambda name: (marks / name).read_text().split() if (marks / name).exists() else []  # noqa: E731
+
+    node_a = agents(url, key, "fault", "agent-a")
+    wait_for(lambda: ran("two"), what="agent A's runner to reach step two")  # step one COMPLETED, two waits
+    [runner_a] = runner_pids(node_a.pid)
+    _kill_node(node_a)
+
+    story = lambda: _story(run.pk, tmp_path)  # noqa: E731
+    _recover_until(lambda: FlowRun.objects.filter(pk=run.pk, state=State.SCHEDULED, lazarus_count=1).exists(), story)
+    gate.write_text("open")
+    agents(url, key, "fault", "agent-b")
+    _recover_until(lambda: FlowRun.objects.get(pk=run.pk).state in TERMINAL_STATES, story)
+
+    run.refresh_from_db()
+    assert (run.state, run.agent.name, run.lazarus_count) == (State.COMPLETED, "agent-b", 1), story()
+    # Step one ran once, in the first attempt; step two, killed mid-way, ran again; step three once.
+    assert [len(ran(name)) for name in ("one", "two", "three")] == [1, 2, 1]
+    one, two, three = json.loads((marks / "results.json").read_text())
+    assert one == {"step": "one", "pid": runner_a}  # the first attempt's stored result, not a new one
+    assert two["pid"] == three["pid"] != runner_a
+    steps = {t.dynamic_key: t for t in TaskRun.objects.filter(flow_run=run)}
+    assert list(StateChange.objects.filter(task_run=steps["0"]).values_list("to_state", flat=True)) == [
+        State.RUNNING, State.COMPLETED]
+    assert list(StateChange.objects.filter(task_run=steps["1"]).values_list("to_state", "actor")) == [
+        (State.RUNNING, Actor.AGENT), (State.FAILED, Actor.ZOMBIE_KILLER), (State.SCHEDULED, Actor.AGENT),
+        (State.RUNNING, Actor.AGENT), (State.COMPLETED, Actor.AGENT)]
+    assert run.logs.filter(message__contains="Task step completed in an earlier attempt; its result stands").count() == 1

@@ -1,0 +1,226 @@
+"""The agent under a strained server: Retry-After, refused and oversized log batches, lost claim answers.
+
+No live server: a tiny HTTP server in a thread, or a client that stands in for one.
+"""
+
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from agent.client import ApiClient, ApiError, ServerUnreachable
+from agent.logs import LogShipper
+from agent.worker import Agent
+
+
+@pytest.fixture
+def busy_server():
+    """An HTTP server answering each POST with the next (status, headers) of `server.answers`, then 200."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the name http.server expects
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            server.seen.append(time.monotonic())
+            status, headers = server.answers.pop(0) if server.answers else (200, {})
+            body = b'{"error": {"message": "slow down"}}' if status >= 400 else b'{"ok": true}'
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.answers, server.seen = [], []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.client = ApiClient(f"http://127.0.0.1:{server.server_address[1]}/api/accounts/a/workspaces/w", "k",
+                              timeout=5)
+    yield server
+    server.shutdown()
+
+
+def test_a_429_with_retry_after_is_retried_no_sooner_than_asked(busy_server):
+    busy_server.answers = [(429, {"Retry-After": "1"})]
+    assert busy_server.client.post("logs", {"logs": []}, retry_for=10) == {"ok": True}
+    first, second = busy_server.seen
+    assert 1.0 <= second - first < 1.5  # at least what the server asked, jittered upwards by at most 20 %
+
+
+def test_a_503_with_an_http_date_retry_after_is_honoured_too(busy_server):
+    later = datetime.now(timezone.utc) + timedelta(seconds=2)
+    busy_server.answers = [(503, {"Retry-After": format_datetime(later, usegmt=True)})]
+    assert busy_server.client.post("claim", {}, retry_for=10) == {"ok": True}
+    first, second = busy_server.seen
+    assert second - first >= 0.9  # the date has whole seconds: at least about a second
+
+
+def test_a_retry_after_beyond_the_callers_window_gives_up_at_once_and_says_how_long(busy_server):
+    busy_server.answers = [(429, {"Retry-After": "30"})]
+    started = time.monotonic()
+    with pytest.raises(ServerUnreachable) as raised:
+        busy_server.client.post("claim", {}, retry_for=5)
+    assert time.monotonic() - started < 1 and raised.value.retry_after == 30
+
+
+def test_retry_after_is_capped():
+    from agent.client import MAX_RETRY_AFTER_SECONDS, retry_after_seconds
+
+    class Answer:
+        status_code = 429
+        headers = {"Retry-After": "86400"}
+
+    assert retry_after_seconds(Answer()) == MAX_RETRY_AFTER_SECONDS
+    Answer.headers = {"Retry-After": "soon"}
+    assert retry_after_seconds(Answer()) is None
+
+
+class FakeClient:
+    """Answers posts with `answer(path, payload)`; records them."""
+
+    def __init__(self, answer):
+        self.answer, self.calls = answer, []
+
+    def post(self, path, payload=None, **kwargs):
+        self.calls.append((path, payload))
+        return self.answer(path, payload)
+
+
+def new_agent(client):
+    return Agent(client, api_url="http://x", key="k", name="a", queues=["q"], query_seconds=0.3)
+
+
+def test_a_poll_refused_with_retry_after_waits_that_long_before_the_next():
+    def refuse(path, payload):
+        raise ServerUnreachable("HTTP 429", retry_after=7)
+
+    agent = new_agent(FakeClient(refuse))
+    agent.poll_once()
+    assert agent.next_poll_seconds == 7
+
+
+def test_a_run_handed_out_again_by_the_claim_is_started_once(monkeypatch):
+    run = {"id": "run-1", "name": "r", "flow": "f", "entrypoint": "m:f"}
+    agent = new_agent(FakeClient(lambda path, payload: {"runs": [run], "cancelling": []}))
+    started = []
+
+    def start(execution):  # stands in for the runner's thread, still starting the run
+        started.append(execution.run_id)
+        execution.thread = threading.current_thread()
+
+    monkeypatch.setattr("agent.worker.Execution.start", start)
+    assert agent.poll_once() == 1
+    assert agent.poll_once() == 0  # the claim's answer was lost, say: it comes again, and is skipped
+    assert started == ["run-1"]
+
+
+def test_the_poll_answer_cancels_the_runs_it_names(monkeypatch):
+    agent = new_agent(FakeClient(lambda path, payload: {"runs": [], "cancelling": ["run-1"]}))
+    cancelled = []
+
+    class Running:
+        thread = threading.current_thread()
+
+        def cancel(self, grace):
+            cancelled.append(grace)
+
+    agent.executions = {"run-1": Running()}
+    agent.cancel_grace_seconds = 12
+    agent.poll_once()
+    assert cancelled == [12]
+
+
+def test_a_batch_too_large_for_the_server_is_split_until_it_fits(caplog):
+    def at_most_three(path, payload):
+        if len(payload["logs"]) > 3:
+            raise ApiError(413, {"error": {"message": "too large"}})
+        return {"stored": len(payload["logs"]), "refused": []}
+
+    client = FakeClient(at_most_three)
+    shipper = LogShipper(client)
+    for i in range(10):
+        shipper.add("run-1", f"line {i}")
+    assert shipper.flush()
+    delivered = [line["message"] for path, payload in client.calls if len(payload["logs"]) <= 3
+                 for line in payload["logs"]]
+    assert delivered == [f"line {i}" for i in range(10)]  # all of them, in order, none twice
+
+
+def test_lines_the_server_refuses_are_logged_and_the_rest_kept(caplog):
+    def refuse_the_second(path, payload):
+        return {"stored": len(payload["logs"]) - 1, "refused": [{"index": 1, "reason": "flow_run_id: no such run"}]}
+
+    shipper = LogShipper(FakeClient(refuse_the_second))
+    for i in range(3):
+        shipper.add("run-1", f"line {i}")
+    with caplog.at_level(logging.WARNING, logger="agent.logs"):
+        assert shipper.flush()
+    assert "refused a log line of run run-1 (flow_run_id: no such run): line 1" in caplog.text
+    assert not shipper.buffer
+
+
+def test_a_batch_split_while_the_server_goes_away_keeps_what_was_not_sent():
+    answers = iter([ApiError(413, {}), {"stored": 2, "refused": []}, ConnectionError("gone")])
+
+    def answer(path, payload):
+        outcome = next(answers)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    shipper = LogShipper(FakeClient(answer))
+    for i in range(4):
+        shipper.add("run-1", f"line {i}")
+    assert not shipper.flush()
+    assert [line["message"] for line in shipper.buffer] == ["line 2", "line 3"]
+
+
+def test_custom_logging_levels_are_sent_as_the_servers_nearest_level_below():
+    shipper = LogShipper(FakeClient(lambda path, payload: None))
+    for level in (5, 25, 45, 60):
+        shipper.add("run-1", "x", level=level)
+    assert [line["level"] for line in shipper.buffer] == [10, 20, 40, 50]
+
+
+def test_the_agent_ships_the_lines_a_dead_runner_had_not_delivered(tmp_path, monkeypatch):
+    from agent import runner as runner_module
+    from agent.worker import Execution
+
+    scratch = (tmp_path / "scratch").open("w+b")
+    batches = []
+    shipper = LogShipper(FakeClient(lambda path, payload: batches.append(payload["logs"])))
+    shipper.journal = runner_module.LogJournal(scratch.fileno(), capacity=100)
+    shipper.add("run-1", "delivered")
+    assert shipper.flush() and [line["message"] for line in batches[0]] == ["delivered"]
+    shipper.add("run-1", "not yet", level=logging.WARNING, task_run_id="task-1")
+    # The runner dies here. Its agent reads the scratch file.
+    scratch.seek(0)
+    lines = scratch.read().decode().split("\n")
+    agent = new_agent(FakeClient(lambda path, payload: None))
+    left = Execution(agent, {"id": "run-1"})._ship_what_the_runner_left(lines + ["Traceback: boom"])
+    assert left is None
+    assert [(line["message"], line["level"], line["task_run_id"]) for line in agent.shipper.buffer] == [
+        ("not yet", 30, "task-1"), ("[runner] Traceback: boom", 40, None)]
+
+
+def test_the_journal_is_rewritten_with_only_undelivered_lines_when_it_grows(tmp_path, monkeypatch):
+    from agent import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "JOURNAL_MAX_BYTES", 2000)
+    scratch = (tmp_path / "scratch").open("w+b")
+    shipper = LogShipper(FakeClient(lambda path, payload: None))
+    shipper.journal = runner_module.LogJournal(scratch.fileno(), capacity=100)
+    for i in range(30):
+        shipper.add("run-1", f"line {i}")
+    shipper.flush()  # all delivered, past the size: the file starts over
+    shipper.add("run-1", "after")
+    assert scratch.seek(0, 2) < 300
+    scratch.seek(0)
+    assert b"line 29" not in scratch.read()

@@ -1,0 +1,201 @@
+"""Runners report for themselves: real agent and runner processes, a live server, real signals.
+
+- the agent dies (SIGKILL) and its runner finishes the run, reports it and ships its logs;
+- with heartbeats off, an orphaned runner stops and hands the run back instead;
+- a cancelled run's process is ended, by its agent or (orphaned) by itself, and the run is CANCELLED.
+
+Markers in files count how often each task ran; polls and beats are every 0.3 s (conftest).
+"""
+
+import json
+import os
+import time
+
+import pytest
+
+from runs.models import Actor, FlowRun, Log, Role, State, StateChange, TaskRun
+from tests import factories
+
+from .conftest import alive, runner_pids, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+ORPHAN_WARNING = "is gone; this runner finishes the run and reports for itself"
+
+
+@pytest.fixture
+def operator_key(ws):
+    return factories.api_key(ws, role=Role.OPERATOR)[1]
+
+
+def queued_run(ws, entrypoint, **parameters):
+    queue = factories.work_queue(ws, name="faults")
+    return factories.flow_run(factories.flow(ws, entrypoint=entrypoint), work_queue=queue, parameters=parameters)
+
+
+def executions(marks, name):
+    path = marks / name
+    return path.read_text().split() if path.exists() else []
+
+
+def the_runner_of(agent):
+    return wait_for(lambda: runner_pids(agent.process.pid), timeout=20, what="the agent to start a runner")[0]
+
+
+def kill_only(agent):
+    """SIGKILL the agent alone: its runners live on, orphaned."""
+    agent.process.kill()
+    agent.process.wait()
+
+
+def logs_of(run):
+    return list(Log.objects.filter(flow_run=run).values_list("message", flat=True))
+
+
+def story(run, *agents):
+    rows = list(StateChange.objects.filter(flow_run=run).values_list("task_run__task_key", "to_state", "message"))
+    return f"history {rows}\nlogs {logs_of(run)}\n" + "\n".join(a.output()[-2000:] for a in agents)
+
+
+def test_a_runner_whose_agent_died_finishes_the_run_and_reports_it_itself(ws, workspace_url, start_agent,
+                                                                           operator_key, tmp_path):
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    marks.mkdir()
+    run = queued_run(ws, "tests.agent.flows:three_steps", marks=str(marks), gate=str(gate))
+    agent = start_agent(workspace_url, operator_key, "faults", "doomed")
+    wait_for(lambda: executions(marks, "two"), timeout=30, what=lambda: story(run, agent))
+    runner = the_runner_of(agent)
+
+    kill_only(agent)
+    wait_for(lambda: any(ORPHAN_WARNING in m for m in logs_of(run)), timeout=15,
+             what=lambda: f"the orphaned runner to say so\n{story(run, agent)}")
+    gate.write_text("open")  # everything from here on happens after the agent died
+    wait_for(lambda: FlowRun.objects.get(pk=run.pk).state == State.COMPLETED, timeout=20,
+             what=lambda: f"the runner to complete the run\n{story(run, agent)}")
+    wait_for(lambda: not alive(runner), timeout=10, what="the runner to exit")
+
+    run.refresh_from_db()
+    assert run.state_message == "The flow returned; reported by its runner."
+    flow_history = list(StateChange.objects.filter(flow_run=run, task_run=None).values_list("to_state", "actor"))
+    assert flow_history == [(State.SUBMITTED, Actor.AGENT), (State.RUNNING, Actor.AGENT),
+                            (State.COMPLETED, Actor.AGENT)]
+    assert [executions(marks, name) for name in ("one", "two", "three")] == [[str(runner)]] * 3
+    assert set(TaskRun.objects.filter(flow_run=run).values_list("state", flat=True)) == {State.COMPLETED}
+    messages = logs_of(run)
+    warning = next(m for m in messages if ORPHAN_WARNING in m)
+    assert f"Agent doomed (pid {agent.process.pid})" in warning
+    # Written after the agent died: print, a subprocess's output, and Python logging.
+    assert f"step two done in {runner}" in messages
+    assert "printed by a subprocess of the flow" in messages
+    assert "tests.flows: logged after step two" in messages
+
+
+def test_an_orphaned_runner_with_heartbeats_off_hands_the_run_back(ws, workspace_url, start_agent, operator_key,
+                                                                    tmp_path):
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    marks.mkdir()
+    run = queued_run(ws, "tests.agent.flows:three_steps", marks=str(marks), gate=str(gate))
+    first = start_agent(workspace_url, operator_key, "faults", "silent-1", "--heartbeat-mode", "off")
+    wait_for(lambda: executions(marks, "two"), timeout=30, what=lambda: story(run, first))
+    runner = the_runner_of(first)
+
+    kill_only(first)
+    wait_for(lambda: FlowRun.objects.get(pk=run.pk).state == State.SCHEDULED, timeout=15,
+             what=lambda: f"the runner to hand the run back\n{story(run, first)}")
+    wait_for(lambda: not alive(runner), timeout=10, what="the runner to exit")
+    run.refresh_from_db()
+    assert run.state_message.startswith("Handed back by its runner: agent silent-1")
+    assert run.agent is None and run.start_time is None
+    assert not os.path.exists(gate) and executions(marks, "two") == [str(runner)]  # stopped while it waited
+    tasks = {t.dynamic_key: t for t in TaskRun.objects.filter(flow_run=run)}
+    assert (tasks["0"].state, tasks["0"].result) == (State.COMPLETED, {"value": {"step": "one", "pid": runner}})
+    assert tasks["1"].state == State.SCHEDULED  # interrupted: the next attempt runs it again
+
+    # Another agent takes the run over: the step that completed is not run again.
+    gate.write_text("open")
+    second = start_agent(workspace_url, operator_key, "faults", "silent-2", "--heartbeat-mode", "off")
+    wait_for(lambda: FlowRun.objects.get(pk=run.pk).state == State.COMPLETED, timeout=30,
+             what=lambda: story(run, first, second))
+    assert len(executions(marks, "one")) == 1 and len(executions(marks, "two")) == 2
+    assert json.loads((marks / "results.json").read_text())[0] == {"step": "one", "pid": runner}
+    assert any("Task step completed in an earlier attempt; its result stands." in m for m in logs_of(run))
+
+
+def cancel(api, ws, run):
+    from tests.conftest import api_prefix
+
+    api.as_key(factories.api_key(ws, role=Role.OPERATOR)[1])
+    answer = api.post(f"{api_prefix(ws)}/flow_runs/{run.pk}/cancel/")
+    assert answer.status_code == 200 and answer.json()["state"] == State.CANCELLING, answer.content
+    return time.monotonic()
+
+
+def test_cancelling_a_running_run_stops_its_flow_and_ends_it_cancelled(ws, workspace_url, start_agent, operator_key,
+                                                                       api, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    run = queued_run(ws, "tests.agent.flows:cancellable", marks=str(marks))
+    agent = start_agent(workspace_url, operator_key, "faults", "canceller",
+                        env={"ORCHESTRATOR_AGENT_CANCEL_GRACE_SECONDS": "5"})
+    wait_for(lambda: executions(marks, "hold"), timeout=30, what=lambda: story(run, agent))
+    runner = the_runner_of(agent)
+
+    asked = cancel(api, ws, run)
+    wait_for(lambda: not alive(runner), timeout=5, what=lambda: f"the runner to stop\n{story(run, agent)}")
+    assert time.monotonic() - asked < 5  # within the grace: it stopped when asked, no SIGKILL needed
+    wait_for(lambda: FlowRun.objects.get(pk=run.pk).state == State.CANCELLED, timeout=10, what=lambda: story(run, agent))
+    assert (marks / "cleaned-up").exists() and not (marks / "swallowed").exists()
+    assert TaskRun.objects.get(flow_run=run).state == State.CANCELLED
+    assert agent.process.poll() is None  # the agent carries on
+
+
+def test_a_run_that_ignores_sigterm_is_killed_after_the_cancel_grace(ws, workspace_url, start_agent, operator_key,
+                                                                      api, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    run = queued_run(ws, "tests.agent.flows:stubborn", marks=str(marks))
+    agent = start_agent(workspace_url, operator_key, "faults", "killer",
+                        env={"ORCHESTRATOR_AGENT_CANCEL_GRACE_SECONDS": "1.5"})
+    wait_for(lambda: (marks / "stubborn").exists(), timeout=30, what=lambda: story(run, agent))
+    runner = the_runner_of(agent)
+
+    asked = cancel(api, ws, run)
+    wait_for(lambda: not alive(runner), timeout=10, what=lambda: f"the runner to be killed\n{story(run, agent)}")
+    assert 1.5 <= time.monotonic() - asked < 6
+    wait_for(lambda: FlowRun.objects.get(pk=run.pk).state == State.CANCELLED, timeout=10, what=lambda: story(run, agent))
+    run.refresh_from_db()
+    assert run.state_message.startswith("Cancelled: agent killer ended the flow's process")
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_an_orphaned_runner_stops_itself_when_its_run_is_cancelled(ws, workspace_url, start_agent, operator_key,
+                                                                    api, tmp_path, mode):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    run = queued_run(ws, "tests.agent.flows:cancellable", marks=str(marks))
+    agent = start_agent(workspace_url, operator_key, "faults", "gone", "--heartbeat-mode", mode)
+    wait_for(lambda: executions(marks, "hold"), timeout=30, what=lambda: story(run, agent))
+    runner = the_runner_of(agent)
+    kill_only(agent)
+    wait_for(lambda: any(ORPHAN_WARNING in m for m in logs_of(run)), timeout=15, what=lambda: story(run, agent))
+
+    cancel(api, ws, run)
+    wait_for(lambda: FlowRun.objects.get(pk=run.pk).state == State.CANCELLED, timeout=10,
+             what=lambda: f"the orphaned runner to cancel its run\n{story(run, agent)}")
+    wait_for(lambda: not alive(runner), timeout=5, what="the runner to exit")
+    run.refresh_from_db()
+    assert run.state_message == "Cancelled: the flow stopped when asked; reported by its runner."
+    assert (marks / "cleaned-up").exists()
+    assert TaskRun.objects.get(flow_run=run).state == State.CANCELLED
+
+
+def test_a_runner_killed_before_it_could_report_is_reported_crashed_by_its_agent(ws, workspace_url, start_agent,
+                                                                                  operator_key):
+    run = queued_run(ws, "tests.agent.flows:killed")
+    agent = start_agent(workspace_url, operator_key, "faults", "witness")
+    wait_for(lambda: FlowRun.objects.get(pk=run.pk).state == State.CRASHED, timeout=30, what=lambda: story(run, agent))
+    run.refresh_from_db()
+    assert run.state_message == ("The flow's process was killed by SIGKILL (the out-of-memory killer does this) "
+                                 "before it could report.")
+    # Its last lines, which its shipper had not sent: the agent found them in the runner's journal.
+    assert {"tests.flows: about to be killed", "printed just before"} <= set(logs_of(run))
