@@ -142,6 +142,25 @@ def processes(tmp_path):
         process.kill()
 
 
+def worker_command(name="worker"):
+    """A Celery worker as production runs it (threads), without the chatter between workers."""
+    return [sys.executable, "-m", "celery", "-A", "orchestrator", "worker", "--pool", "threads", "--concurrency", "2",
+            "--without-heartbeat", "--without-gossip", "--without-mingle", "--loglevel", "WARNING", "-n", f"{name}@%h"]
+
+
+@pytest.fixture
+def celery_services(processes, postgres, tmp_path):
+    """celery_services(redis_url, **env) -> (worker, beat) on that broker, mark-late-runs every second."""
+
+    def start(redis_url, **env):
+        env = service_env(postgres, redis_url, tmp_path / "var-celery", ORCHESTRATOR_LATE_RUNS_LOOP_SECONDS=1, **env)
+        return (processes("worker", worker_command(), env),
+                processes("beat", [sys.executable, "-m", "celery", "-A", "orchestrator", "beat", "--loglevel",
+                                   "WARNING"], env))
+
+    return start
+
+
 class WebServer:
     def __init__(self, process, port):
         self.process, self.port = process, port

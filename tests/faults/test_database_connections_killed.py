@@ -6,7 +6,6 @@ background services pass again once the storm is over.
 """
 
 import json
-import sys
 import threading
 import uuid
 
@@ -18,7 +17,7 @@ from runs.models import FlowRun, Role
 from services.models import ServicePass
 from tests import factories
 from tests.conftest import api_prefix
-from tests.faults.conftest import Load, database_url, request, service_env, settle, wait_for
+from tests.faults.conftest import Load, database_url, request, settle, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -44,16 +43,12 @@ def kill_connections(postgres, ours, stop, killed):
             killed.append(len(rows))
 
 
-def test_killed_connections_cost_a_retry_never_a_500_or_a_lost_run(private_redis, web_server, processes, postgres,
-                                                                   periodic_tasks, tmp_path):
+def test_killed_connections_cost_a_retry_never_a_500_or_a_lost_run(private_redis, web_server, celery_services,
+                                                                   postgres, periodic_tasks):
     ws = factories.workspace()
     factories.flow(ws, name="etl")
     key = factories.api_key(ws, role=Role.OPERATOR)[1]
-    env = service_env(postgres, private_redis.url, tmp_path / "var-celery", ORCHESTRATOR_LATE_RUNS_LOOP_SECONDS=1)
-    processes("worker", [sys.executable, "-m", "celery", "-A", "orchestrator", "worker", "--pool", "threads",
-                         "--concurrency", "2", "--without-heartbeat", "--without-gossip", "--without-mingle",
-                         "--loglevel", "WARNING"], env)
-    processes("beat", [sys.executable, "-m", "celery", "-A", "orchestrator", "beat", "--loglevel", "WARNING"], env)
+    celery_services(private_redis.url)
     server = web_server(private_redis.url)
     base = server.url + api_prefix(ws)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}

@@ -7,7 +7,6 @@ never an answer: no 5xx but the /healthz 503 that names the broker.
 
 import json
 import os
-import sys
 import threading
 import uuid
 
@@ -18,24 +17,20 @@ from runs.models import FlowRun, Role
 from services.models import ServicePass
 from tests import factories
 from tests.conftest import api_prefix
-from tests.faults.conftest import Load, request, service_env, wait_for
+from tests.faults.conftest import Load, request, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 OUTAGE_SECONDS = float(os.environ.get("FAULT_REDIS_OUTAGE_SECONDS", 30))
 
 
-def test_the_api_serves_through_a_redis_outage_and_services_resume(private_redis, web_server, processes, postgres,
-                                                                   periodic_tasks, tmp_path):
+def test_the_api_serves_through_a_redis_outage_and_services_resume(private_redis, web_server, celery_services,
+                                                                   periodic_tasks):
     ws = factories.workspace()
-    flow = factories.flow(ws, name="etl")
+    factories.flow(ws, name="etl")
     key = factories.api_key(ws, role=Role.OPERATOR)[1]
     # Beat and a worker on the same Redis: the late-runs service every second shows passes stop and resume.
-    env = service_env(postgres, private_redis.url, tmp_path / "var-celery", ORCHESTRATOR_LATE_RUNS_LOOP_SECONDS=1)
-    processes("worker", [sys.executable, "-m", "celery", "-A", "orchestrator", "worker", "--pool", "threads",
-                         "--concurrency", "2", "--without-heartbeat", "--without-gossip", "--without-mingle",
-                         "--loglevel", "WARNING"], env)
-    processes("beat", [sys.executable, "-m", "celery", "-A", "orchestrator", "beat", "--loglevel", "WARNING"], env)
+    celery_services(private_redis.url)
     server = web_server(private_redis.url)
     base = server.url + api_prefix(ws)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}

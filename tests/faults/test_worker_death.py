@@ -6,7 +6,6 @@ kills it. What must hold afterwards: the half-done pass left nothing behind, its
 outlive it, the next worker's pass does the whole job exactly once, and no pass is recorded failed.
 """
 
-import sys
 from datetime import timedelta
 
 import psycopg
@@ -17,15 +16,13 @@ from orchestrator.celery import app
 from runs.models import Actor, FlowRun, State, StateChange
 from services.models import ServicePass
 from tests import factories
-from tests.faults.conftest import database_url, service_env, wait_for
+from tests.faults.conftest import database_url, service_env, wait_for, worker_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
 def start_worker(processes, postgres, redis_url, tmp_path, name):
-    return processes(name, [sys.executable, "-m", "celery", "-A", "orchestrator", "worker", "--pool", "threads",
-                            "--concurrency", "2", "--without-heartbeat", "--without-gossip", "--without-mingle",
-                            "--loglevel", "INFO", "-n", f"{name}@%h"],
+    return processes(name, worker_command(name),
                      service_env(postgres, redis_url, tmp_path / f"var-{name}"))
 
 
