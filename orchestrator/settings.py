@@ -276,7 +276,7 @@ ORCHESTRATOR = {
     "SCHEDULER_LOOP_SECONDS": env_int("ORCHESTRATOR_SCHEDULER_LOOP_SECONDS", 10),
     # The most time (seconds) one computation of a schedule's fire times may take: validating it,
     # previewing it, showing it, or one schedule's share of a scheduler pass. Past it, the rule is
-    # refused as too expensive to evaluate (runs/schedules/budget.py).
+    # refused as too expensive to evaluate (runs/schedules/bounds.py).
     "SCHEDULE_COMPUTE_SECONDS": env_float("ORCHESTRATOR_SCHEDULE_COMPUTE_SECONDS", 1.0),
     # Default retention of runs, logs and events for new workspaces (days).
     "RUN_RETENTION_DAYS": env_int("ORCHESTRATOR_RUN_RETENTION_DAYS", 30),

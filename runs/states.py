@@ -14,7 +14,7 @@ import functools
 import logging
 from dataclasses import dataclass
 
-from django.db import DatabaseError, models, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, models, transaction
 from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -32,6 +32,8 @@ from runs.models import (
 
 S = State
 logger = logging.getLogger(__name__)
+# Errors of the connection, not of a row: a service pass that meets one fails as a whole.
+CONNECTION_ERRORS = (OperationalError, InterfaceError)
 
 # from-state -> the states a flow run may move to. Leaving a terminal state needs an explicit
 # retry (see `retry=`), or is the one late-completion case in `_late_completion_allowed`.
@@ -237,6 +239,8 @@ def _transition_many(kind, queryset, to_state, *, actor, message, now, updates, 
             picked = [row["pk"] for row in rows]
             move(rows)
         return rows
+    except CONNECTION_ERRORS:
+        raise  # the database went away: no row is to blame, the pass failed
     except DatabaseError:
         if not picked:
             raise  # the read itself failed: nothing of this pass can be judged
@@ -244,15 +248,33 @@ def _transition_many(kind, queryset, to_state, *, actor, message, now, updates, 
         # others where they are: each row is tried again on its own and only the bad ones stay.
         logger.warning("Moving %d %ss to %s failed as a batch; trying them one by one.", len(picked), kind.label,
                        to_state, exc_info=True)
-    moved = []
+    return _move_one_by_one(kind, picked, candidates, fields, move, to_state)
+
+
+# In the one-by-one fallback: when this many rows in a row fail and none moved, the cause is not a
+# row (a full disk, a missing table) and the pass fails instead of trying a thousand more.
+ROWS_TRIED_BEFORE_GIVING_UP = 20
+
+
+def _move_one_by_one(kind, picked, candidates, fields, move, to_state):
+    """Each row in its own transaction; returns the rows moved. Raises when none can move, so a pass
+    that does nothing because of a global failure is recorded as failed, not as a quiet success."""
+    moved, failed, last_error = [], 0, None
     for pk in picked:
         try:
             with transaction.atomic():
                 rows = list(candidates.filter(pk=pk).values(*fields))
                 move(rows)
             moved += rows
-        except DatabaseError:
+        except CONNECTION_ERRORS:
+            raise
+        except DatabaseError as exc:
+            failed, last_error = failed + 1, exc
             logger.exception("Could not move %s %s to %s; it stays as it is for this pass.", kind.label, pk, to_state)
+            if not moved and failed >= ROWS_TRIED_BEFORE_GIVING_UP:
+                break
+    if failed and not moved:
+        raise last_error
     return moved
 
 

@@ -148,3 +148,22 @@ def test_a_row_the_database_refuses_does_not_keep_the_others_stuck(stuck, now):
     assert states == {runs[0].pk: State.SCHEDULED, bad.pk: State.RUNNING, runs[2].pk: State.SCHEDULED}
     assert not Log.objects.filter(flow_run=bad).exists()
     assert history(bad) == []
+
+
+def test_a_pass_where_every_row_fails_is_recorded_as_failed_not_as_a_quiet_success(stuck, now):
+    """A global failure (here: the events table refuses every write) is not one bad row: the pass fails."""
+    from unittest import mock
+
+    from django.db import DatabaseError
+
+    from runs.models import Event
+    from services import towel
+    from services.models import ServicePass
+
+    runs = [stuck() for _ in range(3)]
+    with mock.patch.object(Event.objects, "bulk_create", side_effect=DatabaseError("events table is full")):
+        summary = towel.run("lazarus", now=now)
+
+    assert "events table is full" in summary["error"]
+    assert not ServicePass.objects.get(service="lazarus").ok
+    assert {FlowRun.objects.get(pk=run.pk).state for run in runs} == {State.RUNNING}
