@@ -89,6 +89,9 @@ def exception_handler(exc, context):
         response.data = error_body("invalid", _message_for_fields(fields), fields)
     elif isinstance(exc, Http404):
         response.data = error_body("not_found", "Not found.")
+    elif isinstance(exc, exceptions.ParseError):  # the body as a whole could not be read
+        message = str(exc.detail)
+        response.data = error_body(exc.default_code, message, {"body": [message]})
     else:
         code = getattr(exc, "default_code", "error")
         response.data = error_body(code, str(getattr(exc, "detail", exc)))
