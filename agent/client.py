@@ -24,8 +24,16 @@ class ApiError(Exception):
         self.status = status
         self.body = body
         self.retry_after = retry_after
-        message = body.get("error", {}).get("message") if isinstance(body, dict) else None
+        error = body.get("error") if isinstance(body, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        self.code = error.get("code") if isinstance(error, dict) else None
         super().__init__(f"HTTP {status}: {message or body}")
+
+    @property
+    def superseded(self):
+        """The report was of an attempt the run no longer has (it was rescheduled or claimed again):
+        whoever sent it must stop the flow and report nothing more."""
+        return self.status == 409 and self.code == "superseded"
 
 
 class ServerUnreachable(Exception):
@@ -70,10 +78,15 @@ class ApiClient:
     http://127.0.0.1:8000/api/accounts/demo/workspaces/demo."""
 
     def __init__(self, base_url, key, *, timeout=10.0):
-        self.base_url = base_url.rstrip("/") + "/agent/"
+        self.workspace_url = base_url.rstrip("/")
+        self.base_url = self.workspace_url + "/agent/"
         self.timeout = timeout
         self.session = requests.Session()
         self.session.headers.update({"Authorization": f"Bearer {key}", "Accept": "application/json"})
+
+    def with_key(self, key):
+        """A client of the same workspace that authenticates with `key` (e.g. a run's report token)."""
+        return type(self)(self.workspace_url, key, timeout=self.timeout)
 
     def post(self, path, payload=None, *, retry_for=0.0, stop=None):
         """POST JSON; returns the decoded answer (None for 204).

@@ -6,7 +6,9 @@ none, and the run is registered with no heartbeat interval so the Zombie Killer 
 its start time.
 
 A flow run's heartbeat answers with the run's state: when it says the run is being cancelled,
-the sender tells the runner (`on_stop(state)` from the thread; SIGUSR1 from the process).
+the sender tells the runner (`on_stop(state)` from the thread; SIGUSR1 from the process). A
+heartbeat refused as `superseded` (another attempt has the run) is told as state SUPERSEDED
+(SIGUSR2 from the process).
 """
 
 import multiprocessing
@@ -16,17 +18,23 @@ import signal
 import threading
 import time
 
-from .client import ApiClient
+from .client import ApiClient, ApiError
 
 MODES = ("thread", "process", "off")
 # States in a flow run heartbeat's answer that mean "stop the flow".
 STOP_STATES = ("CANCELLING", "CANCELLED")
+# What `on_stop` is told when the run's heartbeat is refused because another attempt has the run.
+SUPERSEDED = "SUPERSEDED"
 
 
 def _beat(client, targets, on_stop=None):
     for kind, target_id in targets:
         try:
             answer = client.post(f"{kind}/{target_id}/heartbeat")
+        except ApiError as exc:
+            if exc.superseded and on_stop is not None:
+                on_stop(SUPERSEDED)
+            continue
         except Exception:  # noqa: BLE001 - a lost beat is retried by the next one
             continue
         state = answer.get("state") if kind == "flow_runs" and isinstance(answer, dict) else None
@@ -75,9 +83,9 @@ def _process_loop(base_url, key, interval, commands, parent_pid):
     told = []
 
     def tell_parent(state):
-        if not told:
+        if state not in told:
             told.append(state)
-            os.kill(parent_pid, signal.SIGUSR1)
+            os.kill(parent_pid, signal.SIGUSR2 if state == SUPERSEDED else signal.SIGUSR1)
 
     while os.getppid() == parent_pid:
         next_beat = time.monotonic() + interval
@@ -94,7 +102,8 @@ def _process_loop(base_url, key, interval, commands, parent_pid):
 
 class ProcessHeartbeats:
     """Beats from a separate process that exits when this one does; it sends this process SIGUSR1
-    when the flow run's heartbeat answers that the run is being cancelled."""
+    when the flow run's heartbeat answers that the run is being cancelled, SIGUSR2 when the
+    heartbeat is refused because another attempt has the run."""
 
     def __init__(self, client, interval, *, base_url, key):
         context = multiprocessing.get_context("fork")
@@ -139,7 +148,8 @@ def start_heartbeats(mode, client, interval, *, base_url, key, on_stop=None):
     """Start the heartbeat sender of `mode`; returns an object with track/untrack/stop.
 
     `on_stop(state)` is called (mode thread) when a flow run's heartbeat answers CANCELLING or
-    CANCELLED; in mode process, this process gets SIGUSR1 instead.
+    CANCELLED, or is refused as superseded (SUPERSEDED); in mode process, this process gets
+    SIGUSR1 (SIGUSR2 for SUPERSEDED) instead.
     """
     if mode == "off" or not interval:
         return NoHeartbeats().start()

@@ -1,8 +1,9 @@
 """`python -m agent.runner`: runs one claimed flow run in this (child) process, and reports for itself.
 
 The agent passes everything in the environment (ORCHESTRATOR_FLOW_RUN_ID, _ENTRYPOINT,
-_PARAMETERS as JSON, _API_URL, _API_KEY, _HEARTBEAT_MODE, _RUNNER_HEARTBEAT_SECONDS,
-_TASK_RESULT_MAX_BYTES, _AGENT_NAME, _AGENT_PID, _RUNNER_JOURNAL).
+_PARAMETERS as JSON, _API_URL, _RUN_TOKEN, _HEARTBEAT_MODE, _RUNNER_HEARTBEAT_SECONDS,
+_TASK_RESULT_MAX_BYTES, _AGENT_NAME, _AGENT_PID, _RUNNER_JOURNAL). _RUN_TOKEN is the run's report
+token: it reports for this run only, and the agent's own key is not passed on.
 
 The runner needs its agent only to be started. It sends the flow run's heartbeats, ships its
 own logs (Python logging, and everything written to its fds 1 and 2, by the flow or by processes
@@ -16,7 +17,9 @@ back (SCHEDULED): without heartbeats nobody could tell this runner from a dead o
 would be run again while it still runs.
 
 SIGTERM raises FlowRunStopped in the flow's main thread, so its `finally` blocks run; so does the
-flow run's heartbeat answering CANCELLING.
+flow run's heartbeat answering CANCELLING. A report or heartbeat refused as `superseded` (the run
+was rescheduled or claimed again, e.g. while this node was cut off) stops the flow the same way,
+and the runner then reports nothing: the run belongs to another attempt.
 """
 
 import collections
@@ -32,6 +35,7 @@ import traceback
 from . import sdk
 from .client import ApiClient, ApiError, ServerUnreachable
 from .heartbeats import STOP_STATES, start_heartbeats
+from .heartbeats import SUPERSEDED as HEARTBEAT_SUPERSEDED
 from .logs import LogShipper
 
 # The journal of log lines in the agent's scratch file: lines, and how far the server has them.
@@ -54,7 +58,9 @@ REPORT_RETRY_SECONDS = 600
 ORPHAN_CHECK_SECONDS = 1.0
 
 # Why a flow was stopped. SIGNALLED (a SIGTERM from outside) is settled as CANCELLED or TERMINATED.
+# SUPERSEDED: another attempt has the run; nothing more is reported.
 CANCELLED, HANDED_BACK, SIGNALLED, TERMINATED = "cancelled", "handed back", "signalled", "terminated"
+SUPERSEDED = "superseded"
 
 log = logging.getLogger("agent.runner")
 
@@ -203,7 +209,7 @@ class Runner:
     def __init__(self, env):
         self.env = env
         self.flow_run_id = env["ORCHESTRATOR_FLOW_RUN_ID"]
-        self.base_url, self.key = env["ORCHESTRATOR_API_URL"], env["ORCHESTRATOR_API_KEY"]
+        self.base_url, self.key = env["ORCHESTRATOR_API_URL"], env["ORCHESTRATOR_RUN_TOKEN"]
         self.client = ApiClient(self.base_url, self.key)
         self.mode = env.get("ORCHESTRATOR_HEARTBEAT_MODE", "thread")
         self.interval = float(env.get("ORCHESTRATOR_RUNNER_HEARTBEAT_SECONDS") or 0)
@@ -246,9 +252,21 @@ class Runner:
         # From the heartbeat process: the run's heartbeat answered CANCELLING.
         threading.Thread(target=self.stop, args=(CANCELLED,), daemon=True).start()
 
+    def _on_sigusr2(self, signum, frame):
+        # From the heartbeat process: the run's heartbeat was refused, another attempt has the run.
+        threading.Thread(target=self._superseded, daemon=True).start()
+
     def _on_heartbeat_stop(self, state):
+        if state == HEARTBEAT_SUPERSEDED:
+            self._superseded()
+            return
         log.warning("The run is %s: stopping the flow.", state)
         self.stop(CANCELLED)
+
+    def _superseded(self):
+        log.warning("Another attempt has this run now (it was rescheduled or claimed again while this runner "
+                    "could not be heard): stopping the flow; this attempt reports nothing more.")
+        self.stop(SUPERSEDED)
 
     def why_stopped(self):
         """(state, message) for the task run a stop interrupted; settles the reason first."""
@@ -257,6 +275,8 @@ class Runner:
             return "CANCELLED", "Cancelled: its flow run was cancelled."
         if reason == HANDED_BACK:
             return "SCHEDULED", "Stopped: its flow run was handed back; a later attempt runs it again."
+        if reason == SUPERSEDED:
+            return "CRASHED", "Stopped: another attempt of its flow run has the run."  # refused, as all reports now
         return "CRASHED", "The flow's process was stopped by SIGTERM."
 
     def _settled_reason(self):
@@ -294,6 +314,7 @@ class Runner:
         """Run the flow, report its final state; returns the exit code."""
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGUSR1, self._on_sigusr1)
+        signal.signal(signal.SIGUSR2, self._on_sigusr2)
         # Heartbeats first: mode `process` forks, which is safest before any other thread exists.
         self.heartbeats = start_heartbeats(self.mode, self.client, self.interval, base_url=self.base_url,
                                            key=self.key, on_stop=self._on_heartbeat_stop)
@@ -313,6 +334,7 @@ class Runner:
         threading.Thread(target=self._watch_agent, name="agent-watch", daemon=True).start()
         sdk.bind(sdk.RunContext(
             self.client, self.flow_run_id, self.heartbeats, why_stopped=self.why_stopped,
+            on_superseded=self._superseded,
             result_max_bytes=int(self.env.get("ORCHESTRATOR_TASK_RESULT_MAX_BYTES") or sdk.DEFAULT_RESULT_MAX_BYTES)))
         try:
             state, message = self._run_flow()
@@ -348,6 +370,8 @@ class Runner:
         reason = self._settled_reason()
         if reason == CANCELLED:
             return "CANCELLED", "Cancelled: the flow stopped when asked; reported by its runner."
+        if reason == SUPERSEDED:
+            return None, "Stopped: another attempt has the run."
         if reason == HANDED_BACK:
             return "SCHEDULED", (f"Handed back by its runner: agent {self.agent_name} (pid {self.agent_pid}) is gone "
                                  f"and heartbeats are off, so nobody could tell this run from a dead one; the flow was "
@@ -359,6 +383,9 @@ class Runner:
         self.capture.stop()
         if not self.shipper.stop(drain_seconds=LOG_DRAIN_SECONDS):
             self.capture.original(f"The runner could not ship its last log lines ({len(self.shipper.buffer)}).")
+        if state is None:  # superseded: the run is another attempt's, nothing of this one is heard
+            self.capture.original(f"Not reporting: {message}")
+            return EXIT_REPORTED
         if state == "CRASHED" and not self.orphaned:
             # SIGTERM from someone else: the agent knows why (e.g. it is shutting down) and says so.
             return self._leave_to_agent(state, message)
@@ -366,6 +393,9 @@ class Runner:
             self.client.post(f"flow_runs/{self.flow_run_id}/state", {"state": state, "message": message},
                              retry_for=REPORT_RETRY_SECONDS)
         except ApiError as exc:
+            if exc.superseded:
+                self.capture.original(f"Not reported {state}: another attempt has the run now.")
+                return EXIT_REPORTED
             if exc.status != 409:
                 return self._leave_to_agent(state, message, f"the server refused it: {exc}")
             # Someone reported a final state first (the agent after a cancellation, a recovery service).

@@ -41,15 +41,18 @@ class RunContext:
 
     `why_stopped()` tells a task interrupted by FlowRunStopped how to end: a (state, message)
     pair for its task run (the runner knows whether the run was cancelled or handed back).
+    `on_superseded()` is called when a report is refused because another attempt has the run;
+    the report then raises FlowRunStopped, so the flow stops where it is.
     """
 
     def __init__(self, client, flow_run_id, heartbeats, *, result_max_bytes=DEFAULT_RESULT_MAX_BYTES,
-                 why_stopped=None):
+                 why_stopped=None, on_superseded=None):
         self.client = client
         self.flow_run_id = flow_run_id
         self.heartbeats = heartbeats
         self.result_max_bytes = result_max_bytes
         self.why_stopped = why_stopped or (lambda: ("CRASHED", "The flow's process was stopped."))
+        self.on_superseded = on_superseded or (lambda: None)
         self.calls = {}
 
     def next_dynamic_key(self, task_key):
@@ -59,7 +62,13 @@ class RunContext:
         return str(index)
 
     def report(self, path, payload):
-        return self.client.post(path, payload, retry_for=STATE_REPORT_RETRY_SECONDS)
+        try:
+            return self.client.post(path, payload, retry_for=STATE_REPORT_RETRY_SECONDS)
+        except ApiError as exc:
+            if exc.superseded:  # this attempt no longer has the run: nothing more of it may happen
+                self.on_superseded()
+                raise FlowRunStopped() from exc
+            raise
 
 
 def bind(context):

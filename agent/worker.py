@@ -5,7 +5,9 @@ only what the runner could not), the agent's own heartbeat, the log shipper and 
 server.
 
 Who reports what: the runner (agent/runner.py) reports its run's final state and ships its logs
-itself, so a run outlives an agent that dies. The agent reports RUNNING when it starts the
+itself, so a run outlives an agent that dies. Reports about a run authenticate with the run's
+report token from the claim (never the agent's key, which stays out of the flow's environment);
+a report answered `superseded` means another attempt has the run now, and nothing more is said. The agent reports RUNNING when it starts the
 runner, and the final state only when the runner could not: killed by a signal, a crashed
 interpreter (CRASHED, with the signal or exit code and the runner's last output), a verdict the
 runner left it (exit code EXIT_AGENT_REPORTS), a run it ended because it is being cancelled
@@ -35,12 +37,17 @@ from .runner import (
 
 log = logging.getLogger("agent")
 
+# The agent's credentials in its own environment: not passed on to the flows it runs.
+AGENT_SECRETS = ("ORCHESTRATOR_API_KEY", "ORCHESTRATOR_API_KEY_FILE")
+
 # Consecutive failed (or missed) polls after which /health answers 503.
 UNHEALTHY_AFTER_POLLS = 3
 # State reports are retried this long while the server is away.
 REPORT_RETRY_SECONDS = 600
 # At shutdown, how long a runner may take between SIGTERM and SIGKILL (seconds).
 SHUTDOWN_KILL_SECONDS = 5
+# How long the agent tries to ship what a runner left unshipped before it reports the final state.
+LOG_DRAIN_SECONDS = 60
 # How much of a runner's scratch file the agent reads when the runner did not report (its journal
 # keeps it under about 1 MiB).
 OUTPUT_TAIL_BYTES = 2 * 1024 * 1024
@@ -53,6 +60,9 @@ class Execution:
         self.agent = agent
         self.run = run
         self.run_id = run["id"]
+        # Reports about this run carry its token; a server from before tokens sends none.
+        self.token = run.get("token") or agent.key
+        self.client = agent.client.with_key(self.token)
         self.process = None
         self.lock = threading.Lock()
         self.exited = threading.Event()
@@ -66,11 +76,13 @@ class Execution:
     def _report(self, state, message="", **extra):
         """Report `state`; returns None when it was recorded, else the ApiError or ServerUnreachable."""
         try:
-            self.agent.client.post(f"flow_runs/{self.run_id}/state", {"state": state, "message": message, **extra},
-                                   retry_for=REPORT_RETRY_SECONDS)
+            self.client.post(f"flow_runs/{self.run_id}/state", {"state": state, "message": message, **extra},
+                             retry_for=REPORT_RETRY_SECONDS)
             return None
         except ApiError as exc:
-            if exc.status == 409:
+            if exc.superseded:
+                log.info("Run %s: not reported %s: another attempt has the run now.", self.run_id, state)
+            elif exc.status == 409:
                 log.info("Run %s: not reported %s, its state was set meanwhile: %s", self.run_id, state, exc)
             else:
                 log.warning("Run %s: could not report %s: %s", self.run_id, state, exc)
@@ -93,10 +105,12 @@ class Execution:
         if not self.run.get("entrypoint"):
             self._report("FAILED", "The flow has no version with an entrypoint to run.")
             return
-        env = {**os.environ, **self.run.get("env", {}),
+        # The agent's own key never reaches the flow: the runner reports with the run's token.
+        inherited = {k: v for k, v in os.environ.items() if k not in AGENT_SECRETS}
+        env = {**inherited, **self.run.get("env", {}),
                "ORCHESTRATOR_FLOW_RUN_ID": self.run_id, "ORCHESTRATOR_ENTRYPOINT": self.run["entrypoint"],
                "ORCHESTRATOR_PARAMETERS": json.dumps(self.run.get("parameters") or {}),
-               "ORCHESTRATOR_API_URL": agent.api_url, "ORCHESTRATOR_API_KEY": agent.key,
+               "ORCHESTRATOR_API_URL": agent.api_url, "ORCHESTRATOR_RUN_TOKEN": self.token,
                "ORCHESTRATOR_HEARTBEAT_MODE": agent.heartbeat_mode,
                "ORCHESTRATOR_RUNNER_HEARTBEAT_SECONDS": str(interval or 0),
                "ORCHESTRATOR_TASK_RESULT_MAX_BYTES": str(agent.task_result_max_bytes),
@@ -128,12 +142,13 @@ class Execution:
             output.seek(start)
             # Split on newlines only: str.splitlines() would also split at the markers' record separator.
             lines = output.read().decode(errors="replace").split("\n")[1 if start else 0:]  # no half line
-        verdict = self._ship_what_the_runner_left(lines)
-        agent.shipper.flush()  # a finished run has its logs before its final state
+        shipper = LogShipper(self.client)
+        verdict = self._ship_what_the_runner_left(lines, shipper)
+        shipper.drain(LOG_DRAIN_SECONDS)  # a finished run has its logs before its final state
         self._report(*self._final_state(code, verdict))
 
-    def _ship_what_the_runner_left(self, lines):
-        """Ship the journal's undelivered lines and the runner's other output; returns its verdict line."""
+    def _ship_what_the_runner_left(self, lines, shipper):
+        """Queue the journal's undelivered lines and the runner's other output; returns its verdict line."""
         delivered, journal, output, verdict = 0, [], [], None
         for line in lines:
             if line.startswith(JOURNAL_LINE_MARKER):
@@ -148,12 +163,12 @@ class Execution:
             try:
                 record = json.loads(encoded)
                 if record["seq"] > delivered:
-                    self.agent.shipper.add(self.run_id, record["message"], level=record["level"],
+                    shipper.add(self.run_id, record["message"], level=record["level"],
                                            task_run_id=record.get("task_run_id"), timestamp=record.get("timestamp"))
             except (ValueError, KeyError, TypeError):
                 pass
         for line in output[-100:]:
-            self.agent.shipper.add(self.run_id, f"[runner] {line}", level=logging.ERROR)
+            shipper.add(self.run_id, f"[runner] {line}", level=logging.ERROR)
         return verdict
 
     def _final_state(self, code, verdict):
@@ -234,7 +249,6 @@ class Agent:
         self.failed_polls = 0
         self.last_good_poll = time.monotonic()
         self.server_away = False
-        self.shipper = LogShipper(client)
         self.health_server = None
         self.exit_code = 0
 
@@ -251,7 +265,6 @@ class Agent:
         if self.webserver[1] is not None:
             self.health_server = start_health_server(*self.webserver, self.health)
             log.info("Healthcheck on http://%s:%s/health", *self.health_server.server_address[:2])
-        self.shipper.start()
         if not self._register():
             return self.exit_code
         threading.Thread(target=self._heartbeat_loop, name="agent-heartbeat", daemon=True).start()
@@ -343,7 +356,6 @@ class Agent:
             execution.end()
         for execution in unfinished:
             execution.thread.join(timeout=REPORT_RETRY_SECONDS)
-        self.shipper.stop()
         try:
             self.client.post("heartbeat", {"agent_id": self.agent_id, "status": "OFFLINE"}, retry_for=10)
         except (ApiError, ServerUnreachable) as exc:

@@ -213,6 +213,7 @@ CELERY_TASK_DEFAULT_EXPIRES = 60
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "runs.api.authentication.RunTokenAuthentication",
         "runs.api.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],

@@ -124,9 +124,16 @@ def _check(kind, obj_id, from_state, to_state, retry):
         )
 
 
-def _time_updates(from_state, to_state, now):
+# Entering these, a flow run starts a new attempt (claimed) or waits for one (rescheduled, handed
+# back, retried): the report token of the attempt before stops being valid (runs/run_tokens.py).
+NEW_ATTEMPT_STATES = (S.SUBMITTED, S.SCHEDULED)
+
+
+def _time_updates(kind, from_state, to_state, now):
     """Start/end bookkeeping that follows from a transition."""
     updates = {"state": to_state, "state_changed": now}
+    if kind is FLOW and to_state in NEW_ATTEMPT_STATES:
+        updates["token_generation"] = F("token_generation") + 1
     if to_state == S.RUNNING:
         updates["start_time"] = Coalesce(F("start_time"), models.Value(now))
         updates["run_count"] = F("run_count") + 1
@@ -187,7 +194,7 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
     else:
         _check(kind, obj.pk, from_state, to_state, retry)
 
-    values = _time_updates(from_state, to_state, now)
+    values = _time_updates(kind, from_state, to_state, now)
     values["state_message"] = message
     values.update(updates or {})
     with transaction.atomic():
@@ -293,7 +300,7 @@ def _move(kind, to_state, message, rows, *, actor, now, updates, user):
     for row in rows:
         by_from.setdefault(row["state"], []).append(row["pk"])
     for from_state, ids in by_from.items():
-        values = _time_updates(from_state, to_state, now)
+        values = _time_updates(kind, from_state, to_state, now)
         values["state_message"] = state_message
         values.update(updates or {})
         kind.model.objects.filter(pk__in=ids, state=from_state).update(**values)

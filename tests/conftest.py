@@ -1,6 +1,8 @@
 """Shared fixtures. Tests run on PostgreSQL + Redis when DATABASE_URL / REDIS_URL are set."""
 
 import os
+import re
+import uuid
 from pathlib import Path
 
 os.environ.setdefault("DEBUG", "true")
@@ -8,6 +10,7 @@ os.environ.setdefault("DEBUG", "true")
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 import pytest  # noqa: E402
+from django.core.exceptions import ValidationError  # noqa: E402
 from rest_framework.test import APIClient  # noqa: E402
 
 from runs.models import Role  # noqa: E402
@@ -42,6 +45,50 @@ def api():
 
     client.as_key = as_key
     return client
+
+
+class RunReporter:
+    """Posts reports about a run as its claimant does: with the run's current report token.
+
+    The run comes from the URL (`agent/flow_runs/<id>/…`, `agent/task_runs/<id>/…`) or, for a log
+    batch, from its first line; with none, a token of a run that does not exist.
+    """
+
+    RUN_IN_URL = re.compile(r"/agent/(flow_runs|task_runs)/([0-9a-f-]{36})/")
+
+    def __init__(self, workspace_id):
+        self.client = APIClient()
+        self.workspace_id = workspace_id  # of the token for no run
+
+    def token_for_request(self, url, data):
+        from runs.models import FlowRun, TaskRun
+        from runs.run_tokens import token_for
+
+        match = self.RUN_IN_URL.search(url)
+        run_id = None
+        if match and match[1] == "flow_runs":
+            run_id = match[2]
+        elif match:
+            run_id = TaskRun.objects.filter(pk=match[2]).values_list("flow_run_id", flat=True).first()
+        elif isinstance(data, dict) and data.get("logs") and isinstance(data["logs"][0], dict):
+            run_id = data["logs"][0].get("flow_run_id")
+        try:
+            run = FlowRun.objects.filter(pk=run_id).values_list("workspace_id", "token_generation").first()
+        except (ValueError, ValidationError):
+            run = None
+        if run is None:
+            return token_for(uuid.uuid4(), self.workspace_id, 0)
+        return token_for(run_id, *run)
+
+    def post(self, url, data=None, **kwargs):
+        self.client.credentials(HTTP_AUTHORIZATION=f"Bearer {self.token_for_request(url, data)}")
+        return self.client.post(url, data, **kwargs)
+
+
+@pytest.fixture
+def reporter(ws):
+    """A client that reports about runs with their report tokens (see RunReporter)."""
+    return RunReporter(ws.pk)
 
 
 @pytest.fixture

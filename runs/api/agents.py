@@ -1,6 +1,10 @@
 """The endpoints agents call: register, heartbeat, claim, report states, task runs and logs.
 
-All live under `<workspace prefix>/agent/` and need the operator role. State changes go through
+All live under `<workspace prefix>/agent/`. Register, heartbeat and claim need an API key with the
+operator role. Reports about one run (its state, heartbeat, task runs and logs) need that run's
+report token from the claim (runs/run_tokens.py): only its claimant reports for a run, and a
+report of an attempt that was superseded (the run was rescheduled or claimed again since) is a
+409 with code `superseded`, which tells the runner to stop. State changes go through
 `runs.states` (actor "agent"), so an illegal or stale change is a 409 naming both states.
 Heartbeats are one conditional UPDATE each: they are the hottest path of the server.
 """
@@ -19,6 +23,7 @@ from rest_framework.views import APIView
 
 from runs.claiming import cancelling_run_ids, claim_for_agent
 from runs.models import Actor, Agent, AgentStatus, FlowRun, Log, LogLevel, Role, State, TaskRun, WorkQueue
+from runs.run_tokens import token_of
 from runs.states import set_flow_run_state, set_task_run_state
 
 from .agent_payloads import (
@@ -67,11 +72,22 @@ class PayloadTooLarge(exceptions.APIException):
     default_code = "payload_too_large"
 
 
+class Superseded(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "superseded"
+
+
+def superseded(run_id):
+    return Superseded(f"This report token is of an earlier attempt of flow run {run_id}: the run was rescheduled "
+                      "or claimed again since. Stop the flow without reporting.")
+
+
 class AgentEndpoint(APIView):
     """Base of every agent endpoint: operator role, no throttling (agents pace themselves)."""
 
     required_role = Role.OPERATOR
     throttle_classes = []
+    run_scoped = False  # True: a report about one run, made with the run's report token
 
     def valid(self, serializer_class):
         serializer = serializer_class(data=self.request.data)
@@ -80,6 +96,29 @@ class AgentEndpoint(APIView):
 
     def agent_of(self, agent_id):
         return get_object_or_404(Agent, pk=agent_id, workspace=self.request.workspace)
+
+
+class RunReportEndpoint(AgentEndpoint):
+    """A report about one flow run: authenticated by the run's report token (request.auth, a RunGrant)."""
+
+    run_scoped = True
+
+    def granted(self, run):
+        """The token's grant for `run` (a row of this workspace); a token of another run is a 403, one
+        of an earlier attempt of this run a 409 `superseded`."""
+        grant = self.request.auth
+        if grant.run_id != run.pk:
+            raise exceptions.PermissionDenied(f"This report token is for flow run {grant.run_id}, not {run.pk}.")
+        if run.token_generation != grant.generation:
+            raise superseded(run.pk)
+        return grant
+
+    def fenced_run(self, run_id, queryset=None):
+        """The flow run, alive, of this workspace and of the token's attempt; else 404 / 403 / 409."""
+        run = get_object_or_404(queryset if queryset is not None else FlowRun.objects.alive(), pk=run_id,
+                                workspace=self.request.workspace)
+        self.granted(run)
+        return run
 
 
 class RegisterView(AgentEndpoint):
@@ -128,6 +167,7 @@ def _claimed(run):
         "env": {str(k): str(v) for k, v in env.items()},
         "work_queue": run.work_queue.name if run.work_queue else None,
         "scheduled_start": run.scheduled_start.isoformat(),
+        "token": token_of(run),
     }
 
 
@@ -145,12 +185,12 @@ class ClaimView(AgentEndpoint):
         return Response({"runs": [_claimed(run) for run in runs], "cancelling": [str(pk) for pk in cancelling]})
 
 
-class FlowRunStateView(AgentEndpoint):
+class FlowRunStateView(RunReportEndpoint):
     @extend_schema(request=StateInput, responses={200: ReportedFlowRunSerializer, 409: CONFLICT})
     def post(self, request, run_id, **kwargs):
         """Move the run; entering RUNNING records its heartbeat interval (null: heartbeats off)."""
         data = self.valid(StateInput)
-        run = get_object_or_404(FlowRun.objects.alive(), pk=run_id, workspace=request.workspace)
+        run = self.fenced_run(run_id)
         now = timezone.now()
         updates = {}
         if data["state"] == State.RUNNING:
@@ -165,8 +205,9 @@ class FlowRunStateView(AgentEndpoint):
         return Response({"id": str(run.pk), "state": run.state, "state_message": run.state_message})
 
 
-def record_flow_run_heartbeat(run_id, workspace_id, now):
-    """Move the run's last heartbeat to `now`; returns its state, or None if no such run in the workspace.
+def record_flow_run_heartbeat(run_id, workspace_id, now, generation):
+    """Move the run's last heartbeat to `now` if `generation` is its current attempt; returns its
+    state, or None if no such run of that attempt in the workspace.
 
     The heartbeat is the server's hottest path, and its answer tells a runner to stop (CANCELLING),
     so the state comes back from the UPDATE itself (RETURNING: PostgreSQL, SQLite ≥ 3.35).
@@ -181,25 +222,31 @@ def record_flow_run_heartbeat(run_id, workspace_id, now):
                 cursor.execute(
                     f"UPDATE {quote(meta.db_table)} SET {quote(meta.get_field('last_heartbeat').column)} = %s "
                     f"WHERE {quote(meta.pk.column)} = %s AND {quote(meta.get_field('workspace').column)} = %s "
+                    f"AND {quote(meta.get_field('token_generation').column)} = %s "
                     f"RETURNING {quote(meta.get_field('state').column)}",
                     [meta.get_field("last_heartbeat").get_db_prep_value(now, connection),
-                     meta.pk.get_db_prep_value(run_id, connection), workspace_id])
+                     meta.pk.get_db_prep_value(run_id, connection), workspace_id, generation])
                 row = cursor.fetchone()
                 return row[0] if row else None
         # An SQLite without RETURNING: the UPDATE, then one read by primary key.
-        if not FlowRun.objects.filter(pk=run_id, workspace_id=workspace_id).update(last_heartbeat=now):
+        if not FlowRun.objects.filter(pk=run_id, workspace_id=workspace_id,
+                                      token_generation=generation).update(last_heartbeat=now):
             return None
         return FlowRun.objects.filter(pk=run_id).values_list("state", flat=True).first()
 
 
-class FlowRunHeartbeatView(AgentEndpoint):
-    @extend_schema(request=None, responses={200: FlowRunHeartbeatAnswerSerializer})
+class FlowRunHeartbeatView(RunReportEndpoint):
+    @extend_schema(request=None, responses={200: FlowRunHeartbeatAnswerSerializer, 409: CONFLICT})
     def post(self, request, run_id, **kwargs):
-        """The run's process is alive; the answer is the run's state (CANCELLING: stop)."""
-        state = record_flow_run_heartbeat(run_id, request.workspace.pk, timezone.now())
-        if state is None:
-            raise exceptions.NotFound("No such flow run in this workspace.")
-        return Response({"state": state})
+        """The run's process is alive; the answer is the run's state (CANCELLING: stop; a 409
+        `superseded`: another attempt has the run, stop without reporting)."""
+        grant = request.auth
+        if grant.run_id == run_id:
+            state = record_flow_run_heartbeat(run_id, request.workspace.pk, timezone.now(), grant.generation)
+            if state is not None:
+                return Response({"state": state})
+        self.fenced_run(run_id, FlowRun.objects.all())  # why not: 404, another run's token, or superseded
+        raise exceptions.NotFound("No such flow run in this workspace.")
 
 
 def _task_run_body(task_run):
@@ -207,7 +254,7 @@ def _task_run_body(task_run):
             "state": task_run.state, "run_count": task_run.run_count, "result": task_run.result}
 
 
-class TaskRunCreateView(AgentEndpoint):
+class TaskRunCreateView(RunReportEndpoint):
     @extend_schema(request=TaskRunInput,
                    responses={201: ReportedTaskRunSerializer, 200: ReportedTaskRunSerializer, 409: CONFLICT})
     def post(self, request, run_id, **kwargs):
@@ -218,7 +265,7 @@ class TaskRunCreateView(AgentEndpoint):
         task caching by key); one that an earlier attempt left otherwise is reopened (SCHEDULED).
         """
         data = self.valid(TaskRunInput)
-        run = get_object_or_404(FlowRun.objects.alive(), pk=run_id, workspace=request.workspace)
+        run = self.fenced_run(run_id)
         task_run, created = TaskRun.objects.get_or_create(
             flow_run=run, task_key=data["task_key"], dynamic_key=data["dynamic_key"],
             defaults={"name": data["name"] or data["task_key"], "max_retries": data["max_retries"]},
@@ -249,9 +296,13 @@ def _left_by_an_earlier_attempt(task_run, run):
     return task_run.start_time < run.start_time
 
 
-def _task_run_in(workspace, task_run_id):
-    return get_object_or_404(TaskRun.objects.select_related("flow_run"), pk=task_run_id,
-                             flow_run__workspace=workspace)
+class TaskRunReportEndpoint(RunReportEndpoint):
+    def fenced_task_run(self, task_run_id):
+        """The task run, of this workspace, of the token's run and attempt; else 404 / 403 / 409."""
+        task_run = get_object_or_404(TaskRun.objects.select_related("flow_run"), pk=task_run_id,
+                                     flow_run__workspace=self.request.workspace)
+        self.granted(task_run.flow_run)
+        return task_run
 
 
 def kept_result(value):
@@ -260,12 +311,12 @@ def kept_result(value):
     return {"value": value} if size <= settings.ORCHESTRATOR["TASK_RESULT_MAX_BYTES"] else None
 
 
-class TaskRunStateView(AgentEndpoint):
+class TaskRunStateView(TaskRunReportEndpoint):
     @extend_schema(request=TaskRunStateInput, responses={200: ReportedTaskRunSerializer, 409: CONFLICT})
     def post(self, request, task_run_id, **kwargs):
         """Move the task run; entering RUNNING counts as its first heartbeat; COMPLETED may bring its result."""
         data = self.valid(TaskRunStateInput)
-        task_run = _task_run_in(request.workspace, task_run_id)
+        task_run = self.fenced_task_run(task_run_id)
         now = timezone.now()
         updates = {"last_heartbeat": now} if data["state"] == State.RUNNING else {}
         if data["state"] == State.COMPLETED and "result" in data:
@@ -276,25 +327,30 @@ class TaskRunStateView(AgentEndpoint):
         return Response(_task_run_body(task_run))
 
 
-class TaskRunHeartbeatView(AgentEndpoint):
-    @extend_schema(request=None, responses={204: NO_CONTENT})
+class TaskRunHeartbeatView(TaskRunReportEndpoint):
+    @extend_schema(request=None, responses={204: NO_CONTENT, 409: CONFLICT})
     def post(self, request, task_run_id, **kwargs):
         """The task run is still working."""
-        changed = record_heartbeat(TaskRun.objects.filter(pk=task_run_id, flow_run__workspace=request.workspace),
+        grant = request.auth
+        changed = record_heartbeat(TaskRun.objects.filter(pk=task_run_id, flow_run_id=grant.run_id,
+                                                          flow_run__token_generation=grant.generation,
+                                                          flow_run__workspace=request.workspace),
                                    last_heartbeat=timezone.now())
         if not changed:
+            self.fenced_task_run(task_run_id)  # why not: 404, another run's token, or superseded
             raise exceptions.NotFound("No such task run in this workspace.")
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class LogBatchView(AgentEndpoint):
-    @extend_schema(request=LogBatchInput, responses={201: StoredLogsSerializer, 413: TOO_LARGE})
+class LogBatchView(RunReportEndpoint):
+    @extend_schema(request=LogBatchInput, responses={201: StoredLogsSerializer, 409: CONFLICT, 413: TOO_LARGE})
     def post(self, request, **kwargs):
-        """Store many log lines in one insert; each line is judged on its own.
+        """Store many log lines of the token's run in one insert; each line is judged on its own.
 
         Good lines are stored and the others listed in `refused` with the reason, so one bad line
         never costs its batch. When no line can be stored: 400 if some were malformed, else 404
-        (they name runs not in this workspace).
+        (they name runs not in this workspace, or not the token's run). A superseded attempt's
+        lines are refused as a whole (409): they would mix with the new attempt's.
         """
         limit = settings.ORCHESTRATOR["AGENT_LOG_BATCH_MAX_BYTES"]
         # Judged on the declared length, before the body is read or parsed.
@@ -310,17 +366,23 @@ class LogBatchView(AgentEndpoint):
             refused.append({"index": index, "reason": "; ".join(f"{field}: {errors[0]}"
                                                                for field, errors in problems.items())})
         malformed = [f"line {r['index']}: {r['reason']}" for r in refused]
-        run_ids = {line["flow_run_id"] for _, line in lines}
+        grant = request.auth
         task_ids = {line["task_run_id"] for _, line in lines if line.get("task_run_id")}
-        found = set(FlowRun.objects.filter(pk__in=run_ids, workspace=request.workspace)
-                    .values_list("pk", flat=True)) if run_ids else set()
+        generation = FlowRun.objects.filter(pk=grant.run_id, workspace=request.workspace) \
+            .values_list("token_generation", flat=True).first() if lines else None
+        if generation is not None and generation != grant.generation:
+            raise superseded(grant.run_id)
+        found = {grant.run_id} if generation is not None else set()
         tasks = dict(TaskRun.objects.filter(pk__in=task_ids, flow_run__workspace=request.workspace)
                      .values_list("pk", "flow_run_id")) if task_ids else {}
         now = timezone.now()
         stored = []
         for index, line in lines:
             task_run_id = line.get("task_run_id")
-            if line["flow_run_id"] not in found:
+            if line["flow_run_id"] != grant.run_id:
+                refused.append({"index": index, "reason": f"flow_run_id: this token reports for flow run "
+                                                          f"{grant.run_id} only."})
+            elif line["flow_run_id"] not in found:
                 refused.append({"index": index, "reason": "flow_run_id: no such flow run in this workspace."})
             elif task_run_id and tasks.get(task_run_id) != line["flow_run_id"]:
                 refused.append({"index": index, "reason": "task_run_id: no such task run in this flow run."})
@@ -331,7 +393,8 @@ class LogBatchView(AgentEndpoint):
         if not stored:
             if malformed:
                 raise exceptions.ValidationError({"logs": malformed})
-            raise exceptions.NotFound("No line of the batch names a flow run (and task run) of this workspace.")
+            raise exceptions.NotFound("No line of the batch names the token's flow run (and a task run of it) "
+                                      "in this workspace.")
         Log.objects.bulk_create(stored)
         return Response({"stored": len(stored), "refused": sorted(refused, key=lambda r: r["index"])},
                         status=status.HTTP_201_CREATED)

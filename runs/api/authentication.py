@@ -1,4 +1,5 @@
-"""Bearer API-key authentication. Keys are looked up by their hash; the secret is never stored."""
+"""Bearer authentication: API keys (looked up by their hash; the secret is never stored) and the
+report tokens of flow runs (checked without a query; see runs/run_tokens.py)."""
 
 from datetime import timedelta
 
@@ -8,6 +9,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from runs.models import ApiKey, hash_api_key, role_allows, role_of
+from runs.run_tokens import InvalidRunToken, is_run_token, read_token
 
 from .throttles import FailedAuthenticationLimiter
 
@@ -35,12 +37,59 @@ class ServiceKeyUser:
         return self.username
 
 
+class RunPrincipal:
+    """The principal of a flow run's report token: the runner (or agent) of one attempt of one run."""
+
+    is_authenticated = True
+    is_anonymous = False
+    is_active = True
+    is_staff = False
+    is_superuser = False
+    pk = None
+    id = None
+
+    def __init__(self, grant):
+        self.grant = grant
+        self.username = f"run:{grant.run_id}"
+
+    def __str__(self):
+        return self.username
+
+
+def _bearer(request):
+    header = authentication.get_authorization_header(request).decode("latin-1").split()
+    return header if header and header[0] == "Bearer" else None
+
+
+class RunTokenAuthentication(authentication.BaseAuthentication):
+    """`Authorization: Bearer orr_…`: a flow run's report token. Which run and attempt it may report
+    for is the view's to check (runs/api/agents.py); here only that this server made it."""
+
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        header = _bearer(request)
+        if not header or len(header) != 2 or not is_run_token(header[1]):
+            return None
+        try:
+            grant = read_token(header[1])
+        except InvalidRunToken as exc:
+            limiter = FailedAuthenticationLimiter(request)
+            limiter.check()
+            limiter.record_failure()
+            raise exceptions.AuthenticationFailed(str(exc)) from None
+        return RunPrincipal(grant), grant
+
+    def authenticate_header(self, request):
+        return self.keyword
+
+
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     keyword = "Bearer"
 
     def authenticate(self, request):
-        header = authentication.get_authorization_header(request).decode("latin-1").split()
-        if not header or header[0] != self.keyword:
+        header = _bearer(request)
+        if not header:
             return None
         limiter = FailedAuthenticationLimiter(request)
         limiter.check()
@@ -79,6 +128,15 @@ def acting_role(key):
     if person_role is None:
         raise exceptions.AuthenticationFailed("This API key's owner is no longer a member of its workspace.")
     return key.role if role_allows(person_role, key.role) else person_role
+
+
+class RunTokenAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "runs.api.authentication.RunTokenAuthentication"
+    name = "runToken"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer",
+                "description": "A flow run's report token (orr_…), from the claim that handed the run out."}
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):

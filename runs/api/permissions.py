@@ -3,6 +3,10 @@
 from rest_framework import exceptions, permissions
 
 from runs.models import ApiKey, Role, Workspace, role_allows, role_of
+from runs.run_tokens import RunGrant
+
+# request.role of a caller authenticated by a flow run's report token.
+RUN_TOKEN_ROLE = "run"
 
 
 def resolve_workspace(account_slug, workspace_slug):
@@ -44,6 +48,21 @@ class WorkspaceRolePermission(permissions.BasePermission):
             return bool(request.user and request.user.is_authenticated)
         if not (request.user and request.user.is_authenticated):
             raise exceptions.NotAuthenticated()
+        run_scoped = getattr(view, "run_scoped", False)
+        if isinstance(request.auth, RunGrant):
+            # Which run the token may report for is the view's to check, against the row itself.
+            if not run_scoped:
+                raise exceptions.PermissionDenied(
+                    "A run's report token reports for its run only; this endpoint needs an API key.")
+            workspace = resolve_workspace(view.kwargs["account"], view.kwargs["workspace"])
+            if workspace.pk != request.auth.workspace_id:
+                raise exceptions.NotFound("No such workspace.")
+            request.workspace, request.role = workspace, RUN_TOKEN_ROLE
+            return True
+        if run_scoped:
+            raise exceptions.PermissionDenied(
+                "Only the claimant of a run reports for it: authenticate with the run's report token "
+                "(the `token` of the run in the claim answer), not an API key.")
         workspace = workspace_in_url(request, view.kwargs["account"], view.kwargs["workspace"])
         role = role_in_workspace(request.user, request.auth, workspace)
         if role is None:

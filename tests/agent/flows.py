@@ -124,3 +124,14 @@ def killed():
     print("printed just before")
     time.sleep(0.2)  # the runner reads its pipe in a thread: give it the line (its shipper sends every 1 s)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@flow
+def what_the_flow_holds(path):
+    """Writes which credentials its environment holds, for the test that the agent's key is not one."""
+    env = os.environ
+    Path(path).write_text(json.dumps({
+        "api_key": [name for name in ("ORCHESTRATOR_API_KEY", "ORCHESTRATOR_API_KEY_FILE") if name in env],
+        "secrets": [name for name, value in env.items() if value.startswith("orch_")],
+        "run_token": env.get("ORCHESTRATOR_RUN_TOKEN", ""),
+    }))

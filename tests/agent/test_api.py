@@ -57,61 +57,61 @@ def test_claim_returns_due_runs_with_entrypoint_parameters_and_merged_env(operat
     assert run.work_queue.__class__.objects.get(pk=run.work_queue_id).last_polled is not None
 
 
-def test_a_run_goes_running_then_completed_with_its_heartbeat_interval(operator, prefix, ws, registered):
+def test_a_run_goes_running_then_completed_with_its_heartbeat_interval(operator, prefix, ws, registered, reporter):
     run = due_run(ws)
     operator.post(f"{prefix}/agent/claim", {"agent_id": registered}, format="json")
-    answer = operator.post(f"{prefix}/agent/flow_runs/{run.pk}/state",
+    answer = reporter.post(f"{prefix}/agent/flow_runs/{run.pk}/state",
                            {"state": "RUNNING", "heartbeat_interval": 30}, format="json")
     assert answer.status_code == 200, answer.content
     run.refresh_from_db()
     assert run.heartbeat_interval == 30 and run.last_heartbeat is not None
-    assert operator.post(f"{prefix}/agent/flow_runs/{run.pk}/state", {"state": "COMPLETED"},
+    assert reporter.post(f"{prefix}/agent/flow_runs/{run.pk}/state", {"state": "COMPLETED"},
                          format="json").json()["state"] == "COMPLETED"
     history = list(StateChange.objects.filter(flow_run=run, task_run=None).values_list("to_state", "actor"))
     assert history == [("SUBMITTED", "agent"), ("RUNNING", "agent"), ("COMPLETED", "agent")]
 
 
-def test_an_illegal_transition_is_409_naming_both_states(operator, prefix, ws, registered):
+def test_an_illegal_transition_is_409_naming_both_states(operator, prefix, ws, registered, reporter):
     run = due_run(ws, state=State.COMPLETED)
-    answer = operator.post(f"{prefix}/agent/flow_runs/{run.pk}/state", {"state": "RUNNING"}, format="json")
+    answer = reporter.post(f"{prefix}/agent/flow_runs/{run.pk}/state", {"state": "RUNNING"}, format="json")
     assert answer.status_code == 409
     message = answer.json()["error"]["message"]
     assert "COMPLETED" in message and "RUNNING" in message
 
 
-def test_a_stale_transition_is_409(operator, prefix, ws, registered):
+def test_a_stale_transition_is_409(operator, prefix, ws, registered, reporter):
     run = due_run(ws, state=State.CANCELLING)
-    answer = operator.post(f"{prefix}/agent/flow_runs/{run.pk}/state",
+    answer = reporter.post(f"{prefix}/agent/flow_runs/{run.pk}/state",
                            {"state": "COMPLETED", "expected_state": "RUNNING"}, format="json")
     assert answer.status_code == 409
     assert "CANCELLING" in answer.json()["error"]["message"] and "RUNNING" in answer.json()["error"]["message"]
     assert FlowRun.objects.get(pk=run.pk).state == State.CANCELLING
 
 
-def test_task_runs_are_created_once_per_key_and_report_states(operator, prefix, ws, registered):
+def test_task_runs_are_created_once_per_key_and_report_states(operator, prefix, ws, registered, reporter):
     run = due_run(ws, state=State.RUNNING)
     url = f"{prefix}/agent/flow_runs/{run.pk}/task_runs"
-    first = operator.post(url, {"task_key": "greet", "max_retries": 2}, format="json")
-    again = operator.post(url, {"task_key": "greet"}, format="json")
+    first = reporter.post(url, {"task_key": "greet", "max_retries": 2}, format="json")
+    again = reporter.post(url, {"task_key": "greet"}, format="json")
     assert (first.status_code, again.status_code) == (201, 200)
     assert first.json()["id"] == again.json()["id"]
     task_id = first.json()["id"]
-    assert operator.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "RUNNING"},
+    assert reporter.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "RUNNING"},
                          format="json").status_code == 200
-    assert operator.post(f"{prefix}/agent/task_runs/{task_id}/heartbeat").status_code == 204
-    assert operator.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "COMPLETED"},
+    assert reporter.post(f"{prefix}/agent/task_runs/{task_id}/heartbeat").status_code == 204
+    assert reporter.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "COMPLETED"},
                          format="json").json()["state"] == "COMPLETED"
     task_run = TaskRun.objects.get(pk=task_id)
     assert task_run.max_retries == 2 and task_run.last_heartbeat is not None and task_run.run_count == 1
 
 
-def test_a_new_attempt_after_lazarus_runs_a_task_the_zombie_killer_failed(operator, prefix, ws, registered):
+def test_a_new_attempt_after_lazarus_runs_a_task_the_zombie_killer_failed(operator, prefix, ws, registered, reporter):
     from runs.states import set_flow_run_state, transition_task_runs
 
     run = due_run(ws, state=State.RUNNING)
     url = f"{prefix}/agent/flow_runs/{run.pk}/task_runs"
-    task_id = operator.post(url, {"task_key": "load"}, format="json").json()["id"]
-    operator.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "RUNNING"}, format="json")
+    task_id = reporter.post(url, {"task_key": "load"}, format="json").json()["id"]
+    reporter.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "RUNNING"}, format="json")
     # The node dies: the Zombie Killer fails the task, Lazarus reschedules the run, a new agent starts it.
     transition_task_runs(TaskRun.objects.filter(pk=task_id), State.FAILED, actor=Actor.ZOMBIE_KILLER,
                          message='Marked "Failed" by a Zombie Killer process')
@@ -121,29 +121,29 @@ def test_a_new_attempt_after_lazarus_runs_a_task_the_zombie_killer_failed(operat
     run = set_flow_run_state(run, State.SUBMITTED, actor=Actor.AGENT)
     set_flow_run_state(run, State.RUNNING, actor=Actor.AGENT, now=later)
 
-    again = operator.post(url, {"task_key": "load"}, format="json")
+    again = reporter.post(url, {"task_key": "load"}, format="json")
     assert again.status_code == 200 and again.json()["id"] == task_id and again.json()["state"] == "SCHEDULED"
-    assert operator.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "RUNNING"},
+    assert reporter.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "RUNNING"},
                          format="json").status_code == 200
-    assert operator.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "COMPLETED"},
+    assert reporter.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "COMPLETED"},
                          format="json").status_code == 200
     history = list(StateChange.objects.filter(task_run_id=task_id).values_list("to_state", "actor"))
     assert history == [("RUNNING", "agent"), ("FAILED", "zombie-killer"), ("SCHEDULED", "agent"),
                        ("RUNNING", "agent"), ("COMPLETED", "agent")]
 
 
-def test_asking_again_within_one_attempt_does_not_reopen_a_failed_task(operator, prefix, ws, registered):
+def test_asking_again_within_one_attempt_does_not_reopen_a_failed_task(operator, prefix, ws, registered, reporter):
     run = due_run(ws, state=State.RUNNING)
     url = f"{prefix}/agent/flow_runs/{run.pk}/task_runs"
-    task_id = operator.post(url, {"task_key": "load"}, format="json").json()["id"]
-    operator.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "RUNNING"}, format="json")
-    operator.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "FAILED"}, format="json")
-    assert operator.post(url, {"task_key": "load"}, format="json").json()["state"] == "FAILED"
+    task_id = reporter.post(url, {"task_key": "load"}, format="json").json()["id"]
+    reporter.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "RUNNING"}, format="json")
+    reporter.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "FAILED"}, format="json")
+    assert reporter.post(url, {"task_key": "load"}, format="json").json()["state"] == "FAILED"
 
 
-def test_heartbeats_move_last_heartbeat(operator, prefix, ws, registered):
+def test_heartbeats_move_last_heartbeat(operator, prefix, ws, registered, reporter):
     run = due_run(ws, state=State.RUNNING)
-    answer = operator.post(f"{prefix}/agent/flow_runs/{run.pk}/heartbeat")
+    answer = reporter.post(f"{prefix}/agent/flow_runs/{run.pk}/heartbeat")
     assert (answer.status_code, answer.json()) == (200, {"state": "RUNNING"})
     run.refresh_from_db()
     assert run.last_heartbeat is not None
@@ -158,24 +158,26 @@ def test_an_agent_shutting_down_reports_itself_offline(operator, prefix, registe
     assert Agent.objects.get(pk=registered).status == AgentStatus.OFFLINE
 
 
-def test_a_flow_run_heartbeat_is_a_single_update(operator, prefix, ws):
+def test_a_flow_run_heartbeat_is_a_single_update(operator, prefix, ws, reporter):
     run = due_run(ws, state=State.RUNNING)
     operator.get(f"{prefix}/agent/ping")  # the key's last_used_at is written at most once a minute
+    url = f"{prefix}/agent/flow_runs/{run.pk}/heartbeat"
+    reporter.client.credentials(HTTP_AUTHORIZATION=f"Bearer {reporter.token_for_request(url, None)}")
     with CaptureQueriesContext(connection) as captured:
-        assert operator.post(f"{prefix}/agent/flow_runs/{run.pk}/heartbeat").json() == {"state": "RUNNING"}
+        assert reporter.client.post(url).json() == {"state": "RUNNING"}
     statements = [q["sql"].split()[0] for q in captured.captured_queries]
-    # One read of the key (its workspace comes with it), then one UPDATE that also returns the run's
-    # state (in a transaction, see record_flow_run_heartbeat).
+    # The run's token is checked without a query; one read of the workspace, then one UPDATE that
+    # also returns the run's state (in a transaction, see record_flow_run_heartbeat).
     assert statements.count("SELECT") == 1 and statements.count("UPDATE") == 1
     assert not {"INSERT", "DELETE"} & set(statements)
 
 
-def test_logs_are_stored_in_one_batch(operator, prefix, ws):
+def test_logs_are_stored_in_one_batch(operator, prefix, ws, reporter):
     run = due_run(ws, state=State.RUNNING)
     task = factories.task_run(run)
     lines = [{"flow_run_id": str(run.pk), "message": f"line {i}", "level": 20} for i in range(50)]
     lines.append({"flow_run_id": str(run.pk), "task_run_id": str(task.pk), "message": "boom", "level": 40})
-    answer = operator.post(f"{prefix}/agent/logs", {"logs": lines}, format="json")
+    answer = reporter.post(f"{prefix}/agent/logs", {"logs": lines}, format="json")
     assert answer.status_code == 201 and answer.json() == {"stored": 51, "refused": []}
     assert Log.objects.filter(flow_run=run).count() == 51
     assert Log.objects.get(task_run=task).level == 40
@@ -201,17 +203,17 @@ def test_a_viewer_key_may_not_act_as_an_agent(api, prefix, key_for):
     assert answer.status_code == 403
 
 
-def test_another_workspaces_run_is_404(operator, prefix, other_ws):
+def test_another_workspaces_run_is_404(operator, prefix, other_ws, reporter):
     run = due_run(other_ws, state=State.RUNNING)
     task = factories.task_run(run)
-    assert operator.post(f"{prefix}/agent/flow_runs/{run.pk}/state", {"state": "COMPLETED"},
+    assert reporter.post(f"{prefix}/agent/flow_runs/{run.pk}/state", {"state": "COMPLETED"},
                          format="json").status_code == 404
-    assert operator.post(f"{prefix}/agent/flow_runs/{run.pk}/heartbeat").status_code == 404
-    assert operator.post(f"{prefix}/agent/flow_runs/{run.pk}/task_runs", {"task_key": "t"},
+    assert reporter.post(f"{prefix}/agent/flow_runs/{run.pk}/heartbeat").status_code == 404
+    assert reporter.post(f"{prefix}/agent/flow_runs/{run.pk}/task_runs", {"task_key": "t"},
                          format="json").status_code == 404
-    assert operator.post(f"{prefix}/agent/task_runs/{task.pk}/state", {"state": "COMPLETED"},
+    assert reporter.post(f"{prefix}/agent/task_runs/{task.pk}/state", {"state": "COMPLETED"},
                          format="json").status_code == 404
-    assert operator.post(f"{prefix}/agent/logs", {"logs": [{"flow_run_id": str(run.pk), "message": "x"}]},
+    assert reporter.post(f"{prefix}/agent/logs", {"logs": [{"flow_run_id": str(run.pk), "message": "x"}]},
                          format="json").status_code == 404
     assert FlowRun.objects.get(pk=run.pk).state == State.RUNNING
 
@@ -228,23 +230,24 @@ def test_another_workspaces_agent_is_404(operator, prefix, other_ws):
     ("claim", {"agent_id": 1, "max_runs": 100000}, "max_runs"),
     ("logs", {"logs": [{"message": "no run"}]}, "logs"),
 ])
-def test_a_malformed_payload_is_400_naming_the_field(operator, prefix, path, payload, field):
-    answer = operator.post(f"{prefix}/agent/{path}", payload, format="json")
+def test_a_malformed_payload_is_400_naming_the_field(operator, prefix, path, payload, field, reporter):
+    sender = reporter if path == "logs" else operator
+    answer = sender.post(f"{prefix}/agent/{path}", payload, format="json")
     assert answer.status_code == 400
     assert field in answer.json()["error"]["fields"] and field in answer.json()["error"]["message"]
 
 
-def test_an_unknown_state_is_400_naming_the_field(operator, prefix, ws):
+def test_an_unknown_state_is_400_naming_the_field(operator, prefix, ws, reporter):
     run = due_run(ws, state=State.RUNNING)
-    answer = operator.post(f"{prefix}/agent/flow_runs/{run.pk}/state", {"state": "DONE"}, format="json")
+    answer = reporter.post(f"{prefix}/agent/flow_runs/{run.pk}/state", {"state": "DONE"}, format="json")
     assert answer.status_code == 400 and "state" in answer.json()["error"]["fields"]
 
 
-def test_a_log_batch_over_the_size_limit_is_413_naming_the_limit(operator, prefix, ws, settings):
+def test_a_log_batch_over_the_size_limit_is_413_naming_the_limit(operator, prefix, ws, settings, reporter):
     settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "AGENT_LOG_BATCH_MAX_BYTES": 2000}
     run = due_run(ws, state=State.RUNNING)
     lines = [{"flow_run_id": str(run.pk), "message": "x" * 100} for _ in range(30)]
-    answer = operator.post(f"{prefix}/agent/logs", {"logs": lines}, format="json")
+    answer = reporter.post(f"{prefix}/agent/logs", {"logs": lines}, format="json")
     assert answer.status_code == 413
     assert "2000 bytes" in answer.json()["error"]["message"]
     assert not Log.objects.exists()
@@ -262,50 +265,50 @@ def rescheduled(run):
     return set_flow_run_state(run, State.RUNNING, actor=Actor.AGENT, now=timezone.now() + timedelta(seconds=5))
 
 
-def completed_task(operator, prefix, run, key, **result):
+def completed_task(reporter, prefix, run, key, **result):
     url = f"{prefix}/agent/flow_runs/{run.pk}/task_runs"
-    task_id = operator.post(url, {"task_key": key}, format="json").json()["id"]
-    operator.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "RUNNING"}, format="json")
-    answer = operator.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "COMPLETED", **result},
+    task_id = reporter.post(url, {"task_key": key}, format="json").json()["id"]
+    reporter.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "RUNNING"}, format="json")
+    answer = reporter.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "COMPLETED", **result},
                            format="json")
     assert answer.status_code == 200, answer.content
     return answer.json()
 
 
-def test_a_completed_tasks_json_result_is_kept(operator, prefix, ws):
+def test_a_completed_tasks_json_result_is_kept(operator, prefix, ws, reporter):
     run = due_run(ws, state=State.RUNNING)
-    answer = completed_task(operator, prefix, run, "extract", result={"rows": [1, 2], "ok": True})
+    answer = completed_task(reporter, prefix, run, "extract", result={"rows": [1, 2], "ok": True})
     assert answer["state"] == "COMPLETED" and answer["result"] == {"value": {"rows": [1, 2], "ok": True}}
     assert TaskRun.objects.get(pk=answer["id"]).result == {"value": {"rows": [1, 2], "ok": True}}
-    none = completed_task(operator, prefix, run, "returns-none", result=None)
+    none = completed_task(reporter, prefix, run, "returns-none", result=None)
     assert none["result"] == {"value": None}  # None is a result too
-    assert completed_task(operator, prefix, run, "no-result")["result"] is None
+    assert completed_task(reporter, prefix, run, "no-result")["result"] is None
 
 
-def test_a_result_over_the_limit_is_not_kept(operator, prefix, ws, settings):
+def test_a_result_over_the_limit_is_not_kept(operator, prefix, ws, settings, reporter):
     settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "TASK_RESULT_MAX_BYTES": 10}
     run = due_run(ws, state=State.RUNNING)
-    assert completed_task(operator, prefix, run, "small", result="12345678")["result"] == {"value": "12345678"}
-    big = completed_task(operator, prefix, run, "big", result="123456789")  # 11 bytes with its quotes
+    assert completed_task(reporter, prefix, run, "small", result="12345678")["result"] == {"value": "12345678"}
+    big = completed_task(reporter, prefix, run, "big", result="123456789")  # 11 bytes with its quotes
     assert big["state"] == "COMPLETED" and big["result"] is None
 
 
-def test_a_later_attempt_gets_a_completed_task_with_its_result_instead_of_running_it(operator, prefix, ws):
+def test_a_later_attempt_gets_a_completed_task_with_its_result_instead_of_running_it(operator, prefix, ws, reporter):
     run = due_run(ws, state=State.RUNNING)
-    first = completed_task(operator, prefix, run, "extract", result=[1, 2, 3])
+    first = completed_task(reporter, prefix, run, "extract", result=[1, 2, 3])
     rescheduled(run)
-    again = operator.post(f"{prefix}/agent/flow_runs/{run.pk}/task_runs", {"task_key": "extract"}, format="json")
+    again = reporter.post(f"{prefix}/agent/flow_runs/{run.pk}/task_runs", {"task_key": "extract"}, format="json")
     assert again.status_code == 200
     assert again.json() == {**first, "state": "COMPLETED", "result": {"value": [1, 2, 3]}}
     history = list(StateChange.objects.filter(task_run_id=first["id"]).values_list("to_state", flat=True))
     assert history == ["RUNNING", "COMPLETED"]  # not reopened
 
 
-def test_a_later_attempt_reruns_a_completed_task_whose_result_was_not_kept_and_says_why(operator, prefix, ws):
+def test_a_later_attempt_reruns_a_completed_task_whose_result_was_not_kept_and_says_why(operator, prefix, ws, reporter):
     run = due_run(ws, state=State.RUNNING)
-    first = completed_task(operator, prefix, run, "to-dataframe")
+    first = completed_task(reporter, prefix, run, "to-dataframe")
     run = rescheduled(run)
-    again = operator.post(f"{prefix}/agent/flow_runs/{run.pk}/task_runs", {"task_key": "to-dataframe"},
+    again = reporter.post(f"{prefix}/agent/flow_runs/{run.pk}/task_runs", {"task_key": "to-dataframe"},
                           format="json").json()
     assert (again["id"], again["state"], again["result"]) == (first["id"], "SCHEDULED", None)
     [line] = Log.objects.filter(task_run_id=first["id"]).values_list("message", flat=True)
@@ -320,7 +323,8 @@ def test_the_register_answer_says_how_large_a_result_the_server_keeps(operator, 
 
 # --- A claim whose answer was lost; cancellations in the poll answers ---------------------------
 
-def test_a_claim_hands_out_again_what_this_agent_claimed_and_has_not_started(operator, prefix, ws, registered):
+def test_a_claim_hands_out_again_what_this_agent_claimed_and_has_not_started(
+        operator, prefix, ws, registered, reporter):
     run = due_run(ws)
     claim = lambda agent_id: operator.post(f"{prefix}/agent/claim", {"agent_id": agent_id, "max_runs": 5},  # noqa: E731
                                            format="json").json()["runs"]
@@ -333,7 +337,7 @@ def test_a_claim_hands_out_again_what_this_agent_claimed_and_has_not_started(ope
     again = operator.post(f"{prefix}/agent/register", {"name": "box-1", "queues": ["default"]}, format="json")
     assert again.json()["id"] == registered and [r["id"] for r in claim(registered)] == [str(run.pk)]
     # Once started, it is no longer handed out; claiming never wrote a second history row.
-    operator.post(f"{prefix}/agent/flow_runs/{run.pk}/state", {"state": "RUNNING"}, format="json")
+    reporter.post(f"{prefix}/agent/flow_runs/{run.pk}/state", {"state": "RUNNING"}, format="json")
     assert claim(registered) == []
     assert StateChange.objects.filter(flow_run=run, to_state=State.SUBMITTED).count() == 1
 
@@ -356,16 +360,16 @@ def test_the_poll_answers_name_the_agents_runs_being_cancelled(operator, prefix,
     assert claim["cancelling"] == beat["cancelling"] == [str(mine.pk)]
 
 
-def test_a_flow_run_heartbeat_answers_the_runs_state(operator, prefix, ws):
+def test_a_flow_run_heartbeat_answers_the_runs_state(operator, prefix, ws, reporter):
     run = due_run(ws, state=State.CANCELLING)
-    assert operator.post(f"{prefix}/agent/flow_runs/{run.pk}/heartbeat").json() == {"state": "CANCELLING"}
+    assert reporter.post(f"{prefix}/agent/flow_runs/{run.pk}/heartbeat").json() == {"state": "CANCELLING"}
     run.refresh_from_db()
     assert run.last_heartbeat is not None
 
 
-def test_a_run_handed_back_is_due_now_for_any_agent_and_starts_afresh(operator, prefix, ws, registered):
+def test_a_run_handed_back_is_due_now_for_any_agent_and_starts_afresh(operator, prefix, ws, registered, reporter):
     run = due_run(ws, state=State.RUNNING, agent_id=registered, last_heartbeat=timezone.now())
-    answer = operator.post(f"{prefix}/agent/flow_runs/{run.pk}/state",
+    answer = reporter.post(f"{prefix}/agent/flow_runs/{run.pk}/state",
                            {"state": "SCHEDULED", "message": "Handed back by its runner"}, format="json")
     assert answer.status_code == 200 and answer.json()["state"] == "SCHEDULED"
     run.refresh_from_db()
@@ -375,7 +379,7 @@ def test_a_run_handed_back_is_due_now_for_any_agent_and_starts_afresh(operator, 
 
 # --- One bad log line does not cost its batch ---------------------------------------------------
 
-def test_a_log_batch_stores_the_good_lines_and_names_the_refused_ones(operator, prefix, ws, other_ws):
+def test_a_log_batch_stores_the_good_lines_and_names_the_refused_ones(operator, prefix, ws, other_ws, reporter):
     run, foreign = due_run(ws, state=State.RUNNING), due_run(other_ws, state=State.RUNNING)
     elsewhere = factories.task_run(due_run(ws, state=State.RUNNING))
     lines = [
@@ -386,21 +390,21 @@ def test_a_log_batch_stores_the_good_lines_and_names_the_refused_ones(operator, 
         "not a line",
         {"flow_run_id": str(run.pk), "message": "good too", "level": 40},
     ]
-    answer = operator.post(f"{prefix}/agent/logs", {"logs": lines}, format="json")
+    answer = reporter.post(f"{prefix}/agent/logs", {"logs": lines}, format="json")
     assert answer.status_code == 201, answer.content
     body = answer.json()
     assert body["stored"] == 2 and [r["index"] for r in body["refused"]] == [1, 2, 3, 4]
     reasons = [r["reason"] for r in body["refused"]]
-    assert reasons[0] == "flow_run_id: no such flow run in this workspace."
+    assert reasons[0] == f"flow_run_id: this token reports for flow run {run.pk} only."
     assert reasons[1].startswith("level: ") and reasons[2].startswith("task_run_id: ")
     assert sorted(Log.objects.filter(flow_run=run).values_list("message", flat=True)) == ["good", "good too"]
 
 
-def test_a_log_batch_with_nothing_to_store_is_400_or_404(operator, prefix, ws, other_ws):
+def test_a_log_batch_with_nothing_to_store_is_400_or_404(operator, prefix, ws, other_ws, reporter):
     foreign = due_run(other_ws, state=State.RUNNING)
-    malformed = operator.post(f"{prefix}/agent/logs", {"logs": [{"message": "no run"}]}, format="json")
+    malformed = reporter.post(f"{prefix}/agent/logs", {"logs": [{"message": "no run"}]}, format="json")
     assert malformed.status_code == 400 and "line 0: flow_run_id" in malformed.json()["error"]["message"]
-    unknown = operator.post(f"{prefix}/agent/logs", {"logs": [{"flow_run_id": str(foreign.pk), "message": "x"}]},
+    unknown = reporter.post(f"{prefix}/agent/logs", {"logs": [{"flow_run_id": str(foreign.pk), "message": "x"}]},
                             format="json")
     assert unknown.status_code == 404
     assert not Log.objects.exists()

@@ -13,6 +13,7 @@ from django.db import connection
 from django.utils import timezone
 
 from runs.models import Agent, AgentStatus, FlowRun, Log, Role, State, StateChange, TaskRun
+from runs.run_tokens import read_token
 from runs.scheduling import schedule_future_runs
 from tests import factories
 
@@ -150,3 +151,19 @@ def test_heartbeat_mode_off_registers_the_run_without_an_interval(ws, workspace_
     wait_for(lambda: finished([run.pk]), what="the run to finish")
     run.refresh_from_db()
     assert run.state == State.COMPLETED and run.heartbeat_interval is None
+
+
+def test_the_flow_gets_its_runs_token_and_never_the_agents_key(ws, workspace_url, start_agent, tmp_path):
+    queue = factories.work_queue(ws, name="e2e")
+    flow = factories.flow(ws, entrypoint="tests.agent.flows:what_the_flow_holds")
+    out = tmp_path / "held.json"
+    run = factories.flow_run(flow, work_queue=queue, parameters={"path": str(out)})
+    key = factories.api_key(ws, role=Role.OPERATOR)[1]
+    # The key on the command line and in the agent's environment, as `make run` and a service unit give it.
+    agent = start_agent(workspace_url, key, "e2e", "keeper", env={"ORCHESTRATOR_API_KEY": key})
+    wait_for(lambda: finished([run.pk]), what=lambda: f"the run to finish\n{agent.output()}")
+    run.refresh_from_db()
+    assert run.state == State.COMPLETED, agent.output()
+    held = json.loads(out.read_text())
+    assert held["api_key"] == [] and held["secrets"] == []
+    assert held["run_token"].startswith("orr_") and read_token(held["run_token"]).run_id == run.pk

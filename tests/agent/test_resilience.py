@@ -92,6 +92,10 @@ class FakeClient:
         self.calls.append((path, payload))
         return self.answer(path, payload)
 
+    def with_key(self, key):
+        self.keys = [*getattr(self, "keys", []), key]
+        return self
+
 
 def new_agent(client):
     return Agent(client, api_url="http://x", key="k", name="a", queues=["q"], query_seconds=0.3)
@@ -204,9 +208,10 @@ def test_the_agent_ships_the_lines_a_dead_runner_had_not_delivered(tmp_path, mon
     scratch.seek(0)
     lines = scratch.read().decode().split("\n")
     agent = new_agent(FakeClient(lambda path, payload: None))
-    left = Execution(agent, {"id": "run-1"})._ship_what_the_runner_left(lines + ["Traceback: boom"])
+    for_the_run = LogShipper(FakeClient(lambda path, payload: None))
+    left = Execution(agent, {"id": "run-1"})._ship_what_the_runner_left(lines + ["Traceback: boom"], for_the_run)
     assert left is None
-    assert [(line["message"], line["level"], line["task_run_id"]) for line in agent.shipper.buffer] == [
+    assert [(line["message"], line["level"], line["task_run_id"]) for line in for_the_run.buffer] == [
         ("not yet", 30, "task-1"), ("[runner] Traceback: boom", 40, None)]
 
 

@@ -13,11 +13,14 @@ from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 
 from runs.api.schema import WORKSPACE_PREFIX
-from runs.models import Log, Membership, Role
+from runs.models import FlowRun, Log, Membership, Role
+from runs.run_tokens import token_of
 from tests import factories
 from tests.conftest import api_prefix
 
 V, O, A = Role.VIEWER, Role.OPERATOR, Role.ADMIN
+# Reports about one run: only with that run's report token (from the claim), never an API key.
+R = "run token"
 
 # (name, method, path under the workspace, body, role needed, success status)
 ENDPOINTS = [
@@ -71,29 +74,45 @@ ENDPOINTS = [
     ("api key detail", "get", "api_keys/{key}/", None, A, 200),
     ("api key create", "post", "api_keys/", {"name": "ci", "role": "viewer"}, A, 201),
     ("api key revoke", "delete", "api_keys/{key}/", None, A, 204),
-    # The agent's own API: operators (an agent's key) and admins.
+    # The agent's own API: operators (an agent's key) and admins; a run's reports: its token only.
     ("agent register", "post", "agent/register", {"name": "new-agent", "queues": ["default"]}, O, 201),
     ("agent heartbeat", "post", "agent/heartbeat", {"agent_id": "{agent}"}, O, 200),
     ("agent claim", "post", "agent/claim", {"agent_id": "{agent}", "max_runs": 5}, O, 200),
     ("agent ping", "get", "agent/ping", None, O, 200),
-    ("agent logs", "post", "agent/logs", {"logs": [{"flow_run_id": "{run}", "message": "hello"}]}, O, 201),
-    ("agent flow run state", "post", "agent/flow_runs/{run}/state", {"state": "COMPLETED"}, O, 200),
-    ("agent flow run heartbeat", "post", "agent/flow_runs/{run}/heartbeat", None, O, 200),
-    ("agent task run create", "post", "agent/flow_runs/{run}/task_runs", {"task_key": "extract"}, O, 201),
-    ("agent task run state", "post", "agent/task_runs/{task_run}/state", {"state": "COMPLETED"}, O, 200),
-    ("agent task run heartbeat", "post", "agent/task_runs/{task_run}/heartbeat", None, O, 204),
+    ("agent logs", "post", "agent/logs", {"logs": [{"flow_run_id": "{run}", "message": "hello"}]}, R, 201),
+    ("agent flow run state", "post", "agent/flow_runs/{run}/state", {"state": "COMPLETED"}, R, 200),
+    ("agent flow run heartbeat", "post", "agent/flow_runs/{run}/heartbeat", None, R, 200),
+    ("agent task run create", "post", "agent/flow_runs/{run}/task_runs", {"task_key": "extract"}, R, 201),
+    ("agent task run state", "post", "agent/task_runs/{task_run}/state", {"state": "COMPLETED"}, R, 200),
+    ("agent task run heartbeat", "post", "agent/task_runs/{task_run}/heartbeat", None, R, 204),
 ]
 
-CALLERS = ["viewer", "operator", "admin", "no key", "revoked key"]
+CALLERS = ["viewer", "operator", "admin", "no key", "revoked key", R]
 RANK = {V: 1, O: 2, A: 3}
 
 
 def expected_status(caller, needed, success, own):
     if caller in ("no key", "revoked key"):
         return 401
+    if (caller == R) != (needed == R):  # a key reports for no run; a run's token does nothing else
+        return 403
     if not own:
         return 404
-    return success if RANK[Role(caller)] >= RANK[needed] else 403
+    return success if needed == R or RANK[Role(caller)] >= RANK[needed] else 403
+
+
+def run_token(run_id):
+    """The report token of the run's current attempt, as its claimant holds it."""
+    return token_of(FlowRun.objects.get(pk=run_id))
+
+
+def authenticate_as_able(api, ws, endpoint, names):
+    """Credentials that may call `endpoint` in `ws`: the token of the world's run for a run's
+    report, else an admin's key."""
+    if endpoint[4] == R:
+        return api.as_key(run_token(names["run"]))
+    factories.member(ws, role=Role.ADMIN)
+    return api.as_key(factories.api_key(ws, role=Role.ADMIN)[1])
 
 
 def world(ws):
@@ -149,6 +168,8 @@ def test_status_by_role_and_workspace(api, ws, other_ws, endpoint, caller, own):
         key.revoked_at = timezone.now()
         key.save()
         api.as_key(secret)
+    elif caller == R:  # the token of a run of the caller's workspace (world's run when that is `ws`)
+        api.as_key(run_token(names["run"] if own else world(ws)["run"]))
     elif caller != "no key":
         api.as_key(factories.api_key(ws, role=Role(caller))[1])
     response = getattr(api, method)(f"{api_prefix(target)}/{fill(path, names)}", fill(body, names), format="json")
@@ -168,11 +189,12 @@ FOREIGN_REFERENCES = [endpoint for endpoint in ENDPOINTS if references(endpoint)
 
 @pytest.mark.parametrize("endpoint", FOREIGN_REFERENCES, ids=[e[0] for e in FOREIGN_REFERENCES])
 def test_another_workspaces_objects_are_not_reachable_through_your_own(api, ws, other_ws, endpoint):
-    """An admin of `ws` naming `other_ws`'s objects under `ws`'s URL: 404 for a path, 400/404 for a body."""
+    """An admin of `ws` (for a run's report, the token of a run of `ws`) naming `other_ws`'s objects
+    under `ws`'s URL: 404 for a path, 400/404 for a body."""
     name, method, path, body, *_ = endpoint
-    world(ws)  # own objects exist too, so "nothing here" cannot hide a leak
+    own = world(ws)  # own objects exist too, so "nothing here" cannot hide a leak
     foreign = world(other_ws)
-    api.as_key(factories.api_key(ws, role=Role.ADMIN)[1])
+    authenticate_as_able(api, ws, endpoint, own)
     response = getattr(api, method)(f"{api_prefix(ws)}/{fill(path, foreign)}", fill(body, foreign), format="json")
     in_path = set(re.findall(r"\{(\w+)\}", path))
     assert response.status_code == 404 if in_path else response.status_code in (400, 404), response.content

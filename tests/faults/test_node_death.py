@@ -1,8 +1,10 @@
 """A node dies: SIGKILL of an agent and of every runner it started, mid-task. The Zombie Killer and
 Lazarus recover its runs, another agent finishes them, and tasks that completed before stand.
 
-The last test kills a node running three overlapping runs of one schedule: each keeps the slot it
-was made for, every service pass succeeds, and no completed task runs again.
+Another kills a node running three overlapping runs of one schedule: each keeps the slot it was
+made for, every service pass succeeds, and no completed task runs again. The last freezes a node
+instead (a partition) and wakes it while another node runs its recovered run: the old attempt is
+superseded and runs nothing more.
 """
 
 from pathlib import Path
@@ -204,3 +206,66 @@ def test_overlapping_runs_of_a_dead_node_finish_elsewhere_under_their_own_slots(
         assert _executions(markers, run, "extract") == (1, 1)
         assert _executions(markers, run, "transform") == (2, 1)
         assert _executions(markers, run, "load") == (1, 1)
+
+
+def _signal_node(process, signum):
+    for pid in process_tree(process.pid):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_frozen_node_that_comes_back_is_superseded_and_runs_nothing_more(ws, live_server, fast_services, agents,
+                                                                            tmp_path):
+    """A partition, not a death: node A is frozen (SIGSTOP) mid-task, its run is recovered and taken
+    by node B, then A wakes up (SIGCONT) while B runs. A's runner must hear `superseded` and stop:
+    it completes nothing of B's attempt and never starts the steps after the one it was in."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    queue = factories.work_queue(ws, name="node")
+    flow = factories.flow(ws, entrypoint="tests.faults.flows:three_steps")
+    run = factories.flow_run(flow, work_queue=queue, parameters={"marker_dir": str(markers), "seconds": 4})
+    url, key = live_server.url + api_prefix(ws), factories.api_key(ws, role=Role.OPERATOR)[1]
+    story = lambda: _story(run.pk, tmp_path)  # noqa: E731
+
+    node_a = agents(url, key, "node", "node-a")
+    wait_for(lambda: TaskRun.objects.filter(flow_run=run, dynamic_key="1", state=State.RUNNING).exists(),
+             what="node A to reach the second step")
+    [runner_a] = runner_pids(node_a.pid)
+    _signal_node(node_a, signal.SIGSTOP)
+
+    _recover_until(lambda: FlowRun.objects.filter(pk=run.pk, state=State.SCHEDULED, lazarus_count=1).exists(), story)
+    agents(url, key, "node", "node-b")
+    wait_for(lambda: FlowRun.objects.filter(pk=run.pk, state=State.RUNNING, agent__name="node-b").exists(),
+             what=story)
+    _signal_node(node_a, signal.SIGCONT)  # A wakes up in the middle of B's attempt
+
+    wait_for(lambda: not _alive(runner_a), timeout=60, what=lambda: "node A's runner to stop\n" + story())
+    _recover_until(lambda: FlowRun.objects.get(pk=run.pk).state in TERMINAL_STATES, story)
+
+    run.refresh_from_db()
+    assert (run.state, run.agent.name, run.lazarus_count) == (State.COMPLETED, "node-b", 1), story()
+    assert list(StateChange.objects.filter(flow_run=run, task_run=None).values_list("to_state", "actor")) == [
+        (State.SUBMITTED, Actor.AGENT), (State.RUNNING, Actor.AGENT), (State.SCHEDULED, Actor.LAZARUS),
+        (State.SUBMITTED, Actor.AGENT), (State.RUNNING, Actor.AGENT), (State.COMPLETED, Actor.AGENT)], story()
+    # The step A was frozen in was cut off and ran again on B; A never started the last one.
+    assert _executions(markers, run, "extract") == (1, 1)
+    assert _executions(markers, run, "transform")[0] == 2
+    assert _executions(markers, run, "load") == (1, 1), story()
+    transform = TaskRun.objects.get(flow_run=run, task_key="step", dynamic_key="1")
+    # One COMPLETED, B's: A's late one was refused, not written over B's RUNNING.
+    assert list(StateChange.objects.filter(task_run=transform).values_list("to_state", flat=True)).count(
+        State.COMPLETED) == 1, story()
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its frozen-then-woken agent) counts as gone
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
