@@ -229,3 +229,32 @@ def test_the_journal_is_rewritten_with_only_undelivered_lines_when_it_grows(tmp_
     assert scratch.seek(0, 2) < 300
     scratch.seek(0)
     assert b"line 29" not in scratch.read()
+
+
+SUPERSEDED_ANSWER = {"error": {"code": "superseded", "message": "another attempt has the run", "fields": {}}}
+
+
+def refuse_as_superseded(path, payload):
+    raise ApiError(409, SUPERSEDED_ANSWER)
+
+
+def test_a_heartbeat_refused_as_superseded_tells_the_runner_to_stop():
+    from agent.heartbeats import SUPERSEDED, _beat
+
+    told = []
+    _beat(FakeClient(refuse_as_superseded), [("flow_runs", "run-1")], told.append)
+    assert told == [SUPERSEDED]
+    stale = lambda path, payload: (_ for _ in ()).throw(ApiError(409, {"error": {"code": "stale_transition"}}))  # noqa: E731
+    _beat(FakeClient(stale), [("flow_runs", "run-1")], told.append)
+    assert told == [SUPERSEDED]  # another 409 is no reason to stop
+
+
+def test_a_task_report_refused_as_superseded_stops_the_flow_where_it_is():
+    from agent import sdk
+
+    stopped = []
+    ctx = sdk.RunContext(FakeClient(refuse_as_superseded), "run-1", heartbeats=None,
+                         on_superseded=lambda: stopped.append(True))
+    with pytest.raises(sdk.FlowRunStopped):
+        ctx.report("flow_runs/run-1/task_runs", {"task_key": "t"})
+    assert stopped == [True]
