@@ -26,6 +26,20 @@ def server_level(levelno):
     return max((level for level in SERVER_LEVELS if level <= levelno), default=logging.DEBUG)
 
 
+def redact(text, values):
+    """`text` with each of `values` (a run's secrets) replaced by ***, longest first."""
+    if not text or not values:
+        return text
+    for value in values:
+        text = text.replace(value, "***")
+    return text
+
+
+def redaction_list(values):
+    """The values worth redacting, longest first (one that contains another is not left half shown)."""
+    return sorted({value for value in values if value}, key=len, reverse=True)
+
+
 class LogShipper:
     """Collects lines and posts them every `interval` seconds.
 
@@ -36,8 +50,9 @@ class LogShipper:
     and, after each batch the server took, the highest `seq` done (`delivered(seq)`).
     """
 
-    def __init__(self, client, *, interval=1.0, capacity=10_000, journal=None):
+    def __init__(self, client, *, interval=1.0, capacity=10_000, journal=None, redactions=()):
         self.client = client
+        self.redactions = redaction_list(redactions)  # the run's secrets: never shipped, never journalled
         self.interval = interval
         self.buffer = collections.deque(maxlen=capacity)
         self.lock = threading.Lock()
@@ -53,7 +68,7 @@ class LogShipper:
 
     def add(self, flow_run_id, message, *, level=logging.INFO, task_run_id=None, timestamp=None):
         line = {"flow_run_id": flow_run_id, "task_run_id": task_run_id, "level": server_level(level),
-                "message": message[:MAX_MESSAGE_CHARS],
+                "message": redact(message, self.redactions)[:MAX_MESSAGE_CHARS],
                 "timestamp": timestamp or datetime.now(timezone.utc).isoformat()}
         with self.lock:
             if len(self.buffer) == self.buffer.maxlen:

@@ -36,7 +36,7 @@ from . import sdk
 from .client import ApiClient, ApiError, ServerUnreachable
 from .heartbeats import STOP_STATES, start_heartbeats
 from .heartbeats import SUPERSEDED as HEARTBEAT_SUPERSEDED
-from .logs import LogShipper
+from .logs import LogShipper, redact, redaction_list
 
 # The journal of log lines in the agent's scratch file: lines, and how far the server has them.
 JOURNAL_LINE_MARKER = "\x1eorchestrator-log "
@@ -216,7 +216,10 @@ class Runner:
         self.beating = self.mode != "off" and self.interval > 0
         self.agent_name = env.get("ORCHESTRATOR_AGENT_NAME", "?")
         self.agent_pid = int(env.get("ORCHESTRATOR_AGENT_PID") or os.getppid())
-        self.shipper = LogShipper(self.client)
+        # The run's secrets (env vars the agent named): redacted from every line and message it sends.
+        names = [name for name in env.get("ORCHESTRATOR_SECRET_NAMES", "").split(",") if name]
+        self.redactions = redaction_list(env[name] for name in names if name in env)
+        self.shipper = LogShipper(self.client, redactions=self.redactions)
         self.capture = OutputCapture(lambda text, level: self.shipper.add(self.flow_run_id, text, level=level))
         self.heartbeats = None
         self.orphaned = False
@@ -334,7 +337,7 @@ class Runner:
         threading.Thread(target=self._watch_agent, name="agent-watch", daemon=True).start()
         sdk.bind(sdk.RunContext(
             self.client, self.flow_run_id, self.heartbeats, why_stopped=self.why_stopped,
-            on_superseded=self._superseded,
+            on_superseded=self._superseded, secrets=self.redactions,
             result_max_bytes=int(self.env.get("ORCHESTRATOR_TASK_RESULT_MAX_BYTES") or sdk.DEFAULT_RESULT_MAX_BYTES)))
         try:
             state, message = self._run_flow()
@@ -380,6 +383,7 @@ class Runner:
 
     def _finish(self, state, message):
         """Ship the last logs, then report (or leave to the agent); returns the exit code."""
+        message = redact(message, self.redactions)
         self.capture.stop()
         if not self.shipper.stop(drain_seconds=LOG_DRAIN_SECONDS):
             self.capture.original(f"The runner could not ship its last log lines ({len(self.shipper.buffer)}).")

@@ -17,6 +17,7 @@ import logging
 import time
 
 from .client import ApiError
+from .logs import redact
 
 _context = None
 _current_task_run = contextvars.ContextVar("current_task_run", default=None)
@@ -46,13 +47,14 @@ class RunContext:
     """
 
     def __init__(self, client, flow_run_id, heartbeats, *, result_max_bytes=DEFAULT_RESULT_MAX_BYTES,
-                 why_stopped=None, on_superseded=None):
+                 why_stopped=None, on_superseded=None, secrets=()):
         self.client = client
         self.flow_run_id = flow_run_id
         self.heartbeats = heartbeats
         self.result_max_bytes = result_max_bytes
         self.why_stopped = why_stopped or (lambda: ("CRASHED", "The flow's process was stopped."))
         self.on_superseded = on_superseded or (lambda: None)
+        self.secrets = list(secrets)  # values never sent: redacted from messages, results holding one not kept
         self.calls = {}
 
     def next_dynamic_key(self, task_key):
@@ -62,6 +64,8 @@ class RunContext:
         return str(index)
 
     def report(self, path, payload):
+        if self.secrets and payload.get("message"):
+            payload = {**payload, "message": redact(payload["message"], self.secrets)}
         try:
             return self.client.post(path, payload, retry_for=STATE_REPORT_RETRY_SECONDS)
         except ApiError as exc:
@@ -174,6 +178,11 @@ def _report_completed(ctx, state_path, task_key, result):
     if not exact:
         log.info("Task %s returned a %s, which JSON cannot hold as it is: its result is not kept, and a later "
                  "attempt of this flow run would run the task again.", task_key, type(result).__name__)
+        ctx.report(state_path, {"state": "COMPLETED"})
+        return
+    if any(secret in encoded for secret in ctx.secrets):
+        log.info("Task %s returned one of the run's secrets: its result is not kept, and a later attempt of this "
+                 "flow run would run the task again.", task_key)
         ctx.report(state_path, {"state": "COMPLETED"})
         return
     size = len(encoded.encode())

@@ -26,7 +26,7 @@ import time
 
 from .client import ApiError, ServerUnreachable
 from .health import start_health_server
-from .logs import LogShipper
+from .logs import LogShipper, redact, redaction_list
 from .runner import (
     EXIT_AGENT_REPORTS,
     EXIT_REPORTED,
@@ -63,6 +63,8 @@ class Execution:
         # Reports about this run carry its token; a server from before tokens sends none.
         self.token = run.get("token") or agent.key
         self.client = agent.client.with_key(self.token)
+        self.secrets = run.get("secrets") or {}
+        self.redactions = redaction_list(self.secrets.values())
         self.process = None
         self.lock = threading.Lock()
         self.exited = threading.Event()
@@ -76,7 +78,8 @@ class Execution:
     def _report(self, state, message="", **extra):
         """Report `state`; returns None when it was recorded, else the ApiError or ServerUnreachable."""
         try:
-            self.client.post(f"flow_runs/{self.run_id}/state", {"state": state, "message": message, **extra},
+            self.client.post(f"flow_runs/{self.run_id}/state",
+                             {"state": state, "message": redact(message, self.redactions), **extra},
                              retry_for=REPORT_RETRY_SECONDS)
             return None
         except ApiError as exc:
@@ -93,6 +96,11 @@ class Execution:
 
     def _execute(self):
         agent = self.agent
+        missing = self.run.get("missing_secrets") or []
+        if missing:
+            self._report("FAILED", f"The flow's version needs the secret(s) {', '.join(missing)}, which this workspace "
+                                   f"does not have (or cannot decrypt with its ORCHESTRATOR_SECRETS_KEY).")
+            return
         interval = agent.runner_heartbeat_seconds if agent.heartbeat_mode != "off" else None
         # The server keeps whole seconds; the beats themselves may come faster.
         declared = max(round(interval), 1) if interval else None
@@ -107,7 +115,8 @@ class Execution:
             return
         # The agent's own key never reaches the flow: the runner reports with the run's token.
         inherited = {k: v for k, v in os.environ.items() if k not in AGENT_SECRETS}
-        env = {**inherited, **self.run.get("env", {}),
+        env = {**inherited, **self.run.get("env", {}), **self.secrets,
+               "ORCHESTRATOR_SECRET_NAMES": ",".join(self.secrets),
                "ORCHESTRATOR_FLOW_RUN_ID": self.run_id, "ORCHESTRATOR_ENTRYPOINT": self.run["entrypoint"],
                "ORCHESTRATOR_PARAMETERS": json.dumps(self.run.get("parameters") or {}),
                "ORCHESTRATOR_API_URL": agent.api_url, "ORCHESTRATOR_RUN_TOKEN": self.token,
@@ -142,7 +151,7 @@ class Execution:
             output.seek(start)
             # Split on newlines only: str.splitlines() would also split at the markers' record separator.
             lines = output.read().decode(errors="replace").split("\n")[1 if start else 0:]  # no half line
-        shipper = LogShipper(self.client)
+        shipper = LogShipper(self.client, redactions=self.redactions)
         verdict = self._ship_what_the_runner_left(lines, shipper)
         shipper.drain(LOG_DRAIN_SECONDS)  # a finished run has its logs before its final state
         self._report(*self._final_state(code, verdict))

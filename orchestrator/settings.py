@@ -281,6 +281,9 @@ ORCHESTRATOR = {
     "SCHEDULE_COMPUTE_SECONDS": env_float("ORCHESTRATOR_SCHEDULE_COMPUTE_SECONDS", 1.0),
     # Default retention of runs, logs and events for new workspaces (days).
     "RUN_RETENTION_DAYS": env_int("ORCHESTRATOR_RUN_RETENTION_DAYS", 30),
+    # Fernet keys that encrypt workspaces' secrets, the encrypting one first (runs/vault.py); none:
+    # one derived from SECRET_KEY (development only; production sets its own).
+    "SECRETS_KEYS": env_list("ORCHESTRATOR_SECRETS_KEY", []),
     # API keys: how many characters of the secret are shown as a public prefix.
     "API_KEY_PREFIX_LENGTH": 8,
     # --- Recovery services (services/; README "Recovery services"). Seconds unless named. ---

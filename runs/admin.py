@@ -4,15 +4,16 @@ Staff see only the workspaces they are members of (superusers see all). Changing
 the admin role in the object's workspace; the run and schedule actions need operator.
 """
 
+from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from runs import scheduling
+from runs import scheduling, vault
 from runs.models import (
     Account,
     Actor,
@@ -26,6 +27,7 @@ from runs.models import (
     Membership,
     Role,
     Schedule,
+    Secret,
     State,
     StateChange,
     TaskRun,
@@ -173,6 +175,51 @@ class ApiKeyAdmin(WorkspaceScopedAdmin):
         self.message_user(request, f"Revoked {count} key(s).")
 
 
+class SecretForm(forms.ModelForm):
+    """A secret's name and workspace, and a value that is written, never shown (not even on change)."""
+
+    value = forms.CharField(
+        widget=forms.PasswordInput(render_value=False), strip=False, max_length=vault.MAX_VALUE_CHARS,
+        help_text="Never shown again. On change, leave empty to keep the current value.",
+    )
+
+    class Meta:
+        model = Secret
+        fields = ["workspace", "name"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["value"].required = False
+
+
+@admin.register(Secret)
+class SecretAdmin(WorkspaceScopedAdmin):
+    form = SecretForm
+    list_display = ["name", "workspace", "updated", "updated_by", "created"]
+    list_filter = ["workspace"]
+    search_fields = ["name"]
+    readonly_fields = ["updated", "updated_by", "created"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*self.readonly_fields, "workspace", "name"] if obj else self.readonly_fields
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "workspace":
+            allowed = workspace_ids_with_role(request.user, Role.ADMIN)
+            if allowed is not None:
+                kwargs["queryset"] = Workspace.objects.filter(pk__in=allowed)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def save_model(self, request, obj, form, change):
+        allowed = workspace_ids_with_role(request.user, Role.ADMIN)
+        if allowed is not None and obj.workspace_id not in allowed:
+            raise PermissionDenied("You need the admin role in the secret's workspace.")
+        if form.cleaned_data.get("value"):
+            obj.set_value(form.cleaned_data["value"], request.user.get_username())
+        super().save_model(request, obj, form, change)
+
+
 # --- flows and schedules --------------------------------------------------------------------
 
 class FlowVersionInline(ReadOnlyInline):
@@ -213,7 +260,8 @@ class FlowVersionAdmin(WorkspaceScopedAdmin):
         if change:
             return super().save_model(request, obj, form, change)
         version = obj.flow.register_version(
-            entrypoint=obj.entrypoint, version=obj.version, parameters=obj.parameters, job_env=obj.job_env
+            entrypoint=obj.entrypoint, version=obj.version, parameters=obj.parameters, job_env=obj.job_env,
+            secrets=obj.secrets,
         )
         obj.pk = version.pk
 

@@ -91,3 +91,12 @@ def task_run(run, state=State.RUNNING, **kw):
 
 def agent(ws, **kw):
     return Agent.objects.create(**{"workspace": ws, "name": f"agent-{n()}", **kw})
+
+
+def secret(ws, name=None, value="s3cret-value"):
+    from runs.models import Secret
+
+    item = Secret(workspace=ws, name=name or f"SECRET_{n()}")
+    item.set_value(value, "factory")
+    item.save()
+    return item

@@ -77,12 +77,23 @@ class ClaimedRunSerializer(serializers.Serializer):
     env = serializers.DictField(child=serializers.CharField(), help_text="The queue's then the version's job_env.")
     work_queue = serializers.CharField(allow_null=True)
     scheduled_start = serializers.DateTimeField()
+    token = serializers.CharField(help_text=(
+        "The run's report token: every report about the run (state, heartbeats, task runs, logs) authenticates "
+        "with it. Valid for this attempt only: once the run is claimed again or rescheduled, reports with it "
+        "answer 409 `superseded`."))
+    secrets = serializers.DictField(child=serializers.CharField(), help_text=(
+        "Values of the workspace secrets the flow version names, as environment variables of the run; the "
+        "agent redacts them from the run's logs. Only a claim's answer ever holds them."))
+    missing_secrets = serializers.ListField(child=serializers.CharField(), help_text=(
+        "Secrets the version names that the workspace does not have: the agent fails the run, naming them."))
 
 
 @extend_schema_serializer(examples=[response_example("One run claimed", {"runs": [{
     "id": RUN_ID, "name": "nightly-etl-2026-11-23", "flow": "nightly-etl", "state": "SUBMITTED",
     "entrypoint": "etl.flows:nightly", "parameters": {"day": "2026-11-22"}, "env": {"TZ": "UTC"},
-    "work_queue": "default", "scheduled_start": "2026-11-23T02:00:00+00:00"}], "cancelling": []})])
+    "work_queue": "default", "scheduled_start": "2026-11-23T02:00:00+00:00",
+    "token": "orr_3f1c9d2e8a7b4c5d9e0f1a2b3c4d5e6f_7_2_" + "5c" * 32, "secrets": {"DB_PASSWORD": "…"},
+    "missing_secrets": []}], "cancelling": []})])
 class ClaimAnswerSerializer(serializers.Serializer):
     runs = ClaimedRunSerializer(many=True, help_text=(
         "Now SUBMITTED and the agent's; empty when nothing is due. Runs this agent claimed earlier and has "

@@ -22,7 +22,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from runs.claiming import cancelling_run_ids, claim_for_agent
-from runs.models import Actor, Agent, AgentStatus, FlowRun, Log, LogLevel, Role, State, TaskRun, WorkQueue
+from runs.models import (
+    Actor, Agent, AgentStatus, FlowRun, Log, LogLevel, Role, State, TaskRun, WorkQueue, secret_values)
+from runs.vault import redact
 from runs.run_tokens import token_of
 from runs.states import set_flow_run_state, set_task_run_state
 
@@ -115,10 +117,16 @@ class RunReportEndpoint(AgentEndpoint):
 
     def fenced_run(self, run_id, queryset=None):
         """The flow run, alive, of this workspace and of the token's attempt; else 404 / 403 / 409."""
-        run = get_object_or_404(queryset if queryset is not None else FlowRun.objects.alive(), pk=run_id,
-                                workspace=self.request.workspace)
+        queryset = queryset if queryset is not None else FlowRun.objects.alive().select_related("flow_version")
+        run = get_object_or_404(queryset, pk=run_id, workspace=self.request.workspace)
         self.granted(run)
         return run
+
+
+def secrets_in(run):
+    """Values of the secrets `run` gets (its version names them): what its reports must not carry."""
+    version = run.flow_version
+    return list(secret_values(run.workspace_id, version.secrets).values()) if version and version.secrets else []
 
 
 class RegisterView(AgentEndpoint):
@@ -157,9 +165,12 @@ class AgentHeartbeatView(AgentEndpoint):
         return Response({"cancelling": [str(pk) for pk in cancelling_run_ids(data["agent_id"])]})
 
 
-def _claimed(run):
+def _claimed(run, secrets):
+    """A claimed run as the agent gets it. `secrets`: {name: value} of the workspace's secrets the
+    runs of this claim need; this run gets those its version names, and the names of any missing."""
     version = run.flow_version
     env = {**(run.work_queue.job_env if run.work_queue else {}), **(version.job_env if version else {})}
+    needed = version.secrets if version else []
     return {
         "id": str(run.pk), "name": run.name, "flow": run.flow.name, "state": run.state,
         "entrypoint": version.entrypoint if version else None,
@@ -168,6 +179,8 @@ def _claimed(run):
         "work_queue": run.work_queue.name if run.work_queue else None,
         "scheduled_start": run.scheduled_start.isoformat(),
         "token": token_of(run),
+        "secrets": {name: secrets[name] for name in needed if name in secrets},
+        "missing_secrets": [name for name in needed if name not in secrets],
     }
 
 
@@ -182,7 +195,10 @@ class ClaimView(AgentEndpoint):
         data = self.valid(ClaimInput)
         agent = self.agent_of(data["agent_id"])
         runs, cancelling = claim_for_agent(agent, limit=data["max_runs"], now=timezone.now())
-        return Response({"runs": [_claimed(run) for run in runs], "cancelling": [str(pk) for pk in cancelling]})
+        secrets = secret_values(request.workspace.pk, {name for run in runs if run.flow_version
+                                                       for name in run.flow_version.secrets})
+        return Response({"runs": [_claimed(run, secrets) for run in runs],
+                         "cancelling": [str(pk) for pk in cancelling]})
 
 
 class FlowRunStateView(RunReportEndpoint):
@@ -199,7 +215,8 @@ class FlowRunStateView(RunReportEndpoint):
             # Handed back (e.g. by a runner that lost its agent with heartbeats off): due now, for any
             # agent, and the next attempt starts afresh, so that task runs of this one count as earlier.
             updates = {"scheduled_start": now, "agent": None, "start_time": None, "last_heartbeat": None}
-        run = set_flow_run_state(run, data["state"], actor=Actor.AGENT, message=data["message"],
+        message = redact(data["message"], secrets_in(run))
+        run = set_flow_run_state(run, data["state"], actor=Actor.AGENT, message=message,
                                  expected_state=data.get("expected_state"), agent=run.agent, now=now,
                                  updates=updates)
         return Response({"id": str(run.pk), "state": run.state, "state_message": run.state_message})
@@ -299,16 +316,19 @@ def _left_by_an_earlier_attempt(task_run, run):
 class TaskRunReportEndpoint(RunReportEndpoint):
     def fenced_task_run(self, task_run_id):
         """The task run, of this workspace, of the token's run and attempt; else 404 / 403 / 409."""
-        task_run = get_object_or_404(TaskRun.objects.select_related("flow_run"), pk=task_run_id,
+        task_run = get_object_or_404(TaskRun.objects.select_related("flow_run__flow_version"), pk=task_run_id,
                                      flow_run__workspace=self.request.workspace)
         self.granted(task_run.flow_run)
         return task_run
 
 
-def kept_result(value):
-    """{"value": value} when it fits ORCHESTRATOR_TASK_RESULT_MAX_BYTES (compact UTF-8 JSON), else None."""
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
-    return {"value": value} if size <= settings.ORCHESTRATOR["TASK_RESULT_MAX_BYTES"] else None
+def kept_result(value, secrets=()):
+    """{"value": value} when it fits ORCHESTRATOR_TASK_RESULT_MAX_BYTES (compact UTF-8 JSON) and holds
+    none of the run's secrets, else None (the task would run again in a later attempt)."""
+    encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if any(secret and secret in encoded for secret in secrets):
+        return None
+    return {"value": value} if len(encoded.encode()) <= settings.ORCHESTRATOR["TASK_RESULT_MAX_BYTES"] else None
 
 
 class TaskRunStateView(TaskRunReportEndpoint):
@@ -319,9 +339,11 @@ class TaskRunStateView(TaskRunReportEndpoint):
         task_run = self.fenced_task_run(task_run_id)
         now = timezone.now()
         updates = {"last_heartbeat": now} if data["state"] == State.RUNNING else {}
+        secrets = secrets_in(task_run.flow_run)
         if data["state"] == State.COMPLETED and "result" in data:
-            updates["result"] = kept_result(data["result"])
-        task_run = set_task_run_state(task_run, data["state"], actor=Actor.AGENT, message=data["message"],
+            updates["result"] = kept_result(data["result"], secrets)
+        message = redact(data["message"], secrets)
+        task_run = set_task_run_state(task_run, data["state"], actor=Actor.AGENT, message=message,
                                       expected_state=data.get("expected_state"), agent=task_run.flow_run.agent,
                                       now=now, updates=updates)
         return Response(_task_run_body(task_run))
@@ -368,11 +390,12 @@ class LogBatchView(RunReportEndpoint):
         malformed = [f"line {r['index']}: {r['reason']}" for r in refused]
         grant = request.auth
         task_ids = {line["task_run_id"] for _, line in lines if line.get("task_run_id")}
-        generation = FlowRun.objects.filter(pk=grant.run_id, workspace=request.workspace) \
-            .values_list("token_generation", flat=True).first() if lines else None
-        if generation is not None and generation != grant.generation:
+        run = FlowRun.objects.filter(pk=grant.run_id, workspace=request.workspace) \
+            .values_list("token_generation", "flow_version__secrets").first() if lines else None
+        if run is not None and run[0] != grant.generation:
             raise superseded(grant.run_id)
-        found = {grant.run_id} if generation is not None else set()
+        found = {grant.run_id} if run is not None else set()
+        secrets = list(secret_values(request.workspace.pk, run[1]).values()) if run and run[1] else []
         tasks = dict(TaskRun.objects.filter(pk__in=task_ids, flow_run__workspace=request.workspace)
                      .values_list("pk", "flow_run_id")) if task_ids else {}
         now = timezone.now()
@@ -388,7 +411,8 @@ class LogBatchView(RunReportEndpoint):
                 refused.append({"index": index, "reason": "task_run_id: no such task run in this flow run."})
             else:
                 stored.append(Log(workspace=request.workspace, flow_run_id=line["flow_run_id"],
-                                  task_run_id=task_run_id, level=line["level"], message=line["message"],
+                                  task_run_id=task_run_id, level=line["level"],
+                                  message=redact(line["message"], secrets),
                                   timestamp=line.get("timestamp") or now, source="agent"))
         if not stored:
             if malformed:

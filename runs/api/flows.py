@@ -6,6 +6,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from runs.models import Flow, Role
+from runs.models.validators import MAX_SECRETS_PER_VERSION, SECRET_NAME_PATTERN
 
 from .schema import request_example
 from .serializers import FlowSerializer, FlowVersionSerializer, environment_field
@@ -13,13 +14,18 @@ from .views import WorkspaceScoped
 
 @extend_schema_serializer(examples=[request_example("A version", {
     "entrypoint": "etl.flows:nightly", "version": "1.4.2", "parameters": {"day": "yesterday"},
-    "job_env": {"TZ": "UTC"}})])
+    "job_env": {"TZ": "UTC"}, "secrets": ["DB_PASSWORD"]})])
 class RegisterVersionSerializer(serializers.Serializer):
     entrypoint = serializers.RegexField(r"^[\w.]+:[\w.]+$", max_length=500,
                                         help_text="module:function, imported by the agent.")
     version = serializers.CharField(max_length=100, required=False, allow_blank=True)
     parameters = serializers.DictField(required=False, help_text="Default parameters of the flow.")
-    job_env = environment_field("Environment variables for every run of this version.")
+    job_env = environment_field("Environment variables for every run of this version (not for secrets: see "
+                                "`secrets`).")
+    secrets = serializers.ListField(
+        child=serializers.RegexField(SECRET_NAME_PATTERN, max_length=100), required=False,
+        max_length=MAX_SECRETS_PER_VERSION,
+        help_text="Names of the workspace's secrets every run of this version gets as environment variables.")
 
 
 @extend_schema_serializer(examples=[request_example("Flow with a first version", {

@@ -13,14 +13,14 @@ from .schema import EXAMPLE_RUN_ID, request_example, response_example
 
 
 VERSION = {"id": 12, "version": "1.4.2", "entrypoint": "etl.flows:nightly", "parameters": {"day": "yesterday"},
-           "job_env": {"TZ": "UTC"}, "is_latest": True, "archived": False, "created": "2026-11-20T09:30:00Z"}
+           "job_env": {"TZ": "UTC"}, "secrets": ["DB_PASSWORD"], "is_latest": True, "archived": False, "created": "2026-11-20T09:30:00Z"}
 
 
 @extend_schema_serializer(examples=[response_example("The latest version", VERSION)])
 class FlowVersionSerializer(serializers.ModelSerializer):
     class Meta:
         model = FlowVersion
-        fields = ["id", "version", "entrypoint", "parameters", "job_env", "is_latest", "archived", "created"]
+        fields = ["id", "version", "entrypoint", "parameters", "job_env", "secrets", "is_latest", "archived", "created"]
 
 
 @extend_schema_serializer(examples=[

@@ -4,6 +4,7 @@ from .events import Event
 from .flow_runs import ACTIVE_STATES, CLAIMABLE_STATES, TERMINAL_STATES, FlowRun, State
 from .flows import Flow, FlowVersion
 from .history import RECOVERY_ACTORS, Actor, Log, LogLevel, StateChange
+from .secrets import Secret, secret_values
 from .schedules import (
     AmbiguousTimePolicy,
     NonexistentTimePolicy,
@@ -19,6 +20,6 @@ __all__ = [
     "ACTIVE_STATES", "CLAIMABLE_STATES", "TERMINAL_STATES", "Account", "Actor", "Agent", "AgentStatus",
     "AmbiguousTimePolicy", "ApiKey", "Event", "Flow", "FlowRun", "FlowVersion", "Log", "LogLevel",
     "Membership", "NonexistentTimePolicy", "RECOVERY_ACTORS", "Role", "Schedule", "ScheduleKind",
-    "ScheduleStatus", "State", "StateChange", "TaskRun", "WorkQueue", "Workspace", "hash_api_key",
-    "role_allows", "role_of",
+    "ScheduleStatus", "Secret", "State", "StateChange", "TaskRun", "WorkQueue", "Workspace", "hash_api_key",
+    "role_allows", "role_of", "secret_values",
 ]

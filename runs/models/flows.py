@@ -3,7 +3,7 @@
 from django.db import models, transaction
 from django.utils import timezone
 
-from .validators import environment, json_object
+from .validators import environment, json_object, secret_names
 from .workspaces import Workspace
 
 
@@ -24,13 +24,13 @@ class Flow(models.Model):
     def latest_version(self):
         return self.versions.filter(is_latest=True).first()
 
-    def register_version(self, *, entrypoint, version="", parameters=None, job_env=None):
+    def register_version(self, *, entrypoint, version="", parameters=None, job_env=None, secrets=None):
         """Add a version and promote it to latest; earlier versions are archived."""
         with transaction.atomic():
             self.versions.filter(is_latest=True).update(is_latest=False, archived=True)
             return self.versions.create(
                 entrypoint=entrypoint, version=version or "", parameters=parameters or {},
-                job_env=job_env or {}, is_latest=True,
+                job_env=job_env or {}, secrets=list(dict.fromkeys(secrets or [])), is_latest=True,
             )
 
 
@@ -43,6 +43,10 @@ class FlowVersion(models.Model):
     job_env = models.JSONField(
         default=dict, blank=True, validators=[environment],
         help_text="Environment variables set for every run of this version.",
+    )
+    secrets = models.JSONField(
+        default=list, blank=True, validators=[secret_names],
+        help_text="Names of the workspace's secrets its runs get as environment variables, e.g. [\"DB_PASSWORD\"].",
     )
     is_latest = models.BooleanField(default=False)
     archived = models.BooleanField(default=False)

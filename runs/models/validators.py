@@ -17,3 +17,22 @@ def environment(value):
     if nested:
         raise ValidationError(f"Environment values must be strings or numbers; not {', '.join(nested)}.",
                               code="not_a_value")
+
+
+# A secret's name is the environment variable it becomes in a run: letters, digits and _, not first a digit.
+SECRET_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
+MAX_SECRETS_PER_VERSION = 100
+
+
+def secret_names(value):
+    """A list of secret names, e.g. ["DB_PASSWORD", "S3_KEY"], as a flow version references them."""
+    import re
+
+    if not isinstance(value, list):
+        raise ValidationError('Must be a list of secret names, e.g. ["DB_PASSWORD"].', code="not_a_list")
+    if len(value) > MAX_SECRETS_PER_VERSION:
+        raise ValidationError(f"At most {MAX_SECRETS_PER_VERSION} secrets.", code="too_many")
+    bad = [name for name in value if not isinstance(name, str) or not re.fullmatch(SECRET_NAME_PATTERN, name)]
+    if bad:
+        raise ValidationError(f"Not a secret name (letters, digits and _, up to 100, not starting with a digit): "
+                              f"{', '.join(map(str, bad[:5]))}.", code="bad_name")

@@ -135,3 +135,20 @@ def what_the_flow_holds(path):
         "secrets": [name for name, value in env.items() if value.startswith("orch_")],
         "run_token": env.get("ORCHESTRATOR_RUN_TOKEN", ""),
     }))
+
+
+@task
+def connect():
+    password = os.environ["DB_PASSWORD"]
+    print(f"stdout: connecting with {password}")
+    logging.getLogger("tests.flows").warning("logged: connecting with %s", password)
+    return {"dsn": f"postgres://app:{password}@db/app"}  # a result holding a secret is not kept
+
+
+@flow
+def leaks_its_secret(path):
+    """Does every careless thing with its secret; the test then looks for it everywhere."""
+    Path(path).write_text(os.environ["DB_PASSWORD"])  # it did get it
+    connect()
+    print(f"stderr too: {os.environ['DB_PASSWORD']}", file=sys.stderr)
+    raise RuntimeError(f"login refused for password {os.environ['DB_PASSWORD']}")

@@ -167,3 +167,38 @@ def test_the_flow_gets_its_runs_token_and_never_the_agents_key(ws, workspace_url
     held = json.loads(out.read_text())
     assert held["api_key"] == [] and held["secrets"] == []
     assert held["run_token"].startswith("orr_") and read_token(held["run_token"]).run_id == run.pk
+
+
+def test_a_secret_reaches_the_flow_and_nothing_the_server_keeps_or_shows_holds_it(
+        ws, workspace_url, start_agent, tmp_path, client):
+    from django.apps import apps
+
+    value = "pa55-" + "x7Q" * 6
+    factories.secret(ws, name="DB_PASSWORD", value=value)
+    queue = factories.work_queue(ws, name="e2e")
+    flow = factories.flow(ws, entrypoint="tests.agent.flows:leaks_its_secret")
+    flow.register_version(entrypoint="tests.agent.flows:leaks_its_secret", secrets=["DB_PASSWORD"])
+    got = tmp_path / "got"
+    run = factories.flow_run(flow, work_queue=queue, flow_version=flow.latest_version, parameters={"path": str(got)})
+    agent = start_agent(workspace_url, factories.api_key(ws)[1], "e2e", "careful")
+    wait_for(lambda: finished([run.pk]), what=lambda: f"the run to finish\n{agent.output()}")
+    run.refresh_from_db()
+    assert got.read_text() == value  # the flow had it
+    assert run.state == State.FAILED and run.state_message == "RuntimeError: login refused for password ***"
+    messages = list(Log.objects.filter(flow_run=run).values_list("message", flat=True))
+    assert any("stdout: connecting with ***" in m for m in messages), messages
+    assert any("logged: connecting with ***" in m for m in messages), messages
+    assert TaskRun.objects.get(flow_run=run, task_key="connect").result is None
+
+    # Every row of every table, as text: the value appears nowhere.
+    for model in apps.get_models():
+        for row in model.objects.values_list():
+            assert value not in repr(row), f"{model.__name__}: {row}"
+    # Nor on any page about the run.
+    staff = factories.member(ws, role=Role.ADMIN, is_staff=True)
+    client.force_login(staff)
+    for url in (f"/admin/runs/flowrun/{run.pk}/change/", "/admin/runs/log/", "/admin/runs/event/",
+                "/admin/runs/statechange/", f"/dashboard/runs/{run.pk}/"):
+        page = client.get(url)
+        assert page.status_code == 200 and value not in page.content.decode(), url
+    assert value not in agent.output()

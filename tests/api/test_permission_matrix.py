@@ -63,6 +63,11 @@ ENDPOINTS = [
     ("work queue resume", "post", "work_queues/{queue}/resume/", None, O, 200),
     ("work queue limit", "post", "work_queues/{queue}/concurrency_limit/", {"concurrency_limit": 2}, O, 200),
     ("work queue delete", "delete", "work_queues/{queue}/", None, A, 204),
+    ("secrets list", "get", "secrets/", None, O, 200),
+    ("secret detail", "get", "secrets/{secret}/", None, O, 200),
+    ("secret create", "post", "secrets/", {"name": "NEW_SECRET", "value": "s3cret"}, A, 201),
+    ("secret replace", "put", "secrets/{secret}/", {"value": "n3w"}, A, 200),
+    ("secret delete", "delete", "secrets/{secret}/", None, A, 204),
     ("agents list", "get", "agents/", None, V, 200),
     ("agent detail", "get", "agents/{agent}/", None, V, 200),
     ("members list", "get", "members/", None, A, 200),
@@ -129,7 +134,7 @@ def world(ws):
         "flow": flow.pk, "flow_name": flow.name, "schedule": factories.schedule(flow).pk, "run": run.pk,
         "finished_run": finished.pk, "task_run": factories.task_run(run).pk, "queue": queue.pk, "agent": agent.pk,
         "membership": membership.pk, "key": factories.api_key(ws, role=Role.VIEWER)[0].pk,
-        "outsider": factories.user().username, "log": log.pk,
+        "outsider": factories.user().username, "log": log.pk, "secret": factories.secret(ws).name,
     }
 
 
