@@ -310,6 +310,8 @@ ORCHESTRATOR = {
     "CANCELLING_THRESHOLD_SECONDS": env_int("ORCHESTRATOR_CANCELLING_THRESHOLD_SECONDS", 300),
     # fail-expired-pauses and agent-monitor loops.
     "PAUSE_EXPIRER_LOOP_SECONDS": env_int("ORCHESTRATOR_PAUSE_EXPIRER_LOOP_SECONDS", 30),
+    # Audit entries older than their workspace's run retention are deleted this often.
+    "AUDIT_RETENTION_LOOP_SECONDS": env_int("ORCHESTRATOR_AUDIT_RETENTION_LOOP_SECONDS", 3600),
     "AGENT_MONITOR_LOOP_SECONDS": env_int("ORCHESTRATOR_AGENT_MONITOR_LOOP_SECONDS", 30),
     # Towel: a lease (SQLite) expires after this if its holder died; ledger rows kept this long.
     "TOWEL_LEASE_SECONDS": env_int("ORCHESTRATOR_TOWEL_LEASE_SECONDS", 600),

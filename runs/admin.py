@@ -13,12 +13,14 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from runs import scheduling, vault
+from runs import actions, audit, scheduling, vault
+from runs.audit import Who
 from runs.models import (
     Account,
     Actor,
     Agent,
     ApiKey,
+    AuditEntry,
     Event,
     Flow,
     FlowRun,
@@ -85,6 +87,50 @@ class WorkspaceScopedAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return request.user.is_staff and self._has_role(request, Role.ADMIN, obj)
+
+    # --- the audit trail: every add, change and delete of an audited model (runs/audit.py) ---
+
+    def save_model(self, request, obj, form, change):
+        if not audit.is_audited(type(obj)):
+            return super().save_model(request, obj, form, change)
+        before = audit.snapshot(type(obj).objects.get(pk=obj.pk)) if change else None
+        kind = audit.TYPE_NAMES[type(obj)]
+
+        def save():
+            super(WorkspaceScopedAdmin, self).save_model(request, obj, form, change)
+            return obj
+
+        actions.save_with_audit(save, who=Who.of(request, "admin"), action=f"{kind}.{'change' if change else 'create'}",
+                                before=before)
+
+    def delete_model(self, request, obj):
+        if audit.is_audited(type(obj)):
+            audit.record(Who.of(request, "admin"), f"{audit.TYPE_NAMES[type(obj)]}.delete", obj,
+                         before=audit.snapshot(obj))
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        if audit.is_audited(queryset.model):
+            who = Who.of(request, "admin")
+            for obj in queryset:
+                audit.record(who, f"{audit.TYPE_NAMES[queryset.model]}.delete", obj, before=audit.snapshot(obj))
+        super().delete_queryset(request, queryset)
+
+    def save_formset(self, request, form, formset, change):
+        if not audit.is_audited(formset.model):
+            return super().save_formset(request, form, formset, change)
+        who, kind = Who.of(request, "admin"), audit.TYPE_NAMES[formset.model]
+        before = {obj.pk: audit.snapshot(obj) for obj in formset.model.objects.filter(
+            pk__in=[f.instance.pk for f in formset.initial_forms if f.instance.pk])}
+        super().save_formset(request, form, formset, change)
+        for obj in formset.new_objects:
+            audit.record(who, f"{kind}.create", obj, after=audit.snapshot(obj))
+        for obj, _ in formset.changed_objects:
+            old, new = audit.changed(before.get(obj.pk, {}), audit.snapshot(obj))
+            if new:
+                audit.record(who, f"{kind}.change", obj, before=old, after=new)
+        for obj in formset.deleted_objects:
+            audit.record(who, f"{kind}.delete", obj, before=audit.snapshot(obj))
 
     def has_operate_permission(self, request):
         """Used by actions marked permissions=["operate"]."""
@@ -161,17 +207,14 @@ class ApiKeyAdmin(WorkspaceScopedAdmin):
     def save_model(self, request, obj, form, change):
         if change:
             return super().save_model(request, obj, form, change)
-        key, secret = ApiKey.issue(
-            workspace=obj.workspace, name=obj.name, role=obj.role, user=obj.user, expires_at=obj.expires_at
-        )
+        key, secret = actions.issue_key(obj.workspace, name=obj.name, role=obj.role, user=obj.user,
+                                        expires_at=obj.expires_at, who=Who.of(request, "admin"))
         obj.pk, obj.prefix = key.pk, key.prefix
         self.message_user(request, f"The key's secret, shown this once: {secret}", messages.WARNING)
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke(self, request, queryset):
-        count = self.split_by_role(request, queryset, Role.ADMIN).filter(revoked_at__isnull=True).update(
-            revoked_at=timezone.now()
-        )
+        count = actions.revoke_keys(self.split_by_role(request, queryset, Role.ADMIN), who=Who.of(request, "admin"))
         self.message_user(request, f"Revoked {count} key(s).")
 
 
@@ -303,8 +346,21 @@ class ScheduleAdmin(WorkspaceScopedAdmin):
 
     def save_model(self, request, obj, form, change):
         # The admin's view runs in a transaction: a rescheduling that fails undoes the save with it.
-        super().save_model(request, obj, form, change)
-        scheduling.reschedule_after_edit(obj, timezone.now())
+        before = audit.snapshot(Schedule.objects.get(pk=obj.pk)) if change else None
+
+        def save():
+            admin.ModelAdmin.save_model(self, request, obj, form, change)
+            return obj
+
+        actions.save_schedule(save, who=Who.of(request, "admin"), before=before)
+
+    def delete_model(self, request, obj):
+        actions.delete_schedule(obj, who=Who.of(request, "admin"))
+
+    def delete_queryset(self, request, queryset):
+        who = Who.of(request, "admin")
+        for schedule in queryset.select_related("flow"):
+            actions.delete_schedule(schedule, who=who)
 
     def changeform_view(self, request, *args, **kwargs):
         # The form validated the rule, so its runs are made almost always; when they cannot be
@@ -320,7 +376,8 @@ class ScheduleAdmin(WorkspaceScopedAdmin):
         queryset = self.split_by_role(request, queryset)
         now = timezone.now()
         if request.POST.get("confirmed") == "yes":
-            deleted = sum(scheduling.pause_schedule(s, now) for s in queryset)
+            who = Who.of(request, "admin")
+            deleted = sum(actions.pause_schedule(s, who=who, now=now) for s in queryset)
             self.message_user(request, f"Paused {queryset.count()} schedule(s); deleted {deleted} future run(s).")
             return None
         counts = dict(
@@ -345,7 +402,7 @@ class ScheduleAdmin(WorkspaceScopedAdmin):
         resumed, created = 0, 0
         for schedule in queryset.select_related("flow"):
             try:
-                created += scheduling.resume_schedule(schedule, now)
+                created += actions.resume_schedule(schedule, who=Who.of(request, "admin"), now=now)
                 resumed += 1
             except ScheduleComputeError as exc:  # it stays paused; the others are resumed
                 self.message_user(request, f"Not resumed {schedule}: {_problems(exc)}", messages.ERROR)
@@ -505,6 +562,36 @@ class AgentAdmin(WorkspaceScopedAdmin):
     @admin.display(description="Last heartbeat", ordering="last_heartbeat")
     def heartbeat(self, agent):
         return age(agent.last_heartbeat)
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(WorkspaceScopedAdmin):
+    """The audit trail, read-only: visible to the workspace's admins."""
+
+    list_display = ["occurred", "workspace", "actor", "via", "action", "target_name", "before", "after"]
+    list_filter = ["via", "target_type", "workspace"]
+    search_fields = ["actor", "action", "target_name"]
+    date_hierarchy = "occurred"
+
+    def get_queryset(self, request):
+        queryset = admin.ModelAdmin.get_queryset(self, request)
+        allowed = workspace_ids_with_role(request.user, Role.ADMIN)
+        return queryset if allowed is None else queryset.filter(workspace_id__in=allowed)
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_staff and self._has_role(request, Role.ADMIN, obj)
+
+    def has_module_permission(self, request):
+        return self.has_view_permission(request)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(Event)

@@ -8,6 +8,8 @@ from drf_spectacular.utils import extend_schema, extend_schema_serializer, exten
 from rest_framework import generics, mixins, serializers, status, viewsets
 from rest_framework.response import Response
 
+from runs import actions
+from runs.audit import Who, snapshot
 from runs.models import ApiKey, Membership, Role, Workspace
 
 from .schema import request_example, response_example
@@ -68,19 +70,21 @@ class MemberViewSet(WorkspaceScoped, viewsets.ModelViewSet):
     def create(self, request, *args, **kwargs):
         incoming = AddMemberSerializer(data=request.data, context=self.get_serializer_context())
         incoming.is_valid(raise_exception=True)
-        member = Membership.objects.create(workspace=request.workspace, **incoming.validated_data)
+        member = actions.add_member(request.workspace, incoming.validated_data["user"], incoming.validated_data["role"],
+                                    who=Who.of(request, "api"))
         return Response(MemberSerializer(member).data, status=status.HTTP_201_CREATED)
 
     def perform_update(self, serializer):
         # A workspace with no admin could never be managed again, except by a superuser.
         if serializer.validated_data.get("role", Role.ADMIN) != Role.ADMIN and is_last_admin(serializer.instance):
             raise serializers.ValidationError({"role": ["This is the workspace's last admin."]})
-        serializer.save()
+        if "role" in serializer.validated_data:
+            actions.change_role(serializer.instance, serializer.validated_data["role"], who=Who.of(self.request, "api"))
 
     def perform_destroy(self, membership):
         if is_last_admin(membership):
             raise serializers.ValidationError({"non_field_errors": ["This is the workspace's last admin."]})
-        membership.delete()
+        actions.remove_member(membership, who=Who.of(self.request, "api"))
 
 
 API_KEY = {"id": 9, "name": "ci", "role": "operator", "prefix": "orch_Xk2f9QaB", "user": None,
@@ -145,12 +149,12 @@ class ApiKeyViewSet(WorkspaceScoped, mixins.CreateModelMixin, mixins.DestroyMode
         incoming.is_valid(raise_exception=True)
         data = incoming.validated_data
         person = request.user if data["for_me"] and getattr(request.user, "pk", None) else None
-        key, secret = ApiKey.issue(workspace=request.workspace, name=data["name"], role=data["role"],
-                                   user=person, expires_at=data.get("expires_at"))
+        key, secret = actions.issue_key(request.workspace, name=data["name"], role=data["role"], user=person,
+                                        expires_at=data.get("expires_at"), who=Who.of(request, "api"))
         return Response({**ApiKeySerializer(key).data, "secret": secret}, status=status.HTTP_201_CREATED)
 
     def perform_destroy(self, key):
-        ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        actions.revoke_keys(ApiKey.objects.filter(pk=key.pk), who=Who.of(self.request, "api"))
 
 
 @extend_schema_serializer(examples=[
@@ -182,3 +186,7 @@ class WorkspaceSettingsView(generics.RetrieveUpdateAPIView):
 
     def get_object(self):
         return self.request.workspace
+
+    def perform_update(self, serializer):
+        actions.save_with_audit(serializer.save, who=Who.of(self.request, "api"), action="workspace.settings",
+                                before=snapshot(serializer.instance))

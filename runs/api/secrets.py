@@ -4,23 +4,18 @@ A value goes in and never comes out: every answer holds the name, when it was wr
 whom. Runs get values only through the claim (runs/api/agents.py).
 """
 
-from django.db import IntegrityError, transaction
-from django.utils import timezone
+from django.db import IntegrityError
 from drf_spectacular.utils import extend_schema, extend_schema_serializer, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.response import Response
 
-from runs import vault
+from runs import actions, vault
+from runs.audit import Who
 from runs.models import Role, Secret
 from runs.models.validators import SECRET_NAME_PATTERN
 
 from .schema import request_example, response_example
 from .views import WorkspaceScoped
-
-
-def writer_name(request):
-    """Who is writing: the person's username, or api-key:NAME for a service key."""
-    return getattr(request.user, "username", "") or str(request.user)
 
 
 @extend_schema_serializer(examples=[
@@ -42,6 +37,7 @@ class SecretSerializer(serializers.ModelSerializer):
         read_only_fields = ["created", "updated", "updated_by"]
 
 
+@extend_schema_serializer(examples=[request_example("A new value", {"value": "correct horse battery staple 2"})])
 class SecretValueSerializer(serializers.Serializer):
     value = serializers.CharField(max_length=vault.MAX_VALUE_CHARS, trim_whitespace=False,
                                   style={"input_type": "password"}, help_text="The new value.")
@@ -72,11 +68,8 @@ class SecretViewSet(WorkspaceScoped, mixins.CreateModelMixin, mixins.UpdateModel
         incoming = SecretSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         secret = Secret(workspace=request.workspace, name=incoming.validated_data["name"])
-        secret.set_value(incoming.validated_data["value"], writer_name(request))
-        secret.created = secret.updated
         try:
-            with transaction.atomic():
-                secret.save()
+            actions.write_secret(secret, incoming.validated_data["value"], who=Who.of(request, "api"))
         except IntegrityError:
             raise serializers.ValidationError(
                 {"name": [f"This workspace already has a secret named {secret.name}; PUT a new value to it instead."]}
@@ -87,6 +80,8 @@ class SecretViewSet(WorkspaceScoped, mixins.CreateModelMixin, mixins.UpdateModel
         secret = self.get_object()
         incoming = SecretValueSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
-        secret.set_value(incoming.validated_data["value"], writer_name(request), now=timezone.now())
-        secret.save(update_fields=["ciphertext", "updated", "updated_by"])
+        actions.write_secret(secret, incoming.validated_data["value"], who=Who.of(request, "api"))
         return Response(SecretSerializer(secret).data)
+
+    def perform_destroy(self, secret):
+        actions.delete_secret(secret, who=Who.of(self.request, "api"))

@@ -1,7 +1,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from . import flow_runs, flows, logs, members, meta, secrets, task_runs, views, work_queues
+from . import audit, flow_runs, flows, logs, members, meta, secrets, task_runs, views, work_queues
 
 router = SimpleRouter()
 router.register("flows", flows.FlowViewSet, basename="flow")
@@ -14,6 +14,7 @@ router.register("agents", work_queues.AgentViewSet, basename="agent-read")
 router.register("members", members.MemberViewSet, basename="member")
 router.register("api_keys", members.ApiKeyViewSet, basename="api-key")
 router.register("secrets", secrets.SecretViewSet, basename="secret")
+router.register("audit", audit.AuditEntryViewSet, basename="audit-entry")
 
 urlpatterns = [
     path("accounts/<slug:account>/workspaces/<slug:workspace>/", include(router.urls)),

@@ -1,14 +1,14 @@
 """API views. Each is scoped to the workspace in its URL by WorkspaceRolePermission."""
 
-from django.db import transaction
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from runs import actions
+from runs.audit import Who, snapshot
 from runs.models import Role, Schedule
-from runs.scheduling import delete_schedule, pause_schedule, reschedule_after_edit, resume_schedule
 
 from . import serializers
 from .throttles import ExpensiveEndpointThrottle
@@ -47,19 +47,16 @@ class ScheduleViewSet(WorkspaceScoped, viewsets.ModelViewSet):
         return {**super().get_serializer_context(), "with_next_runs": self.action == "retrieve"}
 
     def perform_create(self, serializer):
-        # One transaction with its runs: when they cannot be made, nothing is saved (a 400 naming the field).
-        with transaction.atomic():
-            schedule = serializer.save()
-            # Also adopts the future runs of a deleted schedule that had this slug, instead of duplicating them.
-            reschedule_after_edit(schedule, timezone.now())
+        # One transaction with its runs and its audit entry: when the runs cannot be made, nothing is
+        # saved (a 400 naming the field). Also adopts the future runs of a deleted schedule that had
+        # this slug, instead of duplicating them.
+        actions.save_schedule(serializer.save, who=Who.of(self.request, "api"))
 
     def perform_update(self, serializer):
-        with transaction.atomic():
-            schedule = serializer.save()
-            reschedule_after_edit(schedule, timezone.now())
+        actions.save_schedule(serializer.save, who=Who.of(self.request, "api"), before=snapshot(serializer.instance))
 
     def perform_destroy(self, schedule):
-        delete_schedule(schedule, timezone.now())
+        actions.delete_schedule(schedule, who=Who.of(self.request, "api"), now=timezone.now())
 
     @extend_schema(request=serializers.SchedulePreviewRequestSerializer,
                    responses=serializers.SchedulePreviewSerializer)
@@ -83,7 +80,7 @@ class ScheduleViewSet(WorkspaceScoped, viewsets.ModelViewSet):
     def pause(self, request, *args, **kwargs):
         """Pause the schedule and delete its future auto-scheduled runs that have not started."""
         schedule = self.get_object()
-        deleted = pause_schedule(schedule)
+        deleted = actions.pause_schedule(schedule, who=Who.of(request, "api"))
         return Response({**self.get_serializer(schedule).data, "runs_deleted": deleted})
 
     @extend_schema(request=None, responses=serializers.ResumedScheduleSerializer)
@@ -91,5 +88,5 @@ class ScheduleViewSet(WorkspaceScoped, viewsets.ModelViewSet):
     def resume(self, request, *args, **kwargs):
         """Make the schedule ACTIVE; its next runs exist when this returns."""
         schedule = self.get_object()
-        created = resume_schedule(schedule)
+        created = actions.resume_schedule(schedule, who=Who.of(request, "api"))
         return Response({**self.get_serializer(schedule).data, "runs_created": created})

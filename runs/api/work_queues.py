@@ -5,6 +5,8 @@ from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from runs import actions
+from runs.audit import Who, snapshot
 from runs.models import Agent, Role, WorkQueue
 
 from .schema import request_example, response_example
@@ -58,25 +60,31 @@ class WorkQueueViewSet(WorkspaceScoped, viewsets.ModelViewSet):
     action_roles = {"pause": Role.OPERATOR, "resume": Role.OPERATOR, "concurrency_limit": Role.OPERATOR}
 
     def perform_create(self, serializer):
-        serializer.save(workspace=self.request.workspace)
+        actions.save_with_audit(lambda: serializer.save(workspace=self.request.workspace),
+                                who=Who.of(self.request, "api"), action="work_queue.create")
 
-    def _set(self, **fields):
-        queue = self.get_object()
-        WorkQueue.objects.filter(pk=queue.pk).update(**fields)
-        queue.refresh_from_db()
+    def perform_update(self, serializer):
+        actions.save_with_audit(serializer.save, who=Who.of(self.request, "api"), action="work_queue.change",
+                                before=snapshot(serializer.instance))
+
+    def perform_destroy(self, queue):
+        actions.delete_queue(queue, who=Who.of(self.request, "api"))
+
+    def _set(self, action, **fields):
+        queue = actions.set_queue(self.get_object(), who=Who.of(self.request, "api"), action=action, **fields)
         return Response(WorkQueueSerializer(queue).data)
 
     @extend_schema(request=None, responses=WorkQueueSerializer)
     @action(detail=True, methods=["post"])
     def pause(self, request, *args, **kwargs):
         """A paused queue hands out no runs; runs already claimed carry on."""
-        return self._set(paused=True)
+        return self._set("work_queue.pause", paused=True)
 
     @extend_schema(request=None, responses=WorkQueueSerializer)
     @action(detail=True, methods=["post"])
     def resume(self, request, *args, **kwargs):
         """The queue hands out runs again."""
-        return self._set(paused=False)
+        return self._set("work_queue.resume", paused=False)
 
     @extend_schema(request=ConcurrencyLimitSerializer, responses=WorkQueueSerializer)
     @action(detail=True, methods=["post"], url_path="concurrency_limit")
@@ -84,7 +92,7 @@ class WorkQueueViewSet(WorkspaceScoped, viewsets.ModelViewSet):
         """Set or clear (null) how many of the queue's runs may be active at once."""
         incoming = ConcurrencyLimitSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
-        return self._set(concurrency_limit=incoming.validated_data["concurrency_limit"])
+        return self._set("work_queue.limit", concurrency_limit=incoming.validated_data["concurrency_limit"])
 
 
 @extend_schema_serializer(examples=[response_example("An agent", {

@@ -12,7 +12,8 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
-from runs import scheduling
+from runs import actions, scheduling
+from runs.audit import Who
 from runs.models import Schedule
 from runs.schedules import WATCHED_KINDS, ScheduleComputeError
 from runs.schedules import next_fire_times as schedule_fire_times
@@ -106,7 +107,7 @@ def pause(request, pk):
     now = timezone.now()
     if request.method == "GET":
         return answer_row(request, schedule, now, confirming=True)
-    scheduling.pause_schedule(schedule, now)
+    actions.pause_schedule(schedule, who=Who.of(request, "dashboard"), now=now)
     return answer_row(request, schedule, now)
 
 
@@ -124,7 +125,7 @@ def resume(request, pk):
     schedule = get_schedule(request, pk, operate=True)
     now = timezone.now()
     try:
-        scheduling.resume_schedule(schedule, now)
+        actions.resume_schedule(schedule, who=Who.of(request, "dashboard"), now=now)
     except ScheduleComputeError as exc:  # a rule saved before it was validated: it stays paused, saying why
         why = "; ".join(" ".join(problems) for problems in exc.message_dict.values())
         return answer_row(request, schedule, now, error=f"Not resumed: {why}")

@@ -19,4 +19,5 @@ urlpatterns = [
     path("schedules/<int:pk>/run/", schedules.run_now, name="schedule-run"),
     path("agents/", views.agents, name="agents"),
     path("recovery/", views.recovery, name="recovery"),
+    path("audit/", views.audit_trail, name="audit"),
 ]

@@ -7,7 +7,7 @@ from django.http import Http404
 from django.shortcuts import render
 from django.utils import timezone
 
-from runs.models import Flow, FlowRun, LogLevel, WorkQueue
+from runs.models import AuditEntry, Flow, FlowRun, LogLevel, Role, WorkQueue
 
 from . import display, queries
 from .access import scoped
@@ -170,3 +170,27 @@ def recovery(request):
         "rows": queries.recovery_interventions(request, queries.period_start(now, hours), flow_id),
     }
     return render_live(request, "dashboard/recovery.html", "dashboard/_recovery_live.html", context)
+
+
+AUDIT_KINDS = (("membership", "members"), ("api_key", "API keys"), ("workspace", "settings"),
+               ("schedule", "schedules"), ("work_queue", "work queues"), ("secret", "secrets"))
+AUDIT_PAGE_ROWS = 200
+
+
+@dashboard_login_required
+def audit_trail(request):
+    """The audit trail of the workspaces the user administers (runs/audit.py), newest first."""
+    from runs.admin import workspace_ids_with_role
+
+    allowed = workspace_ids_with_role(request.user, Role.ADMIN)
+    entries = AuditEntry.objects.select_related("workspace__account").order_by("-occurred", "-id")
+    if allowed is not None:
+        entries = entries.filter(workspace_id__in=allowed)
+    kind = request.GET.get("kind", "")
+    if kind in dict(AUDIT_KINDS):
+        entries = entries.filter(target_type=kind)
+    else:
+        kind = ""
+    return render(request, "dashboard/audit.html", {
+        "nav": "audit", "now": timezone.now(), "entries": list(entries[:AUDIT_PAGE_ROWS]), "kinds": AUDIT_KINDS,
+        "kind": kind, "admin_anywhere": allowed is None or bool(allowed)})

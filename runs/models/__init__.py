@@ -1,5 +1,6 @@
 """The domain, split by concept. Import models from here."""
 
+from .audit import AuditEntry
 from .events import Event
 from .flow_runs import ACTIVE_STATES, CLAIMABLE_STATES, TERMINAL_STATES, FlowRun, State
 from .flows import Flow, FlowVersion
@@ -17,7 +18,7 @@ from .workers import Agent, AgentStatus, WorkQueue
 from .workspaces import Account, ApiKey, Membership, Role, Workspace, hash_api_key, role_allows, role_of
 
 __all__ = [
-    "ACTIVE_STATES", "CLAIMABLE_STATES", "TERMINAL_STATES", "Account", "Actor", "Agent", "AgentStatus",
+    "ACTIVE_STATES", "CLAIMABLE_STATES", "TERMINAL_STATES", "Account", "Actor", "Agent", "AgentStatus", "AuditEntry",
     "AmbiguousTimePolicy", "ApiKey", "Event", "Flow", "FlowRun", "FlowVersion", "Log", "LogLevel",
     "Membership", "NonexistentTimePolicy", "RECOVERY_ACTORS", "Role", "Schedule", "ScheduleKind",
     "ScheduleStatus", "Secret", "State", "StateChange", "TaskRun", "WorkQueue", "Workspace", "hash_api_key",

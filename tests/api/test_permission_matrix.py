@@ -13,7 +13,7 @@ from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 
 from runs.api.schema import WORKSPACE_PREFIX
-from runs.models import FlowRun, Log, Membership, Role
+from runs.models import AuditEntry, FlowRun, Log, Membership, Role
 from runs.run_tokens import token_of
 from tests import factories
 from tests.conftest import api_prefix
@@ -68,6 +68,8 @@ ENDPOINTS = [
     ("secret create", "post", "secrets/", {"name": "NEW_SECRET", "value": "s3cret"}, A, 201),
     ("secret replace", "put", "secrets/{secret}/", {"value": "n3w"}, A, 200),
     ("secret delete", "delete", "secrets/{secret}/", None, A, 204),
+    ("audit list", "get", "audit/", None, A, 200),
+    ("audit entry", "get", "audit/{audit}/", None, A, 200),
     ("agents list", "get", "agents/", None, V, 200),
     ("agent detail", "get", "agents/{agent}/", None, V, 200),
     ("members list", "get", "members/", None, A, 200),
@@ -135,6 +137,8 @@ def world(ws):
         "finished_run": finished.pk, "task_run": factories.task_run(run).pk, "queue": queue.pk, "agent": agent.pk,
         "membership": membership.pk, "key": factories.api_key(ws, role=Role.VIEWER)[0].pk,
         "outsider": factories.user().username, "log": log.pk, "secret": factories.secret(ws).name,
+        "audit": AuditEntry.objects.create(workspace=ws, actor="ada", via="api", action="schedule.pause",
+                                           target_type="schedule").pk,
     }
 
 

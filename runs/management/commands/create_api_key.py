@@ -9,7 +9,9 @@ from datetime import timedelta
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from runs.models import ApiKey, Role, Workspace
+from runs import actions
+from runs.audit import Who
+from runs.models import Role, Workspace
 
 
 class Command(BaseCommand):
@@ -32,6 +34,7 @@ class Command(BaseCommand):
         if expires_in_days is not None and expires_in_days < 1:
             raise CommandError("--expires-in-days must be at least 1.")
         expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
-        key, secret = ApiKey.issue(workspace=target, name=name, role=role, expires_at=expires_at)
+        key, secret = actions.issue_key(target, name=name, role=role, expires_at=expires_at,
+                                        who=Who.command("create_api_key"))
         self.stderr.write(f"Key {key.prefix}… ({role}) for {target}; the secret below is shown this once.")
         self.stdout.write(secret)

@@ -1,0 +1,169 @@
+"""The actions layer: every change to a workspace's setup that is not a run's state goes through
+one function here, which makes the change and writes its audit entry in one transaction.
+
+The API, the admin, the dashboard and the management commands call these; runs' states go
+through runs/states.py instead. `who` is an runs.audit.Who (Who.of(request, "api")).
+"""
+
+from django.db import transaction
+from django.utils import timezone
+
+from runs import audit, scheduling
+from runs.models import ApiKey, Membership, Secret, WorkQueue
+
+
+def add_member(workspace, user, role, *, who):
+    with transaction.atomic():
+        membership = Membership.objects.create(workspace=workspace, user=user, role=role)
+        audit.record(who, "membership.add", membership, after=audit.snapshot(membership))
+    return membership
+
+
+def change_role(membership, role, *, who):
+    with transaction.atomic():
+        before = audit.snapshot(membership)
+        membership.role = role
+        membership.save(update_fields=["role"])
+        if before["role"] != role:
+            audit.record(who, "membership.role", membership, before={"role": before["role"]}, after={"role": role})
+    return membership
+
+
+def remove_member(membership, *, who):
+    with transaction.atomic():
+        audit.record(who, "membership.remove", membership, before=audit.snapshot(membership))
+        membership.delete()
+
+
+def issue_key(workspace, *, name, role, user=None, expires_at=None, who):
+    """A new API key; returns (key, secret). Only the key's prefix enters the trail."""
+    with transaction.atomic():
+        key, secret = ApiKey.issue(workspace=workspace, name=name, role=role, user=user, expires_at=expires_at)
+        audit.record(who, "api_key.issue", key, after=audit.snapshot(key))
+    return key, secret
+
+
+def revoke_keys(keys, *, who, now=None):
+    """Revoke every key of `keys` (a queryset) not revoked yet; returns how many."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        revoking = list(keys.filter(revoked_at__isnull=True).select_for_update())
+        ApiKey.objects.filter(pk__in=[k.pk for k in revoking]).update(revoked_at=now)
+        for key in revoking:
+            audit.record(who, "api_key.revoke", key, before={"revoked_at": None},
+                         after={"revoked_at": now.isoformat()}, now=now)
+    return len(revoking)
+
+
+def save_with_audit(save, *, who, action, before=None):
+    """Run `save()` (which returns the saved object) and record `action` with the fields that
+    changed. `before`: the audited fields as they were (None for a new object)."""
+    with transaction.atomic():
+        obj = save()
+        after = audit.snapshot(obj)
+        if before is None:
+            audit.record(who, action, obj, after=after)
+        else:
+            old, new = audit.changed(before, after)
+            if new:
+                audit.record(who, action, obj, before=old, after=new)
+    return obj
+
+
+def change_settings(workspace, changes, *, who):
+    before = audit.snapshot(workspace)
+
+    def save():
+        for field, value in changes.items():
+            setattr(workspace, field, value)
+        workspace.save()
+        return workspace
+
+    return save_with_audit(save, who=who, action="workspace.settings", before=before)
+
+
+# --- schedules -----------------------------------------------------------------------------------
+
+def save_schedule(save, *, who, before=None):
+    """Create (`before` None) or edit a schedule: `save()` saves and returns it; its future runs are
+    rescheduled in the same transaction as the save and its entry (a rule whose runs cannot be
+    made undoes all three)."""
+    now = timezone.now()
+
+    def save_and_reschedule():
+        schedule = save()
+        scheduling.reschedule_after_edit(schedule, now)
+        return schedule
+
+    action = "schedule.create" if before is None else "schedule.change"
+    return save_with_audit(save_and_reschedule, who=who, action=action, before=before)
+
+
+def delete_schedule(schedule, *, who, now=None):
+    with transaction.atomic():
+        audit.record(who, "schedule.delete", schedule, before=audit.snapshot(schedule), now=now)
+        return scheduling.delete_schedule(schedule, now)
+
+
+def pause_schedule(schedule, *, who, now=None):
+    """Pause; returns how many future runs were deleted."""
+    with transaction.atomic():
+        was = schedule.status
+        deleted = scheduling.pause_schedule(schedule, now)
+        audit.record(who, "schedule.pause", schedule, before={"status": str(was)},
+                     after={"status": str(schedule.status), "runs_deleted": deleted}, now=now)
+    return deleted
+
+
+def resume_schedule(schedule, *, who, now=None):
+    """Resume; returns how many runs were made (raises ScheduleComputeError and changes nothing)."""
+    with transaction.atomic():
+        was = schedule.status
+        created = scheduling.resume_schedule(schedule, now)
+        audit.record(who, "schedule.resume", schedule, before={"status": str(was)},
+                     after={"status": str(schedule.status), "runs_created": created}, now=now)
+    return created
+
+
+# --- work queues ---------------------------------------------------------------------------------
+
+def set_queue(queue, *, who, action, **fields):
+    """Pause, resume or limit a queue (one UPDATE of `fields`), with its entry."""
+    with transaction.atomic():
+        before = audit.snapshot(queue)
+        WorkQueue.objects.filter(pk=queue.pk).update(**fields)
+        queue.refresh_from_db()
+        old, new = audit.changed(before, audit.snapshot(queue))
+        if new:
+            audit.record(who, action, queue, before=old, after=new)
+    return queue
+
+
+def delete_queue(queue, *, who):
+    with transaction.atomic():
+        audit.record(who, "work_queue.delete", queue, before=audit.snapshot(queue))
+        queue.delete()
+
+
+# --- secrets (the value never enters the trail) -------------------------------------------------
+
+def write_secret(secret, value, *, who, now=None):
+    """Create `secret` (unsaved) or replace its value."""
+    now = now or timezone.now()
+    new = secret.pk is None
+    with transaction.atomic():
+        secret.set_value(value, who.name, now=now)
+        if new:
+            secret.created = now
+            secret.save()
+        else:
+            secret.save(update_fields=["ciphertext", "updated", "updated_by"])
+        audit.record(who, "secret.create" if new else "secret.change", secret, after={"name": secret.name},
+                     now=now)
+    return secret
+
+
+def delete_secret(secret, *, who):
+    with transaction.atomic():
+        audit.record(who, "secret.delete", secret, before={"name": secret.name})
+        secret.delete()

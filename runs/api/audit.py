@@ -1,0 +1,60 @@
+"""The audit trail of the workspace (admins): who changed its members, keys, settings, schedules,
+queues and secrets, when, and from what to what. Newest first, in cursor pages."""
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, extend_schema_view
+from rest_framework import serializers, viewsets
+
+from runs.models import AuditEntry, Role
+
+from .filters import time_param
+from .pagination import KeysetPagination
+from .schema import response_example
+from .views import WorkspaceScoped
+
+
+@extend_schema_serializer(examples=[response_example("A pause", {
+    "id": 311, "occurred": "2026-11-29T08:12:03Z", "actor": "ada", "via": "dashboard", "action": "schedule.pause",
+    "target_type": "schedule", "target_id": "17", "target_name": "nightly-etl/every-night",
+    "before": {"status": "ACTIVE"}, "after": {"status": "PAUSED", "runs_deleted": 9}})])
+class AuditEntrySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AuditEntry
+        fields = ["id", "occurred", "actor", "via", "action", "target_type", "target_id", "target_name", "before",
+                  "after"]
+        read_only_fields = fields
+
+
+class AuditPages(KeysetPagination):
+    orderings = ("-occurred",)
+
+
+@extend_schema_view(retrieve=extend_schema(description="One audit entry (admins)."), list=extend_schema(
+    description="What was changed in the workspace's setup, newest first (admins); kept as long as its runs "
+                "(run_retention_days).",
+    parameters=[
+        OpenApiParameter("action", str, description="An action (schedule.pause) or a kind of target (schedule)."),
+        OpenApiParameter("actor", str, description="A username or api-key:NAME."),
+        OpenApiParameter("since", OpenApiTypes.DATETIME, description="occurred ≥ this."),
+        OpenApiParameter("until", OpenApiTypes.DATETIME, description="occurred < this."),
+    ]))
+class AuditEntryViewSet(WorkspaceScoped, viewsets.ReadOnlyModelViewSet):
+    queryset = AuditEntry.objects.all()
+    serializer_class = AuditEntrySerializer
+    pagination_class = AuditPages
+    action_roles = {"list": Role.ADMIN, "retrieve": Role.ADMIN}
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        params = self.request.query_params
+        if params.get("action"):
+            wanted = params["action"][:60]
+            queryset = queryset.filter(action=wanted) if "." in wanted else queryset.filter(target_type=wanted)
+        if params.get("actor"):
+            queryset = queryset.filter(actor=params["actor"][:200])
+        since, until = time_param(params, "since"), time_param(params, "until")
+        if since:
+            queryset = queryset.filter(occurred__gte=since)
+        if until:
+            queryset = queryset.filter(occurred__lt=until)
+        return queryset
