@@ -182,9 +182,10 @@ def test_overlapping_runs_of_a_dead_node_finish_elsewhere_under_their_own_slots(
     schedule_future_runs([schedule], started, count=3)
     node_a = agents(url, key, "node", "node-a")
 
-    def mid_way():  # all three runs at once between their first completed step and their last
-        return TaskRun.objects.filter(flow_run__schedule=schedule, task_key="step", dynamic_key="1",
-                                      state=State.RUNNING).count() == 3
+    def mid_way():  # all three runs at once inside their second step (RUNNING, and its code begun)
+        running = FlowRun.objects.filter(schedule=schedule, task_runs__task_key="step", task_runs__dynamic_key="1",
+                                         task_runs__state=State.RUNNING)
+        return running.count() == 3 and all(_executions(markers, run, "transform")[0] == 1 for run in running)
 
     wait_for(mid_way, timeout=60, what=lambda: _story(None, tmp_path))
     pause_schedule(schedule)  # no more runs: the three in flight are the story
@@ -230,8 +231,8 @@ def test_a_frozen_node_that_comes_back_is_superseded_and_runs_nothing_more(ws, l
     story = lambda: _story(run.pk, tmp_path)  # noqa: E731
 
     node_a = agents(url, key, "node", "node-a")
-    wait_for(lambda: TaskRun.objects.filter(flow_run=run, dynamic_key="1", state=State.RUNNING).exists(),
-             what="node A to reach the second step")
+    wait_for(lambda: TaskRun.objects.filter(flow_run=run, dynamic_key="1", state=State.RUNNING).exists()
+             and _executions(markers, run, "transform")[0] == 1, what="node A to be inside the second step")
     [runner_a] = runner_pids(node_a.pid)
     _signal_node(node_a, signal.SIGSTOP)
 
