@@ -2,7 +2,8 @@
 
 The agent passes everything in the environment (ORCHESTRATOR_FLOW_RUN_ID, _ENTRYPOINT,
 _PARAMETERS as JSON, _API_URL, _API_KEY, _HEARTBEAT_MODE, _RUNNER_HEARTBEAT_SECONDS,
-_TASK_RESULT_MAX_BYTES, _AGENT_NAME, _AGENT_PID, _RUNNER_JOURNAL).
+_TASK_RESULT_MAX_BYTES, _AGENT_LOG_BATCH_MAX_LINES (the server's limits, from its register answer),
+_AGENT_NAME, _AGENT_PID, _RUNNER_JOURNAL).
 
 The runner needs its agent only to be started. It sends the flow run's heartbeats, ships its
 own logs (Python logging, and everything written to its fds 1 and 2, by the flow or by processes
@@ -210,7 +211,8 @@ class Runner:
         self.beating = self.mode != "off" and self.interval > 0
         self.agent_name = env.get("ORCHESTRATOR_AGENT_NAME", "?")
         self.agent_pid = int(env.get("ORCHESTRATOR_AGENT_PID") or os.getppid())
-        self.shipper = LogShipper(self.client)
+        self.shipper = LogShipper(self.client,
+                                  server_max_lines=env.get("ORCHESTRATOR_AGENT_LOG_BATCH_MAX_LINES") or None)
         self.capture = OutputCapture(lambda text, level: self.shipper.add(self.flow_run_id, text, level=level))
         self.heartbeats = None
         self.orphaned = False

@@ -100,6 +100,7 @@ class Execution:
                "ORCHESTRATOR_HEARTBEAT_MODE": agent.heartbeat_mode,
                "ORCHESTRATOR_RUNNER_HEARTBEAT_SECONDS": str(interval or 0),
                "ORCHESTRATOR_TASK_RESULT_MAX_BYTES": str(agent.task_result_max_bytes),
+               "ORCHESTRATOR_AGENT_LOG_BATCH_MAX_LINES": str(agent.log_batch_max_lines or ""),
                "ORCHESTRATOR_AGENT_NAME": agent.name, "ORCHESTRATOR_AGENT_PID": str(os.getpid()),
                "ORCHESTRATOR_RUNNER_JOURNAL": "1", "PYTHONUNBUFFERED": "1"}
         # The runner reads its own output once it runs. This scratch file, which outlives this agent,
@@ -226,6 +227,7 @@ class Agent:
         self.runner_heartbeat_seconds, self.heartbeat_mode = runner_heartbeat_seconds, heartbeat_mode
         self.limit, self.grace_seconds, self.cancel_grace_seconds = limit, grace_seconds, cancel_grace_seconds
         self.task_result_max_bytes = 1_048_576  # until the server says otherwise when it registers us
+        self.log_batch_max_lines = None  # the server's limit, once it said it
         self.next_poll_seconds = query_seconds
         self.webserver = (webserver_host, webserver_port)
         self.stopping = threading.Event()
@@ -278,6 +280,9 @@ class Agent:
             return False
         self.agent_id = answer["id"]
         self.task_result_max_bytes = answer.get("task_result_max_bytes", self.task_result_max_bytes)
+        # An older server does not say; the shipper then assumes the default limit.
+        self.log_batch_max_lines = answer.get("log_batch_max_lines")
+        self.shipper.limit_lines(self.log_batch_max_lines)
         return True
 
     def poll_once(self):

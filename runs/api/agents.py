@@ -39,6 +39,7 @@ from .agent_payloads import (
     StoredLogsSerializer,
     TaskRunInput,
     TaskRunStateInput,
+    log_batch_max_lines,
 )
 from .errors import error_body
 from .schema import CONFLICT, error_response
@@ -102,7 +103,8 @@ class RegisterView(AgentEndpoint):
             )
             agent.queues.set(queues)
         return Response({"id": agent.pk, "name": agent.name, "queues": sorted(q.name for q in queues),
-                         "task_result_max_bytes": settings.ORCHESTRATOR["TASK_RESULT_MAX_BYTES"]},
+                         "task_result_max_bytes": settings.ORCHESTRATOR["TASK_RESULT_MAX_BYTES"],
+                         "log_batch_max_lines": log_batch_max_lines()},
                         status=status.HTTP_201_CREATED)
 
 
@@ -292,6 +294,7 @@ class LogBatchView(AgentEndpoint):
     def post(self, request, **kwargs):
         """Store many log lines in one insert; each line is judged on its own.
 
+        A batch is bounded in bytes (413) and in lines (400 on `logs`), both judged before any line.
         Good lines are stored and the others listed in `refused` with the reason, so one bad line
         never costs its batch. When no line can be stored: 400 if some were malformed, else 404
         (they name runs not in this workspace).

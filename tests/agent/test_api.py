@@ -250,6 +250,65 @@ def test_a_log_batch_over_the_size_limit_is_413_naming_the_limit(operator, prefi
     assert not Log.objects.exists()
 
 
+def test_a_log_batch_over_the_line_limit_is_400_naming_logs_and_the_limit(operator, prefix, ws, settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "AGENT_LOG_BATCH_MAX_LINES": 5}
+    run = due_run(ws, state=State.RUNNING)
+    line = {"flow_run_id": str(run.pk), "message": ""}
+    answer = operator.post(f"{prefix}/agent/logs", {"logs": [line] * 6}, format="json")
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert "logs" in error["fields"] and error["message"].startswith("logs: At most 5 lines per batch")
+    assert not Log.objects.exists()
+    assert operator.post(f"{prefix}/agent/logs", {"logs": [line] * 5}, format="json").json()["stored"] == 5
+
+
+def test_the_line_limit_is_judged_before_any_line_is(operator, prefix, ws, monkeypatch):
+    from runs.api import agents
+
+    judged = []
+
+    class CountingLogLine(agents.LogLine):
+        def __init__(self, *args, **kwargs):
+            judged.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(agents, "LogLine", CountingLogLine)
+    answer = operator.post(f"{prefix}/agent/logs", {"logs": [{}] * 1001}, format="json")  # the default limit: 1000
+    assert answer.status_code == 400 and "1000" in answer.json()["error"]["message"]
+    assert judged == []
+
+
+def test_the_register_answer_says_how_many_lines_a_log_batch_may_carry(operator, prefix, settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "AGENT_LOG_BATCH_MAX_LINES": 250}
+    answer = operator.post(f"{prefix}/agent/register", {"name": "box", "queues": ["q"]}, format="json").json()
+    assert answer["log_batch_max_lines"] == 250
+
+
+@pytest.mark.parametrize("payload, field, says", [
+    ({"queues": [f"q{i}" for i in range(101)]}, "queues", "At most 100 items"),
+    ({"queues": ["q"], "labels": {f"k{i}": "v" for i in range(51)}}, "labels", "At most 50 keys"),
+    ({"queues": ["q"], "labels": {"k" * 101: "v"}}, "labels", "at most 100 characters"),
+    ({"queues": ["q"], "labels": {"os": "x" * 501}}, "labels", "at most 500 characters"),
+    ({"queues": ["q"], "labels": {"os": {"nested": [1]}}}, "labels", "not an object"),
+])
+def test_a_registration_declaring_too_much_is_400_naming_the_field(operator, prefix, ws, payload, field, says):
+    from runs.models import WorkQueue
+
+    answer = operator.post(f"{prefix}/agent/register", {"name": "box", **payload}, format="json")
+    assert answer.status_code == 400, answer.content
+    error = answer.json()["error"]
+    assert field in error["fields"] and says in error["message"]
+    assert not Agent.objects.exists() and not WorkQueue.objects.filter(workspace=ws).exists()
+
+
+def test_labels_may_be_strings_numbers_booleans_or_null(operator, prefix):
+    labels = {"os": "linux", "cores": 2, "gpu": False, "rack": None}
+    answer = operator.post(f"{prefix}/agent/register", {"name": "box", "queues": ["q"], "labels": labels},
+                           format="json")
+    assert answer.status_code == 201, answer.content
+    assert Agent.objects.get(pk=answer.json()["id"]).labels == labels
+
+
 # --- A run keeps what an earlier attempt completed ------------------------------------------
 
 def rescheduled(run):

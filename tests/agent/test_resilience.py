@@ -182,6 +182,69 @@ def test_a_batch_split_while_the_server_goes_away_keeps_what_was_not_sent():
     assert [line["message"] for line in shipper.buffer] == ["line 2", "line 3"]
 
 
+def server_taking_at_most(most, batches):
+    """A fake server's log endpoint that refuses (400, as the real one does) a batch over `most` lines."""
+
+    def answer(path, payload):
+        if path == "register":
+            return {"id": 1, "name": "a", "queues": ["q"], "task_result_max_bytes": 100,
+                    **({"log_batch_max_lines": most} if most is not None else {})}
+        if len(payload["logs"]) > (most or 1000):
+            raise ApiError(400, {"error": {"message": f"logs: At most {most} lines per batch"}})
+        batches.append([line["message"] for line in payload["logs"]])
+        return {"stored": len(payload["logs"]), "refused": []}
+
+    return answer
+
+
+def test_the_agent_never_sends_more_log_lines_per_batch_than_its_server_takes():
+    batches = []
+    agent = new_agent(FakeClient(server_taking_at_most(3, batches)))
+    assert agent._register()
+    for i in range(10):
+        agent.shipper.add("run-1", f"line {i}")
+    assert agent.shipper.flush()
+    assert [len(batch) for batch in batches] == [3, 3, 3, 1]
+    assert [message for batch in batches for message in batch] == [f"line {i}" for i in range(10)]
+
+
+def test_the_notes_of_dropped_lines_count_in_the_batch_too():
+    batches = []
+    shipper = LogShipper(FakeClient(server_taking_at_most(3, batches)), capacity=4, server_max_lines=3)
+    for run in ("run-1", "run-2", "run-3", "run-4"):
+        shipper.add(run, f"{run} lost")  # all four pushed out by the lines below: four notes
+    for i in range(4):
+        shipper.add("run-5", f"line {i}")
+    assert shipper.flush()
+    assert all(len(batch) <= 3 for batch in batches)
+    messages = [message for batch in batches for message in batch]
+    assert sum("dropped 1 log line(s)" in message for message in messages) == 4
+    assert [m for m in messages if m.startswith("line")] == [f"line {i}" for i in range(4)]
+
+
+def test_against_a_server_that_does_not_say_its_line_limit_the_agent_keeps_under_the_default():
+    from agent.logs import SERVER_BATCH_MAX_LINES
+
+    batches = []
+    agent = new_agent(FakeClient(server_taking_at_most(None, batches)))
+    assert agent._register() and agent.log_batch_max_lines is None
+    for i in range(SERVER_BATCH_MAX_LINES + 1):
+        agent.shipper.add("run-1", "x")
+    assert agent.shipper.flush()
+    assert max(len(batch) for batch in batches) <= SERVER_BATCH_MAX_LINES
+    assert sum(len(batch) for batch in batches) == SERVER_BATCH_MAX_LINES + 1
+
+
+def test_the_runner_is_told_the_servers_line_limit():
+    from agent.runner import Runner
+
+    env = {"ORCHESTRATOR_FLOW_RUN_ID": "run-1", "ORCHESTRATOR_API_URL": "http://x", "ORCHESTRATOR_API_KEY": "k",
+           "ORCHESTRATOR_AGENT_LOG_BATCH_MAX_LINES": "7"}
+    assert Runner(env).shipper.batch_lines == 7
+    env["ORCHESTRATOR_AGENT_LOG_BATCH_MAX_LINES"] = ""  # the agent's server did not say
+    assert 1 <= Runner(env).shipper.batch_lines <= 1000
+
+
 def test_custom_logging_levels_are_sent_as_the_servers_nearest_level_below():
     shipper = LogShipper(FakeClient(lambda path, payload: None))
     for level in (5, 25, 45, 60):
