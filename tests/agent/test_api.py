@@ -79,6 +79,16 @@ def test_an_illegal_transition_is_409_naming_both_states(operator, prefix, ws, r
     assert "COMPLETED" in message and "RUNNING" in message
 
 
+@pytest.mark.parametrize("state", ["RUNNING", "COMPLETED"])
+def test_reporting_the_state_a_run_is_in_is_409_naming_it_as_current_state(operator, prefix, ws, state):
+    # The agent's client takes this answer to a retried report as a success (agent/client.py).
+    run = due_run(ws, state=state)
+    task_run = factories.task_run(run, state=state)
+    for path in (f"flow_runs/{run.pk}/state", f"task_runs/{task_run.pk}/state"):
+        answer = operator.post(f"{prefix}/agent/{path}", {"state": state}, format="json")
+        assert answer.status_code == 409 and answer.json()["current_state"] == state
+
+
 def test_a_stale_transition_is_409(operator, prefix, ws, registered):
     run = due_run(ws, state=State.CANCELLING)
     answer = operator.post(f"{prefix}/agent/flow_runs/{run.pk}/state",

@@ -3,6 +3,7 @@
 No live server: a tiny HTTP server in a thread, or a client that stands in for one.
 """
 
+import json
 import logging
 import threading
 import time
@@ -19,14 +20,16 @@ from agent.worker import Agent
 
 @pytest.fixture
 def busy_server():
-    """An HTTP server answering each POST with the next (status, headers) of `server.answers`, then 200."""
+    """An HTTP server answering each POST with the next (status, headers[, JSON body]) of `server.answers`,
+    then 200."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - the name http.server expects
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             server.seen.append(time.monotonic())
-            status, headers = server.answers.pop(0) if server.answers else (200, {})
+            status, headers, *given = server.answers.pop(0) if server.answers else (200, {})
             body = b'{"error": {"message": "slow down"}}' if status >= 400 else b'{"ok": true}'
+            body = json.dumps(given[0]).encode() if given else body
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
@@ -68,6 +71,35 @@ def test_a_retry_after_beyond_the_callers_window_gives_up_at_once_and_says_how_l
     with pytest.raises(ServerUnreachable) as raised:
         busy_server.client.post("claim", {}, retry_for=5)
     assert time.monotonic() - started < 1 and raised.value.retry_after == 30
+
+
+def conflict(current_state):
+    """A state report's 409, as runs/api/errors.py writes it."""
+    message = f"Illegal transition of flow run x: {current_state} -> ..."
+    return (409, {}, {"error": {"code": "illegal_transition", "message": message, "fields": {"state": [message]}},
+                      "current_state": current_state})
+
+
+def test_a_retried_state_report_that_finds_its_state_already_set_is_a_success(busy_server):
+    # The first try reached the server, but its answer was lost on the way back (a proxy's 502).
+    busy_server.answers = [(502, {}), conflict("COMPLETED")]
+    answer = busy_server.client.post("flow_runs/x/state", {"state": "COMPLETED", "message": "done"}, retry_for=10)
+    assert answer == {"state": "COMPLETED"} and len(busy_server.seen) == 2
+
+
+def test_a_retried_state_report_that_finds_another_state_is_refused(busy_server):
+    busy_server.answers = [(502, {}), conflict("CANCELLING")]
+    with pytest.raises(ApiError) as refused:
+        busy_server.client.post("flow_runs/x/state", {"state": "RUNNING"}, retry_for=10)
+    assert refused.value.status == 409 and refused.value.body["current_state"] == "CANCELLING"
+
+
+def test_a_first_try_finding_its_state_already_set_is_refused_since_someone_else_set_it(busy_server):
+    # E.g. two agent processes under one name were handed the same run: only one may start it.
+    busy_server.answers = [conflict("RUNNING")]
+    with pytest.raises(ApiError) as refused:
+        busy_server.client.post("flow_runs/x/state", {"state": "RUNNING"}, retry_for=10)
+    assert refused.value.status == 409
 
 
 def test_retry_after_is_capped():
