@@ -47,10 +47,12 @@ EXIT_AGENT_REPORTS = 3  # it did not: its verdict is the last VERDICT_MARKER lin
 # Prefix of the verdict line; a record separator cannot start normal output.
 VERDICT_MARKER = "\x1eorchestrator-verdict "
 
-# How long the runner keeps trying to ship its last log lines before it reports the final state,
-# and to report that state, while the server is away (seconds).
-LOG_DRAIN_SECONDS = 60
-REPORT_RETRY_SECONDS = 600
+# While the server is away, the runner keeps trying to ship its last log lines for up to
+# LOG_DRAIN_SECONDS, then to report the final state for up to REPORT_RETRY_SECONDS. One window
+# (sdk.STATE_REPORT_RETRY_SECONDS) for both: an outage the report waits out, the run's last lines
+# wait out too (they used to be given up after 60 s while the report waited 600).
+REPORT_RETRY_SECONDS = sdk.STATE_REPORT_RETRY_SECONDS
+LOG_DRAIN_SECONDS = REPORT_RETRY_SECONDS
 # How often it checks that its agent is still its parent (seconds).
 ORPHAN_CHECK_SECONDS = 1.0
 

@@ -22,7 +22,9 @@ _context = None
 _current_task_run = contextvars.ContextVar("current_task_run", default=None)
 log = logging.getLogger("agent.tasks")
 
-# A state report waits this long for a server that is away before the task gives up.
+# How long a report waits for a server that is away (seconds) before giving up. One window for the
+# agent's side: a task's state reports, the runner's last log lines and its run's final state
+# (agent/runner.py), and the agent's own state reports (agent/worker.py).
 STATE_REPORT_RETRY_SECONDS = 600
 # The server's ORCHESTRATOR_TASK_RESULT_MAX_BYTES, unless the agent says otherwise.
 DEFAULT_RESULT_MAX_BYTES = 1_048_576

@@ -30,6 +30,7 @@ from .runner import (
     EXIT_REPORTED,
     JOURNAL_DELIVERED_MARKER,
     JOURNAL_LINE_MARKER,
+    REPORT_RETRY_SECONDS,  # state reports are retried this long while the server is away
     VERDICT_MARKER,
 )
 
@@ -37,8 +38,6 @@ log = logging.getLogger("agent")
 
 # Consecutive failed (or missed) polls after which /health answers 503.
 UNHEALTHY_AFTER_POLLS = 3
-# State reports are retried this long while the server is away.
-REPORT_RETRY_SECONDS = 600
 # At shutdown, how long a runner may take between SIGTERM and SIGKILL (seconds).
 SHUTDOWN_KILL_SECONDS = 5
 # How much of a runner's scratch file the agent reads when the runner did not report (its journal

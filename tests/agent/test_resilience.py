@@ -277,6 +277,30 @@ def test_the_runner_is_told_the_servers_line_limit():
     assert 1 <= Runner(env).shipper.batch_lines <= 1000
 
 
+def test_a_runner_waits_out_an_away_server_as_long_for_its_last_lines_as_for_its_final_state():
+    from agent import sdk, worker
+    from agent.runner import EXIT_REPORTED, Runner
+
+    runner = Runner({"ORCHESTRATOR_FLOW_RUN_ID": "run-1", "ORCHESTRATOR_API_URL": "http://x",
+                     "ORCHESTRATOR_API_KEY": "k"})
+    waits = {}
+
+    def ship_last_lines(drain_seconds=0.0):
+        waits["last lines"] = drain_seconds
+        return True
+
+    class Server:
+        def post(self, path, payload=None, *, retry_for=0.0, stop=None):
+            waits["final state"] = retry_for
+            return {"state": payload["state"]}
+
+    runner.shipper.stop, runner.client = ship_last_lines, Server()
+    assert runner._finish("COMPLETED", "done") == EXIT_REPORTED
+    # One window, the one the agent's and the tasks' state reports retry in too.
+    assert waits == {"last lines": sdk.STATE_REPORT_RETRY_SECONDS, "final state": sdk.STATE_REPORT_RETRY_SECONDS}
+    assert worker.REPORT_RETRY_SECONDS == sdk.STATE_REPORT_RETRY_SECONDS
+
+
 def test_custom_logging_levels_are_sent_as_the_servers_nearest_level_below():
     shipper = LogShipper(FakeClient(lambda path, payload: None))
     for level in (5, 25, 45, 60):
