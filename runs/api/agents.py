@@ -2,7 +2,14 @@
 
 All live under `<workspace prefix>/agent/` and need the operator role. State changes go through
 `runs.states` (actor "agent"), so an illegal or stale change is a 409 naming both states.
-Heartbeats are one conditional UPDATE each: they are the hottest path of the server.
+
+Heartbeats are the hottest path of the server, so each is one write, committed on PostgreSQL
+without waiting for the WAL flush:
+- a flow run's: one UPDATE … RETURNING its state, which is the answer (CANCELLING tells the
+  runner to stop); an SQLite without RETURNING reads the state after the UPDATE;
+- a task run's: one UPDATE of the row, if it is in the workspace;
+- an agent's: one UPDATE of the row, if it is in the workspace, then one read of its runs that
+  are CANCELLING (the answer).
 """
 
 import json

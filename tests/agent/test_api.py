@@ -180,6 +180,18 @@ def test_a_flow_run_heartbeat_is_a_single_update(operator, prefix, ws):
     assert not {"INSERT", "DELETE"} & set(statements)
 
 
+def test_agent_and_task_run_heartbeats_are_one_update_each(operator, prefix, ws, registered):
+    task_run = factories.task_run(due_run(ws, state=State.RUNNING))
+    operator.get(f"{prefix}/agent/ping")  # the key's last_used_at is written at most once a minute
+    for path, payload, reads in ((f"task_runs/{task_run.pk}/heartbeat", None, 1),
+                                 ("heartbeat", {"agent_id": registered}, 2)):  # the agent's: + its CANCELLING runs
+        with CaptureQueriesContext(connection) as captured:
+            assert operator.post(f"{prefix}/agent/{path}", payload, format="json").status_code in (200, 204)
+        statements = [q["sql"].split()[0] for q in captured.captured_queries]
+        assert statements.count("UPDATE") == 1 and statements.count("SELECT") == reads, statements
+        assert not {"INSERT", "DELETE"} & set(statements)
+
+
 def test_logs_are_stored_in_one_batch(operator, prefix, ws):
     run = due_run(ws, state=State.RUNNING)
     task = factories.task_run(run)
