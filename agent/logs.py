@@ -24,6 +24,13 @@ SERVER_BATCH_MAX_LINES = 1000
 SERVER_LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
 
 
+def storable(text):
+    """`text` as the server can store it: a NUL character (PostgreSQL text cannot hold one) becomes
+    U+FFFD, a lone surrogate (not UTF-8, e.g. from an undecodable file name) "?". The server refuses
+    a whole request holding either, so one such line would cost its batch, one such message its report."""
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+
+
 def server_level(levelno):
     """The server's level for a Python logging level number."""
     return max((level for level in SERVER_LEVELS if level <= levelno), default=logging.DEBUG)
@@ -69,7 +76,7 @@ class LogShipper:
 
     def add(self, flow_run_id, message, *, level=logging.INFO, task_run_id=None, timestamp=None):
         line = {"flow_run_id": flow_run_id, "task_run_id": task_run_id, "level": server_level(level),
-                "message": message[:MAX_MESSAGE_CHARS],
+                "message": storable(message[:MAX_MESSAGE_CHARS]),
                 "timestamp": timestamp or datetime.now(timezone.utc).isoformat()}
         with self.lock:
             if len(self.buffer) == self.buffer.maxlen:

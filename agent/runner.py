@@ -33,7 +33,7 @@ import traceback
 from . import sdk
 from .client import ApiClient, ApiError, ServerUnreachable
 from .heartbeats import STOP_STATES, start_heartbeats
-from .logs import LogShipper
+from .logs import LogShipper, storable
 
 # The journal of log lines in the agent's scratch file: lines, and how far the server has them.
 JOURNAL_LINE_MARKER = "\x1eorchestrator-log "
@@ -344,7 +344,7 @@ class Runner:
                 return self._stopped_outcome()
         except BaseException as exc:  # noqa: BLE001 - whatever the flow raised, the run failed
             log.error("The flow raised:\n%s", traceback.format_exc().rstrip())
-            return "FAILED", f"{type(exc).__name__}: {exc}"[:10000]
+            return "FAILED", storable(f"{type(exc).__name__}: {exc}"[:10000])
         log.info("Flow returned %.500r", result)
         return "COMPLETED", "The flow returned; reported by its runner."
 

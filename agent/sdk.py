@@ -17,6 +17,7 @@ import logging
 import time
 
 from .client import ApiError
+from .logs import storable
 
 _context = None
 _current_task_run = contextvars.ContextVar("current_task_run", default=None)
@@ -144,11 +145,11 @@ def _run_reported(ctx, fn, task_key, args, kwargs, retries, delay):
             except Exception as exc:
                 ctx.heartbeats.untrack("task_runs", task_run_id)
                 if attempt < retries:
-                    ctx.report(state_path, {"state": "SCHEDULED", "message": (
-                        f"Attempt {attempt + 1} failed ({type(exc).__name__}: {exc}); retrying in {delay} s.")})
+                    ctx.report(state_path, {"state": "SCHEDULED", "message": storable(
+                        f"Attempt {attempt + 1} failed ({type(exc).__name__}: {exc}); retrying in {delay} s.")[:10000]})
                     time.sleep(delay)
                     continue
-                ctx.report(state_path, {"state": "FAILED", "message": f"{type(exc).__name__}: {exc}"[:10000]})
+                ctx.report(state_path, {"state": "FAILED", "message": storable(f"{type(exc).__name__}: {exc}"[:10000])})
                 raise
             ctx.heartbeats.untrack("task_runs", task_run_id)
             _report_completed(ctx, state_path, task_key, result)

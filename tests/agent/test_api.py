@@ -477,6 +477,41 @@ def test_a_log_batch_stores_the_good_lines_and_names_the_refused_ones(operator, 
     assert sorted(Log.objects.filter(flow_run=run).values_list("message", flat=True)) == ["good", "good too"]
 
 
+def fails_with_a_nul():
+    raise ValueError("bad byte \x00 in the input")
+
+
+def test_what_the_agent_sends_is_stored_whatever_the_flow_printed_or_raised(operator, prefix, ws):
+    import json
+
+    from agent.client import ApiError
+    from agent.logs import LogShipper
+    from agent.runner import Runner
+
+    run = due_run(ws, state=State.RUNNING)
+
+    class ThroughTheApi:
+        """The agent's client, with the test server: JSON as requests encodes it (\\u escapes)."""
+
+        def post(self, path, payload=None, **kwargs):
+            answer = operator.generic("POST", f"{prefix}/agent/{path}", json.dumps(payload),
+                                      content_type="application/json")
+            if answer.status_code >= 400:
+                raise ApiError(answer.status_code, answer.json())
+            return answer.json()
+
+    shipper = LogShipper(ThroughTheApi())
+    for message in ("binary \x00 output", "a file name \udcff", "plain"):
+        shipper.add(str(run.pk), message)
+    assert shipper.flush()
+    assert Log.objects.filter(flow_run=run).count() == 3
+    runner = Runner({"ORCHESTRATOR_FLOW_RUN_ID": str(run.pk), "ORCHESTRATOR_API_URL": "http://x",
+                     "ORCHESTRATOR_API_KEY": "k", "ORCHESTRATOR_ENTRYPOINT": f"{__name__}:fails_with_a_nul"})
+    state, message = runner._run_flow()
+    assert ThroughTheApi().post(f"flow_runs/{run.pk}/state", {"state": state, "message": message})["state"] == "FAILED"
+    assert "bad byte" in FlowRun.objects.get(pk=run.pk).state_message
+
+
 def test_a_log_batch_with_nothing_to_store_is_400_or_404(operator, prefix, ws, other_ws):
     foreign = due_run(other_ws, state=State.RUNNING)
     malformed = operator.post(f"{prefix}/agent/logs", {"logs": [{"message": "no run"}]}, format="json")
