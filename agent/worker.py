@@ -227,6 +227,8 @@ class Agent:
         self.limit, self.grace_seconds, self.cancel_grace_seconds = limit, grace_seconds, cancel_grace_seconds
         self.task_result_max_bytes = 1_048_576  # until the server says otherwise when it registers us
         self.log_batch_max_lines = None  # the server's limit, once it said it
+        # The most runs one claim may ask for; servers that do not say it take their default, 200.
+        self.claim_max_runs = 200
         self.next_poll_seconds = query_seconds
         self.webserver = (webserver_host, webserver_port)
         self.stopping = threading.Event()
@@ -282,6 +284,7 @@ class Agent:
         # An older server does not say; the shipper then assumes the default limit.
         self.log_batch_max_lines = answer.get("log_batch_max_lines")
         self.shipper.limit_lines(self.log_batch_max_lines)
+        self.claim_max_runs = answer.get("claim_max_runs") or self.claim_max_runs
         return True
 
     def poll_once(self):
@@ -292,7 +295,9 @@ class Agent:
         self.next_poll_seconds = self.query_seconds
         try:
             if room > 0:
-                answer = self.client.post("claim", {"agent_id": self.agent_id, "max_runs": room})
+                # A claim for more than the server hands out at once is refused whole: ask for what it allows.
+                answer = self.client.post("claim", {"agent_id": self.agent_id,
+                                                    "max_runs": min(room, self.claim_max_runs)})
             else:
                 answer = self.client.post("heartbeat", {"agent_id": self.agent_id})
         except (ApiError, ServerUnreachable) as exc:

@@ -111,7 +111,8 @@ class RegisterView(AgentEndpoint):
             agent.queues.set(queues)
         return Response({"id": agent.pk, "name": agent.name, "queues": sorted(q.name for q in queues),
                          "task_result_max_bytes": settings.ORCHESTRATOR["TASK_RESULT_MAX_BYTES"],
-                         "log_batch_max_lines": log_batch_max_lines()},
+                         "log_batch_max_lines": log_batch_max_lines(),
+                         "claim_max_runs": settings.ORCHESTRATOR["AGENT_CLAIM_MAX_RUNS"]},
                         status=status.HTTP_201_CREATED)
 
 

@@ -306,6 +306,12 @@ def test_the_register_answer_says_how_many_lines_a_log_batch_may_carry(operator,
     assert answer["log_batch_max_lines"] == 250
 
 
+def test_the_register_answer_says_how_many_runs_a_claim_may_ask_for(operator, prefix, settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "AGENT_CLAIM_MAX_RUNS": 12}
+    answer = operator.post(f"{prefix}/agent/register", {"name": "box", "queues": ["q"]}, format="json").json()
+    assert answer["claim_max_runs"] == 12
+
+
 @pytest.mark.parametrize("payload, field, says", [
     ({"queues": [f"q{i}" for i in range(101)]}, "queues", "At most 100 items"),
     ({"queues": ["q"], "labels": {f"k{i}": "v" for i in range(51)}}, "labels", "At most 50 keys"),

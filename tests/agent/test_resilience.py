@@ -267,6 +267,22 @@ def test_against_a_server_that_does_not_say_its_line_limit_the_agent_keeps_under
     assert sum(len(batch) for batch in batches) == SERVER_BATCH_MAX_LINES + 1
 
 
+def test_the_agent_never_claims_more_runs_at_once_than_its_server_hands_out():
+    claims = []
+
+    def server(path, payload):
+        if path == "register":
+            return {"id": 1, "name": "a", "queues": ["q"], "task_result_max_bytes": 100, "claim_max_runs": 5}
+        claims.append(payload["max_runs"])
+        return {"runs": [], "cancelling": []}
+
+    agent = new_agent(FakeClient(server))
+    agent.limit = 300
+    assert agent._register()
+    agent.poll_once()
+    assert claims == [5]
+
+
 def test_the_runner_is_told_the_servers_line_limit():
     from agent.runner import Runner
 
