@@ -6,6 +6,7 @@ http://127.0.0.1:8000/api/accounts/demo/workspaces/demo.
 
 import argparse
 import logging
+import math
 import os
 import signal
 import socket
@@ -16,10 +17,34 @@ from .heartbeats import MODES
 from .worker import Agent
 
 VERSION = "0.1.0"
+DAY = 86400
 
 
 def _env(name, default):
     return os.environ.get(name) or default
+
+
+def _bounded(kind, low, high, env, *, off=None):
+    """An argparse type: a `kind` (int or float) from `low` to `high` (or `off`, e.g. 0 for "none").
+
+    A flag's default comes from its environment variable as a string, and argparse parses it with
+    this too, so a bad variable is refused at start, naming it, rather than making a busy loop (a
+    0-second poll) or an agent whose every claim or report the server refuses (a limit or interval
+    over the server's bounds).
+    """
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is not None and (value == off or (math.isfinite(value) and low <= value <= high)):
+            return value
+        allowed = f"{low:g} to {high:g}" + (f", or {off:g}" if off is not None else "")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'} from "
+                                         f"{allowed} (flag or env {env})")
+
+    return parse
 
 
 def build_parser():
@@ -36,22 +61,26 @@ def build_parser():
                        help="work queue to poll; repeat for more (env ORCHESTRATOR_AGENT_QUEUES, comma-separated)")
     start.add_argument("--name", default=_env("ORCHESTRATOR_AGENT_NAME", socket.gethostname()),
                        help="agent name, unique in the workspace (default: host name)")
-    start.add_argument("--query-seconds", type=float, default=float(_env("ORCHESTRATOR_AGENT_QUERY_SECONDS", 10)))
-    start.add_argument("--heartbeat-seconds", type=float,
-                       default=float(_env("ORCHESTRATOR_AGENT_HEARTBEAT_SECONDS", 30)))
-    start.add_argument("--runner-heartbeat-seconds", type=float,
-                       default=float(_env("ORCHESTRATOR_RUNNER_HEARTBEAT_SECONDS", 30)),
+    # Intervals: at least 0.1 s (no busy loop), at most a day (the server's bound on declared ones).
+    start.add_argument("--query-seconds", default=_env("ORCHESTRATOR_AGENT_QUERY_SECONDS", "10"),
+                       type=_bounded(float, 0.1, DAY, "ORCHESTRATOR_AGENT_QUERY_SECONDS"))
+    start.add_argument("--heartbeat-seconds", default=_env("ORCHESTRATOR_AGENT_HEARTBEAT_SECONDS", "30"),
+                       type=_bounded(float, 0.1, DAY, "ORCHESTRATOR_AGENT_HEARTBEAT_SECONDS"))
+    start.add_argument("--runner-heartbeat-seconds", default=_env("ORCHESTRATOR_RUNNER_HEARTBEAT_SECONDS", "30"),
+                       type=_bounded(float, 0.1, DAY, "ORCHESTRATOR_RUNNER_HEARTBEAT_SECONDS", off=0),
                        help="flow and task run heartbeats; 0 turns them off")
     start.add_argument("--heartbeat-mode", choices=MODES, default=_env("ORCHESTRATOR_HEARTBEAT_MODE", "thread"))
-    start.add_argument("--limit", type=int, default=int(_env("ORCHESTRATOR_AGENT_LIMIT", 8)),
-                       help="most flow runs at once")
-    start.add_argument("--grace-seconds", type=float, default=float(_env("ORCHESTRATOR_AGENT_GRACE_SECONDS", 30)),
+    start.add_argument("--limit", default=_env("ORCHESTRATOR_AGENT_LIMIT", "8"),
+                       type=_bounded(int, 1, 10_000, "ORCHESTRATOR_AGENT_LIMIT"), help="most flow runs at once")
+    start.add_argument("--grace-seconds", default=_env("ORCHESTRATOR_AGENT_GRACE_SECONDS", "30"),
+                       type=_bounded(float, 0, DAY, "ORCHESTRATOR_AGENT_GRACE_SECONDS"),
                        help="on SIGTERM, how long running flows may take to finish")
-    start.add_argument("--cancel-grace-seconds", type=float,
-                       default=float(_env("ORCHESTRATOR_AGENT_CANCEL_GRACE_SECONDS", 30)),
+    start.add_argument("--cancel-grace-seconds", default=_env("ORCHESTRATOR_AGENT_CANCEL_GRACE_SECONDS", "30"),
+                       type=_bounded(float, 0, DAY, "ORCHESTRATOR_AGENT_CANCEL_GRACE_SECONDS"),
                        help="a cancelled run's process gets SIGTERM, then SIGKILL after this long")
     start.add_argument("--webserver-host", default=_env("ORCHESTRATOR_AGENT_WEBSERVER_HOST", "127.0.0.1"))
-    start.add_argument("--webserver-port", type=int, default=int(_env("ORCHESTRATOR_AGENT_WEBSERVER_PORT", 8080)),
+    start.add_argument("--webserver-port", default=_env("ORCHESTRATOR_AGENT_WEBSERVER_PORT", "8080"),
+                       type=_bounded(int, 0, 65535, "ORCHESTRATOR_AGENT_WEBSERVER_PORT", off=-1),
                        help="healthcheck port; 0 picks a free one, -1 turns the server off")
     return parser
 

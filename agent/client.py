@@ -103,19 +103,25 @@ class ApiClient:
     def _request(self, method, path, payload, retry_for, stop):
         deadline = None if retry_for is None else time.monotonic() + retry_for
         delay = 0.5
+        maybe_done = False  # an earlier try may have been carried out with its answer lost
         while True:
             retry_after = None
             try:
                 response = self.session.request(method, self.base_url + path, json=payload, timeout=self.timeout)
             except requests.RequestException as exc:
                 problem = f"{type(exc).__name__}: {exc}"
+                maybe_done = True
             else:
                 if response.status_code < 400:
                     return response.json() if response.content else None
                 retry_after = retry_after_seconds(response)
                 if response.status_code not in RETRYABLE_STATUS and response.status_code < 500:
-                    raise ApiError(response.status_code, _body(response), retry_after)
+                    body = _body(response)
+                    if maybe_done and _already_in_state(response.status_code, payload, body):
+                        return {"state": body["current_state"]}
+                    raise ApiError(response.status_code, body, retry_after)
                 problem = f"HTTP {response.status_code}"
+                maybe_done = maybe_done or response.status_code >= 500  # e.g. a proxy's 502/504
                 if deadline is not None and time.monotonic() >= deadline and response.status_code >= 500:
                     raise ApiError(response.status_code, _body(response), retry_after)
             if deadline is not None and time.monotonic() >= deadline:
@@ -133,6 +139,18 @@ class ApiClient:
             if stop is None:
                 time.sleep(wait)
             delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+
+def _already_in_state(status, payload, body):
+    """A retried state report refused (409) because the run is already in the reported state.
+
+    An earlier try's answer was lost (a timeout, a dropped connection, a proxy's 502) and this retry
+    finds its work done: a success, not a refusal. A report's 409 names the run's state as
+    `current_state` (runs/api/errors.py). Only after such a try: a first try answered 409 RUNNING
+    means someone else (an agent process with the same name) started the run, and it must not run twice.
+    """
+    return (status == 409 and isinstance(payload, dict) and isinstance(body, dict)
+            and payload.get("state") is not None and body.get("current_state") == payload["state"])
 
 
 def _body(response):

@@ -17,8 +17,18 @@ log = logging.getLogger("agent.logs")
 MAX_MESSAGE_CHARS = 10_000
 BATCH_LINES = 500
 BATCH_BYTES = 256 * 1024  # well under the server's default 1 MiB limit per request
+# The most lines the server takes in one batch (its ORCHESTRATOR_AGENT_LOG_BATCH_MAX_LINES) when it
+# does not say: the register answer tells it, servers older than that answer take this many.
+SERVER_BATCH_MAX_LINES = 1000
 # The levels the server stores; Python's custom levels (e.g. 25) are sent as the nearest one below.
 SERVER_LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+
+
+def storable(text):
+    """`text` as the server can store it: a NUL character (PostgreSQL text cannot hold one) becomes
+    U+FFFD, a lone surrogate (not UTF-8, e.g. from an undecodable file name) "?". The server refuses
+    a whole request holding either, so one such line would cost its batch, one such message its report."""
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
 def server_level(levelno):
@@ -50,10 +60,13 @@ class LogShipper:
     and, after each batch the server took, the highest `seq` done (`delivered(seq)`).
     """
 
-    def __init__(self, client, *, interval=1.0, capacity=10_000, journal=None, redactions=()):
+    def __init__(self, client, *, interval=1.0, capacity=10_000, journal=None, server_max_lines=None,
+                 redactions=()):
         self.client = client
         self.redactions = redaction_list(redactions)  # the run's secrets: never shipped, never journalled
         self.interval = interval
+        self.batch_lines = BATCH_LINES
+        self.limit_lines(server_max_lines)
         self.buffer = collections.deque(maxlen=capacity)
         self.lock = threading.Lock()
         self.dropped = {}
@@ -66,9 +79,20 @@ class LogShipper:
         self.thread.start()
         return self
 
+    def limit_lines(self, server_max_lines):
+        """Never send more lines per batch than the server takes (None: it did not say, assume its default).
+
+        A batch over the server's limit is refused whole (400), and refused lines are not sent again.
+        """
+        try:
+            most = int(server_max_lines) if server_max_lines is not None else SERVER_BATCH_MAX_LINES
+        except (TypeError, ValueError):
+            most = SERVER_BATCH_MAX_LINES
+        self.batch_lines = max(min(BATCH_LINES, most), 1)
+
     def add(self, flow_run_id, message, *, level=logging.INFO, task_run_id=None, timestamp=None):
         line = {"flow_run_id": flow_run_id, "task_run_id": task_run_id, "level": server_level(level),
-                "message": redact(message, self.redactions)[:MAX_MESSAGE_CHARS],
+                "message": storable(redact(message, self.redactions)[:MAX_MESSAGE_CHARS]),
                 "timestamp": timestamp or datetime.now(timezone.utc).isoformat()}
         with self.lock:
             if len(self.buffer) == self.buffer.maxlen:
@@ -84,13 +108,15 @@ class LogShipper:
         """Send everything buffered; returns False when the server could not take it."""
         while True:
             with self.lock:
-                dropped, self.dropped = self.dropped, {}
+                # A note per run that lost lines, then lines: `batch_lines` in all.
+                counts = list(self.dropped.items())
+                dropped, self.dropped = dict(counts[:self.batch_lines]), dict(counts[self.batch_lines:])
                 notes = {run_id: {"flow_run_id": run_id, "task_run_id": None, "level": logging.WARNING,
                                   "message": f"The agent dropped {count} log line(s) of this run while the server "
                                              f"was away.", "timestamp": datetime.now(timezone.utc).isoformat()}
                          for run_id, count in dropped.items()}
                 lines, size = [], 0
-                while self.buffer and len(lines) < BATCH_LINES and size < BATCH_BYTES:
+                while self.buffer and len(notes) + len(lines) < self.batch_lines and size < BATCH_BYTES:
                     line = self.buffer.popleft()
                     size += len(line["message"]) + 200
                     lines.append(line)

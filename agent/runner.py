@@ -2,8 +2,10 @@
 
 The agent passes everything in the environment (ORCHESTRATOR_FLOW_RUN_ID, _ENTRYPOINT,
 _PARAMETERS as JSON, _API_URL, _RUN_TOKEN, _HEARTBEAT_MODE, _RUNNER_HEARTBEAT_SECONDS,
-_TASK_RESULT_MAX_BYTES, _AGENT_NAME, _AGENT_PID, _RUNNER_JOURNAL). _RUN_TOKEN is the run's report
-token: it reports for this run only, and the agent's own key is not passed on.
+_TASK_RESULT_MAX_BYTES, _AGENT_LOG_BATCH_MAX_LINES (the server's limits, from its register answer),
+_AGENT_NAME, _AGENT_PID, _RUNNER_JOURNAL, _SECRET_NAMES). _RUN_TOKEN is the run's report token: it
+reports for this run only, and the agent's own key is not passed on. _SECRET_NAMES names the
+variables holding the run's secrets, redacted from everything the runner sends.
 
 The runner needs its agent only to be started. It sends the flow run's heartbeats, ships its
 own logs (Python logging, and everything written to its fds 1 and 2, by the flow or by processes
@@ -36,7 +38,7 @@ from . import sdk
 from .client import ApiClient, ApiError, ServerUnreachable
 from .heartbeats import STOP_STATES, start_heartbeats
 from .heartbeats import SUPERSEDED as HEARTBEAT_SUPERSEDED
-from .logs import LogShipper, redact, redaction_list
+from .logs import LogShipper, redact, redaction_list, storable
 
 # The journal of log lines in the agent's scratch file: lines, and how far the server has them.
 JOURNAL_LINE_MARKER = "\x1eorchestrator-log "
@@ -50,10 +52,12 @@ EXIT_AGENT_REPORTS = 3  # it did not: its verdict is the last VERDICT_MARKER lin
 # Prefix of the verdict line; a record separator cannot start normal output.
 VERDICT_MARKER = "\x1eorchestrator-verdict "
 
-# How long the runner keeps trying to ship its last log lines before it reports the final state,
-# and to report that state, while the server is away (seconds).
-LOG_DRAIN_SECONDS = 60
-REPORT_RETRY_SECONDS = 600
+# While the server is away, the runner keeps trying to ship its last log lines for up to
+# LOG_DRAIN_SECONDS, then to report the final state for up to REPORT_RETRY_SECONDS. One window
+# (sdk.STATE_REPORT_RETRY_SECONDS) for both: an outage the report waits out, the run's last lines
+# wait out too (they used to be given up after 60 s while the report waited 600).
+REPORT_RETRY_SECONDS = sdk.STATE_REPORT_RETRY_SECONDS
+LOG_DRAIN_SECONDS = REPORT_RETRY_SECONDS
 # How often it checks that its agent is still its parent (seconds).
 ORPHAN_CHECK_SECONDS = 1.0
 
@@ -219,7 +223,8 @@ class Runner:
         # The run's secrets (env vars the agent named): redacted from every line and message it sends.
         names = [name for name in env.get("ORCHESTRATOR_SECRET_NAMES", "").split(",") if name]
         self.redactions = redaction_list(env[name] for name in names if name in env)
-        self.shipper = LogShipper(self.client, redactions=self.redactions)
+        self.shipper = LogShipper(self.client, redactions=self.redactions,
+                                  server_max_lines=env.get("ORCHESTRATOR_AGENT_LOG_BATCH_MAX_LINES") or None)
         self.capture = OutputCapture(lambda text, level: self.shipper.add(self.flow_run_id, text, level=level))
         self.heartbeats = None
         self.orphaned = False
@@ -365,7 +370,7 @@ class Runner:
                 return self._stopped_outcome()
         except BaseException as exc:  # noqa: BLE001 - whatever the flow raised, the run failed
             log.error("The flow raised:\n%s", traceback.format_exc().rstrip())
-            return "FAILED", f"{type(exc).__name__}: {exc}"[:10000]
+            return "FAILED", storable(f"{type(exc).__name__}: {exc}"[:10000])
         log.info("Flow returned %.500r", result)
         return "COMPLETED", "The flow returned; reported by its runner."
 

@@ -17,13 +17,15 @@ import logging
 import time
 
 from .client import ApiError
-from .logs import redact
+from .logs import redact, storable
 
 _context = None
 _current_task_run = contextvars.ContextVar("current_task_run", default=None)
 log = logging.getLogger("agent.tasks")
 
-# A state report waits this long for a server that is away before the task gives up.
+# How long a report waits for a server that is away (seconds) before giving up. One window for the
+# agent's side: a task's state reports, the runner's last log lines and its run's final state
+# (agent/runner.py), and the agent's own state reports (agent/worker.py).
 STATE_REPORT_RETRY_SECONDS = 600
 # The server's ORCHESTRATOR_TASK_RESULT_MAX_BYTES, unless the agent says otherwise.
 DEFAULT_RESULT_MAX_BYTES = 1_048_576
@@ -155,11 +157,11 @@ def _run_reported(ctx, fn, task_key, args, kwargs, retries, delay):
             except Exception as exc:
                 ctx.heartbeats.untrack("task_runs", task_run_id)
                 if attempt < retries:
-                    ctx.report(state_path, {"state": "SCHEDULED", "message": (
-                        f"Attempt {attempt + 1} failed ({type(exc).__name__}: {exc}); retrying in {delay} s.")})
+                    ctx.report(state_path, {"state": "SCHEDULED", "message": storable(
+                        f"Attempt {attempt + 1} failed ({type(exc).__name__}: {exc}); retrying in {delay} s.")[:10000]})
                     time.sleep(delay)
                     continue
-                ctx.report(state_path, {"state": "FAILED", "message": f"{type(exc).__name__}: {exc}"[:10000]})
+                ctx.report(state_path, {"state": "FAILED", "message": storable(f"{type(exc).__name__}: {exc}"[:10000])})
                 raise
             ctx.heartbeats.untrack("task_runs", task_run_id)
             _report_completed(ctx, state_path, task_key, result)

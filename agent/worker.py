@@ -32,6 +32,7 @@ from .runner import (
     EXIT_REPORTED,
     JOURNAL_DELIVERED_MARKER,
     JOURNAL_LINE_MARKER,
+    REPORT_RETRY_SECONDS,  # state reports are retried this long while the server is away
     VERDICT_MARKER,
 )
 
@@ -42,8 +43,6 @@ AGENT_SECRETS = ("ORCHESTRATOR_API_KEY", "ORCHESTRATOR_API_KEY_FILE")
 
 # Consecutive failed (or missed) polls after which /health answers 503.
 UNHEALTHY_AFTER_POLLS = 3
-# State reports are retried this long while the server is away.
-REPORT_RETRY_SECONDS = 600
 # At shutdown, how long a runner may take between SIGTERM and SIGKILL (seconds).
 SHUTDOWN_KILL_SECONDS = 5
 # How long the agent tries to ship what a runner left unshipped before it reports the final state.
@@ -123,6 +122,7 @@ class Execution:
                "ORCHESTRATOR_HEARTBEAT_MODE": agent.heartbeat_mode,
                "ORCHESTRATOR_RUNNER_HEARTBEAT_SECONDS": str(interval or 0),
                "ORCHESTRATOR_TASK_RESULT_MAX_BYTES": str(agent.task_result_max_bytes),
+               "ORCHESTRATOR_AGENT_LOG_BATCH_MAX_LINES": str(agent.log_batch_max_lines or ""),
                "ORCHESTRATOR_AGENT_NAME": agent.name, "ORCHESTRATOR_AGENT_PID": str(os.getpid()),
                "ORCHESTRATOR_RUNNER_JOURNAL": "1", "PYTHONUNBUFFERED": "1"}
         # The runner reads its own output once it runs. This scratch file, which outlives this agent,
@@ -151,10 +151,14 @@ class Execution:
             output.seek(start)
             # Split on newlines only: str.splitlines() would also split at the markers' record separator.
             lines = output.read().decode(errors="replace").split("\n")[1 if start else 0:]  # no half line
-        shipper = LogShipper(self.client, redactions=self.redactions)
+        shipper = self.new_shipper()
         verdict = self._ship_what_the_runner_left(lines, shipper)
         shipper.drain(LOG_DRAIN_SECONDS)  # a finished run has its logs before its final state
         self._report(*self._final_state(code, verdict))
+
+    def new_shipper(self):
+        """A shipper of this run's lines: its token, its secrets redacted, the server's line limit."""
+        return LogShipper(self.client, redactions=self.redactions, server_max_lines=self.agent.log_batch_max_lines)
 
     def _ship_what_the_runner_left(self, lines, shipper):
         """Queue the journal's undelivered lines and the runner's other output; returns its verdict line."""
@@ -250,6 +254,9 @@ class Agent:
         self.runner_heartbeat_seconds, self.heartbeat_mode = runner_heartbeat_seconds, heartbeat_mode
         self.limit, self.grace_seconds, self.cancel_grace_seconds = limit, grace_seconds, cancel_grace_seconds
         self.task_result_max_bytes = 1_048_576  # until the server says otherwise when it registers us
+        self.log_batch_max_lines = None  # the server's limit, once it said it
+        # The most runs one claim may ask for; servers that do not say it take their default, 200.
+        self.claim_max_runs = 200
         self.next_poll_seconds = query_seconds
         self.webserver = (webserver_host, webserver_port)
         self.stopping = threading.Event()
@@ -300,6 +307,9 @@ class Agent:
             return False
         self.agent_id = answer["id"]
         self.task_result_max_bytes = answer.get("task_result_max_bytes", self.task_result_max_bytes)
+        # An older server does not say; the shipper then assumes the default limit.
+        self.log_batch_max_lines = answer.get("log_batch_max_lines")
+        self.claim_max_runs = answer.get("claim_max_runs") or self.claim_max_runs
         return True
 
     def poll_once(self):
@@ -310,7 +320,9 @@ class Agent:
         self.next_poll_seconds = self.query_seconds
         try:
             if room > 0:
-                answer = self.client.post("claim", {"agent_id": self.agent_id, "max_runs": room})
+                # A claim for more than the server hands out at once is refused whole: ask for what it allows.
+                answer = self.client.post("claim", {"agent_id": self.agent_id,
+                                                    "max_runs": min(room, self.claim_max_runs)})
             else:
                 answer = self.client.post("heartbeat", {"agent_id": self.agent_id})
         except (ApiError, ServerUnreachable) as exc:

@@ -318,9 +318,11 @@ ORCHESTRATOR = {
     "TOWEL_LEDGER_RETENTION_DAYS": env_int("ORCHESTRATOR_TOWEL_LEDGER_RETENTION_DAYS", 7),
     # A service is unhealthy when it has not succeeded within this many of its intervals.
     "TOWEL_UNHEALTHY_INTERVALS": env_int("ORCHESTRATOR_TOWEL_UNHEALTHY_INTERVALS", 3),
-    # Agents: the largest log batch one request may carry (bytes; bigger → 413), and the most runs
-    # one poll may claim.
+    # Agents: the largest log batch one request may carry (bytes; bigger → 413), the most lines in
+    # it (more → 400, judged before any line is: tiny lines would otherwise cost a validation each),
+    # and the most runs one poll may claim.
     "AGENT_LOG_BATCH_MAX_BYTES": env_int("ORCHESTRATOR_AGENT_LOG_BATCH_MAX_BYTES", 1_048_576),
+    "AGENT_LOG_BATCH_MAX_LINES": env_int("ORCHESTRATOR_AGENT_LOG_BATCH_MAX_LINES", 1000),
     "AGENT_CLAIM_MAX_RUNS": env_int("ORCHESTRATOR_AGENT_CLAIM_MAX_RUNS", 200),
     # The largest task result (compact UTF-8 JSON, bytes) kept for later attempts of a flow run;
     # a bigger one is not kept and the task runs again in a later attempt.

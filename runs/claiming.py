@@ -73,9 +73,22 @@ def claim_for_agent(agent, *, limit, now):
     again = [pk for pk, state in mine if state == State.SUBMITTED][:max(limit, 0)]
     runs = claim_due_runs(agent, limit=limit - len(again), now=now)
     if again:
-        runs += FlowRun.objects.filter(pk__in=again).select_related("flow", "flow_version", "work_queue")
+        runs += handed_out(agent, again)
         runs.sort(key=lambda run: run.scheduled_start)
     return Claim(runs, [pk for pk, state in mine if state == State.CANCELLING])
+
+
+def handed_out(agent, run_ids):
+    """The runs of `run_ids` that are still SUBMITTED to `agent`, ready to hand to it (oldest first).
+
+    Read after the claim's UPDATE committed (or after the read of the agent's runs), so each run is
+    checked again: one cancelled, deleted, started or claimed by another agent meanwhile is not
+    handed out. Claiming itself never changes state here, so leaving one out is always safe.
+    """
+    return list(
+        FlowRun.objects.alive().filter(pk__in=run_ids, agent=agent, state=State.SUBMITTED)
+        .select_related("flow", "flow_version", "work_queue").order_by("scheduled_start")
+    )
 
 
 def cancelling_run_ids(agent_id):
@@ -130,9 +143,5 @@ def claim_due_runs(agent, *, limit, now):
             actor=Actor.AGENT, message=f"Claimed by agent {agent.name}.", now=now,
             updates={"agent_id": agent.pk},
         )
-    ids = [row["pk"] for row in moved]
-    return list(
-        FlowRun.objects.filter(pk__in=ids).select_related("flow", "flow_version", "work_queue")
-        .order_by("scheduled_start")
-    )
+    return handed_out(agent, [row["pk"] for row in moved])
 

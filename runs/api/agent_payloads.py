@@ -8,6 +8,7 @@ test checks every answer against this description.
 from django.conf import settings
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
+from rest_framework.utils import html
 
 from runs.models import AgentStatus, LogLevel, State
 
@@ -16,27 +17,94 @@ from .schema import EXAMPLE_TASK_RUN_ID as TASK_RUN_ID
 from .schema import request_example, response_example
 
 
+# What one agent may declare when it registers. Each queue named is created when missing, so the
+# count is bounded like any other write; labels are short key/value tags shown with the agent.
+REGISTER_MAX_QUEUES = 100
+REGISTER_MAX_LABELS = 50
+LABEL_KEY_MAX_CHARS = 100
+LABEL_VALUE_MAX_CHARS = 500
+
+
+def _bound(most):
+    return most() if callable(most) else most
+
+
+class BoundedListField(serializers.ListField):
+    """A list of at most `most` items (a number, or a function read on each request), counted before
+    any item is validated: a long list of tiny items is refused for the price of len()."""
+
+    default_error_messages = {"too_many": "At most {most} items."}
+
+    def __init__(self, *, most, **kwargs):
+        self.most = most
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        if html.is_html_input(data):
+            data = html.parse_html_list(data, default=[])
+        if isinstance(data, (list, tuple)) and len(data) > _bound(self.most):
+            self.fail("too_many", most=_bound(self.most))
+        return super().to_internal_value(data)
+
+
+class BoundedDictField(serializers.DictField):
+    """A JSON object of at most `most` keys, counted before any value is validated."""
+
+    default_error_messages = {"too_many": "At most {most} keys."}
+
+    def __init__(self, *, most, **kwargs):
+        self.most = most
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict) and len(data) > _bound(self.most):
+            self.fail("too_many", most=_bound(self.most))
+        return super().to_internal_value(data)
+
+
 @extend_schema_serializer(examples=[request_example("An agent on two queues", {
     "name": "build-host-1", "queues": ["default", "gpu"], "labels": {"os": "linux"}, "version": "0.1.0",
     "heartbeat_interval": 30})])
 class RegisterInput(serializers.Serializer):
     name = serializers.CharField(max_length=200, help_text="Unique in the workspace; registering again refreshes it.")
-    queues = serializers.ListField(child=serializers.CharField(max_length=100), allow_empty=False,
-                                   help_text="Work queues it takes runs from; missing ones are created.")
-    labels = serializers.DictField(required=False, default=dict)
+    queues = BoundedListField(child=serializers.CharField(max_length=100), allow_empty=False,
+                              most=REGISTER_MAX_QUEUES,
+                              help_text=f"Work queues it takes runs from (at most {REGISTER_MAX_QUEUES}); missing "
+                                        f"ones are created.")
+    labels = BoundedDictField(required=False, default=dict, most=REGISTER_MAX_LABELS, help_text=(
+        f"Tags shown with the agent: at most {REGISTER_MAX_LABELS}, keys of at most {LABEL_KEY_MAX_CHARS} "
+        f"characters, values strings (at most {LABEL_VALUE_MAX_CHARS} characters), numbers, booleans or null."))
     version = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
     heartbeat_interval = serializers.IntegerField(min_value=1, max_value=86400, required=False, default=30,
                                                   help_text="Seconds between its own heartbeats.")
 
+    def validate_labels(self, labels):
+        for key, value in labels.items():
+            if len(key) > LABEL_KEY_MAX_CHARS:
+                raise serializers.ValidationError(f"{key[:40]!r}…: a key may have at most {LABEL_KEY_MAX_CHARS} "
+                                                  f"characters.")
+            if isinstance(value, (dict, list)):
+                raise serializers.ValidationError(f"{key!r}: a value is a string, number, boolean or null, not "
+                                                  f"{'an object' if isinstance(value, dict) else 'a list'}.")
+            if isinstance(value, str) and len(value) > LABEL_VALUE_MAX_CHARS:
+                raise serializers.ValidationError(f"{key!r}: a value may have at most {LABEL_VALUE_MAX_CHARS} "
+                                                  f"characters.")
+        return labels
+
 
 @extend_schema_serializer(examples=[response_example("Registered", {
-    "id": 7, "name": "build-host-1", "queues": ["default", "gpu"], "task_result_max_bytes": 1048576})])
+    "id": 7, "name": "build-host-1", "queues": ["default", "gpu"], "task_result_max_bytes": 1048576,
+    "log_batch_max_lines": 1000, "claim_max_runs": 200})])
 class RegisteredAgentSerializer(serializers.Serializer):
     id = serializers.IntegerField(help_text="Send it as agent_id in heartbeats and claims.")
     name = serializers.CharField()
     queues = serializers.ListField(child=serializers.CharField())
     task_result_max_bytes = serializers.IntegerField(
         help_text="The largest task result (JSON, in bytes) the server keeps: ORCHESTRATOR_TASK_RESULT_MAX_BYTES.")
+    log_batch_max_lines = serializers.IntegerField(
+        help_text="The most lines one log batch may carry: ORCHESTRATOR_AGENT_LOG_BATCH_MAX_LINES.")
+    claim_max_runs = serializers.IntegerField(
+        help_text="The most runs one claim may ask for (max_runs): ORCHESTRATOR_AGENT_CLAIM_MAX_RUNS.")
 
 
 @extend_schema_serializer(examples=[request_example("Alive", {"agent_id": 7}),
@@ -190,13 +258,21 @@ class LogLine(serializers.Serializer):
 ]})])
 class LogBatchInput(serializers.Serializer):
     logs = LogLine(many=True, allow_empty=False, help_text=(
-        "Each line is judged on its own: good lines are stored even when others are refused (see `refused`)."))
+        "At most ORCHESTRATOR_AGENT_LOG_BATCH_MAX_LINES lines (default 1000; more is a 400, before any line is "
+        "judged). Each line is judged on its own: good lines are stored even when others are refused (see "
+        "`refused`)."))
+
+
+def log_batch_max_lines():
+    """The most lines one log batch may carry (ORCHESTRATOR_AGENT_LOG_BATCH_MAX_LINES)."""
+    return settings.ORCHESTRATOR["AGENT_LOG_BATCH_MAX_LINES"]
 
 
 class LogBatchEnvelope(serializers.Serializer):
     """The batch's outer shape; LogBatchView then validates each line with LogLine on its own."""
 
-    logs = serializers.ListField(allow_empty=False)
+    logs = BoundedListField(allow_empty=False, most=log_batch_max_lines, error_messages={
+        "too_many": "At most {most} lines per batch (ORCHESTRATOR_AGENT_LOG_BATCH_MAX_LINES); send smaller batches."})
 
 
 class RefusedLogLineSerializer(serializers.Serializer):

@@ -6,7 +6,14 @@ report token from the claim (runs/run_tokens.py): only its claimant reports for 
 report of an attempt that was superseded (the run was rescheduled or claimed again since) is a
 409 with code `superseded`, which tells the runner to stop. State changes go through
 `runs.states` (actor "agent"), so an illegal or stale change is a 409 naming both states.
-Heartbeats are one conditional UPDATE each: they are the hottest path of the server.
+
+Heartbeats are the hottest path of the server, so each is one write, committed on PostgreSQL
+without waiting for the WAL flush:
+- a flow run's: one UPDATE … RETURNING its state, which is the answer (CANCELLING tells the
+  runner to stop); an SQLite without RETURNING reads the state after the UPDATE;
+- a task run's: one UPDATE of the row, if it is in the workspace;
+- an agent's: one UPDATE of the row, if it is in the workspace, then one read of its runs that
+  are CANCELLING (the answer).
 """
 
 import json
@@ -46,6 +53,7 @@ from .agent_payloads import (
     StoredLogsSerializer,
     TaskRunInput,
     TaskRunStateInput,
+    log_batch_max_lines,
 )
 from .errors import error_body
 from .schema import CONFLICT, error_response
@@ -149,7 +157,9 @@ class RegisterView(AgentEndpoint):
             )
             agent.queues.set(queues)
         return Response({"id": agent.pk, "name": agent.name, "queues": sorted(q.name for q in queues),
-                         "task_result_max_bytes": settings.ORCHESTRATOR["TASK_RESULT_MAX_BYTES"]},
+                         "task_result_max_bytes": settings.ORCHESTRATOR["TASK_RESULT_MAX_BYTES"],
+                         "log_batch_max_lines": log_batch_max_lines(),
+                         "claim_max_runs": settings.ORCHESTRATOR["AGENT_CLAIM_MAX_RUNS"]},
                         status=status.HTTP_201_CREATED)
 
 
@@ -369,6 +379,7 @@ class LogBatchView(RunReportEndpoint):
     def post(self, request, **kwargs):
         """Store many log lines of the token's run in one insert; each line is judged on its own.
 
+        A batch is bounded in bytes (413) and in lines (400 on `logs`), both judged before any line.
         Good lines are stored and the others listed in `refused` with the reason, so one bad line
         never costs its batch. When no line can be stored: 400 if some were malformed, else 404
         (they name runs not in this workspace, or not the token's run). A superseded attempt's

@@ -6,8 +6,10 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from runs.models import Actor, Agent, AgentStatus, FlowRun, Log, Role, State, StateChange, TaskRun
+from runs.run_tokens import token_of
 from tests import factories
 
 
@@ -77,6 +79,16 @@ def test_an_illegal_transition_is_409_naming_both_states(operator, prefix, ws, r
     assert answer.status_code == 409
     message = answer.json()["error"]["message"]
     assert "COMPLETED" in message and "RUNNING" in message
+
+
+@pytest.mark.parametrize("state", ["RUNNING", "COMPLETED"])
+def test_reporting_the_state_a_run_is_in_is_409_naming_it_as_current_state(reporter, prefix, ws, state):
+    # The agent's client takes this answer to a retried report as a success (agent/client.py).
+    run = due_run(ws, state=state)
+    task_run = factories.task_run(run, state=state)
+    for path in (f"flow_runs/{run.pk}/state", f"task_runs/{task_run.pk}/state"):
+        answer = reporter.post(f"{prefix}/agent/{path}", {"state": state}, format="json")
+        assert answer.status_code == 409 and answer.json()["current_state"] == state
 
 
 def test_a_stale_transition_is_409(operator, prefix, ws, registered, reporter):
@@ -172,6 +184,22 @@ def test_a_flow_run_heartbeat_is_a_single_update(operator, prefix, ws, reporter)
     assert not {"INSERT", "DELETE"} & set(statements)
 
 
+def test_agent_and_task_run_heartbeats_are_one_update_each(operator, prefix, ws, registered, reporter):
+    task_run = factories.task_run(due_run(ws, state=State.RUNNING))
+    operator.get(f"{prefix}/agent/ping")  # the key's last_used_at is written at most once a minute
+    task_beat = f"{prefix}/agent/task_runs/{task_run.pk}/heartbeat"
+    reporter.client.credentials(HTTP_AUTHORIZATION=f"Bearer {reporter.token_for_request(task_beat, None)}")
+    # The task run's: its token checked without a query, one read of the workspace; the agent's: its
+    # key (with its workspace), then its CANCELLING runs.
+    for client, path, payload, reads in ((reporter.client, f"task_runs/{task_run.pk}/heartbeat", None, 1),
+                                         (operator, "heartbeat", {"agent_id": registered}, 2)):
+        with CaptureQueriesContext(connection) as captured:
+            assert client.post(f"{prefix}/agent/{path}", payload, format="json").status_code in (200, 204)
+        statements = [q["sql"].split()[0] for q in captured.captured_queries]
+        assert statements.count("UPDATE") == 1 and statements.count("SELECT") == reads, statements
+        assert not {"INSERT", "DELETE"} & set(statements)
+
+
 def test_logs_are_stored_in_one_batch(operator, prefix, ws, reporter):
     run = due_run(ws, state=State.RUNNING)
     task = factories.task_run(run)
@@ -251,6 +279,71 @@ def test_a_log_batch_over_the_size_limit_is_413_naming_the_limit(operator, prefi
     assert answer.status_code == 413
     assert "2000 bytes" in answer.json()["error"]["message"]
     assert not Log.objects.exists()
+
+
+def test_a_log_batch_over_the_line_limit_is_400_naming_logs_and_the_limit(reporter, prefix, ws, settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "AGENT_LOG_BATCH_MAX_LINES": 5}
+    run = due_run(ws, state=State.RUNNING)
+    line = {"flow_run_id": str(run.pk), "message": ""}
+    answer = reporter.post(f"{prefix}/agent/logs", {"logs": [line] * 6}, format="json")
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert "logs" in error["fields"] and error["message"].startswith("logs: At most 5 lines per batch")
+    assert not Log.objects.exists()
+    assert reporter.post(f"{prefix}/agent/logs", {"logs": [line] * 5}, format="json").json()["stored"] == 5
+
+
+def test_the_line_limit_is_judged_before_any_line_is(reporter, prefix, ws, monkeypatch):
+    from runs.api import agents
+
+    judged = []
+
+    class CountingLogLine(agents.LogLine):
+        def __init__(self, *args, **kwargs):
+            judged.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(agents, "LogLine", CountingLogLine)
+    answer = reporter.post(f"{prefix}/agent/logs", {"logs": [{}] * 1001}, format="json")  # the default limit: 1000
+    assert answer.status_code == 400 and "1000" in answer.json()["error"]["message"]
+    assert judged == []
+
+
+def test_the_register_answer_says_how_many_lines_a_log_batch_may_carry(operator, prefix, settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "AGENT_LOG_BATCH_MAX_LINES": 250}
+    answer = operator.post(f"{prefix}/agent/register", {"name": "box", "queues": ["q"]}, format="json").json()
+    assert answer["log_batch_max_lines"] == 250
+
+
+def test_the_register_answer_says_how_many_runs_a_claim_may_ask_for(operator, prefix, settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "AGENT_CLAIM_MAX_RUNS": 12}
+    answer = operator.post(f"{prefix}/agent/register", {"name": "box", "queues": ["q"]}, format="json").json()
+    assert answer["claim_max_runs"] == 12
+
+
+@pytest.mark.parametrize("payload, field, says", [
+    ({"queues": [f"q{i}" for i in range(101)]}, "queues", "At most 100 items"),
+    ({"queues": ["q"], "labels": {f"k{i}": "v" for i in range(51)}}, "labels", "At most 50 keys"),
+    ({"queues": ["q"], "labels": {"k" * 101: "v"}}, "labels", "at most 100 characters"),
+    ({"queues": ["q"], "labels": {"os": "x" * 501}}, "labels", "at most 500 characters"),
+    ({"queues": ["q"], "labels": {"os": {"nested": [1]}}}, "labels", "not an object"),
+])
+def test_a_registration_declaring_too_much_is_400_naming_the_field(operator, prefix, ws, payload, field, says):
+    from runs.models import WorkQueue
+
+    answer = operator.post(f"{prefix}/agent/register", {"name": "box", **payload}, format="json")
+    assert answer.status_code == 400, answer.content
+    error = answer.json()["error"]
+    assert field in error["fields"] and says in error["message"]
+    assert not Agent.objects.exists() and not WorkQueue.objects.filter(workspace=ws).exists()
+
+
+def test_labels_may_be_strings_numbers_booleans_or_null(operator, prefix):
+    labels = {"os": "linux", "cores": 2, "gpu": False, "rack": None}
+    answer = operator.post(f"{prefix}/agent/register", {"name": "box", "queues": ["q"], "labels": labels},
+                           format="json")
+    assert answer.status_code == 201, answer.content
+    assert Agent.objects.get(pk=answer.json()["id"]).labels == labels
 
 
 # --- A run keeps what an earlier attempt completed ------------------------------------------
@@ -398,6 +491,43 @@ def test_a_log_batch_stores_the_good_lines_and_names_the_refused_ones(operator, 
     assert reasons[0] == f"flow_run_id: this token reports for flow run {run.pk} only."
     assert reasons[1].startswith("level: ") and reasons[2].startswith("task_run_id: ")
     assert sorted(Log.objects.filter(flow_run=run).values_list("message", flat=True)) == ["good", "good too"]
+
+
+def fails_with_a_nul():
+    raise ValueError("bad byte \x00 in the input")
+
+
+def test_what_the_agent_sends_is_stored_whatever_the_flow_printed_or_raised(prefix, ws):
+    import json
+
+    from agent.client import ApiError
+    from agent.logs import LogShipper
+    from agent.runner import Runner
+
+    run = due_run(ws, state=State.RUNNING)
+    runner_client = APIClient()
+    runner_client.credentials(HTTP_AUTHORIZATION=f"Bearer {token_of(run)}")
+
+    class ThroughTheApi:
+        """The agent's client, with the test server: JSON as requests encodes it (\\u escapes)."""
+
+        def post(self, path, payload=None, **kwargs):
+            answer = runner_client.generic("POST", f"{prefix}/agent/{path}", json.dumps(payload),
+                                      content_type="application/json")
+            if answer.status_code >= 400:
+                raise ApiError(answer.status_code, answer.json())
+            return answer.json()
+
+    shipper = LogShipper(ThroughTheApi())
+    for message in ("binary \x00 output", "a file name \udcff", "plain"):
+        shipper.add(str(run.pk), message)
+    assert shipper.flush()
+    assert Log.objects.filter(flow_run=run).count() == 3
+    runner = Runner({"ORCHESTRATOR_FLOW_RUN_ID": str(run.pk), "ORCHESTRATOR_API_URL": "http://x",
+                     "ORCHESTRATOR_RUN_TOKEN": "k", "ORCHESTRATOR_ENTRYPOINT": f"{__name__}:fails_with_a_nul"})
+    state, message = runner._run_flow()
+    assert ThroughTheApi().post(f"flow_runs/{run.pk}/state", {"state": state, "message": message})["state"] == "FAILED"
+    assert "bad byte" in FlowRun.objects.get(pk=run.pk).state_message
 
 
 def test_a_log_batch_with_nothing_to_store_is_400_or_404(operator, prefix, ws, other_ws, reporter):

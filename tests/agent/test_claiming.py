@@ -93,6 +93,44 @@ def test_claiming_writes_history_with_the_agent_as_actor(ws, flow, now):
     assert agent.name in change.message
 
 
+def test_a_run_changed_between_the_claiming_update_and_the_read_is_not_handed_out(ws, flow, now, monkeypatch):
+    from runs import claiming
+
+    queue = factories.work_queue(ws)
+    kept, cancelled, taken, deleted = due_runs(flow, queue, 4, now)
+    agent, other = agent_on(ws, queue), agent_on(ws, queue)
+    real_transition = claiming.transition_flow_runs
+
+    def then_others_act(*args, **kwargs):  # what other requests may commit just after the claim's UPDATE
+        moved = real_transition(*args, **kwargs)
+        FlowRun.objects.filter(pk=cancelled.pk).update(state=State.CANCELLED)
+        FlowRun.objects.filter(pk=taken.pk).update(agent=other)
+        FlowRun.objects.filter(pk=deleted.pk).update(deleted_at=now)
+        return moved
+
+    monkeypatch.setattr(claiming, "transition_flow_runs", then_others_act)
+    assert [r.pk for r in claim_due_runs(agent, limit=10, now=now)] == [kept.pk]
+
+
+def test_a_run_claimed_earlier_and_cancelled_meanwhile_is_not_handed_out_again(ws, flow, now, monkeypatch):
+    from runs import claiming
+
+    queue = factories.work_queue(ws)
+    first, second = due_runs(flow, queue, 2, now)
+    agent = agent_on(ws, queue)
+    assert len(claim_due_runs(agent, limit=10, now=now)) == 2  # the answer is lost, say
+    real_claim = claiming.claim_due_runs
+
+    def then_one_is_cancelled(*args, **kwargs):  # after the read of the agent's own runs
+        claimed = real_claim(*args, **kwargs)
+        FlowRun.objects.filter(pk=second.pk).update(state=State.CANCELLED)
+        return claimed
+
+    monkeypatch.setattr(claiming, "claim_due_runs", then_one_is_cancelled)
+    claim = claiming.claim_for_agent(agent, limit=10, now=now)
+    assert [r.pk for r in claim.runs] == [first.pk]
+
+
 def test_a_claim_takes_a_constant_number_of_queries(ws, flow, now):
     counts = []
     for size in (5, 50):

@@ -3,6 +3,7 @@
 No live server: a tiny HTTP server in a thread, or a client that stands in for one.
 """
 
+import json
 import logging
 import threading
 import time
@@ -14,19 +15,21 @@ import pytest
 
 from agent.client import ApiClient, ApiError, ServerUnreachable
 from agent.logs import LogShipper
-from agent.worker import Agent
+from agent.worker import Agent, Execution
 
 
 @pytest.fixture
 def busy_server():
-    """An HTTP server answering each POST with the next (status, headers) of `server.answers`, then 200."""
+    """An HTTP server answering each POST with the next (status, headers[, JSON body]) of `server.answers`,
+    then 200."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - the name http.server expects
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             server.seen.append(time.monotonic())
-            status, headers = server.answers.pop(0) if server.answers else (200, {})
+            status, headers, *given = server.answers.pop(0) if server.answers else (200, {})
             body = b'{"error": {"message": "slow down"}}' if status >= 400 else b'{"ok": true}'
+            body = json.dumps(given[0]).encode() if given else body
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
@@ -68,6 +71,35 @@ def test_a_retry_after_beyond_the_callers_window_gives_up_at_once_and_says_how_l
     with pytest.raises(ServerUnreachable) as raised:
         busy_server.client.post("claim", {}, retry_for=5)
     assert time.monotonic() - started < 1 and raised.value.retry_after == 30
+
+
+def conflict(current_state):
+    """A state report's 409, as runs/api/errors.py writes it."""
+    message = f"Illegal transition of flow run x: {current_state} -> ..."
+    return (409, {}, {"error": {"code": "illegal_transition", "message": message, "fields": {"state": [message]}},
+                      "current_state": current_state})
+
+
+def test_a_retried_state_report_that_finds_its_state_already_set_is_a_success(busy_server):
+    # The first try reached the server, but its answer was lost on the way back (a proxy's 502).
+    busy_server.answers = [(502, {}), conflict("COMPLETED")]
+    answer = busy_server.client.post("flow_runs/x/state", {"state": "COMPLETED", "message": "done"}, retry_for=10)
+    assert answer == {"state": "COMPLETED"} and len(busy_server.seen) == 2
+
+
+def test_a_retried_state_report_that_finds_another_state_is_refused(busy_server):
+    busy_server.answers = [(502, {}), conflict("CANCELLING")]
+    with pytest.raises(ApiError) as refused:
+        busy_server.client.post("flow_runs/x/state", {"state": "RUNNING"}, retry_for=10)
+    assert refused.value.status == 409 and refused.value.body["current_state"] == "CANCELLING"
+
+
+def test_a_first_try_finding_its_state_already_set_is_refused_since_someone_else_set_it(busy_server):
+    # E.g. two agent processes under one name were handed the same run: only one may start it.
+    busy_server.answers = [conflict("RUNNING")]
+    with pytest.raises(ApiError) as refused:
+        busy_server.client.post("flow_runs/x/state", {"state": "RUNNING"}, retry_for=10)
+    assert refused.value.status == 409
 
 
 def test_retry_after_is_capped():
@@ -184,6 +216,111 @@ def test_a_batch_split_while_the_server_goes_away_keeps_what_was_not_sent():
         shipper.add("run-1", f"line {i}")
     assert not shipper.flush()
     assert [line["message"] for line in shipper.buffer] == ["line 2", "line 3"]
+
+
+def server_taking_at_most(most, batches):
+    """A fake server's log endpoint that refuses (400, as the real one does) a batch over `most` lines."""
+
+    def answer(path, payload):
+        if path == "register":
+            return {"id": 1, "name": "a", "queues": ["q"], "task_result_max_bytes": 100,
+                    **({"log_batch_max_lines": most} if most is not None else {})}
+        if len(payload["logs"]) > (most or 1000):
+            raise ApiError(400, {"error": {"message": f"logs: At most {most} lines per batch"}})
+        batches.append([line["message"] for line in payload["logs"]])
+        return {"stored": len(payload["logs"]), "refused": []}
+
+    return answer
+
+
+def test_the_agent_never_sends_more_log_lines_per_batch_than_its_server_takes():
+    batches = []
+    agent = new_agent(FakeClient(server_taking_at_most(3, batches)))
+    assert agent._register()
+    shipper = Execution(agent, {"id": "run-1", "token": "t"}).new_shipper()
+    for i in range(10):
+        shipper.add("run-1", f"line {i}")
+    assert shipper.flush()
+    assert [len(batch) for batch in batches] == [3, 3, 3, 1]
+    assert [message for batch in batches for message in batch] == [f"line {i}" for i in range(10)]
+
+
+def test_the_notes_of_dropped_lines_count_in_the_batch_too():
+    batches = []
+    shipper = LogShipper(FakeClient(server_taking_at_most(3, batches)), capacity=4, server_max_lines=3)
+    for run in ("run-1", "run-2", "run-3", "run-4"):
+        shipper.add(run, f"{run} lost")  # all four pushed out by the lines below: four notes
+    for i in range(4):
+        shipper.add("run-5", f"line {i}")
+    assert shipper.flush()
+    assert all(len(batch) <= 3 for batch in batches)
+    messages = [message for batch in batches for message in batch]
+    assert sum("dropped 1 log line(s)" in message for message in messages) == 4
+    assert [m for m in messages if m.startswith("line")] == [f"line {i}" for i in range(4)]
+
+
+def test_against_a_server_that_does_not_say_its_line_limit_the_agent_keeps_under_the_default():
+    from agent.logs import SERVER_BATCH_MAX_LINES
+
+    batches = []
+    agent = new_agent(FakeClient(server_taking_at_most(None, batches)))
+    assert agent._register() and agent.log_batch_max_lines is None
+    shipper = Execution(agent, {"id": "run-1", "token": "t"}).new_shipper()
+    for i in range(SERVER_BATCH_MAX_LINES + 1):
+        shipper.add("run-1", "x")
+    assert shipper.flush()
+    assert max(len(batch) for batch in batches) <= SERVER_BATCH_MAX_LINES
+    assert sum(len(batch) for batch in batches) == SERVER_BATCH_MAX_LINES + 1
+
+
+def test_the_agent_never_claims_more_runs_at_once_than_its_server_hands_out():
+    claims = []
+
+    def server(path, payload):
+        if path == "register":
+            return {"id": 1, "name": "a", "queues": ["q"], "task_result_max_bytes": 100, "claim_max_runs": 5}
+        claims.append(payload["max_runs"])
+        return {"runs": [], "cancelling": []}
+
+    agent = new_agent(FakeClient(server))
+    agent.limit = 300
+    assert agent._register()
+    agent.poll_once()
+    assert claims == [5]
+
+
+def test_the_runner_is_told_the_servers_line_limit():
+    from agent.runner import Runner
+
+    env = {"ORCHESTRATOR_FLOW_RUN_ID": "run-1", "ORCHESTRATOR_API_URL": "http://x", "ORCHESTRATOR_RUN_TOKEN": "k",
+           "ORCHESTRATOR_AGENT_LOG_BATCH_MAX_LINES": "7"}
+    assert Runner(env).shipper.batch_lines == 7
+    env["ORCHESTRATOR_AGENT_LOG_BATCH_MAX_LINES"] = ""  # the agent's server did not say
+    assert 1 <= Runner(env).shipper.batch_lines <= 1000
+
+
+def test_a_runner_waits_out_an_away_server_as_long_for_its_last_lines_as_for_its_final_state():
+    from agent import sdk, worker
+    from agent.runner import EXIT_REPORTED, Runner
+
+    runner = Runner({"ORCHESTRATOR_FLOW_RUN_ID": "run-1", "ORCHESTRATOR_API_URL": "http://x",
+                     "ORCHESTRATOR_RUN_TOKEN": "k"})
+    waits = {}
+
+    def ship_last_lines(drain_seconds=0.0):
+        waits["last lines"] = drain_seconds
+        return True
+
+    class Server:
+        def post(self, path, payload=None, *, retry_for=0.0, stop=None):
+            waits["final state"] = retry_for
+            return {"state": payload["state"]}
+
+    runner.shipper.stop, runner.client = ship_last_lines, Server()
+    assert runner._finish("COMPLETED", "done") == EXIT_REPORTED
+    # One window, the one the agent's and the tasks' state reports retry in too.
+    assert waits == {"last lines": sdk.STATE_REPORT_RETRY_SECONDS, "final state": sdk.STATE_REPORT_RETRY_SECONDS}
+    assert worker.REPORT_RETRY_SECONDS == sdk.STATE_REPORT_RETRY_SECONDS
 
 
 def test_custom_logging_levels_are_sent_as_the_servers_nearest_level_below():

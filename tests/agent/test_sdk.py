@@ -102,6 +102,19 @@ def test_a_task_out_of_retries_is_failed_and_raises(reported):
     assert last["state"] == "FAILED" and "boom" in last["message"]
 
 
+@task(retries=1)
+def explode_with_a_nul():
+    raise ValueError("bad byte \x00")
+
+
+def test_a_failed_tasks_message_has_no_character_the_server_refuses(reported):
+    with pytest.raises(ValueError):
+        explode_with_a_nul()
+    messages = [payload["message"] for path, payload in reported.reports() if payload["state"] != "RUNNING"]
+    assert [m.startswith(("Attempt 1 failed", "ValueError: bad byte")) for m in messages] == [True, True]
+    assert not any("\x00" in message for message in messages)
+
+
 def test_entrypoints_are_module_colon_function():
     assert load_entrypoint("agent.examples.hello:hello").flow_name == "hello-orchestrator"
     with pytest.raises(ValueError):
