@@ -42,11 +42,10 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         header = authentication.get_authorization_header(request).decode("latin-1").split()
         if not header or header[0] != self.keyword:
             return None
+        # The key is looked up first and only failures are throttled (see FailedAuthenticationLimiter).
         limiter = FailedAuthenticationLimiter(request)
-        limiter.check()
         if len(header) != 2:
-            limiter.record_failure()
-            raise exceptions.AuthenticationFailed("Send the key as 'Authorization: Bearer <key>'.")
+            limiter.refuse("Send the key as 'Authorization: Bearer <key>'.")
         now = timezone.now()
         key = (
             ApiKey.objects.select_related("user", "workspace__account")
@@ -54,8 +53,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             .first()
         )
         if key is None or not key.is_usable:
-            limiter.record_failure()
-            raise exceptions.AuthenticationFailed("This API key is unknown, revoked or expired.")
+            limiter.refuse("This API key is unknown, revoked or expired.")
         key.acting_role = acting_role(key)
         if key.last_used_at is None or key.last_used_at < now - LAST_USED_PRECISION:
             ApiKey.objects.filter(pk=key.pk).filter(
