@@ -397,10 +397,11 @@ ORCHESTRATOR = {
 
 for _name in ("THROTTLE_FAILED_AUTH_RATE", "THROTTLE_EXPENSIVE_RATE", "THROTTLE_FAILED_LOGIN_RATE",
               "THROTTLE_FAILED_LOGIN_USER_RATE"):
-    _rate = ORCHESTRATOR[_name].strip()
+    _rate = ORCHESTRATOR[_name] = ORCHESTRATOR[_name].strip()
     _count, _, _period = _rate.partition("/")
     if _rate and not (_count.isdigit() and _period[:1] in {"s", "m", "h", "d"}):  # as throttles.py reads it
-        raise BadEnvironment(f"ORCHESTRATOR_{_name} must be N/second, N/minute, N/hour or N/day, or empty, got {_rate!r}")
+        raise BadEnvironment(f"ORCHESTRATOR_{_name} must be N/second, N/minute, N/hour or N/day, or empty, "
+                             f"got {_rate!r}")
 if not 1 <= ORCHESTRATOR["API_MAX_JSON_DEPTH"] <= 500:
     raise BadEnvironment(f"ORCHESTRATOR_API_MAX_JSON_DEPTH must be 1..500, got {ORCHESTRATOR['API_MAX_JSON_DEPTH']}")
 
