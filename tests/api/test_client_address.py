@@ -6,6 +6,8 @@ believed only through the proxies the operator trusts (ORCHESTRATOR_TRUSTED_PROX
 """
 
 import ipaddress
+import time
+from unittest import mock
 
 import pytest
 from django.test import RequestFactory
@@ -148,3 +150,19 @@ def test_anonymous_expensive_calls_count_by_the_client_address_not_a_spoofed_hea
     request = APIRequestFactory().get("/", REMOTE_ADDR=ATTACKER, HTTP_X_FORWARDED_FOR=AGENT_HOST)
     request.user, request.auth = None, None
     assert ExpensiveEndpointThrottle().get_cache_key(request, None) == f"throttle_expensive_{ATTACKER}"
+
+
+def test_on_the_file_cache_a_failure_window_lasts_its_rate_period_not_the_caches_default(
+        api, prefix, settings, tmp_path):
+    """The embedded mode's file cache rewrites a counter with its own 300 s timeout on every incr."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                                   "LOCATION": str(tmp_path / "cache")}}
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "THROTTLE_FAILED_AUTH_RATE": "3/hour"}
+    fail_until_throttled(api, prefix, ATTACKER)
+    started = time.time()
+    for later, status in ((301, 429), (1800, 429), (3601, 401)):
+        with mock.patch("time.time", return_value=started + later):
+            refused = ping(api, prefix, "orch_wrong", ATTACKER)
+        assert refused.status_code == status, later
+        if status == 429:
+            assert int(refused["Retry-After"]) <= 3600 - later + 1
