@@ -4,6 +4,7 @@ Every value a deployment may want to change is read from the environment here, a
 The README's "Configuration" table lists each variable with its default.
 """
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -78,6 +79,61 @@ def _secret_key():
 SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+
+def _trusted_proxies():
+    """ORCHESTRATOR_TRUSTED_PROXIES: empty (no proxy: the client is REMOTE_ADDR), a number of proxy
+    hops in front of the web server, or a comma list of the proxies' networks (CIDRs or addresses)."""
+    value = os.environ.get("ORCHESTRATOR_TRUSTED_PROXIES", "").strip()
+    if not value:
+        return 0
+    if value.isdigit():
+        return int(value)
+    try:
+        return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in value.split(",") if item.strip())
+    except ValueError as exc:
+        raise BadEnvironment(f"ORCHESTRATOR_TRUSTED_PROXIES must be a number of hops or a comma list of networks "
+                             f"(e.g. 10.0.0.0/8,192.168.1.7), got {value!r}: {exc}") from exc
+
+
+def _proxy_ssl_header():
+    """ORCHESTRATOR_SECURE_PROXY_SSL_HEADER: 'X-Forwarded-Proto' (value https) or 'Header: value'."""
+    value = os.environ.get("ORCHESTRATOR_SECURE_PROXY_SSL_HEADER", "").strip()
+    if not value:
+        return None
+    name, _, expected = value.partition(":")
+    name, expected = name.strip(), expected.strip() or "https"
+    if not name or not all(c.isalnum() or c == "-" for c in name):
+        raise BadEnvironment(f"ORCHESTRATOR_SECURE_PROXY_SSL_HEADER must be a header name such as "
+                             f"X-Forwarded-Proto, optionally ': value' (default https), got {value!r}")
+    return "HTTP_" + name.upper().replace("-", "_"), expected
+
+
+# --- HTTPS (DEBUG off; `make run` serves plain http://127.0.0.1:8000 with DEBUG on) ----------------
+# Only a header the operator names is believed to say "this came in over https": a client could
+# send any header itself, so Django must not trust one unless the proxy always sets (overwrites) it.
+SECURE_PROXY_SSL_HEADER = _proxy_ssl_header()
+if not DEBUG:
+    # Behind a TLS-terminating proxy, turn the redirect on only with ORCHESTRATOR_SECURE_PROXY_SSL_HEADER
+    # (else every request looks like http and redirects forever), or off when the proxy redirects.
+    SECURE_SSL_REDIRECT = env_bool("ORCHESTRATOR_SECURE_SSL_REDIRECT", True)
+    # Load balancers probe /healthz on the plain port; a redirect is not an answer to them.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SECURE_HSTS_SECONDS = env_int("ORCHESTRATOR_HSTS_SECONDS", 31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("ORCHESTRATOR_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("ORCHESTRATOR_HSTS_PRELOAD", False)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    # Preloading asks browser vendors to hard-code the domain (its apex is submitted at
+    # hstspreload.org), hard to undo: the operator's decision, ORCHESTRATOR_HSTS_PRELOAD. Without
+    # it, check --deploy's advice to preload (W021) is no defect, so it is not shown.
+    SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+# Django's defaults today; written down so that a change of default cannot loosen them unnoticed.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -331,6 +387,13 @@ ORCHESTRATOR = {
     # client address; list/create-run and log endpoints count per API key.
     "THROTTLE_FAILED_AUTH_RATE": os.environ.get("ORCHESTRATOR_THROTTLE_FAILED_AUTH_RATE", "300/minute"),
     "THROTTLE_EXPENSIVE_RATE": os.environ.get("ORCHESTRATOR_THROTTLE_EXPENSIVE_RATE", "6000/minute"),
+    # Failed sign-ins (dashboard and admin) per client address and per username; past either, the
+    # login form refuses to check passwords until the window ends. Empty turns one off.
+    "THROTTLE_FAILED_LOGIN_RATE": os.environ.get("ORCHESTRATOR_THROTTLE_FAILED_LOGIN_RATE", "30/hour"),
+    "THROTTLE_FAILED_LOGIN_USER_RATE": os.environ.get("ORCHESTRATOR_THROTTLE_FAILED_LOGIN_USER_RATE", "10/hour"),
+    # Who the client is behind reverse proxies (orchestrator/client_address.py): 0 (none), a number
+    # of hops, or a tuple of the proxies' networks.
+    "TRUSTED_PROXIES": _trusted_proxies(),
     # After the cache (Redis) fails, throttling is off and the cache untouched for this many
     # seconds, then tried again; one warning per interval says so.
     "CACHE_RETRY_SECONDS": env_float("ORCHESTRATOR_CACHE_RETRY_SECONDS", 5),
@@ -340,6 +403,13 @@ ORCHESTRATOR = {
     "API_MAX_JSON_DEPTH": env_int("ORCHESTRATOR_API_MAX_JSON_DEPTH", 64),
 }
 
+for _name in ("THROTTLE_FAILED_AUTH_RATE", "THROTTLE_EXPENSIVE_RATE", "THROTTLE_FAILED_LOGIN_RATE",
+              "THROTTLE_FAILED_LOGIN_USER_RATE"):
+    _rate = ORCHESTRATOR[_name] = ORCHESTRATOR[_name].strip()
+    _count, _, _period = _rate.partition("/")
+    if _rate and not (_count.isdigit() and _period[:1] in {"s", "m", "h", "d"}):  # as throttles.py reads it
+        raise BadEnvironment(f"ORCHESTRATOR_{_name} must be N/second, N/minute, N/hour or N/day, or empty, "
+                             f"got {_rate!r}")
 if not 1 <= ORCHESTRATOR["API_MAX_JSON_DEPTH"] <= 500:
     raise BadEnvironment(f"ORCHESTRATOR_API_MAX_JSON_DEPTH must be 1..500, got {ORCHESTRATOR['API_MAX_JSON_DEPTH']}")
 

@@ -5,6 +5,10 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from orchestrator.health import healthz
 from runs.api.meta import api_not_found
+from runs.dashboard.login import RateLimitedAdminAuthenticationForm
+
+# The admin's login page limits failed sign-ins as the dashboard's does (runs/dashboard/login.py).
+admin.site.login_form = RateLimitedAdminAuthenticationForm
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/dashboard/", permanent=False)),

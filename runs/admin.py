@@ -465,7 +465,7 @@ class FlowRunAdmin(WorkspaceScopedAdmin):
     date_hierarchy = "scheduled_start"
     list_select_related = ["flow", "agent", "work_queue"]
     readonly_fields = ["state", "state_message", "state_changed", "start_time", "end_time", "last_heartbeat",
-                       "run_count", "lazarus_count", "created_by", "agent", "created"]
+                       "run_count", "lazarus_count", "created_by", "created_by_key", "agent", "created"]
     raw_id_fields = ["flow_version", "schedule", "parent_task_run"]
     inlines = [TaskRunInline, FlowRunHistoryInline, FlowRunLogInline]
     actions = ["cancel", "mark_failed"]

@@ -260,9 +260,10 @@ def resume_schedule(schedule, now=None):
         raise
 
 
-def create_manual_run(flow, *, user=None, parameters=None, work_queue=None, scheduled_start=None,
+def create_manual_run(flow, *, user=None, api_key=None, parameters=None, work_queue=None, scheduled_start=None,
                       idempotency_key=None, schedule=None, name=""):
-    """A run made by a person or a program ("run now"), recording who asked for it.
+    """A run made by a person or a program ("run now"), recording who asked for it: the person,
+    the API key it came with, or both (a person's own key).
 
     With an `idempotency_key`, asking twice returns the first run instead of making a second
     (the unique (workspace, idempotency_key) constraint settles a race). Returns (run, created).
@@ -277,7 +278,8 @@ def create_manual_run(flow, *, user=None, parameters=None, work_queue=None, sche
     fields = dict(
         flow=flow, flow_version=version, schedule=schedule, name=name or f"{flow.name}-manual",
         parameters=merged, state=State.SCHEDULED, scheduled_start=scheduled_start or now,
-        auto_scheduled=False, created_by=user, work_queue=work_queue, created=now, state_changed=now,
+        auto_scheduled=False, created_by=user, created_by_key=api_key, work_queue=work_queue, created=now,
+        state_changed=now,
     )
     with transaction.atomic():
         if idempotency_key:
@@ -289,9 +291,18 @@ def create_manual_run(flow, *, user=None, parameters=None, work_queue=None, sche
         if created:
             StateChange.objects.create(
                 flow_run=run, to_state=State.SCHEDULED, actor=Actor.USER, user=user, timestamp=now,
-                message=f"Created by {user}" if user else "Created through the API",
+                message=created_message(user, api_key),
             )
     return run, created
+
+
+def created_message(user, api_key):
+    """The history line of a manual run's creation."""
+    if user and api_key:
+        return f"Created by {user} with API key {api_key.name}"
+    if user:
+        return f"Created by {user}"
+    return f"Created with API key {api_key.name}" if api_key else "Created through the API"
 
 
 def reschedule_after_edit(schedule, now=None):

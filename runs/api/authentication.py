@@ -74,10 +74,7 @@ class RunTokenAuthentication(authentication.BaseAuthentication):
         try:
             grant = read_token(header[1])
         except InvalidRunToken as exc:
-            limiter = FailedAuthenticationLimiter(request)
-            limiter.check()
-            limiter.record_failure()
-            raise exceptions.AuthenticationFailed(str(exc)) from None
+            FailedAuthenticationLimiter(request).refuse(str(exc))
         return RunPrincipal(grant), grant
 
     def authenticate_header(self, request):
@@ -91,11 +88,10 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         header = _bearer(request)
         if not header:
             return None
+        # The key is looked up first and only failures are throttled (see FailedAuthenticationLimiter).
         limiter = FailedAuthenticationLimiter(request)
-        limiter.check()
         if len(header) != 2:
-            limiter.record_failure()
-            raise exceptions.AuthenticationFailed("Send the key as 'Authorization: Bearer <key>'.")
+            limiter.refuse("Send the key as 'Authorization: Bearer <key>'.")
         now = timezone.now()
         key = (
             ApiKey.objects.select_related("user", "workspace__account")
@@ -103,8 +99,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             .first()
         )
         if key is None or not key.is_usable:
-            limiter.record_failure()
-            raise exceptions.AuthenticationFailed("This API key is unknown, revoked or expired.")
+            limiter.refuse("This API key is unknown, revoked or expired.")
         key.acting_role = acting_role(key)
         if key.last_used_at is None or key.last_used_at < now - LAST_USED_PRECISION:
             ApiKey.objects.filter(pk=key.pk).filter(

@@ -14,7 +14,7 @@ from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from runs.models import TERMINAL_STATES, Actor, Flow, FlowRun, Role, State, WorkQueue
+from runs.models import TERMINAL_STATES, Actor, ApiKey, Flow, FlowRun, Role, State, WorkQueue
 from runs.scheduling import create_manual_run
 from runs.states import IllegalTransition, set_flow_run_state
 
@@ -37,6 +37,11 @@ def acting_person(request):
     """The person behind the request, for history rows; None for a service key."""
     user = request.user
     return user if getattr(user, "pk", None) else None
+
+
+def acting_key(request):
+    """The API key the request came with; None for a browser session."""
+    return request.auth if isinstance(request.auth, ApiKey) else None
 
 
 @extend_schema_serializer(examples=[
@@ -103,7 +108,7 @@ FILTERS = [
 class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Runs of the workspace. Viewers read; operators run, set states, cancel and retry."""
 
-    queryset = FlowRun.objects.alive().select_related("flow", "work_queue", "agent", "created_by")
+    queryset = FlowRun.objects.alive().select_related("flow", "work_queue", "agent", "created_by", "created_by_key")
     pagination_class = RunPages
     throttle_classes = [ExpensiveEndpointThrottle]
     expensive_actions = {"list", "create"}
@@ -148,8 +153,9 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
         data = incoming.validated_data
         try:
             run, created = create_manual_run(
-                data["flow"], user=acting_person(request), parameters=data.get("parameters"),
-                work_queue=data.get("work_queue"), scheduled_start=data.get("scheduled_start"),
+                data["flow"], user=acting_person(request), api_key=acting_key(request),
+                parameters=data.get("parameters"), work_queue=data.get("work_queue"),
+                scheduled_start=data.get("scheduled_start"),
                 idempotency_key=data.get("idempotency_key"), name=data.get("name", ""),
             )
         except IntegrityError:

@@ -235,7 +235,8 @@ FLOW_RUN = {
     "id": EXAMPLE_RUN_ID, "name": "nightly-etl-2026-11-23", "flow": "nightly-etl", "flow_version": 12, "schedule": 3,
     "schedule_slug": "nightly", "parameters": {"full": False}, "state": "COMPLETED", "state_message": "",
     "state_changed": "2026-11-23T01:07:41Z", "scheduled_start": "2026-11-23T01:00:00Z", "slot": "2026-11-23T01:00:00Z",
-    "auto_scheduled": True, "created_by": None, "work_queue": "default", "agent": "build-host-1",
+    "auto_scheduled": True, "created_by": None, "created_by_key": None, "work_queue": "default",
+    "agent": "build-host-1",
     "start_time": "2026-11-23T01:00:04Z", "end_time": "2026-11-23T01:07:41Z", "last_heartbeat": "2026-11-23T01:07:30Z", "run_count": 1,
     "lazarus_count": 0, "idempotency_key": None, "created": "2026-11-22T01:00:00Z",
 }
@@ -257,15 +258,18 @@ class FlowRunSerializer(serializers.ModelSerializer):
                                          help_text="The agent that claimed it; null before a claim.")
     created_by = serializers.StringRelatedField(allow_null=True,
                                                 help_text="The person who made a manual run; null for the scheduler's.")
+    created_by_key = serializers.SlugRelatedField(
+        slug_field="name", read_only=True, allow_null=True,
+        help_text="The name of the API key a manual run was made with; null for the scheduler's and the dashboard's.")
     schedule_slug = serializers.CharField(read_only=True, help_text="The schedule's slug; empty for a manual run.")
 
     class Meta:
         model = FlowRun
         fields = [
             "id", "name", "flow", "flow_version", "schedule", "schedule_slug", "parameters", "state",
-            "state_message", "state_changed", "scheduled_start", "slot", "auto_scheduled", "created_by", "work_queue",
-            "agent", "start_time", "end_time", "last_heartbeat", "run_count", "lazarus_count",
-            "idempotency_key", "created",
+            "state_message", "state_changed", "scheduled_start", "slot", "auto_scheduled", "created_by",
+            "created_by_key", "work_queue", "agent", "start_time", "end_time", "last_heartbeat", "run_count",
+            "lazarus_count", "idempotency_key", "created",
         ]
         read_only_fields = fields
 

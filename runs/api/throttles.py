@@ -1,5 +1,7 @@
 """Throttling: failed authentication per client address, expensive endpoints per caller.
 
+The client address is orchestrator.client_address's: X-Forwarded-For only through trusted proxies.
+
 Rates are read from `settings.ORCHESTRATOR` on every request (not frozen at import like DRF's
 defaults), so an operator changes them in the environment and a test with `settings`.
 Counters live in Django's cache: Redis when REDIS_URL is set, else a file cache every process
@@ -12,6 +14,7 @@ request. One warning per interval says so in the log.
 """
 
 import logging
+import math
 import threading
 import time
 
@@ -21,6 +24,7 @@ from redis.exceptions import RedisError
 from rest_framework import exceptions
 from rest_framework.throttling import SimpleRateThrottle
 
+from orchestrator.client_address import client_address
 from runs.models import ApiKey
 
 logger = logging.getLogger(__name__)
@@ -107,31 +111,75 @@ class ExpensiveEndpointThrottle(SimpleRateThrottle):
         elif getattr(request.user, "pk", None):
             ident = f"user{request.user.pk}"
         else:
-            ident = self.get_ident(request)
+            ident = client_address(request)  # not DRF's get_ident, which believes any X-Forwarded-For
         return f"throttle_{self.scope}_{ident}"
 
 
+class FailureCounter:
+    """Failures of one identity (an address, a username) within a window that its first failure starts.
+
+    The window's end is kept beside the count, so that 429s say how long is left (Retry-After) and
+    a backend without a native incr (the file cache rewrites the key with its 300 s default
+    timeout) is brought back to the window. Like every throttle here, it fails open.
+    """
+
+    def __init__(self, scope, ident, rate):
+        self.limit, self.window = _parse_rate(rate)
+        self.key = f"throttle_{scope}_{ident}"
+        self.until_key = f"{self.key}_until"
+
+    def wait(self):
+        """Seconds before this identity may try again: 0 while it is under the rate (or the cache is away)."""
+        if not self.limit:
+            return 0
+        found = counter_cache.call(lambda: cache.get_many([self.key, self.until_key]), fallback={})
+        if (found.get(self.key) or 0) < self.limit:
+            return 0
+        until = found.get(self.until_key) or time.time() + self.window
+        return max(1, math.ceil(until - time.time()))
+
+    def record(self):
+        """Count one failure."""
+        if self.limit:
+            counter_cache.call(self._count, fallback=None)
+
+    def clear(self):
+        """Forget the failures (a person who then signed in with the right password)."""
+        if self.limit:
+            counter_cache.call(lambda: cache.delete_many([self.key, self.until_key]), fallback=None)
+
+    def _count(self):
+        now = time.time()
+        # add() starts the window only once; incr() after it is atomic on Redis and in locmem.
+        cache.add(self.until_key, now + self.window, timeout=self.window)
+        cache.add(self.key, 0, timeout=self.window)
+        try:
+            cache.incr(self.key)
+        except ValueError:  # expired between add and incr
+            cache.set(self.key, 1, timeout=self.window)
+        until = cache.get(self.until_key) or now + self.window
+        cache.touch(self.key, max(1, math.ceil(until - now)))
+
+
 class FailedAuthenticationLimiter:
-    """Counts failed key checks per client address; past the rate, the address waits (HTTP 429)."""
+    """Failed key checks per client address; past the rate, the address's unknown keys get 429.
+
+    Only failures count and only failures are refused: a request whose key is valid is served even
+    while its address is throttled, so a client sending bad keys from behind the same proxy or NAT
+    never locks out the agents there. Finding a key is one indexed lookup of its SHA-256 (no bcrypt),
+    as cheap as the throttle's own check, so looking first saves nothing worth a lock-out; and with
+    256-bit random keys the limit is a brake on noise and scanning, not what keeps a key from being
+    guessed.
+    """
 
     def __init__(self, request):
-        self.address = request.META.get("REMOTE_ADDR", "unknown")
-        self.limit, self.window = _parse_rate(settings.ORCHESTRATOR["THROTTLE_FAILED_AUTH_RATE"])
-        self.cache_key = f"throttle_failed_auth_{self.address}"
+        self.address = client_address(request)
+        self.failures = FailureCounter("failed_auth", self.address, settings.ORCHESTRATOR["THROTTLE_FAILED_AUTH_RATE"])
 
-    def check(self):
-        """Raise Throttled when this address failed too often within the window."""
-        if self.limit and (counter_cache.call(lambda: cache.get(self.cache_key), fallback=None) or 0) >= self.limit:
-            raise exceptions.Throttled(wait=self.window, detail="Too many failed authentications from this address.")
-
-    def record_failure(self):
-        if self.limit:
-            counter_cache.call(self._count_failure, fallback=None)
-
-    def _count_failure(self):
-        # add() starts the window only once; incr() after it is atomic on Redis and in locmem.
-        cache.add(self.cache_key, 0, timeout=self.window)
-        try:
-            cache.incr(self.cache_key)
-        except ValueError:  # expired between add and incr
-            cache.set(self.cache_key, 1, timeout=self.window)
+    def refuse(self, message):
+        """Raise Throttled when this address failed too often within the window, else count and raise 401."""
+        wait = self.failures.wait()
+        if wait:
+            raise exceptions.Throttled(wait=wait, detail="Too many failed authentications from this address.")
+        self.failures.record()
+        raise exceptions.AuthenticationFailed(message)

@@ -1,14 +1,13 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import schedules, views
+from . import login, schedules, views
 
 app_name = "dashboard"
 
 urlpatterns = [
     path("", views.overview, name="overview"),
-    path("login/", auth_views.LoginView.as_view(template_name="dashboard/login.html",
-                                                next_page="dashboard:overview"), name="login"),
+    path("login/", login.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(next_page="dashboard:login"), name="logout"),
     path("timeline/", views.timeline, name="timeline"),
     path("runs/<uuid:pk>/", views.run_detail, name="run"),

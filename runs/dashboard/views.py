@@ -113,8 +113,8 @@ def timeline(request):
 @dashboard_login_required
 def run_detail(request, pk):
     now = timezone.now()
-    run = scoped(request, FlowRun.objects.alive().select_related("flow", "agent", "work_queue", "created_by")).filter(
-        pk=pk).first()
+    run = scoped(request, FlowRun.objects.alive().select_related(
+        "flow", "agent", "work_queue", "created_by", "created_by_key")).filter(pk=pk).first()
     if run is None:
         raise Http404("No such run.")
     level = int_param(request, "level", LogLevel.DEBUG, set(LogLevel.values))

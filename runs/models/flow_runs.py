@@ -10,7 +10,7 @@ from .flows import Flow, FlowVersion
 from .schedules import Schedule
 from .validators import json_object
 from .workers import Agent, WorkQueue
-from .workspaces import Workspace
+from .workspaces import ApiKey, Workspace
 
 
 class State(models.TextChoices):
@@ -71,6 +71,11 @@ class FlowRun(models.Model):
     auto_scheduled = models.BooleanField(default=False, help_text="Made by the scheduler, not by a person.")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="created_flow_runs"
+    )
+    # A service key (a CI job's) acts for no person: without it, its runs would name no creator.
+    created_by_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="created_flow_runs",
+        help_text="The API key a manual run was made with (also a person's own key); empty otherwise.",
     )
     work_queue = models.ForeignKey(WorkQueue, null=True, blank=True, on_delete=models.SET_NULL, related_name="flow_runs")
     agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="flow_runs")

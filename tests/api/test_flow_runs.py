@@ -165,3 +165,33 @@ def test_creating_and_moving_a_run_take_a_fixed_number_of_queries(operator, pref
         moved = operator.post(f"{prefix}/flow_runs/{created.json()['id']}/set_state/", {"state": "CANCELLED"},
                               format="json")
     assert moved.status_code == 200 and moved.json()["history"][-1]["to_state"] == "CANCELLED"
+
+
+def test_a_run_made_with_a_service_key_names_the_key_as_its_creator(api, prefix, ws):
+    flow = factories.flow(ws)
+    ci = api.as_key(factories.api_key(ws, role=Role.OPERATOR, name="ci-deploys")[1])
+    answer = ci.post(f"{prefix}/flow_runs/", {"flow": flow.name}, format="json").json()
+    assert (answer["created_by"], answer["created_by_key"]) == (None, "ci-deploys")
+    detail = ci.get(f"{prefix}/flow_runs/{answer['id']}/").json()
+    assert detail["created_by_key"] == "ci-deploys"
+    assert detail["history"][0]["message"] == "Created with API key ci-deploys"
+    listed = ci.get(f"{prefix}/flow_runs/").json()["results"]
+    assert [run["created_by_key"] for run in listed] == ["ci-deploys"]
+
+
+def test_a_run_made_with_a_persons_key_names_both(api, prefix, ws):
+    flow = factories.flow(ws)
+    person = factories.member(ws, role=Role.OPERATOR)
+    own = api.as_key(factories.api_key(ws, role=Role.OPERATOR, user=person, name="laptop")[1])
+    answer = own.post(f"{prefix}/flow_runs/", {"flow": flow.name}, format="json").json()
+    assert (answer["created_by"], answer["created_by_key"]) == (person.username, "laptop")
+    run = FlowRun.objects.get(pk=answer["id"])
+    assert run.history.get().message == f"Created by {person.username} with API key laptop"
+
+
+def test_a_run_made_in_a_browser_session_names_its_person_and_no_key(api, prefix, ws):
+    flow = factories.flow(ws)
+    person = factories.member(ws, role=Role.OPERATOR)
+    api.force_authenticate(person)  # a browser session: no key
+    answer = api.post(f"{prefix}/flow_runs/", {"flow": flow.name}, format="json").json()
+    assert (answer["created_by"], answer["created_by_key"]) == (person.username, None)

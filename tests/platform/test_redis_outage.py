@@ -169,7 +169,7 @@ def test_the_expensive_endpoint_throttle_counts_and_fails_open(api, ws, redis_ca
 def test_a_frozen_redis_costs_one_request_a_short_timeout_then_nothing(api, ws, redis_cache, settings, caplog):
     secret = factories.api_key(ws, role=Role.VIEWER)[1]
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    url = f"{api_prefix(ws)}/ping"
+    url = f"{api_prefix(ws)}/flow_runs/"  # counted per key (a valid key's ping asks no counter)
     assert api.get(url).status_code == 200  # a pooled connection to the server exists
     redis_cache.freeze()
     try:
@@ -189,18 +189,18 @@ def test_a_frozen_redis_costs_one_request_a_short_timeout_then_nothing(api, ws, 
 def test_the_breaker_warns_once_per_interval_and_tries_the_cache_again(api, ws, settings, breaker_reset, caplog):
     """Any cache error (here a patched one, no Redis needed) opens the breaker for the interval."""
     settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "CACHE_RETRY_SECONDS": 5}
-    api.credentials(HTTP_AUTHORIZATION=f"Bearer {factories.api_key(ws, role=Role.VIEWER)[1]}")
+    api.credentials(HTTP_AUTHORIZATION="Bearer orch_unknown")  # only failed key checks ask the cache
     url = f"{api_prefix(ws)}/ping"
     now = [1000.0]
-    failing_cache = mock.Mock(**{"get.side_effect": redis.ConnectionError("refused")})
-    failing_get = failing_cache.get
+    failing_cache = mock.Mock(**{"get_many.side_effect": redis.ConnectionError("refused")})
+    failing_get = failing_cache.get_many
     with mock.patch.object(throttles.counter_cache, "clock", lambda: now[0]), \
             mock.patch.object(throttles, "cache", failing_cache):
-        assert [api.get(url).status_code for _ in range(20)] == [200] * 20
+        assert [api.get(url).status_code for _ in range(20)] == [401] * 20
         assert failing_get.call_count == 1  # the other 19 requests skipped the cache
         now[0] += 4.9
         api.get(url)
         assert failing_get.call_count == 1 and len(throttle_warnings(caplog)) == 1
         now[0] += 0.2  # the interval is over: one request tries again, fails, warns again
-        assert [api.get(url).status_code for _ in range(5)] == [200] * 5
+        assert [api.get(url).status_code for _ in range(5)] == [401] * 5
         assert failing_get.call_count == 2 and len(throttle_warnings(caplog)) == 2
