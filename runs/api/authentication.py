@@ -18,8 +18,8 @@ from .throttles import FailedAuthenticationLimiter
 LAST_USED_PRECISION = timedelta(seconds=60)
 
 
-class ServiceKeyUser:
-    """The principal of an API key that does not act for a person (an agent, a CI job)."""
+class NotAPerson:
+    """A principal that is no person (no user row): authenticated, never staff."""
 
     is_authenticated = True
     is_anonymous = False
@@ -28,32 +28,26 @@ class ServiceKeyUser:
     is_superuser = False
     pk = None
     id = None
+    username = ""
+
+    def __str__(self):
+        return self.username
+
+
+class ServiceKeyUser(NotAPerson):
+    """The principal of an API key that does not act for a person (an agent, a CI job)."""
 
     def __init__(self, key):
         self.key = key
         self.username = f"api-key:{key.name}"
 
-    def __str__(self):
-        return self.username
 
-
-class RunPrincipal:
+class RunPrincipal(NotAPerson):
     """The principal of a flow run's report token: the runner (or agent) of one attempt of one run."""
-
-    is_authenticated = True
-    is_anonymous = False
-    is_active = True
-    is_staff = False
-    is_superuser = False
-    pk = None
-    id = None
 
     def __init__(self, grant):
         self.grant = grant
         self.username = f"run:{grant.run_id}"
-
-    def __str__(self):
-        return self.username
 
 
 def _bearer(request):

@@ -17,19 +17,7 @@ from runs.states import set_flow_run_state, transition_flow_runs
 from tests import factories
 from tests.conftest import api_prefix
 
-from .test_api import due_run
-
-
-@pytest.fixture
-def operator(api, key_for):
-    return api.as_key(key_for(Role.OPERATOR))
-
-
-@pytest.fixture
-def agent_id(operator, prefix):
-    answer = operator.post(f"{prefix}/agent/register", {"name": "box-1", "queues": ["default"]}, format="json")
-    assert answer.status_code == 201, answer.content
-    return answer.json()["id"]
+from .test_api import due_run, operator, registered  # noqa: F401 - fixtures
 
 
 def holding(token):
@@ -38,8 +26,8 @@ def holding(token):
     return client
 
 
-def claim(operator, prefix, agent_id):
-    answer = operator.post(f"{prefix}/agent/claim", {"agent_id": agent_id, "max_runs": 10}, format="json")
+def claim(operator, prefix, registered):
+    answer = operator.post(f"{prefix}/agent/claim", {"agent_id": registered, "max_runs": 10}, format="json")
     assert answer.status_code == 200, answer.content
     return answer.json()["runs"]
 
@@ -55,13 +43,13 @@ def lazarus_reschedules(run):
                                        "scheduled_start": timezone.now() - timedelta(seconds=1)})
 
 
-def test_the_claim_gives_each_run_its_token_and_hands_the_same_one_out_again(operator, prefix, ws, agent_id):
+def test_the_claim_gives_each_run_its_token_and_hands_the_same_one_out_again(operator, prefix, ws, registered):
     run = due_run(ws)
-    [claimed] = claim(operator, prefix, agent_id)
+    [claimed] = claim(operator, prefix, registered)
     grant = read_token(claimed["token"])
     assert (grant.run_id, claimed["id"]) == (run.pk, str(run.pk))
     # The answer was lost; the run comes again, with the same token (nothing started with another).
-    [again] = claim(operator, prefix, agent_id)
+    [again] = claim(operator, prefix, registered)
     assert again["token"] == claimed["token"]
     assert state(holding(claimed["token"]), prefix, run, "RUNNING").status_code == 200
 
@@ -135,15 +123,15 @@ def test_a_token_this_server_did_not_make_is_401(prefix, ws, forged):
     assert run.state == State.RUNNING
 
 
-def test_after_a_reschedule_every_report_of_the_old_attempt_is_superseded(operator, prefix, ws, agent_id):
+def test_after_a_reschedule_every_report_of_the_old_attempt_is_superseded(operator, prefix, ws, registered):
     run = due_run(ws)
-    [claimed] = claim(operator, prefix, agent_id)
+    [claimed] = claim(operator, prefix, registered)
     old = holding(claimed["token"])
     assert state(old, prefix, run, "RUNNING", heartbeat_interval=5).status_code == 200
     task_id = old.post(f"{prefix}/agent/flow_runs/{run.pk}/task_runs", {"task_key": "load"}, format="json").json()["id"]
     assert old.post(f"{prefix}/agent/task_runs/{task_id}/state", {"state": "RUNNING"}, format="json").status_code == 200
     lazarus_reschedules(run)
-    [next_attempt] = claim(operator, prefix, agent_id)
+    [next_attempt] = claim(operator, prefix, registered)
     assert next_attempt["token"] != claimed["token"]
     before = TaskRun.objects.get(pk=task_id).last_heartbeat
 
