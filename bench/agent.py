@@ -16,6 +16,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from runs.models import Account, Agent, ApiKey, Flow, FlowRun, Role, WorkQueue, Workspace
+from runs.run_tokens import token_of
 
 CLIENTS = 16
 HEARTBEAT_SECONDS = 3.0
@@ -143,12 +144,16 @@ def run(table):
               f"ping {_p(pings, 50):.1f} / {_p(pings, 99):.1f} ms", f"{max(claims) / _p(pings, 99):.1f}x",
               "p99 < 50 ms")
 
-    running = FlowRun.objects.filter(workspace=workspace, state="RUNNING").values_list("pk", flat=True)[:CLIENTS]
-    running = list(running)
+    running = list(FlowRun.objects.filter(workspace=workspace, state="RUNNING")[:CLIENTS])
 
     def beat_client():
-        c, run_id = client(), running[threading.get_ident() % len(running)]
-        return lambda: c.post(f"{prefix}/flow_runs/{run_id}/heartbeat")
+        # As a runner beats: with its run's report token, which the claim handed out.
+        run = running[threading.get_ident() % len(running)]
+        c = APIClient()
+        c.credentials(HTTP_AUTHORIZATION=f"Bearer {token_of(run)}")
+        answer = c.post(f"{prefix}/flow_runs/{run.pk}/heartbeat")
+        assert answer.status_code == 200, answer.content
+        return lambda: c.post(f"{prefix}/flow_runs/{run.pk}/heartbeat")
 
     def ping_client():
         c = client()

@@ -13,6 +13,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='flowrun',
             name='token_generation',
-            field=models.PositiveIntegerField(default=0, editable=False, help_text='Moves when the run is claimed or rescheduled; older report tokens are refused.'),
+            field=models.PositiveIntegerField(default=0, db_default=0, editable=False, help_text='Moves when the run is claimed or rescheduled; older report tokens are refused.'),
         ),
     ]

@@ -90,7 +90,8 @@ class FlowRun(models.Model):
     # Which attempt's report token is valid (runs/run_tokens.py): moves on every claim and every
     # return to SCHEDULED, so the runner of an earlier attempt is refused as superseded.
     token_generation = models.PositiveIntegerField(
-        default=0, editable=False, help_text="Moves when the run is claimed or rescheduled; older report tokens are refused.",
+        default=0, db_default=0, editable=False,
+        help_text="Moves when the run is claimed or rescheduled; older report tokens are refused.",
     )
     pause_expires_at = models.DateTimeField(null=True, blank=True, help_text="A PAUSED run fails after this.")
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)
