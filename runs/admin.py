@@ -1,18 +1,25 @@
 """The Django admin: every model, read-only history and logs, and role-checked actions.
 
-Staff see only the workspaces they are members of (superusers see all). Changing data needs
-the admin role in the object's workspace; the run and schedule actions need operator.
+Who may do what is decided in runs/access.py. Staff see the rows of the workspaces where they
+have a role (superusers see all). Adding, changing or deleting a row needs the admin role in its
+workspace, before and after the change: every reference a form offers is limited to the
+workspaces the user administers, and a row whose references lie in another workspace than its
+own is refused. The run and schedule actions need operator. Accounts and new workspaces are for
+superusers.
 """
 
+from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.contrib.admin.utils import get_fields_from_path
+from django.contrib.auth import get_user_model
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied, ValidationError
 from django.db.models import Count
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from runs import scheduling
+from runs import access, scheduling
 from runs.models import (
     Account,
     Actor,
@@ -31,49 +38,73 @@ from runs.models import (
     TaskRun,
     WorkQueue,
     Workspace,
-    role_allows,
 )
 from runs.schedules import ScheduleComputeError
 from runs.states import transition_flow_runs
 
 
-def workspace_ids_with_role(user, role):
-    """Ids of the workspaces where `user` has at least `role`; None means every workspace."""
-    if user.is_superuser:
-        return None
-    memberships = Membership.objects.filter(user=user).values_list("workspace_id", "role")
-    return {w for w, r in memberships if role_allows(r, role)}
+class WorkspaceScopedForm(forms.ModelForm):
+    """Refuses a row whose references (foreign keys, many-to-many) lie in another workspace than
+    the row's own, naming the field: a flow run of workspace A must not point at B's flow or queue."""
+
+    def clean(self):
+        data = super().clean()
+        model = self._meta.model
+        home = self._home_workspace_id(model, data)
+        for name, value in data.items():
+            try:
+                field = model._meta.get_field(name)
+            except FieldDoesNotExist:  # a form-only field
+                continue
+            if not field.is_relation or access.workspace_path(field.related_model) is None:
+                continue
+            rows = list(value) if field.many_to_many else [value] if value is not None else []
+            if home is not None and any(access.workspace_id_of(row) != home for row in rows):
+                self.add_error(name, f"Pick from this {model._meta.verbose_name}'s own workspace.")
+        return data
+
+    def _home_workspace_id(self, model, data):
+        """The workspace the row will belong to once saved, from the form's data where it says."""
+        first, _, rest = access.workspace_path(model).partition("__")
+        if not rest:  # "workspace_id", or "id" for a workspace itself
+            name = first.removesuffix("_id")
+            if name == "id":
+                return self.instance.pk
+            value = data.get(name, getattr(self.instance, name, None))
+            return value.pk if value is not None else None
+        parent = data.get(first, getattr(self.instance, first, None))
+        return access.workspace_id_of(parent) if parent is not None else None
 
 
 class WorkspaceScopedAdmin(admin.ModelAdmin):
-    """Scopes lists and rights to the user's workspaces. `workspace_path` leads to the workspace id."""
+    """Scopes lists, forms, saves and actions to the user's workspaces (runs/access.py)."""
 
-    workspace_path = "workspace_id"
+    form = WorkspaceScopedForm
+
+    @property
+    def workspace_path(self):
+        return access.workspace_path(self.model)
 
     def get_queryset(self, request):
-        queryset = super().get_queryset(request)
-        allowed = workspace_ids_with_role(request.user, Role.VIEWER)
-        return queryset if allowed is None else queryset.filter(**{f"{self.workspace_path}__in": allowed})
+        return access.scoped(request, super().get_queryset(request), self.workspace_path, self.read_role)
+
+    @property
+    def read_role(self):
+        return access.read_role(self.model)
 
     def _has_role(self, request, role, obj=None):
-        allowed = workspace_ids_with_role(request.user, role)
+        allowed = access.workspace_ids_for(request, role)
         if allowed is None:
             return True
         if obj is None:
             return bool(allowed)
-        return self._workspace_of(obj) in allowed
-
-    def _workspace_of(self, obj):
-        value = obj
-        for part in self.workspace_path.removesuffix("_id").split("__"):
-            value = getattr(value, part)
-        return value.pk if hasattr(value, "pk") else value
+        return access.workspace_id_of(obj) in allowed
 
     def has_module_permission(self, request):
-        return request.user.is_active and request.user.is_staff and self._has_role(request, Role.VIEWER)
+        return request.user.is_active and request.user.is_staff and self._has_role(request, self.read_role)
 
     def has_view_permission(self, request, obj=None):
-        return self.has_module_permission(request) and self._has_role(request, Role.VIEWER, obj)
+        return self.has_module_permission(request) and self._has_role(request, self.read_role, obj)
 
     def has_change_permission(self, request, obj=None):
         return request.user.is_staff and self._has_role(request, Role.ADMIN, obj)
@@ -88,12 +119,50 @@ class WorkspaceScopedAdmin(admin.ModelAdmin):
         """Used by actions marked permissions=["operate"]."""
         return request.user.is_staff and self._has_role(request, Role.OPERATOR)
 
+    # Forms offer only rows of the workspaces the user administers; a crafted POST naming
+    # another one fails the field's validation like any unknown choice.
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        kwargs["queryset"] = self.choices_for(db_field, request, kwargs.get("queryset"))
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        kwargs["queryset"] = self.choices_for(db_field, request, kwargs.get("queryset"))
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
+
+    def choices_for(self, db_field, request, queryset=None):
+        """The rows a relation field may point at: those in the workspaces the user administers;
+        people, among the members of those workspaces."""
+        related = db_field.remote_field.model
+        if queryset is None:
+            queryset = self.get_field_queryset(None, db_field, request)
+        if queryset is None:
+            queryset = related._default_manager.all()
+        allowed = access.workspace_ids_for(request, Role.ADMIN)
+        if related is get_user_model():
+            return queryset if allowed is None else queryset.filter(memberships__workspace_id__in=allowed).distinct()
+        path = access.workspace_path(related)
+        return queryset if path is None else access.within(allowed, queryset, path)
+
+    def save_model(self, request, obj, form, change):
+        self.check_may_write(request, obj)
+        super().save_model(request, obj, form, change)
+
+    def check_may_write(self, request, obj):
+        """Re-checks on the server, whatever the form offered, that the row as it will be saved is
+        in a workspace the user administers."""
+        if not self._has_role(request, Role.ADMIN, obj):
+            raise PermissionDenied("You need the admin role in this row's workspace.")
+
+    def get_list_filter(self, request):
+        # A filter on a relation offers only the values of rows in the list, never another
+        # tenant's workspaces, flows or queues.
+        return [related_only(self.model, f) for f in super().get_list_filter(request)]
+
     def split_by_role(self, request, queryset, role=Role.OPERATOR):
         """The part of `queryset` the user may act on; tells them about the rest."""
-        allowed = workspace_ids_with_role(request.user, role)
-        if allowed is None:
+        permitted = access.scoped(request, queryset, self.workspace_path, role)
+        if permitted is queryset:
             return queryset
-        permitted = queryset.filter(**{f"{self.workspace_path}__in": allowed})
         refused = queryset.count() - permitted.count()
         if refused:
             self.message_user(
@@ -103,10 +172,42 @@ class WorkspaceScopedAdmin(admin.ModelAdmin):
         return permitted
 
 
+def related_only(model, list_filter):
+    """A list filter on a relation, offering only the related rows of the (scoped) list."""
+    if isinstance(list_filter, str) and get_fields_from_path(model, list_filter)[-1].is_relation:
+        return (list_filter, admin.RelatedOnlyFieldListFilter)
+    return list_filter
+
+
+class PlatformOnly:
+    """For a ModelAdmin of rows that belong to no workspace (accounts, the services' records and
+    beat rows, which act for every workspace): superusers only, whatever Django permissions say."""
+
+    def has_module_permission(self, request):
+        return access.is_platform_admin(request.user)
+
+    def has_view_permission(self, request, obj=None):
+        return access.is_platform_admin(request.user)
+
+    def has_add_permission(self, request):
+        return access.is_platform_admin(request.user)
+
+    def has_change_permission(self, request, obj=None):
+        return access.is_platform_admin(request.user)
+
+    def has_delete_permission(self, request, obj=None):
+        return access.is_platform_admin(request.user)
+
+
 class ReadOnlyInline(admin.TabularInline):
+    """Rows of the object on the page, shown to whoever may see that object."""
+
     extra = 0
     can_delete = False
     show_change_link = False
+
+    def has_view_permission(self, request, obj=None):
+        return True
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -118,25 +219,62 @@ class ReadOnlyInline(admin.TabularInline):
 # --- tenancy --------------------------------------------------------------------------------
 
 class MembershipInline(admin.TabularInline):
+    """The workspace's members on its page: its admins manage them."""
+
     model = Membership
     extra = 0
     autocomplete_fields = ["user"]
+    readonly_fields = ["created"]
+
+    def _administers(self, request, workspace):
+        return access.may(request, Role.ADMIN, workspace.pk if workspace else None)
+
+    def has_view_permission(self, request, obj=None):
+        return self._administers(request, obj)  # members are for admins to see, as in the API
+
+    def has_add_permission(self, request, obj=None):
+        return self._administers(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return self._administers(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return self._administers(request, obj)
 
 
 @admin.register(Account)
-class AccountAdmin(admin.ModelAdmin):
+class AccountAdmin(PlatformOnly, admin.ModelAdmin):
     list_display = ["name", "slug", "created"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
 
+    def get_queryset(self, request):
+        return access.scoped(request, super().get_queryset(request), "workspaces__id").distinct()
+
+    # Staff see the accounts of their workspaces; only superusers add or change accounts.
+    def has_module_permission(self, request):
+        return request.user.is_active and request.user.is_staff and access.workspace_ids_for(
+            request, Role.VIEWER) != set()
+
+    def has_view_permission(self, request, obj=None):
+        return self.has_module_permission(request) and (
+            obj is None or self.get_queryset(request).filter(pk=obj.pk).exists())
+
 
 @admin.register(Workspace)
 class WorkspaceAdmin(WorkspaceScopedAdmin):
-    workspace_path = "id"
     list_display = ["name", "account", "slug", "run_retention_days", "created"]
     list_filter = ["account"]
     search_fields = ["name", "slug"]
     inlines = [MembershipInline]
+
+    def has_add_permission(self, request):
+        return access.is_platform_admin(request.user)  # a new workspace has no admin to manage it yet
+
+    def get_readonly_fields(self, request, obj=None):
+        # Moving a workspace into another account would hand it to another tenant.
+        readonly = list(super().get_readonly_fields(request, obj))
+        return readonly if access.is_platform_admin(request.user) else readonly + ["account"]
 
 
 @admin.register(Membership)
@@ -145,6 +283,12 @@ class MembershipAdmin(WorkspaceScopedAdmin):
     list_filter = ["role", "workspace"]
     search_fields = ["user__username", "user__email"]
     autocomplete_fields = ["user"]
+    readonly_fields = ["created"]
+
+    def choices_for(self, db_field, request, queryset=None):
+        if db_field.name == "user":  # any person may be added to a workspace one administers, as in the API
+            return queryset if queryset is not None else db_field.remote_field.model._default_manager.all()
+        return super().choices_for(db_field, request, queryset)
 
 
 @admin.register(ApiKey)
@@ -157,6 +301,7 @@ class ApiKeyAdmin(WorkspaceScopedAdmin):
     actions = ["revoke"]
 
     def save_model(self, request, obj, form, change):
+        self.check_may_write(request, obj)
         if change:
             return super().save_model(request, obj, form, change)
         key, secret = ApiKey.issue(
@@ -204,7 +349,6 @@ class FlowAdmin(WorkspaceScopedAdmin):
 
 @admin.register(FlowVersion)
 class FlowVersionAdmin(WorkspaceScopedAdmin):
-    workspace_path = "flow__workspace_id"
     list_display = ["flow", "version", "entrypoint", "is_latest", "archived", "created"]
     list_filter = ["is_latest", "archived"]
     search_fields = ["flow__name", "version", "entrypoint"]
@@ -212,6 +356,7 @@ class FlowVersionAdmin(WorkspaceScopedAdmin):
     def save_model(self, request, obj, form, change):
         if change:
             return super().save_model(request, obj, form, change)
+        self.check_may_write(request, obj)
         version = obj.flow.register_version(
             entrypoint=obj.entrypoint, version=obj.version, parameters=obj.parameters, job_env=obj.job_env
         )
@@ -220,7 +365,6 @@ class FlowVersionAdmin(WorkspaceScopedAdmin):
 
 @admin.register(Schedule)
 class ScheduleAdmin(WorkspaceScopedAdmin):
-    workspace_path = "flow__workspace_id"
     list_display = ["__str__", "kind", "when", "timezone", "status_badge", "work_queue", "updated"]
     list_filter = ["status", "kind", "flow__workspace"]
     search_fields = ["slug", "flow__name", "cron"]
@@ -392,7 +536,6 @@ class FlowRunAdmin(WorkspaceScopedAdmin):
 
 @admin.register(TaskRun)
 class TaskRunAdmin(WorkspaceScopedAdmin):
-    workspace_path = "flow_run__workspace_id"
     list_display = ["task_key", "flow_run", "state", "run_count", "start_time", "heartbeat"]
     list_filter = ["state"]
     search_fields = ["task_key", "id", "flow_run__name"]
@@ -407,7 +550,6 @@ class TaskRunAdmin(WorkspaceScopedAdmin):
 
 @admin.register(StateChange)
 class StateChangeAdmin(WorkspaceScopedAdmin):
-    workspace_path = "flow_run__workspace_id"
     list_display = ["timestamp", "flow_run", "task_run", "from_state", "to_state", "actor", "user", "message"]
     list_filter = ["actor", "to_state"]
     search_fields = ["flow_run__name", "message"]

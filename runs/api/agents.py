@@ -1,7 +1,7 @@
 """The endpoints agents call: register, heartbeat, claim, report states, task runs and logs.
 
-All live under `<workspace prefix>/agent/` and need the operator role. State changes go through
-`runs.states` (actor "agent"), so an illegal or stale change is a 409 naming both states.
+All live under `<workspace prefix>/agent/` and need the agent role (runs/access.py). State changes
+go through `runs.states` (actor "agent"), so an illegal or stale change is a 409 naming both states.
 Heartbeats are one conditional UPDATE each: they are the hottest path of the server.
 """
 
@@ -68,9 +68,9 @@ class PayloadTooLarge(exceptions.APIException):
 
 
 class AgentEndpoint(APIView):
-    """Base of every agent endpoint: operator role, no throttling (agents pace themselves)."""
+    """Base of every agent endpoint: the agent role, no throttling (agents pace themselves)."""
 
-    required_role = Role.OPERATOR
+    required_role = Role.AGENT
     throttle_classes = []
 
     def valid(self, serializer_class):

@@ -7,10 +7,10 @@ from django.http import Http404
 from django.shortcuts import render
 from django.utils import timezone
 
+from runs.access import scoped
 from runs.models import Flow, FlowRun, LogLevel, WorkQueue
 
 from . import display, queries
-from .access import scoped
 
 # Choices the filters offer, in hours.
 TIMELINE_WINDOWS = (1, 6, 24, 72)

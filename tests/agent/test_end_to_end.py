@@ -43,7 +43,7 @@ def test_a_scheduled_run_goes_through_the_agent_to_completed(ws, workspace_url, 
     [run] = FlowRun.objects.filter(schedule=schedule)
     assert run.state == State.SCHEDULED and run.work_queue == queue
 
-    agent = start_agent(workspace_url, factories.api_key(ws, role=Role.OPERATOR)[1], "e2e", "e2e-agent")
+    agent = start_agent(workspace_url, factories.api_key(ws, role=Role.AGENT)[1], "e2e", "e2e-agent")
     wait_for(lambda: finished([run.pk]), what=lambda: f"the run to finish\n{agent.output()}")
     assert health(agent)[0] == 200
 
@@ -75,7 +75,7 @@ def test_a_scheduled_run_goes_through_the_agent_to_completed(ws, workspace_url, 
 def test_a_failing_flow_is_failed_with_its_traceback_in_the_logs(ws, workspace_url, start_agent):
     queue = factories.work_queue(ws, name="e2e")
     run = factories.flow_run(factories.flow(ws, entrypoint="tests.agent.flows:broken"), work_queue=queue)
-    start_agent(workspace_url, factories.api_key(ws)[1], "e2e", "failing-agent")
+    start_agent(workspace_url, factories.api_key(ws, role=Role.AGENT)[1], "e2e", "failing-agent")
     wait_for(lambda: finished([run.pk]), what="the broken run to finish")
     run.refresh_from_db()
     # Reported by the runner itself, with the exception as the message.
@@ -86,7 +86,7 @@ def test_a_failing_flow_is_failed_with_its_traceback_in_the_logs(ws, workspace_u
 def test_sigterm_reports_unfinished_runs_crashed_and_the_agent_offline(ws, workspace_url, start_agent):
     queue = factories.work_queue(ws, name="e2e")
     run = factories.flow_run(factories.flow(ws, entrypoint="tests.agent.flows:forever"), work_queue=queue)
-    agent = start_agent(workspace_url, factories.api_key(ws)[1], "e2e", "stopping-agent", "--grace-seconds", "0.5")
+    agent = start_agent(workspace_url, factories.api_key(ws, role=Role.AGENT)[1], "e2e", "stopping-agent", "--grace-seconds", "0.5")
     wait_for(lambda: TaskRun.objects.filter(flow_run=run, state=State.RUNNING).exists(), what="the task to run")
     assert agent.stop(timeout=30) == 0
     run.refresh_from_db()
@@ -103,7 +103,7 @@ def test_two_agents_on_one_queue_complete_every_run_exactly_once(ws, workspace_u
     flow = factories.flow(ws, entrypoint="tests.agent.flows:noop")
     now = timezone.now()
     runs = [factories.flow_run(flow, work_queue=queue, scheduled_start=now - timedelta(seconds=i)) for i in range(24)]
-    key = factories.api_key(ws)[1]
+    key = factories.api_key(ws, role=Role.AGENT)[1]
     start_agent(workspace_url, key, "shared", "agent-a", "--limit", "4")
     start_agent(workspace_url, key, "shared", "agent-b", "--limit", "4")
     ids = [r.pk for r in runs]
@@ -122,7 +122,7 @@ def test_health_turns_503_when_the_server_cannot_be_reached(start_agent):
 
 
 def test_an_agent_with_a_revoked_key_stops_with_an_error(ws, workspace_url, start_agent):
-    key, secret = factories.api_key(ws)
+    key, secret = factories.api_key(ws, role=Role.AGENT)
     key.revoked_at = timezone.now()
     key.save()
     agent = start_agent(workspace_url, secret, "e2e", "revoked-agent")
@@ -135,7 +135,7 @@ def test_heartbeats_from_a_separate_process_reach_the_run_and_its_task(ws, works
     queue = factories.work_queue(ws, name="e2e")
     run = factories.flow_run(factories.flow(ws, entrypoint="tests.agent.flows:steady"), work_queue=queue,
                              parameters={"seconds": 1.5})
-    start_agent(workspace_url, factories.api_key(ws)[1], "e2e", "process-beats", "--heartbeat-mode", "process")
+    start_agent(workspace_url, factories.api_key(ws, role=Role.AGENT)[1], "e2e", "process-beats", "--heartbeat-mode", "process")
     wait_for(lambda: finished([run.pk]), what="the run to finish")
     run.refresh_from_db()
     assert run.state == State.COMPLETED and run.last_heartbeat > run.start_time
@@ -146,7 +146,7 @@ def test_heartbeats_from_a_separate_process_reach_the_run_and_its_task(ws, works
 def test_heartbeat_mode_off_registers_the_run_without_an_interval(ws, workspace_url, start_agent):
     queue = factories.work_queue(ws, name="e2e")
     run = factories.flow_run(factories.flow(ws, entrypoint="tests.agent.flows:noop"), work_queue=queue)
-    start_agent(workspace_url, factories.api_key(ws)[1], "e2e", "no-beats", "--heartbeat-mode", "off")
+    start_agent(workspace_url, factories.api_key(ws, role=Role.AGENT)[1], "e2e", "no-beats", "--heartbeat-mode", "off")
     wait_for(lambda: finished([run.pk]), what="the run to finish")
     run.refresh_from_db()
     assert run.state == State.COMPLETED and run.heartbeat_interval is None

@@ -1,8 +1,10 @@
-"""Each caller (viewer, operator, admin, no key, revoked key) × each endpoint × own and foreign workspace.
+"""Each caller (viewer, operator, admin, agent, no key, revoked key) × each endpoint × own and foreign
+workspace.
 
 The expected status comes from a table: the role an endpoint needs, and the status it answers on
 success. A caller below that role gets 403; a workspace the caller has no role in is 404; no key
-or a revoked key is 401. The table must name every operation of the OpenAPI schema, so a new
+or a revoked key is 401. The agent role is off the ladder: an agent key may call the agents'
+endpoints and nothing else, and no other role may call those. The table must name every operation of the OpenAPI schema, so a new
 endpoint cannot ship without its row.
 """
 
@@ -17,7 +19,7 @@ from runs.models import Log, Membership, Role
 from tests import factories
 from tests.conftest import api_prefix
 
-V, O, A = Role.VIEWER, Role.OPERATOR, Role.ADMIN
+V, O, A, AG = Role.VIEWER, Role.OPERATOR, Role.ADMIN, Role.AGENT
 
 # (name, method, path under the workspace, body, role needed, success status)
 ENDPOINTS = [
@@ -71,20 +73,20 @@ ENDPOINTS = [
     ("api key detail", "get", "api_keys/{key}/", None, A, 200),
     ("api key create", "post", "api_keys/", {"name": "ci", "role": "viewer"}, A, 201),
     ("api key revoke", "delete", "api_keys/{key}/", None, A, 204),
-    # The agent's own API: operators (an agent's key) and admins.
-    ("agent register", "post", "agent/register", {"name": "new-agent", "queues": ["default"]}, O, 201),
-    ("agent heartbeat", "post", "agent/heartbeat", {"agent_id": "{agent}"}, O, 200),
-    ("agent claim", "post", "agent/claim", {"agent_id": "{agent}", "max_runs": 5}, O, 200),
-    ("agent ping", "get", "agent/ping", None, O, 200),
-    ("agent logs", "post", "agent/logs", {"logs": [{"flow_run_id": "{run}", "message": "hello"}]}, O, 201),
-    ("agent flow run state", "post", "agent/flow_runs/{run}/state", {"state": "COMPLETED"}, O, 200),
-    ("agent flow run heartbeat", "post", "agent/flow_runs/{run}/heartbeat", None, O, 200),
-    ("agent task run create", "post", "agent/flow_runs/{run}/task_runs", {"task_key": "extract"}, O, 201),
-    ("agent task run state", "post", "agent/task_runs/{task_run}/state", {"state": "COMPLETED"}, O, 200),
-    ("agent task run heartbeat", "post", "agent/task_runs/{task_run}/heartbeat", None, O, 204),
+    # The agents' own API: agent keys only.
+    ("agent register", "post", "agent/register", {"name": "new-agent", "queues": ["default"]}, AG, 201),
+    ("agent heartbeat", "post", "agent/heartbeat", {"agent_id": "{agent}"}, AG, 200),
+    ("agent claim", "post", "agent/claim", {"agent_id": "{agent}", "max_runs": 5}, AG, 200),
+    ("agent ping", "get", "agent/ping", None, AG, 200),
+    ("agent logs", "post", "agent/logs", {"logs": [{"flow_run_id": "{run}", "message": "hello"}]}, AG, 201),
+    ("agent flow run state", "post", "agent/flow_runs/{run}/state", {"state": "COMPLETED"}, AG, 200),
+    ("agent flow run heartbeat", "post", "agent/flow_runs/{run}/heartbeat", None, AG, 200),
+    ("agent task run create", "post", "agent/flow_runs/{run}/task_runs", {"task_key": "extract"}, AG, 201),
+    ("agent task run state", "post", "agent/task_runs/{task_run}/state", {"state": "COMPLETED"}, AG, 200),
+    ("agent task run heartbeat", "post", "agent/task_runs/{task_run}/heartbeat", None, AG, 204),
 ]
 
-CALLERS = ["viewer", "operator", "admin", "no key", "revoked key"]
+CALLERS = ["viewer", "operator", "admin", "agent", "no key", "revoked key"]
 RANK = {V: 1, O: 2, A: 3}
 
 
@@ -93,6 +95,8 @@ def expected_status(caller, needed, success, own):
         return 401
     if not own:
         return 404
+    if needed == AG or caller == AG:
+        return success if caller == needed else 403
     return success if RANK[Role(caller)] >= RANK[needed] else 403
 
 
@@ -112,6 +116,12 @@ def world(ws):
         "membership": membership.pk, "key": factories.api_key(ws, role=Role.VIEWER)[0].pk,
         "outsider": factories.user().username, "log": log.pk,
     }
+
+
+def allowed_key(ws, needed):
+    """The secret of a key of `ws` that may call an endpoint needing `needed`: an agent key for the
+    agents' endpoints, else an admin key."""
+    return factories.api_key(ws, role=AG if needed == AG else A)[1]
 
 
 def fill(template, names):
@@ -168,11 +178,12 @@ FOREIGN_REFERENCES = [endpoint for endpoint in ENDPOINTS if references(endpoint)
 
 @pytest.mark.parametrize("endpoint", FOREIGN_REFERENCES, ids=[e[0] for e in FOREIGN_REFERENCES])
 def test_another_workspaces_objects_are_not_reachable_through_your_own(api, ws, other_ws, endpoint):
-    """An admin of `ws` naming `other_ws`'s objects under `ws`'s URL: 404 for a path, 400/404 for a body."""
-    name, method, path, body, *_ = endpoint
+    """A key of `ws` allowed the endpoint (admin, or agent for the agents' endpoints) naming `other_ws`'s
+    objects under `ws`'s URL: 404 for a path, 400/404 for a body."""
+    name, method, path, body, needed, _ = endpoint
     world(ws)  # own objects exist too, so "nothing here" cannot hide a leak
     foreign = world(other_ws)
-    api.as_key(factories.api_key(ws, role=Role.ADMIN)[1])
+    api.as_key(allowed_key(ws, needed))
     response = getattr(api, method)(f"{api_prefix(ws)}/{fill(path, foreign)}", fill(body, foreign), format="json")
     in_path = set(re.findall(r"\{(\w+)\}", path))
     assert response.status_code == 404 if in_path else response.status_code in (400, 404), response.content
