@@ -51,7 +51,7 @@ class WorkspaceScopedForm(forms.ModelForm):
         data = super().clean()
         model = self._meta.model
         home = self._home_workspace_id(model, data)
-        for name, value in data.items():
+        for name, value in list(data.items()):  # add_error drops the field from `data`
             try:
                 field = model._meta.get_field(name)
             except FieldDoesNotExist:  # a form-only field

@@ -277,6 +277,44 @@ def test_a_row_of_a_cannot_be_pointed_at_b_and_unchanged_it_saves(tenant, model)
     assert response.status_code == 302, response.context["adminform"].form.errors if response.context else response
 
 
+@pytest.mark.parametrize("model", [m for m in ADDABLE if len(REFERENCES[m]) > 1], ids=lambda m: m.__name__)
+def test_an_admin_of_both_workspaces_cannot_mix_their_rows_in_one_row(client, ws, other_ws, model):
+    """Both workspaces are offered, but a row of A pointing at B's rows is refused, naming the field."""
+    user = staff(ws)
+    Membership.objects.create(user=user, workspace=other_ws, role=Role.ADMIN)
+    client.force_login(user)
+    a, b = world(ws), world(other_ws)
+    _, blank = read_form(client, url(model, "add/"))
+    valid = {**blank, **{f: reference_value(a, n, f) for f, n in REFERENCES[model].items()},
+             **NEW_VALUES[model](a), "_save": "Save"}
+    home = next(iter(REFERENCES[model]))  # the field that says the row's workspace
+    for field, name in list(REFERENCES[model].items())[1:]:
+        count = model.objects.count()
+        response = client.post(url(model, "add/"), {**valid, field: reference_value(b, name, field)})
+        assert response.status_code == 200 and field in response.context["adminform"].form.errors, field
+        assert model.objects.count() == count, field
+    if model is ApiKey:
+        return  # a service key points at nothing else in A: moving it to B, also theirs, leaves nothing mixed
+    row = row_of(model, a)  # moved to B, it would keep pointing at A's rows
+    _, current = read_form(client, url(model, f"{row.pk}/change/"))
+    before = snapshot(model, row)
+    response = client.post(url(model, f"{row.pk}/change/"), {**current, home: reference_value(b, REFERENCES[model][
+        home], home), "_save": "Save"})
+    assert response.status_code == 200 and snapshot(model, row) == before
+
+
+@pytest.mark.parametrize("model", ADDABLE, ids=lambda m: m.__name__)
+def test_saves_are_rechecked_on_the_server_whatever_the_form_let_through(rf, ws, other_ws, model):
+    """The last line: a row of B reaching save_model (say, through a form a subclass loosened) is refused."""
+    from django.core.exceptions import PermissionDenied
+
+    request = rf.post("/")
+    request.user = staff(ws)
+    row = row_of(model, world(other_ws))
+    with pytest.raises(PermissionDenied):
+        admin.site._registry[model].save_model(request, row, form=None, change=True)
+
+
 def test_the_confirmed_defect_an_admin_of_a_cannot_make_themselves_admin_of_b(client, ws, other_ws):
     user = staff(ws)
     client.force_login(user)
