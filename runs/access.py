@@ -39,9 +39,6 @@ from runs.models import (
 LADDER = (Role.VIEWER, Role.OPERATOR, Role.ADMIN)
 _RANK = {role: rank for rank, role in enumerate(LADDER, start=1)}
 
-# The roles a person can hold through a membership (the agent role is for keys only).
-PERSON_ROLES = LADDER
-
 
 def allows(role, required):
     """Whether `role` may do what needs `required`: on the ladder, `required` or above; the agents'
@@ -81,14 +78,14 @@ def role_of(principal, workspace):
         "role", flat=True).first()
 
 
-def key_role(key_role, person_role):
-    """The role a person's key acts with: its own, never more than the person has now (None: the
+def personal_key_role(own, person_role):
+    """The role a person's key acts with: its `own`, never more than the person has now (None: the
     person is no longer a member, the key does nothing)."""
     if person_role is None:
         return None
-    if key_role == Role.AGENT:  # off the ladder: it never borrows the person's role
+    if own == Role.AGENT:  # off the ladder: it never borrows the person's role
         return Role.AGENT
-    return key_role if allows(person_role, key_role) else person_role
+    return own if allows(person_role, own) else person_role
 
 
 # --- workspaces a person may see or change ---------------------------------------------------
@@ -110,13 +107,6 @@ def workspace_ids_for(request, required):
     if required not in cache:
         cache[required] = workspace_ids(request.user, required)
     return cache[required]
-
-
-def workspaces_for(request, required):
-    """The Workspace rows where the request's user has a role that allows `required`."""
-    allowed = workspace_ids_for(request, required)
-    queryset = Workspace.objects.select_related("account")
-    return queryset if allowed is None else queryset.filter(pk__in=allowed)
 
 
 def within(allowed, queryset, path="workspace_id"):

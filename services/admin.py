@@ -4,7 +4,7 @@ A service's PeriodicTask row shows its interval read-only, naming the environmen
 sets it (applied on every beat start and migrate, services/beat.py); its one admin switch is
 `enabled`. Other PeriodicTask rows keep django-celery-beat's full form.
 
-These rows act for every workspace: only superusers see or change them (runs.admin.PlatformOnly).
+These rows act for every workspace: only superusers see or change them (runs.admin.base.PlatformOnly).
 """
 
 from django import forms
@@ -12,7 +12,7 @@ from django.contrib import admin
 from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
-from runs.admin import PlatformOnly
+from runs.admin.base import PlatformOnly
 from services.beat import service_of
 from services.models import ServiceLease, ServicePass, ServiceSchedule
 

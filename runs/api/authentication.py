@@ -76,7 +76,7 @@ def acting_role(key):
         return key.role
     if not key.user.is_active:
         raise exceptions.AuthenticationFailed("This API key belongs to a deactivated account.")
-    role = access.key_role(key.role, access.role_of(key.user, key.workspace_id))
+    role = access.personal_key_role(key.role, access.role_of(key.user, key.workspace_id))
     if role is None:
         raise exceptions.AuthenticationFailed("This API key's owner is no longer a member of its workspace.")
     return role
