@@ -54,7 +54,7 @@ def build_parser():
     start.add_argument("--api", default=_env("ORCHESTRATOR_API_URL", None),
                        help="workspace API prefix (env ORCHESTRATOR_API_URL)")
     keys = start.add_mutually_exclusive_group()
-    keys.add_argument("--key", default=None, help="API key, operator role (env ORCHESTRATOR_API_KEY)")
+    keys.add_argument("--key", default=None, help="API key with the agent role (env ORCHESTRATOR_API_KEY)")
     keys.add_argument("--key-file", default=_env("ORCHESTRATOR_API_KEY_FILE", None),
                       help="file holding the API key (env ORCHESTRATOR_API_KEY_FILE)")
     start.add_argument("--queue", action="append", dest="queues",

@@ -101,7 +101,7 @@ def run(table):
     flow.register_version(entrypoint="agent.examples.hello:hello")
     agent = Agent.objects.create(workspace=workspace, name="bench-agent")
     agent.queues.set([queue])
-    _, secret = ApiKey.issue(workspace=workspace, name="bench", role=Role.OPERATOR)
+    _, secret = ApiKey.issue(workspace=workspace, name="bench", role=Role.AGENT)
     prefix = f"/api/accounts/{account.slug}/workspaces/{workspace.slug}/agent"
 
     started = time.perf_counter()

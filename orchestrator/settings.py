@@ -317,7 +317,9 @@ SPECTACULAR_SETTINGS = {
     # One name for the run-state choice set, however many serializers use it.
     "ENUM_NAME_OVERRIDES": {"RunStateEnum": "runs.models.flow_runs.State",
                             "AgentStatusEnum": "runs.models.workers.AgentStatus",
-                            "ScheduleStatusEnum": "runs.models.schedules.ScheduleStatus"},
+                            "ScheduleStatusEnum": "runs.models.schedules.ScheduleStatus",
+                            "KeyRoleEnum": "runs.models.workspaces.Role",
+                            "PersonRoleEnum": "runs.models.workspaces.PERSON_ROLE_CHOICES"},
     # Request bodies get their own components, without the read-only fields of the answers.
     "COMPONENT_SPLIT_REQUEST": True,
     # Tags and operation ids come from what follows the workspace: flows, schedules, agent, …

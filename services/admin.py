@@ -3,6 +3,8 @@
 A service's PeriodicTask row shows its interval read-only, naming the environment variable that
 sets it (applied on every beat start and migrate, services/beat.py); its one admin switch is
 `enabled`. Other PeriodicTask rows keep django-celery-beat's full form.
+
+These rows act for every workspace: only superusers see or change them (runs.admin.base.PlatformOnly).
 """
 
 from django import forms
@@ -10,12 +12,13 @@ from django.contrib import admin
 from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
+from runs.admin.base import PlatformOnly
 from services.beat import service_of
 from services.models import ServiceLease, ServicePass, ServiceSchedule
 
 
 @admin.register(ServicePass)
-class ServicePassAdmin(admin.ModelAdmin):
+class ServicePassAdmin(PlatformOnly, admin.ModelAdmin):
     list_display = ("service", "started", "duration_ms", "items", "ok")
     list_filter = ("service", "ok")
     date_hierarchy = "started"
@@ -26,7 +29,7 @@ class ServicePassAdmin(admin.ModelAdmin):
 
 
 @admin.register(ServiceLease)
-class ServiceLeaseAdmin(admin.ModelAdmin):
+class ServiceLeaseAdmin(PlatformOnly, admin.ModelAdmin):
     list_display = ("service", "holder", "expires")
     readonly_fields = ("service", "holder", "expires")
 
@@ -35,7 +38,7 @@ class ServiceLeaseAdmin(admin.ModelAdmin):
 
 
 @admin.register(ServiceSchedule)
-class ServiceScheduleAdmin(admin.ModelAdmin):
+class ServiceScheduleAdmin(PlatformOnly, admin.ModelAdmin):
     list_display = ("service", "expected_since")
     readonly_fields = ("service", "expected_since")
 
@@ -53,7 +56,7 @@ admin.site.unregister(PeriodicTask)
 
 
 @admin.register(PeriodicTask)
-class PeriodicTaskAdmin(BeatPeriodicTaskAdmin):
+class PeriodicTaskAdmin(PlatformOnly, BeatPeriodicTaskAdmin):
     list_display = ("name", "enabled", "scheduler", "interval_set_by", "last_run_at")
 
     @admin.display(description="interval set by")

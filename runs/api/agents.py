@@ -1,7 +1,7 @@
 """The endpoints agents call: register, heartbeat, claim, report states, task runs and logs.
 
 All live under `<workspace prefix>/agent/`. Register, heartbeat and claim need an API key with the
-operator role. Reports about one run (its state, heartbeat, task runs and logs) need that run's
+agent role (runs/access.py). Reports about one run (its state, heartbeat, task runs and logs) need that run's
 report token from the claim (runs/run_tokens.py): only its claimant reports for a run, and a
 report of an attempt that was superseded (the run was rescheduled or claimed again since) is a
 409 with code `superseded`, which tells the runner to stop. State changes go through
@@ -93,9 +93,9 @@ def superseded(run_id):
 
 
 class AgentEndpoint(APIView):
-    """Base of every agent endpoint: operator role, no throttling (agents pace themselves)."""
+    """Base of every agent endpoint: the agent role, no throttling (agents pace themselves)."""
 
-    required_role = Role.OPERATOR
+    required_role = Role.AGENT
     throttle_classes = []
     run_scoped = False  # True: a report about one run, made with the run's report token
 

@@ -8,7 +8,8 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from runs.models import ApiKey, hash_api_key, role_allows, role_of
+from runs import access
+from runs.models import ApiKey, hash_api_key
 from runs.run_tokens import InvalidRunToken, is_run_token, read_token
 
 from .throttles import FailedAuthenticationLimiter
@@ -113,10 +114,10 @@ def acting_role(key):
         return key.role
     if not key.user.is_active:
         raise exceptions.AuthenticationFailed("This API key belongs to a deactivated account.")
-    person_role = role_of(key.user, key.workspace_id)
-    if person_role is None:
+    role = access.personal_key_role(key.role, access.role_of(key.user, key.workspace_id))
+    if role is None:
         raise exceptions.AuthenticationFailed("This API key's owner is no longer a member of its workspace.")
-    return key.role if role_allows(person_role, key.role) else person_role
+    return role
 
 
 class RunTokenAuthenticationScheme(OpenApiAuthenticationExtension):

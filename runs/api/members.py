@@ -10,7 +10,7 @@ from rest_framework.response import Response
 
 from runs import actions
 from runs.audit import Who, snapshot
-from runs.models import ApiKey, Membership, Role, Workspace
+from runs.models import PERSON_ROLE_CHOICES, ApiKey, Membership, Role, Workspace
 
 from .schema import request_example, response_example
 from .views import WorkspaceScoped
@@ -37,7 +37,7 @@ class MemberSerializer(serializers.ModelSerializer):
                                                                         "role": "operator"})])
 class AddMemberSerializer(serializers.Serializer):
     user = serializers.CharField(max_length=254, help_text="The person's username or email address.")
-    role = serializers.ChoiceField(choices=Role.choices, default=Role.VIEWER)
+    role = serializers.ChoiceField(choices=PERSON_ROLE_CHOICES, default=Role.VIEWER)
 
     def validate_user(self, name):
         users = get_user_model().objects.filter(Q(username=name) | Q(email__iexact=name), is_active=True)[:2]
@@ -111,7 +111,9 @@ class ApiKeySerializer(serializers.ModelSerializer):
                                                                  "expires_at": "2027-01-01T00:00:00Z"})])
 class NewApiKeySerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
-    role = serializers.ChoiceField(choices=Role.choices, default=Role.OPERATOR)
+    role = serializers.ChoiceField(
+        choices=Role.choices, default=Role.OPERATOR,
+        help_text="viewer, operator or admin; agent for an agent's key (the agents' endpoints only).")
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
     for_me = serializers.BooleanField(default=False, help_text="Act as me (history names me), not as a service.")
 
@@ -119,6 +121,11 @@ class NewApiKeySerializer(serializers.Serializer):
         if value is not None and value <= timezone.now():
             raise serializers.ValidationError("Pick a time in the future.")
         return value
+
+    def validate(self, data):
+        if data.get("for_me") and data.get("role") == Role.AGENT:
+            raise serializers.ValidationError({"for_me": ["An agent key acts for no person: leave for_me false."]})
+        return data
 
 
 @extend_schema_serializer(examples=[response_example("Issued", {

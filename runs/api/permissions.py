@@ -1,8 +1,10 @@
-"""Roles per workspace: the workspace comes from the URL, the role from the key or the membership."""
+"""Roles per workspace: the workspace comes from the URL, the role from the key or the membership,
+and runs/access.py decides what the role may do."""
 
 from rest_framework import exceptions, permissions
 
-from runs.models import ApiKey, Role, Workspace, role_allows, role_of
+from runs import access
+from runs.models import ApiKey, Role, Workspace
 from runs.run_tokens import RunGrant
 
 # request.role of a caller authenticated by a flow run's report token.
@@ -26,16 +28,15 @@ def workspace_in_url(request, account_slug, workspace_slug):
 
 
 def role_in_workspace(user, auth, workspace):
-    """The caller's role in `workspace`, or None when it has none there."""
-    if isinstance(auth, ApiKey):
-        return getattr(auth, "acting_role", auth.role) if auth.workspace_id == workspace.pk else None
-    if not getattr(user, "is_authenticated", False):
-        return None
-    return role_of(user, workspace.pk)
+    """The caller's role in `workspace`, or None when it has none there: the key's when it came
+    with one, else the person's."""
+    return access.role_of(auth if isinstance(auth, ApiKey) else user, workspace)
 
 
 class WorkspaceRolePermission(permissions.BasePermission):
-    """Viewers read; the view's `required_role` or `action_roles` say which role other actions need.
+    """Viewers read; the view's `required_role` or `action_roles` say which role other actions need,
+    and `access.allows` whether the caller's role is enough (the agent role only for the agents'
+    endpoints, whose `required_role` is agent).
 
     A workspace the caller has no role in answers 404, as if it did not exist, so that names of
     other tenants' workspaces do not leak.
@@ -69,10 +70,8 @@ class WorkspaceRolePermission(permissions.BasePermission):
             raise exceptions.NotFound("No such workspace.")
         request.workspace, request.role = workspace, role
         required = self.required_role(request, view)
-        if not role_allows(role, required):
-            raise exceptions.PermissionDenied(
-                f"Your role in this workspace is {role}; this action needs {required} or above."
-            )
+        if not access.allows(role, required):
+            raise exceptions.PermissionDenied(access.refusal(role, required))
         return True
 
     @staticmethod

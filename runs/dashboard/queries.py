@@ -6,10 +6,10 @@ from datetime import timedelta
 from django.db.models import Count, Q
 from django.db.models.functions import Coalesce
 
+from runs.access import scoped
 from runs.models import TERMINAL_STATES, Agent, AgentStatus, FlowRun, Log, State, StateChange, TaskRun, WorkQueue
 
 from . import display
-from .access import scoped
 
 LIST_LIMIT = 50
 TIMELINE_LIMIT = 300

@@ -13,13 +13,13 @@ from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
 from runs import actions, scheduling
+from runs.access import may, scoped
 from runs.audit import Who
-from runs.models import Schedule
+from runs.models import Role, Schedule
 from runs.schedules import WATCHED_KINDS, ScheduleComputeError
 from runs.schedules import next_fire_times as schedule_fire_times
 from runs.schedules.bounds import budget_seconds
 
-from .access import can_operate, scoped
 from .views import dashboard_login_required
 
 NEXT_FIRE_TIMES = 3
@@ -49,7 +49,7 @@ def schedule_row(request, schedule, now, confirming=False, seconds=None, error="
         "next_times": times,
         "next_times_error": why,
         "error": error,
-        "can_operate": can_operate(request, schedule.flow.workspace_id),
+        "can_operate": may(request, Role.OPERATOR, schedule.flow.workspace_id),
         "confirming": confirming,
         "to_delete": scheduling.future_runs_to_delete(schedule, now).count() if confirming else None,
     }
@@ -63,7 +63,7 @@ def get_schedule(request, pk, *, operate):
     schedule = schedules_in_reach(request).filter(pk=pk).first()
     if schedule is None:
         raise Http404("No such schedule.")
-    if operate and not can_operate(request, schedule.flow.workspace_id):
+    if operate and not may(request, Role.OPERATOR, schedule.flow.workspace_id):
         raise PermissionDenied("Pausing, resuming and running need the operator role in this workspace.")
     return schedule
 

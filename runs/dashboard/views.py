@@ -7,10 +7,10 @@ from django.http import Http404
 from django.shortcuts import render
 from django.utils import timezone
 
+from runs.access import scoped, workspace_ids_for
 from runs.models import AuditEntry, Flow, FlowRun, LogLevel, Role, WorkQueue
 
 from . import display, queries
-from .access import scoped
 
 # Choices the filters offer, in hours.
 TIMELINE_WINDOWS = (1, 6, 24, 72)
@@ -180,9 +180,7 @@ AUDIT_PAGE_ROWS = 200
 @dashboard_login_required
 def audit_trail(request):
     """The audit trail of the workspaces the user administers (runs/audit.py), newest first."""
-    from runs.admin import workspace_ids_with_role
-
-    allowed = workspace_ids_with_role(request.user, Role.ADMIN)
+    allowed = workspace_ids_for(request, Role.ADMIN)
     entries = AuditEntry.objects.select_related("workspace__account").order_by("-occurred", "-id")
     if allowed is not None:
         entries = entries.filter(workspace_id__in=allowed)

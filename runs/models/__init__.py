@@ -15,12 +15,12 @@ from .schedules import (
 )
 from .task_runs import TaskRun
 from .workers import Agent, AgentStatus, WorkQueue
-from .workspaces import Account, ApiKey, Membership, Role, Workspace, hash_api_key, role_allows, role_of
+from .workspaces import PERSON_ROLE_CHOICES, Account, ApiKey, Membership, Role, Workspace, hash_api_key
 
 __all__ = [
     "ACTIVE_STATES", "CLAIMABLE_STATES", "TERMINAL_STATES", "Account", "Actor", "Agent", "AgentStatus", "AuditEntry",
     "AmbiguousTimePolicy", "ApiKey", "Event", "Flow", "FlowRun", "FlowVersion", "Log", "LogLevel",
     "Membership", "NonexistentTimePolicy", "RECOVERY_ACTORS", "Role", "Schedule", "ScheduleKind",
     "ScheduleStatus", "Secret", "State", "StateChange", "TaskRun", "WorkQueue", "Workspace", "hash_api_key",
-    "role_allows", "role_of", "secret_values",
+    "PERSON_ROLE_CHOICES", "secret_values",
 ]

@@ -10,26 +10,16 @@ from django.utils import timezone
 
 
 class Role(models.TextChoices):
+    """What a person or key may do in a workspace: see runs/access.py, which decides."""
+
     VIEWER = "viewer", "Viewer"
     OPERATOR = "operator", "Operator"
     ADMIN = "admin", "Admin"
+    AGENT = "agent", "Agent (the agents' endpoints only)"
 
 
-ROLE_RANK = {Role.VIEWER: 1, Role.OPERATOR: 2, Role.ADMIN: 3}
-
-
-def role_allows(role, required):
-    """True when `role` is at least `required` (viewer < operator < admin)."""
-    return ROLE_RANK.get(role, 0) >= ROLE_RANK[required]
-
-
-def role_of(person, workspace_id):
-    """A person's role in a workspace: admin for a superuser, else their membership's; None when
-    they are not a member."""
-    if person.is_superuser:
-        return Role.ADMIN
-    return Membership.objects.filter(user_id=person.pk, workspace_id=workspace_id).values_list(
-        "role", flat=True).first()
+# People hold the roles of the ladder; the agent role is for API keys only.
+PERSON_ROLE_CHOICES = [(role.value, role.label) for role in (Role.VIEWER, Role.OPERATOR, Role.ADMIN)]
 
 
 class Account(models.Model):
@@ -60,7 +50,7 @@ class Workspace(models.Model):
 class Membership(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="memberships")
-    role = models.CharField(max_length=16, choices=Role.choices, default=Role.VIEWER)
+    role = models.CharField(max_length=16, choices=PERSON_ROLE_CHOICES, default=Role.VIEWER)
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -118,11 +108,15 @@ class ApiKey(models.Model):
         return key, secret
 
     def clean(self):
+        from runs.access import role_of
+
         # A key acting for a person works only while that person is a member (see the API's
         # authentication); one made for an outsider could never be used.
         if self.user_id and self.workspace_id and role_of(self.user, self.workspace_id) is None:
             raise ValidationError({"user": "This person is not a member of the key's workspace; add them first, "
                                            "or leave the person empty for a service key."})
+        if self.user_id and self.role == Role.AGENT:
+            raise ValidationError({"user": "An agent key acts for no person: leave the person empty."})
 
     @property
     def is_usable(self):

@@ -15,7 +15,9 @@ from tests import factories
 
 @pytest.fixture
 def operator(api, key_for):
-    return api.as_key(key_for(Role.OPERATOR))
+    """An agent's client: a key with the agent role (the fixture keeps the name it had when agents held
+    operator keys)."""
+    return api.as_key(key_for(Role.AGENT))
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from runs.claiming import claim_due_runs
-from runs.models import Actor, FlowRun, State, StateChange
+from runs.models import Actor, FlowRun, Role, State, StateChange
 from tests import factories
 
 
@@ -163,7 +163,7 @@ def test_two_agents_claiming_at_once_over_the_api_get_every_run_exactly_once():
     flow, queue, now = factories.flow(ws), factories.work_queue(ws), timezone.now()
     due_runs(flow, queue, 200, now)
     agents = [agent_on(ws, queue), agent_on(ws, queue)]
-    secret = factories.api_key(ws)[1]
+    secret = factories.api_key(ws, role=Role.AGENT)[1]
     prefix = f"/api/accounts/{ws.account.slug}/workspaces/{ws.slug}/agent"
     claimed = {agent.pk: [] for agent in agents}
     start = threading.Barrier(2)

@@ -44,7 +44,7 @@ def test_a_scheduled_run_goes_through_the_agent_to_completed(ws, workspace_url, 
     [run] = FlowRun.objects.filter(schedule=schedule)
     assert run.state == State.SCHEDULED and run.work_queue == queue
 
-    agent = start_agent(workspace_url, factories.api_key(ws, role=Role.OPERATOR)[1], "e2e", "e2e-agent")
+    agent = start_agent(workspace_url, factories.api_key(ws, role=Role.AGENT)[1], "e2e", "e2e-agent")
     wait_for(lambda: finished([run.pk]), what=lambda: f"the run to finish\n{agent.output()}")
     assert health(agent)[0] == 200
 
@@ -76,7 +76,7 @@ def test_a_scheduled_run_goes_through_the_agent_to_completed(ws, workspace_url, 
 def test_a_failing_flow_is_failed_with_its_traceback_in_the_logs(ws, workspace_url, start_agent):
     queue = factories.work_queue(ws, name="e2e")
     run = factories.flow_run(factories.flow(ws, entrypoint="tests.agent.flows:broken"), work_queue=queue)
-    start_agent(workspace_url, factories.api_key(ws)[1], "e2e", "failing-agent")
+    start_agent(workspace_url, factories.api_key(ws, role=Role.AGENT)[1], "e2e", "failing-agent")
     wait_for(lambda: finished([run.pk]), what="the broken run to finish")
     run.refresh_from_db()
     # Reported by the runner itself, with the exception as the message.
@@ -87,7 +87,7 @@ def test_a_failing_flow_is_failed_with_its_traceback_in_the_logs(ws, workspace_u
 def test_sigterm_reports_unfinished_runs_crashed_and_the_agent_offline(ws, workspace_url, start_agent):
     queue = factories.work_queue(ws, name="e2e")
     run = factories.flow_run(factories.flow(ws, entrypoint="tests.agent.flows:forever"), work_queue=queue)
-    agent = start_agent(workspace_url, factories.api_key(ws)[1], "e2e", "stopping-agent", "--grace-seconds", "0.5")
+    agent = start_agent(workspace_url, factories.api_key(ws, role=Role.AGENT)[1], "e2e", "stopping-agent", "--grace-seconds", "0.5")
     wait_for(lambda: TaskRun.objects.filter(flow_run=run, state=State.RUNNING).exists(), what="the task to run")
     assert agent.stop(timeout=30) == 0
     run.refresh_from_db()
@@ -104,7 +104,7 @@ def test_two_agents_on_one_queue_complete_every_run_exactly_once(ws, workspace_u
     flow = factories.flow(ws, entrypoint="tests.agent.flows:noop")
     now = timezone.now()
     runs = [factories.flow_run(flow, work_queue=queue, scheduled_start=now - timedelta(seconds=i)) for i in range(24)]
-    key = factories.api_key(ws)[1]
+    key = factories.api_key(ws, role=Role.AGENT)[1]
     start_agent(workspace_url, key, "shared", "agent-a", "--limit", "4")
     start_agent(workspace_url, key, "shared", "agent-b", "--limit", "4")
     ids = [r.pk for r in runs]
@@ -123,7 +123,7 @@ def test_health_turns_503_when_the_server_cannot_be_reached(start_agent):
 
 
 def test_an_agent_with_a_revoked_key_stops_with_an_error(ws, workspace_url, start_agent):
-    key, secret = factories.api_key(ws)
+    key, secret = factories.api_key(ws, role=Role.AGENT)
     key.revoked_at = timezone.now()
     key.save()
     agent = start_agent(workspace_url, secret, "e2e", "revoked-agent")
@@ -136,7 +136,7 @@ def test_heartbeats_from_a_separate_process_reach_the_run_and_its_task(ws, works
     queue = factories.work_queue(ws, name="e2e")
     run = factories.flow_run(factories.flow(ws, entrypoint="tests.agent.flows:steady"), work_queue=queue,
                              parameters={"seconds": 1.5})
-    start_agent(workspace_url, factories.api_key(ws)[1], "e2e", "process-beats", "--heartbeat-mode", "process")
+    start_agent(workspace_url, factories.api_key(ws, role=Role.AGENT)[1], "e2e", "process-beats", "--heartbeat-mode", "process")
     wait_for(lambda: finished([run.pk]), what="the run to finish")
     run.refresh_from_db()
     assert run.state == State.COMPLETED and run.last_heartbeat > run.start_time
@@ -147,7 +147,7 @@ def test_heartbeats_from_a_separate_process_reach_the_run_and_its_task(ws, works
 def test_heartbeat_mode_off_registers_the_run_without_an_interval(ws, workspace_url, start_agent):
     queue = factories.work_queue(ws, name="e2e")
     run = factories.flow_run(factories.flow(ws, entrypoint="tests.agent.flows:noop"), work_queue=queue)
-    start_agent(workspace_url, factories.api_key(ws)[1], "e2e", "no-beats", "--heartbeat-mode", "off")
+    start_agent(workspace_url, factories.api_key(ws, role=Role.AGENT)[1], "e2e", "no-beats", "--heartbeat-mode", "off")
     wait_for(lambda: finished([run.pk]), what="the run to finish")
     run.refresh_from_db()
     assert run.state == State.COMPLETED and run.heartbeat_interval is None
@@ -158,7 +158,7 @@ def test_the_flow_gets_its_runs_token_and_never_the_agents_key(ws, workspace_url
     flow = factories.flow(ws, entrypoint="tests.agent.flows:what_the_flow_holds")
     out = tmp_path / "held.json"
     run = factories.flow_run(flow, work_queue=queue, parameters={"path": str(out)})
-    key = factories.api_key(ws, role=Role.OPERATOR)[1]
+    key = factories.api_key(ws, role=Role.AGENT)[1]
     # The key on the command line and in the agent's environment, as `make run` and a service unit give it.
     agent = start_agent(workspace_url, key, "e2e", "keeper", env={"ORCHESTRATOR_API_KEY": key})
     wait_for(lambda: finished([run.pk]), what=lambda: f"the run to finish\n{agent.output()}")
@@ -180,7 +180,7 @@ def test_a_secret_reaches_the_flow_and_nothing_the_server_keeps_or_shows_holds_i
     flow.register_version(entrypoint="tests.agent.flows:leaks_its_secret", secrets=["DB_PASSWORD"])
     got = tmp_path / "got"
     run = factories.flow_run(flow, work_queue=queue, flow_version=flow.latest_version, parameters={"path": str(got)})
-    agent = start_agent(workspace_url, factories.api_key(ws)[1], "e2e", "careful")
+    agent = start_agent(workspace_url, factories.api_key(ws, role=Role.AGENT)[1], "e2e", "careful")
     wait_for(lambda: finished([run.pk]), what=lambda: f"the run to finish\n{agent.output()}")
     run.refresh_from_db()
     assert got.read_text() == value  # the flow had it

@@ -55,12 +55,15 @@ def test_the_claim_gives_each_run_its_token_and_hands_the_same_one_out_again(ope
 
 
 def test_an_api_key_may_not_report_for_a_run_even_an_operators(operator, prefix, ws, key_for):
-    """The defect: any operator key could turn a FAILED run COMPLETED through the agents' endpoints."""
+    """The defect: any operator key could turn a FAILED run COMPLETED through the agents' endpoints.
+    (`operator` is the agents' key of these tests: the agent role.)"""
     run = due_run(ws, state=State.RUNNING)
     run = set_flow_run_state(run, State.CRASHED, actor=Actor.ZOMBIE_KILLER, message="No heartbeat.")
-    admin = APIClient()
-    admin.credentials(HTTP_AUTHORIZATION=f"Bearer {key_for(Role.ADMIN)}")
-    for client in (operator, admin):
+    clients = []
+    for role in (Role.OPERATOR, Role.ADMIN):
+        clients.append(APIClient())
+        clients[-1].credentials(HTTP_AUTHORIZATION=f"Bearer {key_for(role)}")
+    for client in (operator, *clients):
         answer = state(client, prefix, run, "COMPLETED")
         assert answer.status_code == 403, answer.content
         assert "report token" in answer.json()["error"]["message"]
@@ -165,14 +168,14 @@ def test_a_recovery_verdict_keeps_the_token_so_a_slow_runners_late_completion_is
 
 
 @pytest.mark.parametrize("new_attempt", ["hand-back", "retry", "agent monitor"])
-def test_every_way_back_to_scheduled_supersedes_the_attempt(operator, prefix, ws, new_attempt):
+def test_every_way_back_to_scheduled_supersedes_the_attempt(api, key_for, prefix, ws, new_attempt):
     run = due_run(ws, state=State.RUNNING)
     token = token_of(run)
     if new_attempt == "hand-back":
         assert state(holding(token), prefix, run, "SCHEDULED").status_code == 200
     elif new_attempt == "retry":
         run = set_flow_run_state(run, State.FAILED, actor=Actor.AGENT)
-        answer = operator.post(f"{prefix}/flow_runs/{run.pk}/retry/", format="json")
+        answer = api.as_key(key_for(Role.OPERATOR)).post(f"{prefix}/flow_runs/{run.pk}/retry/", format="json")
         assert answer.status_code in (200, 201), answer.content
     else:
         transition_flow_runs(type(run).objects.filter(pk=run.pk), State.SCHEDULED, actor=Actor.AGENT_MONITOR,

@@ -25,7 +25,8 @@ ORPHAN_WARNING = "is gone; this runner finishes the run and reports for itself"
 
 @pytest.fixture
 def operator_key(ws):
-    return factories.api_key(ws, role=Role.OPERATOR)[1]
+    """The agents' key (the agent role; the fixture keeps the name it had when agents held operator keys)."""
+    return factories.api_key(ws, role=Role.AGENT)[1]
 
 
 def queued_run(ws, entrypoint, **parameters):

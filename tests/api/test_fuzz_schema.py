@@ -49,7 +49,8 @@ def wsgi_keeps_the_test_connection():
 
 @pytest.fixture
 def fuzz_target(db, wsgi_keeps_the_test_connection):
-    """An admin key of a workspace that has one of everything, so ids in paths sometimes exist."""
+    """An admin key (and an agent key, for the agents' endpoints) of a workspace that has one of
+    everything, so ids in paths sometimes exist."""
     ws = factories.workspace()
     flow = factories.flow(ws, name="fuzz-flow")
     queue = factories.work_queue(ws, name="fuzz-queue")
@@ -59,7 +60,7 @@ def fuzz_target(db, wsgi_keeps_the_test_connection):
     factories.agent(ws).queues.add(queue)
     factories.member(ws, role=Role.ADMIN)
     key, secret = factories.api_key(ws, role=Role.ADMIN)
-    return ws, key, secret
+    return ws, key, secret, factories.api_key(ws, role=Role.AGENT)[1]
 
 
 def operations():
@@ -69,7 +70,7 @@ def operations():
 
 @pytest.mark.parametrize("mode", list(EXAMPLES), ids=lambda mode: mode.value)
 def test_no_input_makes_a_5xx_and_every_answer_is_documented(fuzz_target, mode):
-    ws, key, secret = fuzz_target
+    ws, key, secret, agent_secret = fuzz_target
     statuses, exercised = Counter(), set()
     every_operation = operations()
 
@@ -86,7 +87,8 @@ def test_no_input_makes_a_5xx_and_every_answer_is_documented(fuzz_target, mode):
             # Revoking the fuzzer's own key would turn the rest of the run into 401s.
             if case.method == "DELETE" and "/api_keys/" in case.path and str(path.get("id")) == str(key.pk):
                 path["id"] = key.pk + 1_000_000
-            response = case.call(headers={"Authorization": f"Bearer {secret}"})
+            bearer = agent_secret if "/agent/" in case.path else secret  # agents' endpoints take agent keys only
+            response = case.call(headers={"Authorization": f"Bearer {bearer}"})
             where = f"{case.method} {case.formatted_path} {case.query} {case.body!r}"[:600]
             case.validate_response(response, checks=CHECKS)
             assert response.status_code != 401, f"{where}: the fuzzer's key stopped working"

@@ -1,8 +1,10 @@
-"""Each caller (viewer, operator, admin, no key, revoked key) × each endpoint × own and foreign workspace.
+"""Each caller (viewer, operator, admin, agent, no key, revoked key) × each endpoint × own and foreign
+workspace.
 
 The expected status comes from a table: the role an endpoint needs, and the status it answers on
 success. A caller below that role gets 403; a workspace the caller has no role in is 404; no key
-or a revoked key is 401. The table must name every operation of the OpenAPI schema, so a new
+or a revoked key is 401. The agent role is off the ladder: an agent key may call the agents'
+endpoints and nothing else, and no other role may call those. The table must name every operation of the OpenAPI schema, so a new
 endpoint cannot ship without its row.
 """
 
@@ -18,7 +20,7 @@ from runs.run_tokens import token_of
 from tests import factories
 from tests.conftest import api_prefix
 
-V, O, A = Role.VIEWER, Role.OPERATOR, Role.ADMIN
+V, O, A, AG = Role.VIEWER, Role.OPERATOR, Role.ADMIN, Role.AGENT
 # Reports about one run: only with that run's report token (from the claim), never an API key.
 R = "run token"
 
@@ -81,11 +83,11 @@ ENDPOINTS = [
     ("api key detail", "get", "api_keys/{key}/", None, A, 200),
     ("api key create", "post", "api_keys/", {"name": "ci", "role": "viewer"}, A, 201),
     ("api key revoke", "delete", "api_keys/{key}/", None, A, 204),
-    # The agent's own API: operators (an agent's key) and admins; a run's reports: its token only.
-    ("agent register", "post", "agent/register", {"name": "new-agent", "queues": ["default"]}, O, 201),
-    ("agent heartbeat", "post", "agent/heartbeat", {"agent_id": "{agent}"}, O, 200),
-    ("agent claim", "post", "agent/claim", {"agent_id": "{agent}", "max_runs": 5}, O, 200),
-    ("agent ping", "get", "agent/ping", None, O, 200),
+    # The agents' own API: agent keys only; a run's reports: its token only.
+    ("agent register", "post", "agent/register", {"name": "new-agent", "queues": ["default"]}, AG, 201),
+    ("agent heartbeat", "post", "agent/heartbeat", {"agent_id": "{agent}"}, AG, 200),
+    ("agent claim", "post", "agent/claim", {"agent_id": "{agent}", "max_runs": 5}, AG, 200),
+    ("agent ping", "get", "agent/ping", None, AG, 200),
     ("agent logs", "post", "agent/logs", {"logs": [{"flow_run_id": "{run}", "message": "hello"}]}, R, 201),
     ("agent flow run state", "post", "agent/flow_runs/{run}/state", {"state": "COMPLETED"}, R, 200),
     ("agent flow run heartbeat", "post", "agent/flow_runs/{run}/heartbeat", None, R, 200),
@@ -94,7 +96,7 @@ ENDPOINTS = [
     ("agent task run heartbeat", "post", "agent/task_runs/{task_run}/heartbeat", None, R, 204),
 ]
 
-CALLERS = ["viewer", "operator", "admin", "no key", "revoked key", R]
+CALLERS = ["viewer", "operator", "admin", "agent", "no key", "revoked key", R]
 RANK = {V: 1, O: 2, A: 3}
 
 
@@ -105,7 +107,11 @@ def expected_status(caller, needed, success, own):
         return 403
     if not own:
         return 404
-    return success if needed == R or RANK[Role(caller)] >= RANK[needed] else 403
+    if needed == R:
+        return success
+    if needed == AG or caller == AG:
+        return success if caller == needed else 403
+    return success if RANK[Role(caller)] >= RANK[needed] else 403
 
 
 def run_token(run_id):
@@ -115,11 +121,11 @@ def run_token(run_id):
 
 def authenticate_as_able(api, ws, endpoint, names):
     """Credentials that may call `endpoint` in `ws`: the token of the world's run for a run's
-    report, else an admin's key."""
+    report, an agent key for the agents' other endpoints, else an admin's key."""
     if endpoint[4] == R:
         return api.as_key(run_token(names["run"]))
     factories.member(ws, role=Role.ADMIN)
-    return api.as_key(factories.api_key(ws, role=Role.ADMIN)[1])
+    return api.as_key(allowed_key(ws, endpoint[4]))
 
 
 def world(ws):
@@ -140,6 +146,12 @@ def world(ws):
         "audit": AuditEntry.objects.create(workspace=ws, actor="ada", via="api", action="schedule.pause",
                                            target_type="schedule").pk,
     }
+
+
+def allowed_key(ws, needed):
+    """The secret of a key of `ws` that may call an endpoint needing `needed`: an agent key for the
+    agents' endpoints, else an admin key."""
+    return factories.api_key(ws, role=AG if needed == AG else A)[1]
 
 
 def fill(template, names):
@@ -198,8 +210,9 @@ FOREIGN_REFERENCES = [endpoint for endpoint in ENDPOINTS if references(endpoint)
 
 @pytest.mark.parametrize("endpoint", FOREIGN_REFERENCES, ids=[e[0] for e in FOREIGN_REFERENCES])
 def test_another_workspaces_objects_are_not_reachable_through_your_own(api, ws, other_ws, endpoint):
-    """An admin of `ws` (for a run's report, the token of a run of `ws`) naming `other_ws`'s objects
-    under `ws`'s URL: 404 for a path, 400/404 for a body."""
+    """A caller of `ws` allowed the endpoint (admin; agent key for the agents' endpoints; for a run's
+    report, the token of a run of `ws`) naming `other_ws`'s objects under `ws`'s URL: 404 for a
+    path, 400/404 for a body."""
     name, method, path, body, *_ = endpoint
     own = world(ws)  # own objects exist too, so "nothing here" cannot hide a leak
     foreign = world(other_ws)

@@ -8,6 +8,7 @@ from cryptography.fernet import Fernet
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from runs import vault
 from runs.models import FlowRun, Log, Role, Secret, State, StateChange, TaskRun, WorkQueue
@@ -127,16 +128,17 @@ def test_only_the_claim_of_a_run_whose_version_names_a_secret_carries_it(api, ke
     secret_in(ws)
     secret_in(ws, name="OTHER", value="not-for-these-runs")
     needs, plain, missing = claimable(ws, ["DB_PASSWORD"]), claimable(ws, []), claimable(ws, ["NOPE", "DB_PASSWORD"])
-    operator = api.as_key(key_for(Role.OPERATOR))
-    agent_id = operator.post(f"{prefix}/agent/register", {"name": "a", "queues": ["default"]}, format="json").json()["id"]
-    runs = {r["id"]: r for r in operator.post(f"{prefix}/agent/claim", {"agent_id": agent_id, "max_runs": 10},
-                                                format="json").json()["runs"]}
+    agent = APIClient()
+    agent.credentials(HTTP_AUTHORIZATION=f"Bearer {key_for(Role.AGENT)}")
+    agent_id = agent.post(f"{prefix}/agent/register", {"name": "a", "queues": ["default"]}, format="json").json()["id"]
+    runs = {r["id"]: r for r in agent.post(f"{prefix}/agent/claim", {"agent_id": agent_id, "max_runs": 10},
+                                             format="json").json()["runs"]}
     assert runs[str(needs.pk)]["secrets"] == {"DB_PASSWORD": VALUE} and runs[str(needs.pk)]["missing_secrets"] == []
     assert runs[str(plain.pk)]["secrets"] == {} and runs[str(plain.pk)]["env"] == {}
     assert runs[str(missing.pk)]["secrets"] == {"DB_PASSWORD": VALUE}
     assert runs[str(missing.pk)]["missing_secrets"] == ["NOPE"]
     # Nothing else ever shows it: the run's own page over the API.
-    assert VALUE not in operator.get(f"{prefix}/flow_runs/{needs.pk}/").content.decode()
+    assert VALUE not in api.as_key(key_for(Role.OPERATOR)).get(f"{prefix}/flow_runs/{needs.pk}/").content.decode()
 
 
 def test_the_server_redacts_a_runs_secrets_from_its_logs_messages_and_results(reporter, prefix, ws):

@@ -94,7 +94,7 @@ def test_a_killed_agents_run_is_failed_rescheduled_and_completed_by_another(ws, 
     queue = factories.work_queue(ws, name="fault")
     flow = factories.flow(ws, entrypoint="tests.recovery.flows:resumable")
     run = factories.flow_run(flow, work_queue=queue, parameters={"marker": str(tmp_path / "marker")})
-    url, key = live_server.url + api_prefix(ws), factories.api_key(ws, role=Role.OPERATOR)[1]
+    url, key = live_server.url + api_prefix(ws), factories.api_key(ws, role=Role.AGENT)[1]
 
     node_a = agents(url, key, "fault", "agent-a")
     long_task = wait_for(lambda: TaskRun.objects.filter(flow_run=run, task_key="long_step", state=State.RUNNING).first(),
@@ -132,7 +132,7 @@ def test_a_new_attempt_keeps_the_results_of_tasks_that_completed_before_the_mach
     queue = factories.work_queue(ws, name="fault")
     flow = factories.flow(ws, entrypoint="tests.agent.flows:three_steps")
     run = factories.flow_run(flow, work_queue=queue, parameters={"marks": str(marks), "gate": str(gate)})
-    url, key = live_server.url + api_prefix(ws), factories.api_key(ws, role=Role.OPERATOR)[1]
+    url, key = live_server.url + api_prefix(ws), factories.api_key(ws, role=Role.AGENT)[1]
     ran = lambda name: (marks / name).read_text().split() if (marks / name).exists() else []  # noqa: E731
 
     node_a = agents(url, key, "fault", "agent-a")
@@ -177,7 +177,7 @@ def test_overlapping_runs_of_a_dead_node_finish_elsewhere_under_their_own_slots(
     flow = factories.flow(ws, entrypoint="tests.faults.flows:three_steps")
     schedule = factories.schedule(flow, slug="every-second", interval_seconds=1, work_queue=queue,
                                   parameters={"marker_dir": str(markers), "seconds": 4})
-    url, key = live_server.url + api_prefix(ws), factories.api_key(ws, role=Role.OPERATOR)[1]
+    url, key = live_server.url + api_prefix(ws), factories.api_key(ws, role=Role.AGENT)[1]
     started = timezone.now()
     schedule_future_runs([schedule], started, count=3)
     node_a = agents(url, key, "node", "node-a")
@@ -227,7 +227,7 @@ def test_a_frozen_node_that_comes_back_is_superseded_and_runs_nothing_more(ws, l
     queue = factories.work_queue(ws, name="node")
     flow = factories.flow(ws, entrypoint="tests.faults.flows:three_steps")
     run = factories.flow_run(flow, work_queue=queue, parameters={"marker_dir": str(markers), "seconds": 4})
-    url, key = live_server.url + api_prefix(ws), factories.api_key(ws, role=Role.OPERATOR)[1]
+    url, key = live_server.url + api_prefix(ws), factories.api_key(ws, role=Role.AGENT)[1]
     story = lambda: _story(run.pk, tmp_path)  # noqa: E731
 
     node_a = agents(url, key, "node", "node-a")

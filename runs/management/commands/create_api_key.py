@@ -20,7 +20,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("workspace", help="account/workspace slugs, e.g. demo/demo")
         parser.add_argument("--name", required=True, help="what the key is for, e.g. ci")
-        parser.add_argument("--role", default=Role.OPERATOR, choices=Role.values)
+        parser.add_argument("--role", default=Role.OPERATOR, choices=Role.values,
+                            help="what the key may do (runs/access.py); agent: an agent's key, the agents' endpoints only")
         parser.add_argument("--expires-in-days", type=int, default=None,
                             help="the key stops working after this many days (default: never)")
 

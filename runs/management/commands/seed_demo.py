@@ -1,4 +1,4 @@
-"""Seed a demo workspace: account, workspace, admin user, a flow with two schedules, an agent key.
+"""Seed a demo workspace: account, workspace, admin user, a flow with two schedules, an agent-role key.
 
 Safe to run again: it creates what is missing and changes nothing that exists.
 """
@@ -62,14 +62,18 @@ class Command(BaseCommand):
         self._local_agent_key(workspace)
 
     def _local_agent_key(self, workspace):
-        """Issue the local agent's operator key into var/agent.key (mode 600) unless a usable one is there."""
+        """Issue the local agent's key (agent role: the agents' endpoints only) into var/agent.key
+        (mode 600) unless a usable agent key is there. A key of another role written by an earlier
+        version is revoked and replaced, since agent endpoints now refuse it."""
         path = settings.VAR_DIR / "agent.key"
         if path.exists():
             secret = path.read_text().strip()
-            if ApiKey.objects.usable().filter(workspace=workspace, hashed_secret=hash_api_key(secret)).exists():
+            old = ApiKey.objects.usable().filter(workspace=workspace, hashed_secret=hash_api_key(secret))
+            if old.filter(role=Role.AGENT).exists():
                 return
-        _, secret = ApiKey.issue(workspace=workspace, name="local-agent", role=Role.OPERATOR)
+            old.update(revoked_at=timezone.now())
+        _, secret = ApiKey.issue(workspace=workspace, name="local-agent", role=Role.AGENT)
         path.touch(mode=0o600)
         path.chmod(0o600)
         path.write_text(secret + "\n")
-        self.stdout.write(f"Local agent key written to {path}.")
+        self.stdout.write(f"Local agent key (agent role) written to {path}.")
