@@ -17,6 +17,13 @@ os.environ.setdefault("DEBUG", "true")
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
+def available_benchmarks():
+    """The benchmark modules: every module of the package but the table and this entry point."""
+    import bench
+
+    return sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if m.name != "table" and not m.name.startswith("_"))
+
+
 def main():
     import django
 
@@ -27,7 +34,7 @@ def main():
     import bench
     from bench.table import Table
 
-    available = sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if m.name not in {"table"})
+    available = available_benchmarks()
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("names", nargs="*", help=f"which benchmarks (default all): {', '.join(available)}")
     args = parser.parse_args()
