@@ -52,13 +52,13 @@ def seed(ws, flows, queues, schedule, now):
             FlowRun.objects.bulk_create(batch)
             batch = []
     FlowRun.objects.bulk_create(batch)
-    crashed = list(FlowRun.objects.filter(state=State.CRASHED).order_by("-scheduled_start")[:2000])
+    crashed = list(FlowRun.objects.filter(workspace=ws, state=State.CRASHED).order_by("-scheduled_start")[:2000])
     Log.objects.bulk_create([Log(workspace=ws, flow_run=r, source="lazarus", message="rescheduled",
                                  timestamp=r.scheduled_start) for r in crashed], batch_size=2000)
     StateChange.objects.bulk_create([StateChange(flow_run=r, from_state=State.RUNNING, to_state=State.CRASHED,
                                                  actor=Actor.ZOMBIE_KILLER, timestamp=r.scheduled_start)
                                      for r in crashed], batch_size=2000)
-    run = FlowRun.objects.filter(state=State.RUNNING).order_by("-scheduled_start").first()
+    run = FlowRun.objects.filter(workspace=ws, state=State.RUNNING).order_by("-scheduled_start").first()
     TaskRun.objects.bulk_create([TaskRun(flow_run=run, task_key=f"task-{i}", state=State.COMPLETED,
                                          start_time=run.start_time, end_time=now) for i in range(200)])
     Log.objects.bulk_create([Log(workspace=ws, flow_run=run, message=f"line {i}", timestamp=now)
