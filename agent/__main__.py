@@ -85,14 +85,60 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+# Set by the agent on itself when it re-executes to drop its key from its environment and command
+# line: the read end of a pipe holding the key.
+KEY_FD_VARIABLE = "ORCHESTRATOR_AGENT_KEY_FD"
+
+
+def _without_key_flag(argv):
+    """`argv` without `--key KEY` / `--key=KEY`."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--key":
+            skip = True
+        elif not arg.startswith("--key="):
+            kept.append(arg)
+    return kept
+
+
+def hide_key_and_reexec(key, argv):
+    """Run this agent again (same process id) with its key in a pipe instead of its environment or
+    command line. /proc/<pid>/environ and /proc/<pid>/cmdline keep what a process started with, and
+    the flows it runs (same user) could read them there; after this they hold no key."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, key.encode())
+    os.close(write_end)
+    os.set_inheritable(read_end, True)
+    env = {name: value for name, value in os.environ.items() if name != "ORCHESTRATOR_API_KEY"}
+    env[KEY_FD_VARIABLE] = str(read_end)
+    os.execve(sys.executable, [sys.executable, "-m", "agent", *_without_key_flag(argv)], env)
+
+
+def _key_from_pipe():
+    fd = os.environ.pop(KEY_FD_VARIABLE, None)
+    if fd is None:
+        return None
+    try:
+        with os.fdopen(int(fd), "rb") as pipe:
+            return pipe.read().decode().strip() or None
+    except (OSError, ValueError):
+        return None
+
+
+def main(argv=None, *, hide_key=False):
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     if not args.api:
         sys.exit("Give the workspace API prefix with --api or ORCHESTRATOR_API_URL.")
-    key = args.key or os.environ.get("ORCHESTRATOR_API_KEY")
-    if args.key_file:
+    piped = _key_from_pipe()
+    key = piped or args.key or os.environ.get("ORCHESTRATOR_API_KEY")
+    if key and not piped and not args.key_file and hide_key:
+        hide_key_and_reexec(key, argv)  # does not return
+    if args.key_file and not piped:
         try:
             with open(args.key_file) as handle:
                 key = handle.read().strip()
@@ -115,4 +161,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(hide_key=True))

@@ -4,6 +4,7 @@ The server judges each line on its own: it stores the good ones and says which i
 why, so one bad line never costs its batch; a batch it finds too large (413) is split in halves.
 """
 
+import json
 import collections
 import logging
 import threading
@@ -46,8 +47,18 @@ def redact(text, values):
 
 
 def redaction_list(values):
-    """The values worth redacting, longest first (one that contains another is not left half shown)."""
-    return sorted({value for value in values if value}, key=len, reverse=True)
+    """What to redact for these secret values, longest first (one that contains another is not left
+    half shown): each value as it is and stripped, as JSON and Python's repr escape it (a result or a
+    logged repr), and each line of eight characters or more of a multi-line value (printed output
+    is shipped line by line)."""
+    forms = set()
+    for value in values:
+        if not value:
+            continue
+        forms.update((value, value.strip(), json.dumps(value, ensure_ascii=False)[1:-1], json.dumps(value)[1:-1],
+                      repr(value)[1:-1]))
+        forms.update(line.strip() for line in value.splitlines() if len(line.strip()) >= 8)
+    return sorted((form for form in forms if form), key=len, reverse=True)
 
 
 class LogShipper:

@@ -222,7 +222,8 @@ class Runner:
         self.agent_pid = int(env.get("ORCHESTRATOR_AGENT_PID") or os.getppid())
         # The run's secrets (env vars the agent named): redacted from every line and message it sends.
         names = [name for name in env.get("ORCHESTRATOR_SECRET_NAMES", "").split(",") if name]
-        self.redactions = redaction_list(env[name] for name in names if name in env)
+        self.secret_values = [env[name] for name in names if name in env]
+        self.redactions = redaction_list(self.secret_values)
         self.shipper = LogShipper(self.client, redactions=self.redactions,
                                   server_max_lines=env.get("ORCHESTRATOR_AGENT_LOG_BATCH_MAX_LINES") or None)
         self.capture = OutputCapture(lambda text, level: self.shipper.add(self.flow_run_id, text, level=level))
@@ -342,7 +343,7 @@ class Runner:
         threading.Thread(target=self._watch_agent, name="agent-watch", daemon=True).start()
         sdk.bind(sdk.RunContext(
             self.client, self.flow_run_id, self.heartbeats, why_stopped=self.why_stopped,
-            on_superseded=self._superseded, secrets=self.redactions,
+            on_superseded=self._superseded, secrets=self.secret_values,
             result_max_bytes=int(self.env.get("ORCHESTRATOR_TASK_RESULT_MAX_BYTES") or sdk.DEFAULT_RESULT_MAX_BYTES)))
         try:
             state, message = self._run_flow()
@@ -370,8 +371,8 @@ class Runner:
                 return self._stopped_outcome()
         except BaseException as exc:  # noqa: BLE001 - whatever the flow raised, the run failed
             log.error("The flow raised:\n%s", traceback.format_exc().rstrip())
-            return "FAILED", storable(f"{type(exc).__name__}: {exc}"[:10000])
-        log.info("Flow returned %.500r", result)
+            return "FAILED", storable(f"{type(exc).__name__}: {exc}")  # redacted, then cut, in _finish
+        log.info("Flow returned %s", redact(repr(result), self.redactions)[:500])
         return "COMPLETED", "The flow returned; reported by its runner."
 
     def _stopped_outcome(self):
@@ -388,7 +389,7 @@ class Runner:
 
     def _finish(self, state, message):
         """Ship the last logs, then report (or leave to the agent); returns the exit code."""
-        message = redact(message, self.redactions)
+        message = redact(message, self.redactions)[:sdk.MAX_MESSAGE_CHARS]
         self.capture.stop()
         if not self.shipper.stop(drain_seconds=LOG_DRAIN_SECONDS):
             self.capture.original(f"The runner could not ship its last log lines ({len(self.shipper.buffer)}).")

@@ -17,7 +17,7 @@ import logging
 import time
 
 from .client import ApiError
-from .logs import redact, storable
+from .logs import redact, redaction_list, storable
 
 _context = None
 _current_task_run = contextvars.ContextVar("current_task_run", default=None)
@@ -27,6 +27,8 @@ log = logging.getLogger("agent.tasks")
 # agent's side: a task's state reports, the runner's last log lines and its run's final state
 # (agent/runner.py), and the agent's own state reports (agent/worker.py).
 STATE_REPORT_RETRY_SECONDS = 600
+# The longest state message the server takes.
+MAX_MESSAGE_CHARS = 10000
 # The server's ORCHESTRATOR_TASK_RESULT_MAX_BYTES, unless the agent says otherwise.
 DEFAULT_RESULT_MAX_BYTES = 1_048_576
 
@@ -56,7 +58,9 @@ class RunContext:
         self.result_max_bytes = result_max_bytes
         self.why_stopped = why_stopped or (lambda: ("CRASHED", "The flow's process was stopped."))
         self.on_superseded = on_superseded or (lambda: None)
-        self.secrets = list(secrets)  # values never sent: redacted from messages, results holding one not kept
+        # The run's secret values, in every form they could be sent in: redacted from messages; a
+        # result holding one is not kept.
+        self.secrets = redaction_list(secrets)
         self.calls = {}
 
     def next_dynamic_key(self, task_key):
@@ -66,8 +70,8 @@ class RunContext:
         return str(index)
 
     def report(self, path, payload):
-        if self.secrets and payload.get("message"):
-            payload = {**payload, "message": redact(payload["message"], self.secrets)}
+        if payload.get("message"):  # redacted whole, then cut to what the server takes
+            payload = {**payload, "message": redact(payload["message"], self.secrets)[:MAX_MESSAGE_CHARS]}
         try:
             return self.client.post(path, payload, retry_for=STATE_REPORT_RETRY_SECONDS)
         except ApiError as exc:
@@ -158,10 +162,10 @@ def _run_reported(ctx, fn, task_key, args, kwargs, retries, delay):
                 ctx.heartbeats.untrack("task_runs", task_run_id)
                 if attempt < retries:
                     ctx.report(state_path, {"state": "SCHEDULED", "message": storable(
-                        f"Attempt {attempt + 1} failed ({type(exc).__name__}: {exc}); retrying in {delay} s.")[:10000]})
+                        f"Attempt {attempt + 1} failed ({type(exc).__name__}: {exc}); retrying in {delay} s.")})
                     time.sleep(delay)
                     continue
-                ctx.report(state_path, {"state": "FAILED", "message": storable(f"{type(exc).__name__}: {exc}"[:10000])})
+                ctx.report(state_path, {"state": "FAILED", "message": storable(f"{type(exc).__name__}: {exc}")})
                 raise
             ctx.heartbeats.untrack("task_runs", task_run_id)
             _report_completed(ctx, state_path, task_key, result)

@@ -39,7 +39,7 @@ from .runner import (
 log = logging.getLogger("agent")
 
 # The agent's credentials in its own environment: not passed on to the flows it runs.
-AGENT_SECRETS = ("ORCHESTRATOR_API_KEY", "ORCHESTRATOR_API_KEY_FILE")
+AGENT_SECRETS = ("ORCHESTRATOR_API_KEY", "ORCHESTRATOR_API_KEY_FILE", "ORCHESTRATOR_AGENT_KEY_FD")
 
 # Consecutive failed (or missed) polls after which /health answers 503.
 UNHEALTHY_AFTER_POLLS = 3

@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from runs import audit, scheduling
-from runs.models import ApiKey, Membership, Secret, WorkQueue
+from runs.models import ApiKey, Membership, Schedule, WorkQueue
 
 
 def add_member(workspace, user, role, *, who):
@@ -49,9 +49,8 @@ def revoke_keys(keys, *, who, now=None):
     with transaction.atomic():
         revoking = list(keys.filter(revoked_at__isnull=True).select_for_update())
         ApiKey.objects.filter(pk__in=[k.pk for k in revoking]).update(revoked_at=now)
-        for key in revoking:
-            audit.record(who, "api_key.revoke", key, before={"revoked_at": None},
-                         after={"revoked_at": now.isoformat()}, now=now)
+        audit.record_many(who, "api_key.revoke", revoking, before=lambda key: {"revoked_at": None},
+                          after=lambda key: {"revoked_at": now.isoformat()}, now=now)
     return len(revoking)
 
 
@@ -105,23 +104,33 @@ def delete_schedule(schedule, *, who, now=None):
         return scheduling.delete_schedule(schedule, now)
 
 
+def _status_now(schedule):
+    """The schedule's status as stored, its row locked until the transaction ends (so two pauses at
+    once record one)."""
+    return Schedule.objects.select_for_update().filter(pk=schedule.pk).values_list("status", flat=True).first()
+
+
 def pause_schedule(schedule, *, who, now=None):
-    """Pause; returns how many future runs were deleted."""
+    """Pause; returns how many future runs were deleted. Pausing a paused schedule is no change and
+    leaves no entry."""
     with transaction.atomic():
-        was = schedule.status
+        was = _status_now(schedule)
         deleted = scheduling.pause_schedule(schedule, now)
-        audit.record(who, "schedule.pause", schedule, before={"status": str(was)},
-                     after={"status": str(schedule.status), "runs_deleted": deleted}, now=now)
+        if was != schedule.status:
+            audit.record(who, "schedule.pause", schedule, before={"status": str(was)},
+                         after={"status": str(schedule.status), "runs_deleted": deleted}, now=now)
     return deleted
 
 
 def resume_schedule(schedule, *, who, now=None):
-    """Resume; returns how many runs were made (raises ScheduleComputeError and changes nothing)."""
+    """Resume; returns how many runs were made (raises ScheduleComputeError and changes nothing).
+    Resuming an active schedule is no change and leaves no entry."""
     with transaction.atomic():
-        was = schedule.status
+        was = _status_now(schedule)
         created = scheduling.resume_schedule(schedule, now)
-        audit.record(who, "schedule.resume", schedule, before={"status": str(was)},
-                     after={"status": str(schedule.status), "runs_created": created}, now=now)
+        if was != schedule.status:
+            audit.record(who, "schedule.resume", schedule, before={"status": str(was)},
+                         after={"status": str(schedule.status), "runs_created": created}, now=now)
     return created
 
 
@@ -137,6 +146,21 @@ def set_queue(queue, *, who, action, **fields):
         if new:
             audit.record(who, action, queue, before=old, after=new)
     return queue
+
+
+def ensure_queues(workspace, names, *, who):
+    """The workspace's queues named `names`, creating the missing ones (an agent registering), each
+    new one with its entry; safe when two agents register at once (the loser finds it made)."""
+    existing = {q.name: q for q in WorkQueue.objects.filter(workspace=workspace, name__in=names)}
+    for name in names:
+        if name in existing:
+            continue
+        with transaction.atomic():
+            queue, created = WorkQueue.objects.get_or_create(workspace=workspace, name=name)
+            if created:
+                audit.record(who, "work_queue.create", queue, after=audit.snapshot(queue))
+        existing[name] = queue
+    return [existing[name] for name in names]
 
 
 def delete_queue(queue, *, who):

@@ -71,13 +71,37 @@ def workspace_id_of(obj):
     return obj.workspace_id
 
 
-def record(who, action, obj, *, before=None, after=None, now=None):
-    """Write one entry: `who` did `action` (e.g. "schedule.pause") to `obj`."""
-    return AuditEntry.objects.create(
+def _entry(who, action, obj, before, after, now):
+    return AuditEntry(
         workspace_id=workspace_id_of(obj), occurred=now or timezone.now(), actor=who.name[:200],
         actor_user_id=who.user_id, via=who.via, action=action, target_type=TYPE_NAMES[type(obj)],
         target_id=str(obj.pk or ""), target_name=str(obj)[:300], before=before, after=after,
     )
+
+
+def record(who, action, obj, *, before=None, after=None, now=None):
+    """Write one entry: `who` did `action` (e.g. "schedule.pause") to `obj`."""
+    entry = _entry(who, action, obj, before, after, now)
+    entry.save()
+    return entry
+
+
+def record_many(who, action, objs, *, before=lambda obj: None, after=lambda obj: None, now=None):
+    """One entry per object of `objs`, in one INSERT; `before`/`after` are functions of the object."""
+    return AuditEntry.objects.bulk_create([_entry(who, action, obj, before(obj), after(obj), now) for obj in objs])
+
+
+# What the admin's generic add/change/delete is called per model, so that one change has one name
+# whichever door it came through (the actions layer's names).
+ADMIN_ACTION_NAMES = {
+    Membership: {"create": "membership.add", "change": "membership.role", "delete": "membership.remove"},
+    Workspace: {"change": "workspace.settings"},
+}
+
+
+def admin_action(model, verb):
+    """The action name of the admin's `verb` (create, change, delete) on a row of `model`."""
+    return ADMIN_ACTION_NAMES.get(model, {}).get(verb, f"{TYPE_NAMES[model]}.{verb}")
 
 
 def changed(before, after):

@@ -183,7 +183,8 @@ def _event(kind, row_id, workspace_id, from_state, to_state, message, actor, now
     )
 
 
-def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, agent, now, retry, updates):
+def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, agent, now, retry, updates,
+               fence=None):
     now = now or timezone.now()
     from_state = expected_state or obj.state
     late_verdict = _late_completion_allowed(obj.pk, from_state, to_state, actor, kind)
@@ -198,7 +199,7 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
     values["state_message"] = message
     values.update(updates or {})
     with transaction.atomic():
-        changed = kind.model.objects.filter(pk=obj.pk, state=from_state).update(**values)
+        changed = kind.model.objects.filter(pk=obj.pk, state=from_state, **(fence or {})).update(**values)
         if changed != 1:
             current = kind.model.objects.filter(pk=obj.pk).values_list("state", flat=True).first()
             if current is None:
@@ -216,21 +217,23 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
 
 
 def set_flow_run_state(run, to_state, *, actor, message="", expected_state=None, user=None, agent=None,
-                       now=None, retry=False, updates=None):
+                       now=None, retry=False, updates=None, fence=None):
     """Move one flow run to `to_state`, or raise IllegalTransition / StaleTransition.
 
     `expected_state` defaults to the state on `run` as the caller loaded it. `updates` are more
     fields written in the same conditional update (e.g. the claiming agent, a new start time).
+    `fence`: more conditions of that update (an agent's report: the attempt its token is for); when
+    they no longer hold, nothing changes and StaleTransition is raised.
     """
     return _set_state(FLOW, run, to_state, actor=actor, message=message, expected_state=expected_state,
-                      user=user, agent=agent, now=now, retry=retry, updates=updates)
+                      user=user, agent=agent, now=now, retry=retry, updates=updates, fence=fence)
 
 
 def set_task_run_state(task_run, to_state, *, actor, message="", expected_state=None, user=None, agent=None,
-                       now=None, retry=False, updates=None):
-    """Move one task run to `to_state`, or raise IllegalTransition / StaleTransition."""
+                       now=None, retry=False, updates=None, fence=None):
+    """Move one task run to `to_state`, or raise IllegalTransition / StaleTransition (see `fence` above)."""
     return _set_state(TASK, task_run, to_state, actor=actor, message=message, expected_state=expected_state,
-                      user=user, agent=agent, now=now, retry=retry, updates=updates)
+                      user=user, agent=agent, now=now, retry=retry, updates=updates, fence=fence)
 
 
 def _transition_many(kind, queryset, to_state, *, actor, message, now, updates, limit, extra_fields, user):

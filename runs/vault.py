@@ -11,6 +11,7 @@ says so).
 import base64
 import functools
 import hashlib
+import json
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
@@ -69,14 +70,27 @@ def reencrypt(ciphertext):
         raise CannotDecrypt("This secret was encrypted with a key ORCHESTRATOR_SECRETS_KEY does not hold.") from None
 
 
-def redact(text, values):
-    """`text` with every value of `values` replaced by ***, longest first (so one that contains
-    another is not left half shown)."""
-    if not text or not values:
+def redaction_forms(values):
+    """What to redact for these secret values, longest first (one that contains another is not left
+    half shown): each value as it is and stripped, as JSON and Python's repr escape it, and each line
+    of eight characters or more of a multi-line value (printed output arrives line by line). The
+    agent (agent/logs.py) redacts the same forms before anything leaves the run's machine."""
+    forms = set()
+    for value in values:
+        if not value:
+            continue
+        forms.update((value, value.strip(), json.dumps(value, ensure_ascii=False)[1:-1], json.dumps(value)[1:-1],
+                      repr(value)[1:-1]))
+        forms.update(line.strip() for line in value.splitlines() if len(line.strip()) >= 8)
+    return sorted((form for form in forms if form), key=len, reverse=True)
+
+
+def redact(text, forms):
+    """`text` with every one of `forms` (from redaction_forms, longest first) replaced by ***."""
+    if not text or not forms:
         return text
-    for value in sorted(values, key=len, reverse=True):
-        if value:
-            text = text.replace(value, "***")
+    for form in forms:
+        text = text.replace(form, "***")
     return text
 
 

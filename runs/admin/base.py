@@ -6,6 +6,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import get_fields_from_path
 from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied
+from django.db import transaction
 from django.utils import timezone
 
 from runs import access, actions, audit
@@ -119,43 +120,45 @@ class WorkspaceScopedAdmin(admin.ModelAdmin):
             return super().save_model(request, obj, form, change)
         # Audited models: the save and its entry in one transaction (runs/actions.py).
         before = audit.snapshot(type(obj).objects.get(pk=obj.pk)) if change else None
-        kind = audit.TYPE_NAMES[type(obj)]
 
         def save():
             super(WorkspaceScopedAdmin, self).save_model(request, obj, form, change)
             return obj
 
         actions.save_with_audit(save, who=Who.of(request, "admin"), before=before,
-                                action=f"{kind}.{'change' if change else 'create'}")
+                                action=audit.admin_action(type(obj), "change" if change else "create"))
 
     def delete_model(self, request, obj):
-        if audit.is_audited(type(obj)):
-            audit.record(Who.of(request, "admin"), f"{audit.TYPE_NAMES[type(obj)]}.delete", obj,
-                         before=audit.snapshot(obj))
-        super().delete_model(request, obj)
+        with transaction.atomic():
+            if audit.is_audited(type(obj)):
+                audit.record(Who.of(request, "admin"), audit.admin_action(type(obj), "delete"), obj,
+                             before=audit.snapshot(obj))
+            super().delete_model(request, obj)
 
     def delete_queryset(self, request, queryset):
-        if audit.is_audited(queryset.model):
-            who = Who.of(request, "admin")
-            for obj in queryset:
-                audit.record(who, f"{audit.TYPE_NAMES[queryset.model]}.delete", obj, before=audit.snapshot(obj))
-        super().delete_queryset(request, queryset)
+        # Django's delete_selected runs outside a transaction: the entries go with the deletion or not at all.
+        with transaction.atomic():
+            if audit.is_audited(queryset.model):
+                audit.record_many(Who.of(request, "admin"), audit.admin_action(queryset.model, "delete"),
+                                  list(queryset), before=audit.snapshot)
+            super().delete_queryset(request, queryset)
 
     def save_formset(self, request, form, formset, change):
         if not audit.is_audited(formset.model):
             return super().save_formset(request, form, formset, change)
-        who, kind = Who.of(request, "admin"), audit.TYPE_NAMES[formset.model]
-        before = {obj.pk: audit.snapshot(obj) for obj in formset.model.objects.filter(
+        who, model = Who.of(request, "admin"), formset.model
+        before = {obj.pk: audit.snapshot(obj) for obj in model.objects.filter(
             pk__in=[f.instance.pk for f in formset.initial_forms if f.instance.pk])}
+        # Removed rows are recorded while they still have their ids (the view's transaction holds both).
+        doomed = [f.instance for f in formset.deleted_forms if f.instance.pk]
+        audit.record_many(who, audit.admin_action(model, "delete"), doomed, before=lambda obj: before[obj.pk])
         super().save_formset(request, form, formset, change)
         for obj in formset.new_objects:
-            audit.record(who, f"{kind}.create", obj, after=audit.snapshot(obj))
+            audit.record(who, audit.admin_action(model, "create"), obj, after=audit.snapshot(obj))
         for obj, _ in formset.changed_objects:
             old, new = audit.changed(before.get(obj.pk, {}), audit.snapshot(obj))
             if new:
-                audit.record(who, f"{kind}.change", obj, before=old, after=new)
-        for obj in formset.deleted_objects:
-            audit.record(who, f"{kind}.delete", obj, before=audit.snapshot(obj))
+                audit.record(who, audit.admin_action(model, "change"), obj, before=old, after=new)
 
     def check_may_write(self, request, obj):
         """Re-checks on the server, whatever the form offered, that the row as it will be saved is

@@ -31,9 +31,12 @@ from rest_framework.views import APIView
 from runs.claiming import cancelling_run_ids, claim_for_agent
 from runs.models import (
     Actor, Agent, AgentStatus, FlowRun, Log, LogLevel, Role, State, TaskRun, WorkQueue, secret_values)
-from runs.vault import redact
+from runs import actions
+from runs.audit import Who
+from runs.models import TERMINAL_STATES
 from runs.run_tokens import token_of
-from runs.states import set_flow_run_state, set_task_run_state
+from runs.states import IllegalTransition, StaleTransition, set_flow_run_state, set_task_run_state
+from runs.vault import redact, redaction_forms
 
 from .agent_payloads import (
     AgentHeartbeatAnswerSerializer,
@@ -132,9 +135,11 @@ class RunReportEndpoint(AgentEndpoint):
 
 
 def secrets_in(run):
-    """Values of the secrets `run` gets (its version names them): what its reports must not carry."""
+    """What `run`'s reports must not carry: the forms of the secrets it gets (its version names them)."""
     version = run.flow_version
-    return list(secret_values(run.workspace_id, version.secrets).values()) if version and version.secrets else []
+    if not (version and version.secrets):
+        return []
+    return redaction_forms(secret_values(run.workspace_id, version.secrets).values())
 
 
 class RegisterView(AgentEndpoint):
@@ -144,11 +149,8 @@ class RegisterView(AgentEndpoint):
         data = self.valid(RegisterInput)
         now = timezone.now()
         workspace = request.workspace
+        queues = actions.ensure_queues(workspace, list(dict.fromkeys(data["queues"])), who=Who.of(request, "api"))
         with transaction.atomic():
-            WorkQueue.objects.bulk_create(
-                [WorkQueue(workspace=workspace, name=name) for name in data["queues"]], ignore_conflicts=True
-            )
-            queues = list(WorkQueue.objects.filter(workspace=workspace, name__in=data["queues"]))
             agent, _ = Agent.objects.update_or_create(
                 workspace=workspace, name=data["name"],
                 defaults={"labels": data["labels"], "version": data["version"],
@@ -226,9 +228,14 @@ class FlowRunStateView(RunReportEndpoint):
             # agent, and the next attempt starts afresh, so that task runs of this one count as earlier.
             updates = {"scheduled_start": now, "agent": None, "start_time": None, "last_heartbeat": None}
         message = redact(data["message"], secrets_in(run))
-        run = set_flow_run_state(run, data["state"], actor=Actor.AGENT, message=message,
-                                 expected_state=data.get("expected_state"), agent=run.agent, now=now,
-                                 updates=updates)
+        try:
+            # Fenced in the UPDATE itself: an attempt superseded since the check above changes nothing.
+            run = set_flow_run_state(run, data["state"], actor=Actor.AGENT, message=message,
+                                     expected_state=data.get("expected_state"), agent=run.agent, now=now,
+                                     updates=updates, fence={"token_generation": request.auth.generation})
+        except StaleTransition:
+            self.fenced_run(run_id, FlowRun.objects.all())  # superseded meanwhile: say so
+            raise
         return Response({"id": str(run.pk), "state": run.state, "state_message": run.state_message})
 
 
@@ -293,6 +300,9 @@ class TaskRunCreateView(RunReportEndpoint):
         """
         data = self.valid(TaskRunInput)
         run = self.fenced_run(run_id)
+        if run.state in TERMINAL_STATES:
+            raise IllegalTransition(f"Flow run {run.pk} is {run.state}: it starts no more task runs.",
+                                    current=run.state, requested=State.RUNNING)
         task_run, created = TaskRun.objects.get_or_create(
             flow_run=run, task_key=data["task_key"], dynamic_key=data["dynamic_key"],
             defaults={"name": data["name"] or data["task_key"], "max_retries": data["max_retries"]},
@@ -334,7 +344,7 @@ class TaskRunReportEndpoint(RunReportEndpoint):
 
 def kept_result(value, secrets=()):
     """{"value": value} when it fits ORCHESTRATOR_TASK_RESULT_MAX_BYTES (compact UTF-8 JSON) and holds
-    none of the run's secrets, else None (the task would run again in a later attempt)."""
+    none of the run's secrets in any of their forms (`secrets`), else None (the task would run again)."""
     encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     if any(secret and secret in encoded for secret in secrets):
         return None
@@ -353,9 +363,14 @@ class TaskRunStateView(TaskRunReportEndpoint):
         if data["state"] == State.COMPLETED and "result" in data:
             updates["result"] = kept_result(data["result"], secrets)
         message = redact(data["message"], secrets)
-        task_run = set_task_run_state(task_run, data["state"], actor=Actor.AGENT, message=message,
-                                      expected_state=data.get("expected_state"), agent=task_run.flow_run.agent,
-                                      now=now, updates=updates)
+        try:
+            task_run = set_task_run_state(task_run, data["state"], actor=Actor.AGENT, message=message,
+                                          expected_state=data.get("expected_state"), agent=task_run.flow_run.agent,
+                                          now=now, updates=updates,
+                                          fence={"flow_run__token_generation": request.auth.generation})
+        except StaleTransition:
+            self.fenced_task_run(task_run_id)  # superseded meanwhile: say so
+            raise
         return Response(_task_run_body(task_run))
 
 
@@ -406,7 +421,7 @@ class LogBatchView(RunReportEndpoint):
         if run is not None and run[0] != grant.generation:
             raise superseded(grant.run_id)
         found = {grant.run_id} if run is not None else set()
-        secrets = list(secret_values(request.workspace.pk, run[1]).values()) if run and run[1] else []
+        secrets = redaction_forms(secret_values(request.workspace.pk, run[1]).values()) if run and run[1] else []
         tasks = dict(TaskRun.objects.filter(pk__in=task_ids, flow_run__workspace=request.workspace)
                      .values_list("pk", "flow_run_id")) if task_ids else {}
         now = timezone.now()
