@@ -1,4 +1,4 @@
-"""Review, with a live server and real agent processes (slow)."""
+"""Secrets and the agent's key against a flow that looks for them, with a live server and real agent processes."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Review: changes that escape the audit trail, or leave an entry that cannot name its target."""
+"""Changes that must not escape the audit trail, nor leave an entry that cannot name its target."""
 
 import re
 

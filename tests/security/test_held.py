@@ -1,4 +1,4 @@
-"""Review: things tried that held (kept as coverage; these pass on main 00dbabe)."""
+"""A superseded runner stops its flow in every heartbeat mode (a live server and real agents)."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Review: ways a workspace secret's value gets out (the lead copies these; each fails on main 00dbabe)."""
+"""Ways a workspace secret's value could get out: results, messages cut before redaction, multi-line values."""
 
 from datetime import timedelta
 

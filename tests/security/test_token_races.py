@@ -1,5 +1,6 @@
-"""Review: a superseded attempt's report accepted because the generation is checked on a read,
-not in the conditional UPDATE that writes the state (runs/api/agents.py + runs/states.py)."""
+"""A superseded attempt's report is refused even when the run moves between the check of its token
+and the write (the generation is a condition of the UPDATE itself), and a finished run's token starts
+no more task runs."""
 
 from datetime import timedelta
 
