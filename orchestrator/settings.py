@@ -382,6 +382,11 @@ ORCHESTRATOR = {
     "AGENT_LOG_BATCH_MAX_BYTES": env_int("ORCHESTRATOR_AGENT_LOG_BATCH_MAX_BYTES", 1_048_576),
     "AGENT_LOG_BATCH_MAX_LINES": env_int("ORCHESTRATOR_AGENT_LOG_BATCH_MAX_LINES", 1000),
     "AGENT_CLAIM_MAX_RUNS": env_int("ORCHESTRATOR_AGENT_CLAIM_MAX_RUNS", 200),
+    # A run its runner handed back (agent gone, heartbeats off) is due again this long after the
+    # report (seconds), not at once: the old runner may still be stopping. Agents learn it when they
+    # register, and their runners finish a hand-back within half of it (then a watchdog kills what
+    # is left 1 s later), so a new attempt never overlaps the old one's processes.
+    "HANDBACK_DELAY_SECONDS": env_float("ORCHESTRATOR_HANDBACK_DELAY_SECONDS", 30),
     # The largest task result (compact UTF-8 JSON, bytes) kept for later attempts of a flow run;
     # a bigger one is not kept and the task runs again in a later attempt.
     "TASK_RESULT_MAX_BYTES": env_int("ORCHESTRATOR_TASK_RESULT_MAX_BYTES", 1_048_576),
@@ -412,6 +417,10 @@ for _name in ("THROTTLE_FAILED_AUTH_RATE", "THROTTLE_EXPENSIVE_RATE", "THROTTLE_
     if _rate and not (_count.isdigit() and _period[:1] in {"s", "m", "h", "d"}):  # as throttles.py reads it
         raise BadEnvironment(f"ORCHESTRATOR_{_name} must be N/second, N/minute, N/hour or N/day, or empty, "
                              f"got {_rate!r}")
+if ORCHESTRATOR["HANDBACK_DELAY_SECONDS"] < 4:
+    # Half of it for the runner's hand-back, plus its watchdog's 1 s, must end before the run is due.
+    raise BadEnvironment(f"ORCHESTRATOR_HANDBACK_DELAY_SECONDS must be at least 4 (a runner's hand-back takes up "
+                         f"to half of it, plus 1 s), got {ORCHESTRATOR['HANDBACK_DELAY_SECONDS']:g}")
 if not 1 <= ORCHESTRATOR["API_MAX_JSON_DEPTH"] <= 500:
     raise BadEnvironment(f"ORCHESTRATOR_API_MAX_JSON_DEPTH must be 1..500, got {ORCHESTRATOR['API_MAX_JSON_DEPTH']}")
 

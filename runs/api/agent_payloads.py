@@ -94,7 +94,7 @@ class RegisterInput(serializers.Serializer):
 
 @extend_schema_serializer(examples=[response_example("Registered", {
     "id": 7, "name": "build-host-1", "queues": ["default", "gpu"], "task_result_max_bytes": 1048576,
-    "log_batch_max_lines": 1000, "claim_max_runs": 200})])
+    "log_batch_max_lines": 1000, "claim_max_runs": 200, "handback_delay_seconds": 30.0})])
 class RegisteredAgentSerializer(serializers.Serializer):
     id = serializers.IntegerField(help_text="Send it as agent_id in heartbeats and claims.")
     name = serializers.CharField()
@@ -105,6 +105,9 @@ class RegisteredAgentSerializer(serializers.Serializer):
         help_text="The most lines one log batch may carry: ORCHESTRATOR_AGENT_LOG_BATCH_MAX_LINES.")
     claim_max_runs = serializers.IntegerField(
         help_text="The most runs one claim may ask for (max_runs): ORCHESTRATOR_AGENT_CLAIM_MAX_RUNS.")
+    handback_delay_seconds = serializers.FloatField(
+        help_text="A run handed back (state SCHEDULED) is due again this long after the report: "
+                  "ORCHESTRATOR_HANDBACK_DELAY_SECONDS. Runners finish a hand-back within half of it.")
 
 
 @extend_schema_serializer(examples=[request_example("Alive", {"agent_id": 7}),

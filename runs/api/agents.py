@@ -17,6 +17,7 @@ without waiting for the WAL flush:
 """
 
 import json
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -161,7 +162,8 @@ class RegisterView(AgentEndpoint):
         return Response({"id": agent.pk, "name": agent.name, "queues": sorted(q.name for q in queues),
                          "task_result_max_bytes": settings.ORCHESTRATOR["TASK_RESULT_MAX_BYTES"],
                          "log_batch_max_lines": log_batch_max_lines(),
-                         "claim_max_runs": settings.ORCHESTRATOR["AGENT_CLAIM_MAX_RUNS"]},
+                         "claim_max_runs": settings.ORCHESTRATOR["AGENT_CLAIM_MAX_RUNS"],
+                         "handback_delay_seconds": settings.ORCHESTRATOR["HANDBACK_DELAY_SECONDS"]},
                         status=status.HTTP_201_CREATED)
 
 
@@ -224,9 +226,11 @@ class FlowRunStateView(RunReportEndpoint):
         if data["state"] == State.RUNNING:
             updates = {"heartbeat_interval": data.get("heartbeat_interval"), "last_heartbeat": now}
         elif data["state"] == State.SCHEDULED:
-            # Handed back (e.g. by a runner that lost its agent with heartbeats off): due now, for any
-            # agent, and the next attempt starts afresh, so that task runs of this one count as earlier.
-            updates = {"scheduled_start": now, "agent": None, "start_time": None, "last_heartbeat": None}
+            # Handed back (e.g. by a runner that lost its agent with heartbeats off): for any agent, and
+            # the next attempt starts afresh, so that task runs of this one count as earlier. Due only
+            # after the hand-back delay: the runner may still be stopping the flow, within half of it.
+            delay = timedelta(seconds=settings.ORCHESTRATOR["HANDBACK_DELAY_SECONDS"])
+            updates = {"scheduled_start": now + delay, "agent": None, "start_time": None, "last_heartbeat": None}
         message = redact(data["message"], secrets_in(run))
         try:
             # Fenced in the UPDATE itself: an attempt superseded since the check above changes nothing.

@@ -462,14 +462,41 @@ def test_a_flow_run_heartbeat_answers_the_runs_state(operator, prefix, ws, repor
     assert run.last_heartbeat is not None
 
 
-def test_a_run_handed_back_is_due_now_for_any_agent_and_starts_afresh(operator, prefix, ws, registered, reporter):
+def test_a_run_handed_back_is_due_after_the_handback_delay_for_any_agent_and_starts_afresh(
+        operator, prefix, ws, registered, reporter, settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "HANDBACK_DELAY_SECONDS": 45}
     run = due_run(ws, state=State.RUNNING, agent_id=registered, last_heartbeat=timezone.now())
+    before = timezone.now()
     answer = reporter.post(f"{prefix}/agent/flow_runs/{run.pk}/state",
                            {"state": "SCHEDULED", "message": "Handed back by its runner"}, format="json")
+    after = timezone.now()
     assert answer.status_code == 200 and answer.json()["state"] == "SCHEDULED"
     run.refresh_from_db()
     assert (run.agent, run.start_time, run.last_heartbeat) == (None, None, None)
-    assert run.scheduled_start > timezone.now() - timedelta(seconds=5)
+    # Not due at once: the runner that handed it back may still be stopping its flow.
+    assert before + timedelta(seconds=45) <= run.scheduled_start <= after + timedelta(seconds=45)
+    claim = operator.post(f"{prefix}/agent/claim", {"agent_id": registered, "max_runs": 5}, format="json")
+    assert claim.json()["runs"] == []
+
+
+def test_registering_tells_the_agent_the_handback_delay(operator, prefix, settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "HANDBACK_DELAY_SECONDS": 12}
+    answer = operator.post(f"{prefix}/agent/register", {"name": "box", "queues": ["default"]}, format="json")
+    assert answer.json()["handback_delay_seconds"] == 12
+
+
+@pytest.mark.parametrize("delay, ok", [("3.5", False), ("4", True)])
+def test_a_handback_delay_too_short_for_a_runners_handback_is_refused_at_settings_load(delay, ok):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ORCHESTRATOR_HANDBACK_DELAY_SECONDS": delay, "DEBUG": "true"}
+    loaded = subprocess.run([sys.executable, "-c", "import orchestrator.settings"], env=env, capture_output=True,
+                            text=True)
+    assert (loaded.returncode == 0) == ok, loaded.stderr
+    if not ok:
+        assert "ORCHESTRATOR_HANDBACK_DELAY_SECONDS must be at least 4" in loaded.stderr
 
 
 # --- One bad log line does not cost its batch ---------------------------------------------------
