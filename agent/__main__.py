@@ -77,7 +77,10 @@ def build_parser():
                        help="on SIGTERM, how long running flows may take to finish")
     start.add_argument("--cancel-grace-seconds", default=_env("ORCHESTRATOR_AGENT_CANCEL_GRACE_SECONDS", "30"),
                        type=_bounded(float, 0, DAY, "ORCHESTRATOR_AGENT_CANCEL_GRACE_SECONDS"),
-                       help="a cancelled run's process gets SIGTERM, then SIGKILL after this long")
+                       help="a stopped flow gets this long to end after SIGTERM (then its runner kills it)")
+    start.add_argument("--runner-stop-window-seconds", default=_env("ORCHESTRATOR_RUNNER_STOP_WINDOW_SECONDS", "10"),
+                       type=_bounded(float, 0, DAY, "ORCHESTRATOR_RUNNER_STOP_WINDOW_SECONDS"),
+                       help="after the grace, a stopping runner's time to kill, report and ship its last logs")
     start.add_argument("--webserver-host", default=_env("ORCHESTRATOR_AGENT_WEBSERVER_HOST", "127.0.0.1"))
     start.add_argument("--webserver-port", default=_env("ORCHESTRATOR_AGENT_WEBSERVER_PORT", "8080"),
                        type=_bounded(int, 0, 65535, "ORCHESTRATOR_AGENT_WEBSERVER_PORT", off=-1),
@@ -152,6 +155,7 @@ def main(argv=None, *, hide_key=False):
         query_seconds=args.query_seconds, heartbeat_seconds=args.heartbeat_seconds,
         runner_heartbeat_seconds=args.runner_heartbeat_seconds, heartbeat_mode=args.heartbeat_mode,
         limit=args.limit, grace_seconds=args.grace_seconds, cancel_grace_seconds=args.cancel_grace_seconds,
+        runner_stop_window_seconds=args.runner_stop_window_seconds,
         webserver_host=args.webserver_host,
         webserver_port=None if args.webserver_port < 0 else args.webserver_port, version=VERSION,
     )

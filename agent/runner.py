@@ -3,7 +3,8 @@
 The agent passes everything in the environment (ORCHESTRATOR_FLOW_RUN_ID, _ENTRYPOINT,
 _PARAMETERS as JSON, _API_URL, _RUN_TOKEN, _HEARTBEAT_MODE, _RUNNER_HEARTBEAT_SECONDS,
 _TASK_RESULT_MAX_BYTES, _AGENT_LOG_BATCH_MAX_LINES (the server's limits, from its register answer),
-_AGENT_NAME, _AGENT_PID, _RUNNER_JOURNAL, _SECRET_NAMES). _RUN_TOKEN is the run's report token: it
+_AGENT_NAME, _AGENT_PID, _RUNNER_JOURNAL, _SECRET_NAMES, and for stopping _AGENT_CANCEL_GRACE_SECONDS,
+_RUNNER_STOP_WINDOW_SECONDS, _HANDBACK_DELAY_SECONDS). _RUN_TOKEN is the run's report token: it
 reports for this run only, and the agent's own key is not passed on. _SECRET_NAMES names the
 variables holding the run's secrets, redacted from everything the runner sends.
 
@@ -22,6 +23,17 @@ SIGTERM raises FlowRunStopped in the flow's main thread, so its `finally` blocks
 flow run's heartbeat answering CANCELLING. A report or heartbeat refused as `superseded` (the run
 was rescheduled or claimed again, e.g. while this node was cut off) stops the flow the same way,
 and the runner then reports nothing: the run belongs to another attempt.
+
+Stopping is bounded, whatever the flow does (see Runner.stop): the runner arms a hard deadline
+(the grace, ORCHESTRATOR_AGENT_CANCEL_GRACE_SECONDS, plus ORCHESTRATOR_RUNNER_STOP_WINDOW_SECONDS; a
+hand-back gets at most half the server's ORCHESTRATOR_HANDBACK_DELAY_SECONDS), gives the flow the
+grace, then SIGKILLs every other process of its group, reports the final state, ships its last logs
+and os._exit()s. At the deadline it exits wherever it is; a watchdog process SIGKILLs the whole
+group shortly after, for a runner that cannot run Python any more (a C call holding the GIL).
+
+Every run ends the same way: the flow's leftover processes are killed before the state is reported,
+and a REPORTED_MARKER line in the scratch file is the agent's proof that the report was made (an
+exit code 0 alone proves nothing: a flow may call os._exit(0)).
 """
 
 import collections
@@ -30,8 +42,10 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
+import time
 import traceback
 
 from . import sdk
@@ -49,22 +63,47 @@ JOURNAL_MAX_BYTES = 1024 * 1024  # past this, the file is rewritten with the lin
 # crashed, and the agent reports the run CRASHED.
 EXIT_REPORTED = 0  # the runner reported the run's final state (or found it already final: a 409)
 EXIT_AGENT_REPORTS = 3  # it did not: its verdict is the last VERDICT_MARKER line on its original stderr
+EXIT_SUPERSEDED = 4  # a later attempt owns the run: nobody reports for this one
 # Prefix of the verdict line; a record separator cannot start normal output.
 VERDICT_MARKER = "\x1eorchestrator-verdict "
+# Written to the scratch file once the final state is recorded (or found already final), or, with
+# SUPERSEDED_MARK, once the runner knows a later attempt owns the run. The agent believes the exit
+# codes EXIT_REPORTED and EXIT_SUPERSEDED only with this line.
+REPORTED_MARKER = "\x1eorchestrator-reported "
+# Written by the watchdog (see start_watchdog) just before it SIGKILLs the group; then the deadline.
+WATCHDOG_MARKER = "\x1eorchestrator-watchdog "
+SUPERSEDED_MARK = "superseded"
 
 # While the server is away, the runner keeps trying to ship its last log lines for up to
 # LOG_DRAIN_SECONDS, then to report the final state for up to REPORT_RETRY_SECONDS. One window
 # (sdk.STATE_REPORT_RETRY_SECONDS) for both: an outage the report waits out, the run's last lines
-# wait out too (they used to be given up after 60 s while the report waited 600).
+# wait out too (they used to be given up after 60 s while the report waited 600). A stopping
+# runner has less: its hard deadline bounds both.
 REPORT_RETRY_SECONDS = sdk.STATE_REPORT_RETRY_SECONDS
 LOG_DRAIN_SECONDS = REPORT_RETRY_SECONDS
 # How often it checks that its agent is still its parent (seconds).
 ORPHAN_CHECK_SECONDS = 1.0
 
 # Why a flow was stopped. SIGNALLED (a SIGTERM from outside) is settled as CANCELLED or TERMINATED.
-# SUPERSEDED: another attempt has the run; nothing more is reported.
+# SUPERSEDED: another attempt has the run (a report or heartbeat was refused as `superseded`); the
+# stop reports no state.
 CANCELLED, HANDED_BACK, SIGNALLED, TERMINATED = "cancelled", "handed back", "signalled", "terminated"
 SUPERSEDED = "superseded"
+SILENT_REASONS = (SUPERSEDED,)
+
+# Stopping (seconds). The flow gets the grace (ORCHESTRATOR_AGENT_CANCEL_GRACE_SECONDS, as the agent's
+# own); then the runner has this window (ORCHESTRATOR_RUNNER_STOP_WINDOW_SECONDS) to kill what is
+# left, report and ship its last logs: grace + window is its hard deadline.
+DEFAULT_STOP_GRACE_SECONDS = 30.0
+DEFAULT_STOP_WINDOW_SECONDS = 10.0
+# The server's ORCHESTRATOR_HANDBACK_DELAY_SECONDS unless the agent says otherwise: a handed-back
+# run is due again that long after the report, so a hand-back must be over well before. It gets
+# half of it, all in (the server refuses a delay under 4 s, so the watchdog's lag fits too).
+DEFAULT_HANDBACK_DELAY_SECONDS = 30.0
+# The watchdog kills the whole process group this long after the hard deadline.
+WATCHDOG_LAG_SECONDS = 1.0
+# A flow forking while its group is killed is caught by the next pass; this many at most.
+KILL_PASSES = 20
 
 log = logging.getLogger("agent.runner")
 
@@ -168,6 +207,7 @@ class LogJournal:
         self.lock = threading.Lock()
         self.pending = collections.deque(maxlen=capacity)  # (seq, encoded line) not delivered yet
         self.size = 0
+        self.marker = None  # the REPORTED_MARKER line, kept when the file is rewritten
 
     def added(self, line):
         encoded = (JOURNAL_LINE_MARKER + json.dumps(line) + "\n").encode(errors="replace")
@@ -187,6 +227,14 @@ class LogJournal:
             self.size = 0
             for _, encoded in self.pending:
                 self._write(encoded)
+            if self.marker is not None:
+                self._write(self.marker)
+
+    def reported(self, what):
+        """Leave the REPORTED_MARKER line (`what`: the state, or SUPERSEDED_MARK)."""
+        with self.lock:
+            self.marker = f"{REPORTED_MARKER}{what}\n".encode()
+            self._write(self.marker)
 
     def _write(self, data):
         try:
@@ -207,6 +255,120 @@ def load_entrypoint(entrypoint):
     return target
 
 
+def group_members(pgid):
+    """{pid: parent pid} of the live processes of process group `pgid` (zombies are not live), from /proc."""
+    members = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            members[int(entry)] = int(fields[1])
+    return members
+
+
+def _kill_member(pid, pgid):
+    """SIGKILL `pid` if it is still in group `pgid`. Through a pidfd where there is one: the pgid is
+    checked on the process the pidfd holds, so a pid reused meanwhile by a stranger is never hit."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfds here, or the process is gone
+        pidfd = None
+    try:
+        if pid not in group_members_of([pid], pgid):
+            return False
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def group_members_of(pids, pgid):
+    """Those of `pids` that are live members of group `pgid`."""
+    found = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            found.append(pid)
+    return found
+
+
+def kill_group_members(spare=()):
+    """SIGKILL every other process of this process's group (the flow's subprocesses, their children,
+    daemons that double-forked but stayed in the group), except the pids in `spare` and their children.
+
+    Only a group leader does this (the agent starts each runner as one): in a group someone else
+    leads, the others are not the flow's. os.killpg would kill this process too, before it reports,
+    so the members are found in /proc and killed one by one; a process that forks meanwhile leaves
+    its child for the next pass. Returns the pids killed.
+    """
+    me, pgid = os.getpid(), os.getpgrp()
+    if pgid != me:
+        return []
+    killed = []
+    for _ in range(KILL_PASSES):
+        targets = [pid for pid, parent in group_members(pgid).items()
+                   if pid != me and pid not in spare and parent not in spare and pid not in killed]
+        if not targets:
+            break
+        killed.extend(pid for pid in targets if _kill_member(pid, pgid))
+    return killed
+
+
+class Watchdog:
+    """A shell in this process group, started with the runner, that SIGKILLs the whole group a given
+    time after it is armed: the last resort for a runner that cannot run Python any more (a flow
+    holding the GIL in C code starves every other thread of the runner, the hard-deadline timer too).
+
+    Arming is one os.write to its pipe, safe in a signal handler. Before it kills, it writes a
+    WATCHDOG_MARKER line to the agent's scratch file, so that the agent can say what happened. It
+    ignores SIGTERM, which the group gets when it is stopped; it exits when the runner does (its pipe
+    closes), and the runner kills it on its way out anyway.
+    """
+
+    SCRIPT = ('trap "" TERM INT HUP; read -r seconds || exit 0; sleep "$seconds"; '
+              'printf "%s%s\\n" "$2" "$seconds"; kill -s KILL -- "-$1"')
+
+    def __init__(self, scratch_fd=None):
+        self.pid, self.fd, self.armed = None, None, False
+        read_end, write_end = os.pipe()
+        try:
+            process = subprocess.Popen(
+                ["/bin/sh", "-c", self.SCRIPT, "runner-watchdog", str(os.getpgrp()), WATCHDOG_MARKER],
+                stdin=read_end, stdout=subprocess.DEVNULL if scratch_fd is None else scratch_fd,
+                stderr=subprocess.DEVNULL)
+        except OSError:
+            os.close(write_end)
+        else:
+            self.pid, self.fd = process.pid, write_end
+        finally:
+            os.close(read_end)
+
+    def arm(self, seconds):
+        """Kill the group in `seconds` (the first call only). No locks: a signal handler calls it."""
+        if self.fd is None or self.armed:
+            return
+        self.armed = True
+        try:
+            os.write(self.fd, f"{max(seconds, 0):.3f}\n".encode())
+        except OSError:
+            pass
+
+
 class Runner:
     """One flow run in this process, from the environment the agent gave it."""
 
@@ -220,6 +382,9 @@ class Runner:
         self.beating = self.mode != "off" and self.interval > 0
         self.agent_name = env.get("ORCHESTRATOR_AGENT_NAME", "?")
         self.agent_pid = int(env.get("ORCHESTRATOR_AGENT_PID") or os.getppid())
+        self.stop_grace = float(env.get("ORCHESTRATOR_AGENT_CANCEL_GRACE_SECONDS") or DEFAULT_STOP_GRACE_SECONDS)
+        self.stop_window = float(env.get("ORCHESTRATOR_RUNNER_STOP_WINDOW_SECONDS") or DEFAULT_STOP_WINDOW_SECONDS)
+        self.handback_delay = float(env.get("ORCHESTRATOR_HANDBACK_DELAY_SECONDS") or DEFAULT_HANDBACK_DELAY_SECONDS)
         # The run's secrets (env vars the agent named): redacted from every line and message it sends.
         names = [name for name in env.get("ORCHESTRATOR_SECRET_NAMES", "").split(",") if name]
         self.secret_values = [env[name] for name in names if name in env]
@@ -231,28 +396,57 @@ class Runner:
         self.orphaned = False
         self.stop_reason = None
         self.stop_lock = threading.Lock()
+        self.settle_lock = threading.Lock()
+        # Written to (one byte) when a stop is asked for: a signal handler may do that, as it may not
+        # take a lock that the code it interrupted holds.
+        self.stop_wake_read, self.stop_wake_write = os.pipe()
         self.flow_active = False  # FlowRunStopped is raised only into the flow itself
         self.stop_raised = False
-        self.finished = threading.Event()
+        self.finished = threading.Event()  # the flow returned, raised or was stopped
+        self.deadline = None  # time.monotonic() by which a stopping runner has exited
+        self.stopped_at = None  # time.monotonic() when the stop was asked for
+        self.watchdog = None
+        self.ending = False  # a thread (main, or the stopper after the grace) ends the run; one only
+        self.exiting = False
+        self.reported = None  # what the REPORTED_MARKER line said, once written
 
     # --- Stopping ---------------------------------------------------------------------------
 
     def stop(self, reason):
         """Stop the flow (from any thread): SIGTERM to the run's process group, the flow's own
-        subprocesses included; in this process it becomes FlowRunStopped in the main thread."""
+        subprocesses included; in this process it becomes FlowRunStopped in the main thread.
+
+        The stop is bounded (the stopper thread, _stopper): grace for the flow to end, then
+        every other process of the group is SIGKILLed, the final state reported (not for a silent
+        reason such as SUPERSEDED), the last logs shipped, and the process exits, by the hard deadline
+        at the latest, wherever the flow is.
+        """
         with self.stop_lock:
             if self.stop_reason is not None:
                 return
             self.stop_reason = reason
+        self._wake_stopper()
         if os.getpgrp() == os.getpid():  # the agent starts it as a group leader; never signal someone else's group
             os.killpg(os.getpgrp(), signal.SIGTERM)
         # A process-directed signal may be taken by another thread, leaving the main one asleep.
         signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
 
+    def _wake_stopper(self):
+        """Start the stop: arm the watchdog and wake the stopper thread. No locks (see _on_sigterm)."""
+        if self.stopped_at is None:
+            self.stopped_at = time.monotonic()
+            if self.watchdog is not None:
+                self.watchdog.arm(self.stop_budget(self.stop_reason)[1] + WATCHDOG_LAG_SECONDS)
+        try:
+            os.write(self.stop_wake_write, b"s")
+        except OSError:
+            pass
+
     def _on_sigterm(self, signum, frame):
-        with self.stop_lock:
-            if self.stop_reason is None:
-                self.stop_reason = SIGNALLED
+        # No locks here: this handler may interrupt the main thread while it holds one.
+        if self.stop_reason is None:
+            self.stop_reason = SIGNALLED
+        self._wake_stopper()
         if self.flow_active and not self.stop_raised:
             self.stop_raised = True
             raise sdk.FlowRunStopped()
@@ -277,6 +471,76 @@ class Runner:
                     "could not be heard): stopping the flow; this attempt reports nothing more.")
         self.stop(SUPERSEDED)
 
+    def stop_budget(self, reason):
+        """(grace, hard deadline) in seconds from the start of a stop for `reason`.
+
+        A hand-back must be over before the server makes the run due again
+        (ORCHESTRATOR_HANDBACK_DELAY_SECONDS after the report): it gets half that delay at most, the
+        flow half of that.
+        """
+        grace, deadline = self.stop_grace, self.stop_grace + self.stop_window
+        if reason == HANDED_BACK:
+            deadline = min(deadline, self.handback_delay / 2)
+            grace = min(grace, deadline / 2)
+        return max(grace, 0.0), max(deadline, 0.0)
+
+    def _stopper(self):
+        """Waits for a stop; then arms the hard deadline and ends the run itself if the flow does not
+        end within the grace (it ignores FlowRunStopped, or sleeps in a thread of its own)."""
+        os.read(self.stop_wake_read, 64)
+        grace, deadline = self.stop_budget(self.stop_reason)
+        self.deadline = self.stopped_at + deadline
+        timer = threading.Timer(max(self.deadline - time.monotonic(), 0), self._hard_deadline)
+        timer.daemon = True
+        timer.start()
+        if self.finished.wait(max(self.stopped_at + grace - time.monotonic(), 0)):
+            return  # the main thread ends the run, within the deadline
+        log.warning("The flow did not stop within %g s: its runner kills it and ends the run.", grace)
+        state, message = self._stopped_outcome(grace)
+        code = self._end_run(state, message)
+        if code is not None:
+            self.exit(code)
+
+    def _hard_deadline(self):
+        """The hard deadline passed and the run is not ended: leave the agent a verdict, kill the
+        group, exit. Nothing here waits on the server or on a lock."""
+        if self.exiting:
+            return
+        self.capture.original(f"The runner could not end the run within its hard deadline "
+                              f"({self.deadline - self.stopped_at:g} s after it began to stop): it exits now.")
+        reason = self.stop_reason
+        if self.reported is None and reason not in SILENT_REASONS:
+            # Not settled: that would ask the server. A SIGTERM's verdict is CRASHED; the agent that
+            # sent it knows whether it was a cancellation.
+            state, message = self._stopped_outcome(self.deadline - self.stopped_at,
+                                                   reason=TERMINATED if reason == SIGNALLED else reason)
+            self._leave_to_agent(state, message)
+        self.exit(self._exit_code_without_report(), flush=False)
+
+    def _exit_code_without_report(self):
+        if self.reported == SUPERSEDED_MARK:
+            return EXIT_SUPERSEDED
+        return EXIT_REPORTED if self.reported is not None else EXIT_AGENT_REPORTS
+
+    def exit(self, code, flush=True):
+        """Kill what is left of the group (the watchdog too), flush stdio and _exit: the flow's own
+        non-daemon threads must not keep a finished run's process alive. `flush=False` at the hard
+        deadline: a stream's lock may be held by a thread that is stuck."""
+        self.exiting = True
+        kill_group_members()
+        for stream in (sys.stdout, sys.stderr) if flush else ():
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+    def _time_left(self, at_most, reserve=0.0):
+        """`at_most` seconds, or less when a stop's hard deadline (less `reserve`) comes first."""
+        if self.deadline is None:
+            return at_most
+        return max(min(at_most, self.deadline - reserve - time.monotonic()), 0.0)
+
     def why_stopped(self):
         """(state, message) for the task run a stop interrupted; settles the reason first."""
         reason = self._settled_reason()
@@ -291,16 +555,18 @@ class Runner:
     def _settled_reason(self):
         """A SIGTERM from outside is a cancellation when the run is being cancelled; the heartbeat's
         answer says (one request, even with heartbeats off)."""
-        if self.stop_reason == SIGNALLED:
-            try:
-                answer = self.client.post(f"flow_runs/{self.flow_run_id}/heartbeat", retry_for=10)
-            except (ApiError, ServerUnreachable):
-                answer = None
-            if isinstance(answer, dict) and answer.get("state") in STOP_STATES:
-                self.stop_reason = CANCELLED
-            else:
-                self.stop_reason = TERMINATED
-        return self.stop_reason
+        with self.settle_lock:
+            if self.stop_reason == SIGNALLED:
+                try:
+                    answer = self.client.post(f"flow_runs/{self.flow_run_id}/heartbeat",
+                                              retry_for=self._time_left(10, reserve=self.stop_window / 2))
+                except (ApiError, ServerUnreachable):
+                    answer = None
+                if isinstance(answer, dict) and answer.get("state") in STOP_STATES:
+                    self.stop_reason = CANCELLED
+                else:
+                    self.stop_reason = TERMINATED
+            return self.stop_reason
 
     # --- Orphans ----------------------------------------------------------------------------
 
@@ -320,7 +586,7 @@ class Runner:
     # --- The run ------------------------------------------------------------------------------
 
     def run(self):
-        """Run the flow, report its final state; returns the exit code."""
+        """Run the flow, end the run; returns the exit code (main() exits with it through exit())."""
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGUSR1, self._on_sigusr1)
         signal.signal(signal.SIGUSR2, self._on_sigusr2)
@@ -340,6 +606,11 @@ class Runner:
             plumbing = logging.getLogger(name)
             plumbing.addHandler(OriginalStreamHandler(self.capture))
             plumbing.propagate = False
+        if os.getpgrp() == os.getpid():  # it kills the group: only the group's leader may have one
+            self.watchdog = Watchdog(self.capture.saved.get(2))
+            if self.stopped_at is not None:  # stopped while it started
+                self.watchdog.arm(self.stop_budget(self.stop_reason)[1] + WATCHDOG_LAG_SECONDS)
+        threading.Thread(target=self._stopper, name="stopper", daemon=True).start()
         threading.Thread(target=self._watch_agent, name="agent-watch", daemon=True).start()
         sdk.bind(sdk.RunContext(
             self.client, self.flow_run_id, self.heartbeats, why_stopped=self.why_stopped,
@@ -350,7 +621,10 @@ class Runner:
         finally:
             self.finished.set()
             self.heartbeats.stop()
-        return self._finish(state, message)
+        code = self._end_run(state, message)
+        while code is None:  # the stopper ends the run (the flow outlived its grace) and exits the process
+            time.sleep(3600)
+        return code
 
     def _run_flow(self):
         """Call the flow; returns the (state, message) the run ends with."""
@@ -375,44 +649,85 @@ class Runner:
         log.info("Flow returned %s", redact(repr(result), self.redactions)[:500])
         return "COMPLETED", "The flow returned; reported by its runner."
 
-    def _stopped_outcome(self):
-        reason = self._settled_reason()
+    def _stopped_outcome(self, outlived_grace=None, reason=None):
+        """(state, message) of a stopped run; `outlived_grace`: the flow did not stop within that many
+        seconds; `reason`: the settled reason, when the caller knows it."""
+        reason = reason or self._settled_reason()
+        how = (f"the flow did not stop within {outlived_grace:g} s, so its runner killed it"
+               if outlived_grace is not None else "the flow stopped when asked")
         if reason == CANCELLED:
-            return "CANCELLED", "Cancelled: the flow stopped when asked; reported by its runner."
-        if reason == SUPERSEDED:
-            return None, "Stopped: another attempt has the run."
+            return "CANCELLED", f"Cancelled: {how}; reported by its runner."
         if reason == HANDED_BACK:
             return "SCHEDULED", (f"Handed back by its runner: agent {self.agent_name} (pid {self.agent_pid}) is gone "
                                  f"and heartbeats are off, so nobody could tell this run from a dead one; the flow was "
-                                 f"stopped rather than risk running twice. Task runs that completed stand.")
+                                 f"stopped rather than risk running twice ({how}). Task runs that completed stand.")
+        if reason == SUPERSEDED:  # not reported (see _end_run)
+            return "CRASHED", f"Stopped: another attempt has the run ({how})."
+        if outlived_grace is not None:
+            return "CRASHED", (f"The flow's process was stopped by SIGTERM; the flow did not stop within "
+                               f"{outlived_grace:g} s, so its runner killed it.")
         return "CRASHED", "The flow's process was stopped by SIGTERM before the flow finished."
 
-    def _finish(self, state, message):
-        """Ship the last logs, then report (or leave to the agent); returns the exit code."""
+    def _end_run(self, state, message):
+        """Kill the flow's leftover processes, ship the last logs and report (or leave it to the agent);
+        returns the exit code, or None when another thread is already ending the run.
+
+        A stopping runner reports first and ships logs after, within its hard deadline; otherwise the
+        logs go first (a finished run has its logs before its final state).
+        """
+        with self.stop_lock:
+            if self.ending:
+                return None
+            self.ending = True
+        stopping = self.deadline is not None
         message = redact(message, self.redactions)[:sdk.MAX_MESSAGE_CHARS]
+        kill_group_members(spare=(self.watchdog and self.watchdog.pid,))  # nothing of the flow outlives its report
         self.capture.stop()
-        if not self.shipper.stop(drain_seconds=LOG_DRAIN_SECONDS):
-            self.capture.original(f"The runner could not ship its last log lines ({len(self.shipper.buffer)}).")
-        if state is None:  # superseded: the run is another attempt's, nothing of this one is heard
+        if self.stop_reason in SILENT_REASONS:  # the run is another attempt's, nothing of this one is heard
+            self._mark_reported(SUPERSEDED_MARK)
             self.capture.original(f"Not reporting: {message}")
-            return EXIT_REPORTED
+            self._ship_last_logs()
+            return EXIT_SUPERSEDED
+        if not stopping:
+            self._ship_last_logs()
+        code = self._report(state, message)
+        if stopping:
+            self._ship_last_logs()
+        return code
+
+    def _ship_last_logs(self):
+        """Ship what is left, for up to LOG_DRAIN_SECONDS (less when a stop's deadline comes first)."""
+        if not self.shipper.stop(drain_seconds=self._time_left(LOG_DRAIN_SECONDS, reserve=0.5)):
+            self.capture.original(f"The runner could not ship its last log lines ({len(self.shipper.buffer)}).")
+
+    def _report(self, state, message):
         if state == "CRASHED" and not self.orphaned:
             # SIGTERM from someone else: the agent knows why (e.g. it is shutting down) and says so.
             return self._leave_to_agent(state, message)
         try:
             self.client.post(f"flow_runs/{self.flow_run_id}/state", {"state": state, "message": message},
-                             retry_for=REPORT_RETRY_SECONDS)
+                             retry_for=self._time_left(REPORT_RETRY_SECONDS, reserve=self.stop_window / 3))
         except ApiError as exc:
             if exc.superseded:
                 self.capture.original(f"Not reported {state}: another attempt has the run now.")
-                return EXIT_REPORTED
+                self._mark_reported(SUPERSEDED_MARK)
+                return EXIT_SUPERSEDED
             if exc.status != 409:
                 return self._leave_to_agent(state, message, f"the server refused it: {exc}")
             # Someone reported a final state first (the agent after a cancellation, a recovery service).
             self.capture.original(f"The run's final state was already set: {exc}")
         except ServerUnreachable as exc:
             return self._leave_to_agent(state, message, f"the server is away: {exc}")
+        self._mark_reported(state)
         return EXIT_REPORTED
+
+    def _mark_reported(self, what):
+        """The agent's proof that the run needs no report from it (see REPORTED_MARKER)."""
+        self.reported = what
+        if self.shipper.journal is not None:
+            self.shipper.journal.reported(what)
+        else:
+            self.capture.original(f"{REPORTED_MARKER}{what}")
 
     def _leave_to_agent(self, state, message, problem=None):
         if problem:
@@ -422,8 +737,9 @@ class Runner:
 
 
 def main():
-    return Runner(os.environ).run()
+    runner = Runner(os.environ)
+    runner.exit(runner.run())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -11,7 +11,12 @@ a report answered `superseded` means another attempt has the run now, and nothin
 runner, and the final state only when the runner could not: killed by a signal, a crashed
 interpreter (CRASHED, with the signal or exit code and the runner's last output), a verdict the
 runner left it (exit code EXIT_AGENT_REPORTS), a run it ended because it is being cancelled
-(CANCELLED), or its own shutdown (CRASHED). A 409 then means the runner got there first.
+(CANCELLED), or its own shutdown (CRASHED). A 409 then means the runner got there first. Exit code
+EXIT_REPORTED (or EXIT_SUPERSEDED) counts only with the runner's REPORTED_MARKER line in its scratch
+file: a flow that calls os._exit(0) bypasses the runner, and its run is CRASHED.
+
+When a runner has exited, the agent SIGKILLs what is left of its process group before it reports
+anything, so no process of the flow outlives the run's report.
 """
 
 import json
@@ -28,12 +33,20 @@ from .client import ApiError, ServerUnreachable
 from .health import start_health_server
 from .logs import LogShipper, redact, redaction_list
 from .runner import (
+    DEFAULT_HANDBACK_DELAY_SECONDS,
+    DEFAULT_STOP_WINDOW_SECONDS,
     EXIT_AGENT_REPORTS,
     EXIT_REPORTED,
+    EXIT_SUPERSEDED,
     JOURNAL_DELIVERED_MARKER,
     JOURNAL_LINE_MARKER,
     REPORT_RETRY_SECONDS,  # state reports are retried this long while the server is away
+    REPORTED_MARKER,
+    SUPERSEDED_MARK,
     VERDICT_MARKER,
+    WATCHDOG_LAG_SECONDS,
+    WATCHDOG_MARKER,
+    group_members,
 )
 
 log = logging.getLogger("agent")
@@ -47,6 +60,8 @@ UNHEALTHY_AFTER_POLLS = 3
 SHUTDOWN_KILL_SECONDS = 5
 # How long the agent tries to ship what a runner left unshipped before it reports the final state.
 LOG_DRAIN_SECONDS = 60
+# After SIGKILLing what is left of a runner's process group, how long the agent waits for it to be gone.
+GROUP_GONE_SECONDS = 2.0
 # How much of a runner's scratch file the agent reads when the runner did not report (its journal
 # keeps it under about 1 MiB).
 OUTPUT_TAIL_BYTES = 2 * 1024 * 1024
@@ -69,6 +84,7 @@ class Execution:
         self.exited = threading.Event()
         self.abandoned = False  # set at shutdown: the agent gave up waiting for it
         self.cancelled = False  # the run is being cancelled: the agent ends its process
+        self.reaped = False  # its runner was waited for: its pid (the group's id) may belong to a stranger now
         self.thread = threading.Thread(target=self._execute, name=f"run-{self.run_id[:8]}", daemon=True)
 
     def start(self):
@@ -123,6 +139,9 @@ class Execution:
                "ORCHESTRATOR_RUNNER_HEARTBEAT_SECONDS": str(interval or 0),
                "ORCHESTRATOR_TASK_RESULT_MAX_BYTES": str(agent.task_result_max_bytes),
                "ORCHESTRATOR_AGENT_LOG_BATCH_MAX_LINES": str(agent.log_batch_max_lines or ""),
+               "ORCHESTRATOR_AGENT_CANCEL_GRACE_SECONDS": str(agent.cancel_grace_seconds),
+               "ORCHESTRATOR_RUNNER_STOP_WINDOW_SECONDS": str(agent.runner_stop_window_seconds),
+               "ORCHESTRATOR_HANDBACK_DELAY_SECONDS": str(agent.handback_delay_seconds),
                "ORCHESTRATOR_AGENT_NAME": agent.name, "ORCHESTRATOR_AGENT_PID": str(os.getpid()),
                "ORCHESTRATOR_RUNNER_JOURNAL": "1", "PYTHONUNBUFFERED": "1"}
         # The runner reads its own output once it runs. This scratch file, which outlives this agent,
@@ -141,20 +160,51 @@ class Execution:
                 self.process = process
                 cancelled = self.cancelled
             if cancelled:
-                self._end_in_background(agent.cancel_grace_seconds)
-            code = process.wait()
-            self.exited.set()
-            if code == EXIT_REPORTED:
-                log.info("Run %s: its runner reported the final state.", self.run_id)
-                return
+                self._end_in_background(self.cancel_kill_seconds())
+            code = self._wait_and_end_group(process)
             start = max(output.seek(0, os.SEEK_END) - OUTPUT_TAIL_BYTES, 0)
             output.seek(start)
             # Split on newlines only: str.splitlines() would also split at the markers' record separator.
             lines = output.read().decode(errors="replace").split("\n")[1 if start else 0:]  # no half line
+        reported = [line[len(REPORTED_MARKER):] for line in lines if line.startswith(REPORTED_MARKER)]
+        if code == EXIT_REPORTED and reported and reported[-1] != SUPERSEDED_MARK:
+            log.info("Run %s: its runner reported the final state.", self.run_id)
+            return
+        if code == EXIT_SUPERSEDED and reported and reported[-1] == SUPERSEDED_MARK:
+            log.info("Run %s: a later attempt owns it; its runner stopped and nobody reports for this one.",
+                     self.run_id)
+            return
         shipper = self.new_shipper()
         verdict = self._ship_what_the_runner_left(lines, shipper)
         shipper.drain(LOG_DRAIN_SECONDS)  # a finished run has its logs before its final state
-        self._report(*self._final_state(code, verdict))
+        watchdog = next((line for line in reversed(lines) if line.startswith(WATCHDOG_MARKER)), None)
+        self._report(*self._final_state(code, verdict, watchdog))
+
+    def _wait_and_end_group(self, process):
+        """Wait for the runner to exit, SIGKILL what is left of its process group (a flow's child that
+        ignores SIGTERM, a daemon that double-forked), then reap it; returns its exit code.
+
+        The group is killed before the runner is reaped: until then its pid, the group's id, cannot be
+        taken by another process, so the signal reaches no stranger.
+        """
+        try:
+            os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:  # reaped already (cannot happen here, but then the pid is not ours)
+            pass
+        with self.lock:
+            self.exited.set()
+            if process.returncode is None:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                else:  # a SIGKILLed process takes a moment to die: not a live one left when the report goes
+                    deadline = time.monotonic() + GROUP_GONE_SECONDS
+                    while group_members(process.pid) and time.monotonic() < deadline:
+                        time.sleep(0.01)
+            code = process.wait()
+            self.reaped = True
+        return code
 
     def new_shipper(self):
         """A shipper of this run's lines: its token, its secrets redacted, the server's line limit."""
@@ -170,6 +220,8 @@ class Execution:
                 delivered = max(delivered, int(line[len(JOURNAL_DELIVERED_MARKER):] or 0))
             elif line.startswith(VERDICT_MARKER):
                 verdict = line
+            elif line.startswith((REPORTED_MARKER, WATCHDOG_MARKER)):
+                pass
             elif line.strip():
                 output.append(line)
         for encoded in journal:
@@ -184,12 +236,13 @@ class Execution:
             shipper.add(self.run_id, f"[runner] {line}", level=logging.ERROR)
         return verdict
 
-    def _final_state(self, code, verdict):
-        """(state, message) for a runner that did not report, from what the agent knows and its exit."""
+    def _final_state(self, code, verdict, watchdog=None):
+        """(state, message) for a runner that did not report, from what the agent knows and its exit
+        (`watchdog`: the line the runner's watchdog wrote before it killed the group, if it did)."""
         agent = self.agent
         if self.cancelled:
             return "CANCELLED", (f"Cancelled: agent {agent.name} ended the flow's process (SIGTERM, then SIGKILL "
-                                 f"after {agent.cancel_grace_seconds:g} s).")
+                                 f"after {self.cancel_kill_seconds():g} s).")
         if self.abandoned:
             return "CRASHED", (f"Agent {agent.name} stopped before the run finished (grace period "
                                f"{agent.grace_seconds:g} s); the flow's process was ended.")
@@ -204,12 +257,31 @@ class Execution:
                 name = signal.Signals(-code).name
             except ValueError:
                 name = f"signal {-code}"
+            if -code == signal.SIGKILL and watchdog:
+                return "CRASHED", ("The flow's process group was killed by its runner's watchdog: the runner could "
+                                   "not end the run within its hard deadline (a flow holding the GIL in C code "
+                                   "does this).")
             hint = " (the out-of-memory killer does this)" if -code == signal.SIGKILL else ""
             return "CRASHED", f"The flow's process was killed by {name}{hint} before it could report."
+        if code in (EXIT_REPORTED, EXIT_SUPERSEDED):
+            # Without the runner's marker: something in the flow ended the process (os._exit).
+            return "CRASHED", (f"The flow's runner exited with code {code} without reporting the run's final state "
+                               f"(did the flow call os._exit?).")
         return "CRASHED", f"The flow's process exited with code {code} before it could report."
 
+    def cancel_kill_seconds(self, grace=None):
+        """When a cancelled run's process group gets SIGKILL: not before its runner's hard deadline (the
+        flow's `grace`, then the runner's stop window) and its watchdog's lag have passed, so that a
+        runner able to end the run in order (kill the flow's processes, report CANCELLED, ship its last
+        logs) always may; the agent kills only a runner that could not (e.g. its flow ignores SIGTERM
+        with heartbeats off, so the runner never learns of the cancellation)."""
+        agent = self.agent
+        grace = agent.cancel_grace_seconds if grace is None else grace
+        return grace + agent.runner_stop_window_seconds + WATCHDOG_LAG_SECONDS
+
     def cancel(self, grace):
-        """The run is being cancelled: SIGTERM its process group, SIGKILL after `grace` seconds."""
+        """The run is being cancelled: SIGTERM its process group, SIGKILL after its runner's hard
+        deadline for a flow `grace` (see cancel_kill_seconds)."""
         with self.lock:
             if self.cancelled or self.exited.is_set():
                 return
@@ -217,23 +289,27 @@ class Execution:
             started = self.process is not None
         if started:
             log.info("Run %s is being cancelled: ending its process (grace %g s).", self.run_id, grace)
-            self._end_in_background(grace)
+            self._end_in_background(self.cancel_kill_seconds(grace))
 
-    def _end_in_background(self, grace):
-        threading.Thread(target=self._end_process, args=(grace,), name=f"end-{self.run_id[:8]}", daemon=True).start()
+    def _end_in_background(self, kill_after):
+        threading.Thread(target=self._end_process, args=(kill_after,), name=f"end-{self.run_id[:8]}",
+                         daemon=True).start()
 
-    def _end_process(self, grace):
+    def _end_process(self, kill_after):
         """Ask the runner's process group to stop, then kill it if the runner does not exit in time."""
         self._signal_group(signal.SIGTERM)
-        if not self.exited.wait(grace):
+        if not self.exited.wait(kill_after):
             self._signal_group(signal.SIGKILL)
 
     def _signal_group(self, signum):
         # The runner leads its own process group (start_new_session): the flow's subprocesses are in it.
-        try:
-            os.killpg(self.process.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
+        with self.lock:
+            if self.reaped:
+                return
+            try:
+                os.killpg(self.process.pid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def end(self):
         """At shutdown: stop the flow's process group now (SIGTERM, then SIGKILL)."""
@@ -247,16 +323,20 @@ class Agent:
 
     def __init__(self, client, *, api_url, key, name, queues, query_seconds=10.0, heartbeat_seconds=30.0,
                  runner_heartbeat_seconds=30.0, heartbeat_mode="thread", limit=8, grace_seconds=30.0,
-                 cancel_grace_seconds=30.0, webserver_host="127.0.0.1", webserver_port=8080, version=""):
+                 cancel_grace_seconds=30.0, runner_stop_window_seconds=DEFAULT_STOP_WINDOW_SECONDS,
+                 webserver_host="127.0.0.1", webserver_port=8080, version=""):
         self.client, self.api_url, self.key = client, api_url, key
         self.name, self.queues, self.version = name, queues, version
         self.query_seconds, self.heartbeat_seconds = query_seconds, heartbeat_seconds
         self.runner_heartbeat_seconds, self.heartbeat_mode = runner_heartbeat_seconds, heartbeat_mode
         self.limit, self.grace_seconds, self.cancel_grace_seconds = limit, grace_seconds, cancel_grace_seconds
+        self.runner_stop_window_seconds = runner_stop_window_seconds
         self.task_result_max_bytes = 1_048_576  # until the server says otherwise when it registers us
         self.log_batch_max_lines = None  # the server's limit, once it said it
         # The most runs one claim may ask for; servers that do not say it take their default, 200.
         self.claim_max_runs = 200
+        # The server's ORCHESTRATOR_HANDBACK_DELAY_SECONDS: a runner's hand-back is over within half of it.
+        self.handback_delay_seconds = DEFAULT_HANDBACK_DELAY_SECONDS
         self.next_poll_seconds = query_seconds
         self.webserver = (webserver_host, webserver_port)
         self.stopping = threading.Event()
@@ -310,6 +390,7 @@ class Agent:
         # An older server does not say; the shipper then assumes the default limit.
         self.log_batch_max_lines = answer.get("log_batch_max_lines")
         self.claim_max_runs = answer.get("claim_max_runs") or self.claim_max_runs
+        self.handback_delay_seconds = answer.get("handback_delay_seconds", self.handback_delay_seconds)
         return True
 
     def poll_once(self):

@@ -152,3 +152,86 @@ def leaks_its_secret(path):
     connect()
     print(f"stderr too: {os.environ['DB_PASSWORD']}", file=sys.stderr)
     raise RuntimeError(f"login refused for password {os.environ['DB_PASSWORD']}")
+
+
+# --- Flows that do not stop when asked, and leave processes behind --------------------------------
+
+# A child that ignores SIGTERM and double-forks a grandchild that ignores it too: the grandchild's
+# parent exits, so it is nobody's child any more, but it stays in the runner's process group. Both
+# append their pid to the file given as argv[1].
+STUBBORN_CHILDREN = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def note():
+    with open(sys.argv[1], "a") as pids:
+        pids.write(f"{os.getpid()}\\n")
+if os.fork() == 0:
+    if os.fork() == 0:
+        note()
+        time.sleep(600)
+    os._exit(0)
+note()
+time.sleep(600)
+"""
+
+
+def start_stubborn_children(marks):
+    """Start STUBBORN_CHILDREN; returns once both wrote their pid to marks/children."""
+    pids = Path(marks) / "children"
+    subprocess.Popen([sys.executable, "-c", STUBBORN_CHILDREN, str(pids)])
+    deadline = time.monotonic() + 60
+    while not (pids.exists() and len(pids.read_text().split()) == 2):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the children never started")
+        time.sleep(0.05)
+
+
+@flow
+def deaf(marks):
+    """Leaves stubborn children, then swallows every stop (FlowRunStopped included) and carries on."""
+    start_stubborn_children(marks)
+    (Path(marks) / "ready").write_text("yes")
+    while True:
+        try:
+            time.sleep(600)
+        except BaseException:  # noqa: BLE001 - the point: user code that swallows the stop
+            (Path(marks) / "ignored").write_text("the stop was swallowed")
+
+
+@flow
+def stuck_in_c(marks):
+    """Swallows the stop, then holds the GIL in C code (a regular expression that backtracks for ages)."""
+    import re
+
+    start_stubborn_children(marks)
+    (Path(marks) / "ready").write_text("yes")
+    try:
+        time.sleep(600)
+    except BaseException:  # noqa: BLE001
+        (Path(marks) / "ignored").write_text("the stop was swallowed")
+        re.match(r"(a+)+$", "a" * 64 + "b")
+
+
+@flow
+def sleeps_in_a_thread(marks):
+    """Its work sleeps in a thread of its own (not a daemon): the main thread stops, the thread does not."""
+    import threading
+
+    worker = threading.Thread(target=time.sleep, args=(600,), name="sleeper")
+    worker.start()
+    (Path(marks) / "ready").write_text("yes")
+    while worker.is_alive():  # not join(): Python 3.11 forgets a thread whose join() a signal interrupted
+        time.sleep(0.1)
+
+
+@flow
+def exits_leaving_children(marks, code=7):
+    """Leaves stubborn children and ends the process under its runner's feet."""
+    start_stubborn_children(marks)
+    os._exit(code)
+
+
+@flow
+def returns_leaving_children(marks):
+    start_stubborn_children(marks)
+    return "done"

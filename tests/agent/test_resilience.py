@@ -5,6 +5,8 @@ No live server: a tiny HTTP server in a thread, or a client that stands in for o
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -395,3 +397,80 @@ def test_a_task_report_refused_as_superseded_stops_the_flow_where_it_is():
     with pytest.raises(sdk.FlowRunStopped):
         ctx.report("flow_runs/run-1/task_runs", {"task_key": "t"})
     assert stopped == [True]
+
+
+# --- What a runner's exit proves -----------------------------------------------------------------
+
+# Stands in for `python -m agent.runner`: leaves a child that ignores SIGTERM in its process group
+# (its pid in argv[1]), writes what argv[2] says to its scratch file, and exits with argv[3].
+FAKE_RUNNER = """
+import os, signal, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                          "print('ready', flush=True); time.sleep(600)"], stdout=subprocess.PIPE)
+child.stdout.readline()
+open(sys.argv[1], "w").write(str(child.pid))
+sys.stdout.write(sys.argv[2].replace("RS", "\\x1e"))
+sys.stdout.flush()
+os._exit(int(sys.argv[3]))
+"""
+
+
+REAL_POPEN = subprocess.Popen
+
+
+def run_fake_runner(monkeypatch, tmp_path, said, code):
+    """One Execution whose runner is FAKE_RUNNER; returns the final-state posts the agent made, each with
+    whether the runner's child was still alive when it was made."""
+    from agent.worker import Execution
+
+    from .conftest import alive
+
+    child_pid = tmp_path / "child"
+
+    def popen(args, **kwargs):
+        return REAL_POPEN([sys.executable, "-c", FAKE_RUNNER, str(child_pid), said, str(code)], **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    reports = []
+
+    def answer(path, payload):
+        if path.endswith("/state") and payload["state"] != "RUNNING":
+            reports.append((payload["state"], payload["message"], alive(int(child_pid.read_text()))))
+        return {}
+
+    Execution(new_agent(FakeClient(answer)), {"id": "run-1", "entrypoint": "m:f"})._execute()
+    return reports
+
+
+def test_exit_0_without_the_runners_mark_is_a_crash(monkeypatch, tmp_path):
+    [(state, message, _)] = run_fake_runner(monkeypatch, tmp_path, "", 0)
+    assert (state, message) == ("CRASHED", "The flow's runner exited with code 0 without reporting the run's final "
+                                           "state (did the flow call os._exit?).")
+
+
+def test_exit_0_with_the_runners_mark_is_left_alone(monkeypatch, tmp_path):
+    assert run_fake_runner(monkeypatch, tmp_path, "RSorchestrator-reported COMPLETED\n", 0) == []
+
+
+def test_a_superseded_runner_is_believed_only_with_its_mark(monkeypatch, tmp_path):
+    assert run_fake_runner(monkeypatch, tmp_path, "RSorchestrator-reported superseded\n", 4) == []
+    [(state, _, _)] = run_fake_runner(monkeypatch, tmp_path, "", 4)
+    assert state == "CRASHED"
+
+
+def test_the_agent_kills_the_runners_group_before_it_reports(monkeypatch, tmp_path):
+    [(state, _, child_alive)] = run_fake_runner(monkeypatch, tmp_path, "", 9)
+    assert state == "CRASHED" and not child_alive
+
+
+def test_a_handback_is_over_within_half_the_servers_handback_delay():
+    import os
+
+    from agent.runner import CANCELLED, HANDED_BACK, Runner
+
+    runner = Runner({"ORCHESTRATOR_FLOW_RUN_ID": "run-1", "ORCHESTRATOR_API_URL": "http://x", "ORCHESTRATOR_RUN_TOKEN": "t",
+                     "ORCHESTRATOR_AGENT_CANCEL_GRACE_SECONDS": "30", "ORCHESTRATOR_RUNNER_STOP_WINDOW_SECONDS": "10",
+                     "ORCHESTRATOR_HANDBACK_DELAY_SECONDS": "30"})
+    os.close(runner.stop_wake_read), os.close(runner.stop_wake_write)
+    assert runner.stop_budget(CANCELLED) == (30, 40)  # (grace, hard deadline)
+    assert runner.stop_budget(HANDED_BACK) == (7.5, 15)  # the run is due again 30 s after its hand-back

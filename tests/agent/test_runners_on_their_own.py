@@ -10,6 +10,7 @@ Markers in files count how often each task ran; polls and beats are every 0.3 s 
 import json
 import os
 import time
+from datetime import timedelta
 
 import pytest
 
@@ -92,7 +93,8 @@ def test_a_runner_whose_agent_died_finishes_the_run_and_reports_it_itself(ws, wo
 
 
 def test_an_orphaned_runner_with_heartbeats_off_hands_the_run_back(ws, workspace_url, start_agent, operator_key,
-                                                                    tmp_path):
+                                                                    tmp_path, settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "HANDBACK_DELAY_SECONDS": 4}
     marks, gate = tmp_path / "marks", tmp_path / "gate"
     marks.mkdir()
     run = queued_run(ws, "tests.agent.flows:three_steps", marks=str(marks), gate=str(gate))
@@ -118,6 +120,10 @@ def test_an_orphaned_runner_with_heartbeats_off_hands_the_run_back(ws, workspace
     wait_for(lambda: FlowRun.objects.get(pk=run.pk).state == State.COMPLETED, timeout=30,
              what=lambda: story(run, first, second))
     assert len(executions(marks, "one")) == 1 and len(executions(marks, "two")) == 2
+    # The second attempt started no sooner than the hand-back delay after the hand-back.
+    handed_back, restarted = (StateChange.objects.filter(flow_run=run, task_run=None, to_state=state)
+                              .values_list("timestamp", flat=True).last() for state in (State.SCHEDULED, State.RUNNING))
+    assert restarted - handed_back >= timedelta(seconds=4)
     assert json.loads((marks / "results.json").read_text())[0] == {"step": "one", "pid": runner}
     assert any("Task step completed in an earlier attempt; its result stands." in m for m in logs_of(run))
 
@@ -150,22 +156,30 @@ def test_cancelling_a_running_run_stops_its_flow_and_ends_it_cancelled(ws, works
     assert agent.process.poll() is None  # the agent carries on
 
 
+@pytest.mark.parametrize("mode, killer", [("thread", "runner"), ("off", "agent")])
 def test_a_run_that_ignores_sigterm_is_killed_after_the_cancel_grace(ws, workspace_url, start_agent, operator_key,
-                                                                      api, tmp_path):
+                                                                      api, tmp_path, mode, killer):
+    """Its runner learns of the cancellation from the run's heartbeat, and kills the flow after the grace;
+    with heartbeats off it cannot (the flow ignores SIGTERM), and its agent kills the whole process
+    group once the runner's hard deadline (grace + stop window) and its watchdog's lag have passed."""
     marks = tmp_path / "marks"
     marks.mkdir()
     run = queued_run(ws, "tests.agent.flows:stubborn", marks=str(marks))
-    agent = start_agent(workspace_url, operator_key, "faults", "killer",
-                        env={"ORCHESTRATOR_AGENT_CANCEL_GRACE_SECONDS": "1.5"})
+    agent = start_agent(workspace_url, operator_key, "faults", "killer", "--heartbeat-mode", mode,
+                        env={"ORCHESTRATOR_AGENT_CANCEL_GRACE_SECONDS": "1.5",
+                             "ORCHESTRATOR_RUNNER_STOP_WINDOW_SECONDS": "1"})
     wait_for(lambda: (marks / "stubborn").exists(), timeout=30, what=lambda: story(run, agent))
     runner = the_runner_of(agent)
 
     asked = cancel(api, ws, run)
-    wait_for(lambda: not alive(runner), timeout=10, what=lambda: f"the runner to be killed\n{story(run, agent)}")
-    assert 1.5 <= time.monotonic() - asked < 6
+    wait_for(lambda: not alive(runner), timeout=15, what=lambda: f"the runner to be killed\n{story(run, agent)}")
+    assert time.monotonic() - asked >= 1.5  # the grace
     wait_for(lambda: FlowRun.objects.get(pk=run.pk).state == State.CANCELLED, timeout=10, what=lambda: story(run, agent))
     run.refresh_from_db()
-    assert run.state_message.startswith("Cancelled: agent killer ended the flow's process")
+    assert run.state_message == {
+        "runner": "Cancelled: the flow did not stop within 1.5 s, so its runner killed it; reported by its runner.",
+        "agent": "Cancelled: agent killer ended the flow's process (SIGTERM, then SIGKILL after 3.5 s).",
+    }[killer]
 
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
