@@ -235,3 +235,21 @@ def exits_leaving_children(marks, code=7):
 def returns_leaving_children(marks):
     start_stubborn_children(marks)
     return "done"
+
+
+@flow
+def superseded(marks):
+    """Leaves stubborn children, then has its runner stop as it will when the server answers that a later
+    attempt owns the run (attempt fencing), and swallows the stop."""
+    import threading
+
+    from agent import runner, sdk
+
+    start_stubborn_children(marks)
+    # The Runner, through the SDK's context; from another thread, as a refused report would be seen.
+    threading.Thread(target=sdk._context.why_stopped.__self__.stop, args=(runner.SUPERSEDED,)).start()
+    while True:
+        try:
+            time.sleep(600)
+        except BaseException:  # noqa: BLE001
+            (Path(marks) / "ignored").write_text("the stop was swallowed")

@@ -191,3 +191,19 @@ def test_a_stopping_runner_exits_at_its_hard_deadline_when_the_server_never_answ
     verdict = json.loads([line for line in lines if line.startswith(VERDICT_MARKER)][-1][len(VERDICT_MARKER):])
     assert verdict["state"] == "CRASHED" and "did not stop within 3 s" in verdict["message"]
     assert [pid for pid in children(marks) if alive(pid)] == []
+
+
+def test_a_superseded_runner_stops_its_flow_and_nobody_reports_for_it(ws, workspace_url, start_agent, operator_key,
+                                                                       tmp_path):  # noqa: F811
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    run = queued_run(ws, "tests.agent.flows:superseded", marks=str(marks))
+    agent = start_agent(workspace_url, operator_key, "faults", "old-attempt", env=QUICK_STOP)
+    wait_for(lambda: (marks / "ignored").exists(), timeout=30, what=lambda: story(run, agent))
+    runner = the_runner_of(agent)
+
+    wait_for(lambda: not alive(runner), timeout=15, what=lambda: f"the runner to exit\n{story(run, agent)}")
+    assert [pid for pid in children(marks) if alive(pid)] == []
+    wait_for(lambda: "a later attempt owns it" in agent.output(), timeout=10, what=agent.output)
+    run.refresh_from_db()
+    assert run.state == State.RUNNING  # the later attempt reports; neither this runner nor its agent did
