@@ -409,6 +409,10 @@ class Runner:
         self.ending = False  # a thread (main, or the stopper after the grace) ends the run; one only
         self.exiting = False
         self.reported = None  # what the REPORTED_MARKER line said, once written
+        # Whether this process's group is the run's, to kill when it ends: only `python -m agent.runner`
+        # started as a group leader (by the agent) says so (main()); a Runner used inside another
+        # program must never kill that program's group.
+        self.owns_group = False
 
     # --- Stopping ---------------------------------------------------------------------------
 
@@ -527,13 +531,17 @@ class Runner:
         non-daemon threads must not keep a finished run's process alive. `flush=False` at the hard
         deadline: a stream's lock may be held by a thread that is stuck."""
         self.exiting = True
-        kill_group_members()
+        self._kill_group()
         for stream in (sys.stdout, sys.stderr) if flush else ():
             try:
                 stream.flush()
             except (OSError, ValueError):
                 pass
         os._exit(code)
+
+    def _kill_group(self, spare=()):
+        if self.owns_group:
+            kill_group_members(spare)
 
     def _time_left(self, at_most, reserve=0.0):
         """`at_most` seconds, or less when a stop's hard deadline (less `reserve`) comes first."""
@@ -606,7 +614,7 @@ class Runner:
             plumbing = logging.getLogger(name)
             plumbing.addHandler(OriginalStreamHandler(self.capture))
             plumbing.propagate = False
-        if os.getpgrp() == os.getpid():  # it kills the group: only the group's leader may have one
+        if self.owns_group:  # it kills the group
             self.watchdog = Watchdog(self.capture.saved.get(2))
             if self.stopped_at is not None:  # stopped while it started
                 self.watchdog.arm(self.stop_budget(self.stop_reason)[1] + WATCHDOG_LAG_SECONDS)
@@ -645,7 +653,7 @@ class Runner:
                 return self._stopped_outcome()
         except BaseException as exc:  # noqa: BLE001 - whatever the flow raised, the run failed
             log.error("The flow raised:\n%s", traceback.format_exc().rstrip())
-            return "FAILED", storable(f"{type(exc).__name__}: {exc}")  # redacted, then cut, in _finish
+            return "FAILED", storable(f"{type(exc).__name__}: {exc}")  # redacted, then cut, in _end_run
         log.info("Flow returned %s", redact(repr(result), self.redactions)[:500])
         return "COMPLETED", "The flow returned; reported by its runner."
 
@@ -681,7 +689,7 @@ class Runner:
             self.ending = True
         stopping = self.deadline is not None
         message = redact(message, self.redactions)[:sdk.MAX_MESSAGE_CHARS]
-        kill_group_members(spare=(self.watchdog and self.watchdog.pid,))  # nothing of the flow outlives its report
+        self._kill_group(spare=(self.watchdog and self.watchdog.pid,))  # nothing of the flow outlives its report
         self.capture.stop()
         if self.stop_reason in SILENT_REASONS:  # the run is another attempt's, nothing of this one is heard
             self._mark_reported(SUPERSEDED_MARK)
@@ -738,6 +746,7 @@ class Runner:
 
 def main():
     runner = Runner(os.environ)
+    runner.owns_group = os.getpgrp() == os.getpid()  # the agent starts each runner as a group leader
     runner.exit(runner.run())
 
 

@@ -190,9 +190,9 @@ def start_stubborn_children(marks):
 def deaf(marks):
     """Leaves stubborn children, then swallows every stop (FlowRunStopped included) and carries on."""
     start_stubborn_children(marks)
-    (Path(marks) / "ready").write_text("yes")
     while True:
         try:
+            (Path(marks) / "ready").write_text("yes")  # in the try: a stop from here on is swallowed
             time.sleep(600)
         except BaseException:  # noqa: BLE001 - the point: user code that swallows the stop
             (Path(marks) / "ignored").write_text("the stop was swallowed")
@@ -204,8 +204,8 @@ def stuck_in_c(marks):
     import re
 
     start_stubborn_children(marks)
-    (Path(marks) / "ready").write_text("yes")
     try:
+        (Path(marks) / "ready").write_text("yes")
         time.sleep(600)
     except BaseException:  # noqa: BLE001
         (Path(marks) / "ignored").write_text("the stop was swallowed")
@@ -239,15 +239,14 @@ def returns_leaving_children(marks):
 
 @flow
 def superseded(marks):
-    """Leaves stubborn children, then has its runner stop as it will when the server answers that a later
-    attempt owns the run (attempt fencing), and swallows the stop."""
+    """Leaves stubborn children, then tells its runner what a report refused as `superseded` tells it
+    (another attempt has the run), from another thread, and swallows the stop."""
     import threading
 
-    from agent import runner, sdk
+    from agent import sdk
 
     start_stubborn_children(marks)
-    # The Runner, through the SDK's context; from another thread, as a refused report would be seen.
-    threading.Thread(target=sdk._context.why_stopped.__self__.stop, args=(runner.SUPERSEDED,)).start()
+    threading.Thread(target=sdk._context.on_superseded).start()
     while True:
         try:
             time.sleep(600)

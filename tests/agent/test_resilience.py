@@ -319,7 +319,7 @@ def test_a_runner_waits_out_an_away_server_as_long_for_its_last_lines_as_for_its
             return {"state": payload["state"]}
 
     runner.shipper.stop, runner.client = ship_last_lines, Server()
-    assert runner._finish("COMPLETED", "done") == EXIT_REPORTED
+    assert runner._end_run("COMPLETED", "done") == EXIT_REPORTED
     # One window, the one the agent's and the tasks' state reports retry in too.
     assert waits == {"last lines": sdk.STATE_REPORT_RETRY_SECONDS, "final state": sdk.STATE_REPORT_RETRY_SECONDS}
     assert worker.REPORT_RETRY_SECONDS == sdk.STATE_REPORT_RETRY_SECONDS
