@@ -118,7 +118,7 @@ def failing_flow():
 
 
 def test_a_flow_failure_message_never_carries_part_of_a_secret(monkeypatch):
-    """agent/runner.py _run_flow cuts the FAILED message at 10,000 characters; _finish redacts after."""
+    """agent/runner.py _run_flow cuts the FAILED message at 10,000 characters; _end_run redacts after."""
     env = {"ORCHESTRATOR_FLOW_RUN_ID": "33333333-3333-3333-3333-333333333333",
            "ORCHESTRATOR_API_URL": "http://127.0.0.1:9/api/accounts/a/workspaces/w", "ORCHESTRATOR_RUN_TOKEN": "orr_x",
            "ORCHESTRATOR_ENTRYPOINT": f"{__name__}:failing_flow", "ORCHESTRATOR_SECRET_NAMES": "DB_PASSWORD",
@@ -129,7 +129,7 @@ def test_a_flow_failure_message_never_carries_part_of_a_secret(monkeypatch):
     monkeypatch.setattr(runner.shipper, "stop", lambda **kw: True)
     state, message = runner._run_flow()
     assert state == "FAILED"
-    runner._finish(state, message)
+    runner._end_run(state, message)
     assert client.posts, "the runner reported nothing"
     assert SECRET[:8] not in client.sent(), "the first half of the secret was reported as the run's message"
 
