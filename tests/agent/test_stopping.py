@@ -12,11 +12,16 @@ import signal
 import pytest
 
 from runs.models import TERMINAL_STATES, FlowRun, State, StateChange
+from tests.faults.conftest import postgres  # noqa: F401
 
 from .conftest import alive, wait_for
 from .test_runners_on_their_own import kill_only, operator_key, queued_run, story, the_runner_of  # noqa: F401
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+# PostgreSQL only (skipped on SQLite unless ORCHESTRATOR_REQUIRE_SERVICES=1, which CI sets): on SQLite
+# the live server and the test share one in-memory connection across threads, and the runner, its
+# agent and the test all use it at once here.
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.django_db(transaction=True),
+              pytest.mark.usefixtures("postgres")]
 
 # A short grace; the window only costs time when a runner cannot end the run within it.
 QUICK_STOP = {"ORCHESTRATOR_AGENT_CANCEL_GRACE_SECONDS": "1", "ORCHESTRATOR_RUNNER_STOP_WINDOW_SECONDS": "5"}
