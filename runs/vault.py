@@ -11,11 +11,12 @@ says so).
 import base64
 import functools
 import hashlib
-import json
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+
+from agent.logs import redact, redaction_list  # noqa: F401 - redact is this module's too
 
 # A value this long at most (characters); a secret is a password, a token, a small key file.
 MAX_VALUE_CHARS = 65536
@@ -70,28 +71,10 @@ def reencrypt(ciphertext):
         raise CannotDecrypt("This secret was encrypted with a key ORCHESTRATOR_SECRETS_KEY does not hold.") from None
 
 
-def redaction_forms(values):
-    """What to redact for these secret values, longest first (one that contains another is not left
-    half shown): each value as it is and stripped, as JSON and Python's repr escape it, and each line
-    of eight characters or more of a multi-line value (printed output arrives line by line). The
-    agent (agent/logs.py) redacts the same forms before anything leaves the run's machine."""
-    forms = set()
-    for value in values:
-        if not value:
-            continue
-        forms.update((value, value.strip(), json.dumps(value, ensure_ascii=False)[1:-1], json.dumps(value)[1:-1],
-                      repr(value)[1:-1]))
-        forms.update(line.strip() for line in value.splitlines() if len(line.strip()) >= 8)
-    return sorted((form for form in forms if form), key=len, reverse=True)
-
-
-def redact(text, forms):
-    """`text` with every one of `forms` (from redaction_forms, longest first) replaced by ***."""
-    if not text or not forms:
-        return text
-    for form in forms:
-        text = text.replace(form, "***")
-    return text
+# Redaction is the agent's (agent/logs.py, plain Python): the server redacts the same forms of a
+# secret (as it is, stripped, JSON- and repr-escaped, line by line) that runners and agents do, so
+# the two can never disagree.
+redaction_forms = redaction_list
 
 
 def check_secrets_key(app_configs=None, **kwargs):
