@@ -366,3 +366,18 @@ def test_every_line_of_the_project_procfile_is_one_program_that_the_supervisor_w
     processes = parse_procfile((ROOT / "Procfile").read_text()).processes
     assert list(processes) == ["web", "worker", "beat", "agent"]
     assert all(shell_argv(command)[2] == f"exec {command}" for command in processes.values())
+
+
+@pytest.mark.parametrize("port", [None, "18123"])
+def test_the_web_process_and_the_local_agent_follow_PORT(port):
+    """Issue 16: with 8000 fixed, the agent would send its key to whatever owns 8000. As the
+    supervisor runs them (sh -c), both lines name the same port: PORT, else 8000."""
+    from honcho.environ import parse_procfile
+
+    processes = parse_procfile((ROOT / "Procfile").read_text()).processes
+    env = {"PATH": os.environ["PATH"], **({"PORT": port} if port else {})}
+    expanded = {name: subprocess.run(["/bin/sh", "-c", f"echo {processes[name]}"], env=env, capture_output=True,
+                                     text=True, check=True).stdout for name in ("web", "agent")}
+    wanted = port or "8000"
+    assert f"--port {wanted} " in expanded["web"]
+    assert f"--api http://127.0.0.1:{wanted}/api/" in expanded["agent"]

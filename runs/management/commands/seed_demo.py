@@ -37,7 +37,7 @@ class Command(BaseCommand):
             user = User.objects.create_superuser(username=username, email="", password=password)
             shown = "(from ORCHESTRATOR_ADMIN_PASSWORD)" if os.environ.get("ORCHESTRATOR_ADMIN_PASSWORD") else password
             self.stdout.write(self.style.SUCCESS(
-                f"Admin login, shown this once: user {username!r}, password {shown}  → http://127.0.0.1:8000/admin/"
+                f"Admin login, shown this once: user {username!r}, password {shown}  → http://127.0.0.1:{os.environ.get('PORT') or 8000}/admin/"
             ))
         Membership.objects.get_or_create(user=user, workspace=workspace, defaults={"role": Role.ADMIN})
 
