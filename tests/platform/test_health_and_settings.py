@@ -99,3 +99,12 @@ def test_seed_demo_is_idempotent_and_prints_the_login_once(capsys, monkeypatch):
 @pytest.mark.django_db
 def test_models_and_migrations_agree():
     call_command("makemigrations", "--check", "--dry-run", verbosity=0)
+
+
+def test_makemigrations_check_runs_in_a_bare_shell(tmp_path):
+    """`manage.py makemigrations --check` as a checkout's tooling runs it: no DEBUG, no SECRET_KEY."""
+    root = Path(__file__).resolve().parents[2]
+    bare = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "ORCHESTRATOR_VAR_DIR": str(tmp_path / "var")}
+    done = subprocess.run([sys.executable, "manage.py", "makemigrations", "--check", "--dry-run"], cwd=root,
+                          env=bare, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
