@@ -31,7 +31,6 @@ def main():
     from django.test.utils import get_runner, setup_test_environment, teardown_test_environment
     from django.conf import settings
 
-    import bench
     from bench.table import Table
 
     available = available_benchmarks()

@@ -104,34 +104,29 @@ def delete_schedule(schedule, *, who, now=None):
         return scheduling.delete_schedule(schedule, now)
 
 
-def _status_now(schedule):
-    """The schedule's status as stored, its row locked until the transaction ends (so two pauses at
-    once record one)."""
-    return Schedule.objects.select_for_update().filter(pk=schedule.pk).values_list("status", flat=True).first()
+def _switch_schedule(schedule, switch, action, counted, *, who, now):
+    """Run `switch(schedule, now)` (scheduling's pause or resume), which returns how many runs it
+    deleted or made, and record `action` with that count as `counted` when the status changed. The
+    row is locked while its status is read, so two switches at once record one."""
+    with transaction.atomic():
+        was = Schedule.objects.select_for_update().filter(pk=schedule.pk).values_list("status", flat=True).first()
+        count = switch(schedule, now)
+        if was != schedule.status:
+            audit.record(who, action, schedule, before={"status": str(was)},
+                         after={"status": str(schedule.status), counted: count}, now=now)
+    return count
 
 
 def pause_schedule(schedule, *, who, now=None):
     """Pause; returns how many future runs were deleted. Pausing a paused schedule is no change and
     leaves no entry."""
-    with transaction.atomic():
-        was = _status_now(schedule)
-        deleted = scheduling.pause_schedule(schedule, now)
-        if was != schedule.status:
-            audit.record(who, "schedule.pause", schedule, before={"status": str(was)},
-                         after={"status": str(schedule.status), "runs_deleted": deleted}, now=now)
-    return deleted
+    return _switch_schedule(schedule, scheduling.pause_schedule, "schedule.pause", "runs_deleted", who=who, now=now)
 
 
 def resume_schedule(schedule, *, who, now=None):
     """Resume; returns how many runs were made (raises ScheduleComputeError and changes nothing).
     Resuming an active schedule is no change and leaves no entry."""
-    with transaction.atomic():
-        was = _status_now(schedule)
-        created = scheduling.resume_schedule(schedule, now)
-        if was != schedule.status:
-            audit.record(who, "schedule.resume", schedule, before={"status": str(was)},
-                         after={"status": str(schedule.status), "runs_created": created}, now=now)
-    return created
+    return _switch_schedule(schedule, scheduling.resume_schedule, "schedule.resume", "runs_created", who=who, now=now)
 
 
 # --- work queues ---------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
-from runs.models import AuditEntry, Membership, Schedule, Secret, WorkQueue, Workspace
-from runs.models import ApiKey
+from runs import access
+from runs.models import ApiKey, AuditEntry, Membership, Schedule, Secret, WorkQueue, Workspace
 
 # The fields whose before/after an entry keeps, per audited model. Anything not listed (a key's
 # hash, a secret's ciphertext) never enters the trail.
@@ -63,17 +63,9 @@ def snapshot(obj):
     return json.loads(json.dumps(raw, cls=DjangoJSONEncoder, default=str))
 
 
-def workspace_id_of(obj):
-    if isinstance(obj, Workspace):
-        return obj.pk
-    if isinstance(obj, Schedule):
-        return obj.flow.workspace_id
-    return obj.workspace_id
-
-
 def _entry(who, action, obj, before, after, now):
     return AuditEntry(
-        workspace_id=workspace_id_of(obj), occurred=now or timezone.now(), actor=who.name[:200],
+        workspace_id=access.workspace_id_of(obj), occurred=now or timezone.now(), actor=who.name[:200],
         actor_user_id=who.user_id, via=who.via, action=action, target_type=TYPE_NAMES[type(obj)],
         target_id=str(obj.pk or ""), target_name=str(obj)[:300], before=before, after=after,
     )

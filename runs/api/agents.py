@@ -31,7 +31,7 @@ from rest_framework.views import APIView
 
 from runs.claiming import cancelling_run_ids, claim_for_agent
 from runs.models import (
-    Actor, Agent, AgentStatus, FlowRun, Log, LogLevel, Role, State, TaskRun, WorkQueue, secret_values)
+    Actor, Agent, AgentStatus, FlowRun, Log, LogLevel, Role, State, TaskRun, secret_values)
 from runs import actions
 from runs.audit import Who
 from runs.models import TERMINAL_STATES
@@ -135,12 +135,14 @@ class RunReportEndpoint(AgentEndpoint):
         return run
 
 
+def secret_forms(workspace_id, names):
+    """What reports of a run that gets the secrets `names` must not carry: every form of their values."""
+    return redaction_forms(secret_values(workspace_id, names).values()) if names else []
+
+
 def secrets_in(run):
-    """What `run`'s reports must not carry: the forms of the secrets it gets (its version names them)."""
-    version = run.flow_version
-    if not (version and version.secrets):
-        return []
-    return redaction_forms(secret_values(run.workspace_id, version.secrets).values())
+    """secret_forms of the secrets `run` gets (its version names them)."""
+    return secret_forms(run.workspace_id, run.flow_version.secrets if run.flow_version else [])
 
 
 class RegisterView(AgentEndpoint):
@@ -425,7 +427,7 @@ class LogBatchView(RunReportEndpoint):
         if run is not None and run[0] != grant.generation:
             raise superseded(grant.run_id)
         found = {grant.run_id} if run is not None else set()
-        secrets = redaction_forms(secret_values(request.workspace.pk, run[1]).values()) if run and run[1] else []
+        secrets = secret_forms(request.workspace.pk, run[1] if run else [])
         tasks = dict(TaskRun.objects.filter(pk__in=task_ids, flow_run__workspace=request.workspace)
                      .values_list("pk", "flow_run_id")) if task_ids else {}
         now = timezone.now()

@@ -7,7 +7,7 @@ from rest_framework import serializers, viewsets
 
 from runs.models import AuditEntry, Role
 
-from .filters import time_param
+from .filters import within_time_window
 from .pagination import KeysetPagination
 from .schema import response_example
 from .views import WorkspaceScoped
@@ -52,9 +52,4 @@ class AuditEntryViewSet(WorkspaceScoped, viewsets.ReadOnlyModelViewSet):
             queryset = queryset.filter(action=wanted) if "." in wanted else queryset.filter(target_type=wanted)
         if params.get("actor"):
             queryset = queryset.filter(actor=params["actor"][:200])
-        since, until = time_param(params, "since"), time_param(params, "until")
-        if since:
-            queryset = queryset.filter(occurred__gte=since)
-        if until:
-            queryset = queryset.filter(occurred__lt=until)
-        return queryset
+        return within_time_window(queryset, params, "occurred")

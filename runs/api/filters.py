@@ -80,3 +80,13 @@ def int_param(params, name, *, minimum=None):
     if minimum is not None and value < minimum:
         raise serializers.ValidationError({name: [f"Use a number of at least {minimum}."]})
     return value
+
+
+def within_time_window(queryset, params, field):
+    """`queryset` with `field` ≥ `since` and < `until` where the query string gives them."""
+    since, until = time_param(params, "since"), time_param(params, "until")
+    if since:
+        queryset = queryset.filter(**{f"{field}__gte": since})
+    if until:
+        queryset = queryset.filter(**{f"{field}__lt": until})
+    return queryset

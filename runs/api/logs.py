@@ -9,7 +9,7 @@ from rest_framework import serializers, viewsets
 
 from runs.models import Log, LogLevel
 
-from .filters import time_param, uuid_param
+from .filters import uuid_param, within_time_window
 from .pagination import KeysetPagination
 from .schema import EXAMPLE_RUN_ID, response_example
 from .throttles import ExpensiveEndpointThrottle
@@ -72,9 +72,4 @@ class LogViewSet(WorkspaceScoped, viewsets.ReadOnlyModelViewSet):
             queryset = queryset.filter(level__gte=level_param(params["level"]))
         if params.get("source"):
             queryset = queryset.filter(source=params["source"])
-        since, until = time_param(params, "since"), time_param(params, "until")
-        if since:
-            queryset = queryset.filter(timestamp__gte=since)
-        if until:
-            queryset = queryset.filter(timestamp__lt=until)
-        return queryset
+        return within_time_window(queryset, params, "timestamp")
