@@ -150,6 +150,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "runs",
     "services",
+    "events",
 ]
 
 MIDDLEWARE = [
@@ -371,11 +372,31 @@ ORCHESTRATOR = {
     # Audit entries older than their workspace's run retention are deleted this often.
     "AUDIT_RETENTION_LOOP_SECONDS": env_int("ORCHESTRATOR_AUDIT_RETENTION_LOOP_SECONDS", 3600),
     "AGENT_MONITOR_LOOP_SECONDS": env_int("ORCHESTRATOR_AGENT_MONITOR_LOOP_SECONDS", 30),
+    # Events (events/): off only to measure what they cost (bench); the stream that buffers them
+    # in Redis, its cap (oldest entries are trimmed past it), and how long a Redis call may take.
+    "EVENTS_ENABLED": env_bool("ORCHESTRATOR_EVENTS_ENABLED", True),
+    "EVENTS_STREAM_KEY": os.environ.get("ORCHESTRATOR_EVENTS_STREAM_KEY", "orchestrator:events"),
+    "EVENTS_STREAM_MAX_LENGTH": env_int("ORCHESTRATOR_EVENTS_STREAM_MAX_LENGTH", 500_000),
+    "EVENTS_REDIS_TIMEOUT_SECONDS": env_float("ORCHESTRATOR_EVENTS_REDIS_TIMEOUT_SECONDS", 0.5),
+    # The event persister: every second, at most MAX_BATCHES batches of BATCH_SIZE per source.
+    "EVENT_PERSISTER_LOOP_SECONDS": env_int("ORCHESTRATOR_EVENT_PERSISTER_LOOP_SECONDS", 1),
+    "EVENT_PERSISTER_BATCH_SIZE": env_int("ORCHESTRATOR_EVENT_PERSISTER_BATCH_SIZE", 1000),
+    "EVENT_PERSISTER_MAX_BATCHES": env_int("ORCHESTRATOR_EVENT_PERSISTER_MAX_BATCHES", 20),
+    # The partition manager: daily; partitions made this many days ahead; retention of new
+    # workspaces; what one pass deletes at most for workspaces with a shorter retention.
+    "PARTITION_MANAGER_LOOP_SECONDS": env_int("ORCHESTRATOR_PARTITION_MANAGER_LOOP_SECONDS", 86_400),
+    "EVENT_PARTITION_DAYS_AHEAD": env_int("ORCHESTRATOR_EVENT_PARTITION_DAYS_AHEAD", 7),
+    "EVENT_RETENTION_DAYS": env_int("ORCHESTRATOR_EVENT_RETENTION_DAYS", 30),
+    "EVENT_RETENTION_BATCH_SIZE": env_int("ORCHESTRATOR_EVENT_RETENTION_BATCH_SIZE", 10_000),
+    "EVENT_RETENTION_MAX_BATCHES": env_int("ORCHESTRATOR_EVENT_RETENTION_MAX_BATCHES", 50),
     # Towel: a lease (SQLite) expires after this if its holder died; ledger rows kept this long.
     "TOWEL_LEASE_SECONDS": env_int("ORCHESTRATOR_TOWEL_LEASE_SECONDS", 600),
     "TOWEL_LEDGER_RETENTION_DAYS": env_int("ORCHESTRATOR_TOWEL_LEDGER_RETENTION_DAYS", 7),
     # A service is unhealthy when it has not succeeded within this many of its intervals.
     "TOWEL_UNHEALTHY_INTERVALS": env_int("ORCHESTRATOR_TOWEL_UNHEALTHY_INTERVALS", 3),
+    # …and never sooner than this many seconds: a service that loops every second (the event
+    # persister) must not flap because one pass waited behind a long one in the worker.
+    "TOWEL_UNHEALTHY_MIN_SECONDS": env_int("ORCHESTRATOR_TOWEL_UNHEALTHY_MIN_SECONDS", 15),
     # Agents: the largest log batch one request may carry (bytes; bigger → 413), the most lines in
     # it (more → 400, judged before any line is: tiny lines would otherwise cost a validation each),
     # and the most runs one poll may claim.

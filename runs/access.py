@@ -19,11 +19,11 @@ A view says the role an action needs (`required_role`, `action_roles`); `allows(
 is the whole rule.
 """
 
+from events.models import Event
 from runs.models import (
     Agent,
     ApiKey,
     AuditEntry,
-    Event,
     Flow,
     FlowRun,
     FlowVersion,

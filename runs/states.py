@@ -19,11 +19,11 @@ from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from events.emit import emit, make
 from runs.models import (
     RECOVERY_ACTORS,
     TERMINAL_STATES,
     Actor,
-    Event,
     FlowRun,
     State,
     StateChange,
@@ -99,10 +99,13 @@ class _Kind:
     event_prefix: str
     workspace_path: str  # lookup from the row to its workspace id
     flow_run_path: str  # lookup from the row to its flow run id
+    related_paths: tuple  # (resource kind, lookup from the row) of the resources its events name
 
 
-FLOW = _Kind("flow run", FlowRun, FLOW_RUN_TRANSITIONS, "flow-run", "workspace_id", "id")
-TASK = _Kind("task run", TaskRun, TASK_RUN_TRANSITIONS, "task-run", "flow_run__workspace_id", "flow_run_id")
+FLOW = _Kind("flow run", FlowRun, FLOW_RUN_TRANSITIONS, "flow-run", "workspace_id", "id",
+             (("flow", "flow_id"), ("schedule", "schedule_id"), ("work-queue", "work_queue_id"), ("agent", "agent_id")))
+TASK = _Kind("task run", TaskRun, TASK_RUN_TRANSITIONS, "task-run", "flow_run__workspace_id", "flow_run_id",
+             (("flow-run", "flow_run_id"), ("flow", "flow_run__flow_id")))
 
 
 def is_legal(kind_label, from_state, to_state, *, retry=False):
@@ -173,14 +176,23 @@ def _history_row(kind, row_id, flow_run_id, from_state, to_state, message, actor
     )
 
 
-def _event(kind, row_id, workspace_id, from_state, to_state, message, actor, now):
-    return Event(
-        workspace_id=workspace_id,
-        occurred=now,
-        name=f"{kind.event_prefix}.state.{to_state.lower()}",
-        resource={"kind": kind.event_prefix, "id": str(row_id)},
+def _event(kind, row_id, workspace_id, from_state, to_state, message, actor, now, related):
+    """The event of one transition; `related` maps a resource kind to its id (None: not set)."""
+    return make(
+        workspace_id,
+        f"{kind.event_prefix}.state.{to_state.lower()}",
+        {"kind": kind.event_prefix, "id": str(row_id)},
+        related=[{"kind": kind_, "id": str(id_)} for kind_, id_ in related.items() if id_ is not None],
         payload={"from": from_state, "to": to_state, "message": message, "actor": actor},
+        occurred=now,
     )
+
+
+def _related_of_object(kind, obj):
+    if kind is FLOW:
+        return {"flow": obj.flow_id, "schedule": obj.schedule_id, "work-queue": obj.work_queue_id,
+                "agent": obj.agent_id}
+    return {"flow-run": obj.flow_run_id, "flow": obj.flow_run.flow_id}
 
 
 def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, agent, now, retry, updates,
@@ -211,8 +223,9 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
         flow_run_id = obj.pk if kind is FLOW else obj.flow_run_id
         workspace_id = obj.workspace_id if kind is FLOW else obj.flow_run.workspace_id
         _history_row(kind, obj.pk, flow_run_id, from_state, to_state, message, actor, user, agent, now).save()
-        _event(kind, obj.pk, workspace_id, from_state, to_state, message, actor, now).save()
     obj.refresh_from_db()
+    # After the commit (or with the caller's): the state change never waits on the event buffer.
+    emit([_event(kind, obj.pk, workspace_id, from_state, to_state, message, actor, now, _related_of_object(kind, obj))])
     return obj
 
 
@@ -238,7 +251,8 @@ def set_task_run_state(task_run, to_state, *, actor, message="", expected_state=
 
 def _transition_many(kind, queryset, to_state, *, actor, message, now, updates, limit, extra_fields, user):
     allowed_from = [s for s, targets in kind.transitions.items() if to_state in targets]
-    fields = ["pk", "state", kind.workspace_path, kind.flow_run_path, *extra_fields]
+    fields = list(dict.fromkeys(["pk", "state", kind.workspace_path, kind.flow_run_path,
+                                 *(path for _, path in kind.related_paths), *extra_fields]))
     # Rows another copy of the service holds are skipped, not waited for: that copy acts on them.
     candidates = queryset.filter(state__in=allowed_from).select_for_update(skip_locked=True, of=("self",))
     move = functools.partial(_move, kind, to_state, message, actor=actor, now=now, updates=updates, user=user)
@@ -309,10 +323,9 @@ def _move(kind, to_state, message, rows, *, actor, now, updates, user):
         kind.model.objects.filter(pk__in=ids, state=from_state).update(**values)
     history = [_history_row(kind, row["pk"], row[kind.flow_run_path], row["state"], to_state, texts[row["pk"]],
                             actor, user, None, now) for row in rows]
-    events = [_event(kind, row["pk"], row[kind.workspace_path], row["state"], to_state, texts[row["pk"]], actor, now)
-              for row in rows]
     StateChange.objects.bulk_create(history)
-    Event.objects.bulk_create(events)
+    emit([_event(kind, row["pk"], row[kind.workspace_path], row["state"], to_state, texts[row["pk"]], actor, now,
+                 {kind_: row[path] for kind_, path in kind.related_paths}) for row in rows])
 
 
 def transition_flow_runs(queryset, to_state, *, actor, message="", now=None, updates=None, limit=None,

@@ -12,7 +12,8 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 
-from runs.models import Actor, Agent, AgentStatus, Event, FlowRun, State
+from events.emit import emit, make, resource
+from runs.models import Actor, Agent, AgentStatus, FlowRun, State
 from runs.states import transition_flow_runs
 from services.liveness import deadline
 from services.registry import register
@@ -42,11 +43,8 @@ def run_once(now):
             offline = list(Agent.objects.filter(seen, status=AgentStatus.ONLINE).select_for_update(skip_locked=True)
                            .values("pk", "workspace_id", "name"))
             Agent.objects.filter(pk__in=[a["pk"] for a in offline]).update(status=AgentStatus.OFFLINE)
-            Event.objects.bulk_create(
-                Event(workspace_id=a["workspace_id"], occurred=now, name="agent.offline",
-                      resource={"kind": "agent", "id": str(a["pk"]), "name": a["name"]},
-                      payload={"reason": "missed heartbeats"}) for a in offline
-            )
+            emit([make(a["workspace_id"], "agent.offline", resource("agent", a["pk"], a["name"]),
+                       payload={"reason": "missed heartbeats"}, occurred=now) for a in offline])
     # Not limited to the agents marked now: a run claimed just as its agent went offline is caught next pass.
     orphaned = FlowRun.objects.alive().filter(state=State.SUBMITTED, start_time__isnull=True,
                                               agent__status=AgentStatus.OFFLINE)

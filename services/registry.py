@@ -63,3 +63,4 @@ def load_all():
     from services import (  # noqa: F401
         agent_monitor, audit_retention, cancellation_cleanup, late_runs, lazarus, pause_expirer, zombie_killer,
     )
+    from events import partitions, persister  # noqa: F401

@@ -5,7 +5,9 @@ from datetime import timedelta
 
 from django.conf import settings
 
-from runs.models import Event, Schedule, ScheduleStatus
+from events.emit import emit, make, resource
+from events.models import Event
+from runs.models import Schedule, ScheduleStatus
 from runs.schedules import ScheduleComputeError
 from runs.scheduling import (cancel_superseded_late_runs, delete_runs_of_paused_schedules,
                              delete_stale_runs_of_edited_schedules, schedule_future_runs)
@@ -64,12 +66,11 @@ def record_failures(skipped, now):
     recent = {str(schedule_id) for schedule_id in Event.objects.filter(
         name="schedule.failed", workspace_id__in=workspaces, occurred__gt=now - FAILED_EVENT_WINDOW,
     ).values_list("resource__id", flat=True)}
-    Event.objects.bulk_create(
-        Event(workspace_id=item.schedule.flow.workspace_id, occurred=now, name="schedule.failed",
-              resource={"kind": "schedule", "id": str(item.schedule.pk), "name": str(item.schedule)},
-              payload={"service": SERVICE, "step": item.step, "error": _message(item.error)})
-        for item in skipped if str(item.schedule.pk) not in recent
-    )
+    emit([make(item.schedule.flow.workspace_id, "schedule.failed",
+               resource("schedule", item.schedule.pk, str(item.schedule)),
+               related=[resource("flow", item.schedule.flow_id)],
+               payload={"service": SERVICE, "step": item.step, "error": _message(item.error)}, occurred=now)
+          for item in skipped if str(item.schedule.pk) not in recent])
 
 
 def _message(error):

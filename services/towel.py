@@ -95,13 +95,11 @@ def items_touched(summary):
 def _emit_failure_events(name, now, message):
     # Services are global, so a failed pass concerns every workspace: each gets the event its
     # automations and dashboard can see.
-    from runs.models import Event, Workspace
+    from events.emit import emit, make, resource
+    from runs.models import Workspace
 
-    Event.objects.bulk_create(
-        Event(workspace_id=ws_id, occurred=now, name="service.failed",
-              resource={"kind": "service", "id": name}, payload={"error": message})
-        for ws_id in Workspace.objects.values_list("id", flat=True)
-    )
+    emit([make(ws_id, "service.failed", resource("service", name), payload={"error": message}, occurred=now)
+          for ws_id in Workspace.objects.values_list("id", flat=True)])
 
 
 def _replace_broken_connection():
@@ -190,14 +188,15 @@ def _verdict(now, interval, enabled, last_success, expected_since):
 
     The clock starts at its last success, or before any at when beat was first expected to run it
     (services/beat.py records that): a service is healthy until it is overdue, i.e. until
-    TOWEL_UNHEALTHY_INTERVALS (3) of its intervals pass without a success.
+    TOWEL_UNHEALTHY_INTERVALS (3) of its intervals pass without a success, and at least
+    TOWEL_UNHEALTHY_MIN_SECONDS (15).
     """
     if not enabled:
         return True, "disabled in the admin (Periodic tasks); not judged", None
     since = last_success or expected_since
     if since is None:
         return False, "never scheduled: no beat start or migrate has recorded it yet", None
-    window = timedelta(seconds=interval * _config("TOWEL_UNHEALTHY_INTERVALS"))
+    window = timedelta(seconds=max(interval * _config("TOWEL_UNHEALTHY_INTERVALS"), _config("TOWEL_UNHEALTHY_MIN_SECONDS")))
     due_by = since + window
     if now <= due_by:
         if last_success is None:

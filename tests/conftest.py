@@ -17,6 +17,35 @@ from runs.models import Role  # noqa: E402
 from tests import factories  # noqa: E402
 
 
+# Events this run of the suite buffers in Redis go to a stream of its own (not a running server's).
+os.environ.setdefault("ORCHESTRATOR_EVENTS_STREAM_KEY", f"orchestrator:test-events:{uuid.uuid4().hex}")
+
+
+@pytest.fixture(autouse=True)
+def fresh_event_buffer():
+    """Each test starts with an empty event stream and no remembered Redis outage."""
+    from django.conf import settings
+
+    from events import buffer
+
+    buffer.reset()
+    if settings.REDIS_URL:
+        try:
+            buffer.redis_client().delete(buffer.stream_key())
+        except Exception:  # a test of a stopped Redis may have left it stopped; emitters fall back
+            pass
+    yield
+    buffer.reset()
+
+
+@pytest.fixture
+def flush_events():
+    """flush_events() -> the stored events, after the test's pending events were sent and persisted."""
+    from events.testing import flush
+
+    return flush
+
+
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     """Django's default hasher takes about 0.35 s a password here, by design; tests create

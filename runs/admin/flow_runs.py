@@ -1,8 +1,8 @@
-"""Flow runs with their task runs, history and logs; cancel and mark-failed actions; events."""
+"""Flow runs with their task runs, history and logs; cancel and mark-failed actions."""
 
 from django.contrib import admin
 
-from runs.models import Actor, Event, FlowRun, Log, State, StateChange, TaskRun
+from runs.models import Actor, FlowRun, Log, State, StateChange, TaskRun
 from runs.states import transition_flow_runs
 
 from .base import ReadOnlyInline, WorkspaceScopedAdmin, age
@@ -111,16 +111,3 @@ class LogAdmin(WorkspaceScopedAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
-
-@admin.register(Event)
-class EventAdmin(WorkspaceScopedAdmin):
-    list_display = ["occurred", "name", "workspace", "resource"]
-    list_filter = ["name"]
-    search_fields = ["name"]
-    date_hierarchy = "occurred"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False

@@ -1,7 +1,6 @@
 """The domain, split by concept. Import models from here."""
 
 from .audit import AuditEntry
-from .events import Event
 from .flow_runs import ACTIVE_STATES, CLAIMABLE_STATES, TERMINAL_STATES, FlowRun, State
 from .flows import Flow, FlowVersion
 from .history import RECOVERY_ACTORS, Actor, Log, LogLevel, StateChange
@@ -19,7 +18,7 @@ from .workspaces import PERSON_ROLE_CHOICES, Account, ApiKey, Membership, Role, 
 
 __all__ = [
     "ACTIVE_STATES", "CLAIMABLE_STATES", "TERMINAL_STATES", "Account", "Actor", "Agent", "AgentStatus", "AuditEntry",
-    "AmbiguousTimePolicy", "ApiKey", "Event", "Flow", "FlowRun", "FlowVersion", "Log", "LogLevel",
+    "AmbiguousTimePolicy", "ApiKey", "Flow", "FlowRun", "FlowVersion", "Log", "LogLevel",
     "Membership", "NonexistentTimePolicy", "RECOVERY_ACTORS", "Role", "Schedule", "ScheduleKind",
     "ScheduleStatus", "Secret", "State", "StateChange", "TaskRun", "WorkQueue", "Workspace", "hash_api_key",
     "PERSON_ROLE_CHOICES", "secret_values",

@@ -5,6 +5,7 @@ import secrets
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -31,12 +32,21 @@ class Account(models.Model):
         return self.name
 
 
+def default_event_retention_days():
+    """New workspaces keep events this many days (ORCHESTRATOR_EVENT_RETENTION_DAYS)."""
+    return settings.ORCHESTRATOR["EVENT_RETENTION_DAYS"]
+
+
 class Workspace(models.Model):
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="workspaces")
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100)
     run_retention_days = models.PositiveIntegerField(
         default=30, help_text="Finished runs, their logs and events are deleted after this many days."
+    )
+    event_retention_days = models.PositiveIntegerField(
+        default=default_event_retention_days, validators=[MinValueValidator(1), MaxValueValidator(3650)],
+        help_text="Events are deleted after this many days (the partition manager drops whole days).",
     )
     created = models.DateTimeField(default=timezone.now)
 

@@ -197,7 +197,7 @@ def test_a_secret_reaches_the_flow_and_nothing_the_server_keeps_or_shows_holds_i
     # Nor on any page about the run.
     staff = factories.member(ws, role=Role.ADMIN, is_staff=True)
     client.force_login(staff)
-    for url in (f"/admin/runs/flowrun/{run.pk}/change/", "/admin/runs/log/", "/admin/runs/event/",
+    for url in (f"/admin/runs/flowrun/{run.pk}/change/", "/admin/runs/log/", "/admin/events/event/",
                 "/admin/runs/statechange/", f"/dashboard/runs/{run.pk}/"):
         page = client.get(url)
         assert page.status_code == 200 and value not in page.content.decode(), url

@@ -36,9 +36,10 @@ def post_action(client, model, action, ids, **extra):
 
 def test_admin_login_page_and_changelists_render(admin_client, flow, schedule):
     factories.flow_run(flow, state=State.RUNNING, last_heartbeat=timezone.now())
-    for model in ["account", "workspace", "membership", "apikey", "flow", "flowversion", "schedule", "flowrun",
-                  "taskrun", "statechange", "log", "workqueue", "agent", "event"]:
-        response = admin_client.get(f"/admin/runs/{model}/")
+    for model in ["runs/account", "runs/workspace", "runs/membership", "runs/apikey", "runs/flow", "runs/flowversion",
+                  "runs/schedule", "runs/flowrun", "runs/taskrun", "runs/statechange", "runs/log", "runs/workqueue",
+                  "runs/agent", "events/event"]:
+        response = admin_client.get(f"/admin/{model}/")
         assert response.status_code == 200, model
 
 

@@ -14,12 +14,12 @@ from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth import get_user_model
 
+from events.models import Event
 from runs.models import (
     Account,
     Agent,
     ApiKey,
     AuditEntry,
-    Event,
     Flow,
     FlowRun,
     FlowVersion,

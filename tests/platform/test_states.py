@@ -4,7 +4,8 @@ import itertools
 
 import pytest
 
-from runs.models import Actor, Event, FlowRun, State, StateChange, TaskRun
+from events.models import Event
+from runs.models import Actor, FlowRun, State, StateChange, TaskRun
 from runs.states import (
     FLOW_RUN_TRANSITIONS,
     TASK_RUN_TRANSITIONS,
@@ -97,11 +98,14 @@ def test_running_sets_start_time_once_and_counts_runs(flow):
     assert run.end_time is not None and run.end_time >= first_start
 
 
-def test_every_transition_emits_an_event(flow):
+def test_every_transition_emits_an_event_after_its_commit(flow, flush_events):
     run = factories.flow_run(flow, state=State.SCHEDULED)
     set_flow_run_state(run, State.LATE, actor=Actor.LATE_RUNS)
+    assert not Event.objects.exists()  # nothing is written in the state change's transaction
+    flush_events()
     event = Event.objects.get(resource__id=str(run.pk))
     assert event.name == "flow-run.state.late" and event.payload["actor"] == Actor.LATE_RUNS
+    assert {"kind": "flow", "id": str(flow.pk)} in event.related
 
 
 def test_agent_may_complete_a_run_a_recovery_service_failed(flow):

@@ -4,7 +4,8 @@ from datetime import timedelta
 
 import pytest
 
-from runs.models import Actor, AgentStatus, Event, FlowRun, State
+from events.models import Event
+from runs.models import Actor, AgentStatus, FlowRun, State
 from services import agent_monitor, cancellation_cleanup, late_runs, pause_expirer
 from tests import factories
 from tests.recovery.conftest import history
@@ -103,7 +104,7 @@ def test_cancelling_run_whose_task_runs_still_beat_is_not_abandoned(flow, ago, n
 
 # --- agent-monitor ---------------------------------------------------------------------------
 
-def test_silent_agent_goes_offline_and_its_unstarted_runs_go_back_to_the_queue(flow, ws, other_ws, ago, now):
+def test_silent_agent_goes_offline_and_its_unstarted_runs_go_back_to_the_queue(flow, ws, other_ws, ago, now, flush_events):
     silent = factories.agent(ws, last_heartbeat=ago(91), heartbeat_interval=30)
     two_beats_missed = factories.agent(ws, last_heartbeat=ago(70), heartbeat_interval=30)
     elsewhere = factories.agent(other_ws, last_heartbeat=ago(5), heartbeat_interval=30)
@@ -115,6 +116,7 @@ def test_silent_agent_goes_offline_and_its_unstarted_runs_go_back_to_the_queue(f
     unstarted.refresh_from_db(), started.refresh_from_db()
     assert (unstarted.state, unstarted.agent_id, started.state) == (State.SCHEDULED, None, State.RUNNING)
     assert history(unstarted)[0][2] == Actor.AGENT_MONITOR
+    flush_events()
     assert Event.objects.filter(workspace=ws, name="agent.offline").count() == 1
     assert agent_monitor.run_once(now) == {"agents_offline": 0, "runs_rescheduled": 0}
 

@@ -151,19 +151,19 @@ def test_a_row_the_database_refuses_does_not_keep_the_others_stuck(stuck, now):
 
 
 def test_a_pass_where_every_row_fails_is_recorded_as_failed_not_as_a_quiet_success(stuck, now):
-    """A global failure (here: the events table refuses every write) is not one bad row: the pass fails."""
+    """A global failure (here: the history table refuses every write) is not one bad row: the pass fails."""
     from unittest import mock
 
     from django.db import DatabaseError
 
-    from runs.models import Event
+    from runs.models import StateChange
     from services import towel
     from services.models import ServicePass
 
     runs = [stuck() for _ in range(3)]
-    with mock.patch.object(Event.objects, "bulk_create", side_effect=DatabaseError("events table is full")):
+    with mock.patch.object(StateChange.objects, "bulk_create", side_effect=DatabaseError("history table is full")):
         summary = towel.run("lazarus", now=now)
 
-    assert "events table is full" in summary["error"]
+    assert "history table is full" in summary["error"]
     assert not ServicePass.objects.get(service="lazarus").ok
     assert {FlowRun.objects.get(pk=run.pk).state for run in runs} == {State.RUNNING}

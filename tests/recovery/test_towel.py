@@ -8,7 +8,7 @@ import pytest
 from django.db import ProgrammingError
 from django_celery_beat.models import PeriodicTask
 
-from runs.models import Event
+from events.models import Event
 from services import registry, towel
 from services.beat import apply_service_intervals
 from services.models import ServiceLease, ServicePass, ServiceSchedule
@@ -55,10 +55,11 @@ def test_a_pass_writes_one_ledger_row_with_what_it_touched(flow, now):
     assert row.summary == {"runs_marked_late": 1} and row.duration_ms >= 0
 
 
-def test_a_failed_pass_records_its_traceback_and_emits_an_event(broken_service, ws, now):
+def test_a_failed_pass_records_its_traceback_and_emits_an_event(broken_service, ws, now, flush_events):
     assert towel.run("mark-late-runs", now) == {"error": "RuntimeError: the database went away"}
     row = ServicePass.objects.get()
     assert not row.ok and "Traceback" in row.error and "the database went away" in row.error
+    flush_events()
     event = Event.objects.get(workspace=ws, name="service.failed")
     assert event.resource == {"kind": "service", "id": "mark-late-runs"}
 
@@ -113,11 +114,12 @@ T0 = datetime(2026, 11, 29, 10, 0, tzinfo=dt_timezone.utc)
 
 def test_a_fresh_install_is_healthy_until_a_service_is_overdue(fresh_install):
     fresh_install(T0)
-    # Every service is healthy until the first is overdue: mark-late-runs, every 5 s, after 15 s.
+    # Every service is healthy until the first are overdue: mark-late-runs, every 5 s, after 15 s, and
+    # the event persister, every second, after the shortest window of all (TOWEL_UNHEALTHY_MIN_SECONDS).
     report = towel.health_report(T0 + timedelta(seconds=15))
     assert [name for name, service in report.items() if not service["healthy"]] == []
     assert [name for name, service in towel.health_report(T0 + timedelta(seconds=16)).items()
-            if not service["healthy"]] == ["mark-late-runs"]
+            if not service["healthy"]] == ["event-persister", "mark-late-runs"]
     # Lazarus runs every 10 min: beat's first pass comes 10 min after it starts; overdue after 3 intervals.
     report = towel.health_report(T0 + timedelta(minutes=10))
     assert report["lazarus"] | {"interval_seconds": 600} == {
@@ -157,9 +159,13 @@ def test_a_stopped_beat_shows_as_unhealthy_services_once_their_windows_pass(fres
     assert (report["zombie-killer"]["healthy"], report["zombie-killer"]["reason"]) == (
         False, "no success for 29 min (expected every 60 s)")
     later = towel.health_report(T0 + timedelta(minutes=31))
-    # Past 3 windows of every 10-minute-or-faster service; audit-retention runs hourly.
-    assert [name for name, service in later.items() if service["healthy"]] == ["audit-retention"]
+    # Past 3 windows of every 10-minute-or-faster service; audit-retention runs hourly, the
+    # partition manager daily.
+    assert [name for name, service in later.items() if service["healthy"]] == ["audit-retention",
+                                                                               "partition-manager"]
     assert [name for name, service in towel.health_report(T0 + timedelta(hours=3, minutes=1)).items()
+            if service["healthy"]] == ["partition-manager"]
+    assert [name for name, service in towel.health_report(T0 + timedelta(days=3, minutes=1)).items()
             if service["healthy"]] == []
 
 

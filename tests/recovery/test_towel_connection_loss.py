@@ -10,7 +10,8 @@ import psycopg
 import pytest
 from django.db import connection, transaction
 
-from runs.models import Event, FlowRun
+from events.models import Event
+from runs.models import FlowRun
 from services import registry, towel
 from services.models import ServicePass
 
@@ -43,7 +44,7 @@ def _lock_is_free(name):
 
 @pytest.mark.parametrize("in_transaction", [False, True], ids=["autocommit", "inside-a-transaction"])
 def test_a_pass_whose_connection_dies_is_recorded_and_the_next_pass_succeeds(
-        postgres_only, monkeypatch, ws, now, in_transaction):
+        postgres_only, monkeypatch, ws, now, in_transaction, flush_events):
     lazarus = registry.get("lazarus")
 
     def dies_mid_pass(now):
@@ -60,6 +61,7 @@ def test_a_pass_whose_connection_dies_is_recorded_and_the_next_pass_succeeds(
     assert set(result) == {"error"} and "OperationalError" in result["error"]
     failed = ServicePass.objects.get()
     assert (failed.service, failed.ok) == ("lazarus", False) and "terminat" in failed.error.lower()
+    flush_events()
     assert Event.objects.filter(workspace=ws, name="service.failed").count() == 1
     assert _lock_is_free("lazarus")
 

@@ -4,7 +4,8 @@ from datetime import timedelta
 
 import pytest
 
-from runs.models import Actor, Event, Log, State
+from events.models import Event
+from runs.models import Actor, Log, State
 from services import zombie_killer
 from tests import factories
 from tests.recovery.conftest import history
@@ -129,7 +130,7 @@ def test_terminal_paused_and_paused_schedule_runs_are_left_alone(flow, paused_sc
         assert obj.state == state
 
 
-def test_each_workspace_sees_only_its_own_verdicts(running, other_ws, ws, now, ago):
+def test_each_workspace_sees_only_its_own_verdicts(running, other_ws, ws, now, ago, flush_events):
     other_flow = factories.flow(other_ws)
     other_agent = factories.agent(other_ws, last_heartbeat=ago(5))
     _, healthy_elsewhere = running(task_beat=ago(30), flow=other_flow, agent=other_agent)
@@ -137,6 +138,7 @@ def test_each_workspace_sees_only_its_own_verdicts(running, other_ws, ws, now, a
     zombie_killer.run_once(now)
     healthy_elsewhere.refresh_from_db(), zombie_here.refresh_from_db()
     assert (healthy_elsewhere.state, zombie_here.state) == (State.RUNNING, State.FAILED)
+    flush_events()
     assert Event.objects.filter(workspace=ws, name="task-run.state.failed").count() == 1
     assert not Event.objects.filter(workspace=other_ws).exists()
 

@@ -13,7 +13,8 @@ from datetime import timedelta
 import pytest
 from django.core.exceptions import ValidationError
 
-from runs.models import Event, FlowRun, Role, Schedule, ScheduleKind, ScheduleStatus
+from events.models import Event
+from runs.models import FlowRun, Role, Schedule, ScheduleKind, ScheduleStatus
 from services import towel
 from services.models import ServicePass
 from services.scheduler import run_once
@@ -54,7 +55,8 @@ def runs_of(schedule):
 
 
 @pytest.mark.parametrize("fields", BAD_ROWS)
-def test_a_pass_with_a_bad_schedule_makes_the_runs_of_every_other_and_names_the_bad_one(flow, ws, fields, caplog):
+def test_a_pass_with_a_bad_schedule_makes_the_runs_of_every_other_and_names_the_bad_one(flow, ws, fields, caplog,
+                                                                                       flush_events):
     before = factories.schedule(flow, slug="a-hourly", interval_seconds=3600)
     bad = bad_schedule(flow, fields)
     after = factories.schedule(factories.flow(factories.workspace(), name="other"), slug="z-cron",
@@ -66,6 +68,7 @@ def test_a_pass_with_a_bad_schedule_makes_the_runs_of_every_other_and_names_the_
     assert summary["failed_schedules"] == [bad.pk]
     ledger = ServicePass.objects.get(service="scheduler")
     assert ledger.ok and ledger.error == ""
+    flush_events()
     event = Event.objects.get(name="schedule.failed")
     assert event.workspace_id == ws.pk and event.resource == {"kind": "schedule", "id": str(bad.pk), "name": "etl/bad"}
     assert event.payload["service"] == "scheduler" and event.payload["error"]
@@ -73,12 +76,14 @@ def test_a_pass_with_a_bad_schedule_makes_the_runs_of_every_other_and_names_the_
     assert any(f"etl/bad (id {bad.pk})" in r.getMessage() for r in caplog.records)
 
 
-def test_a_bad_schedule_is_logged_every_pass_but_gets_one_event_an_hour(flow, caplog):
+def test_a_bad_schedule_is_logged_every_pass_but_gets_one_event_an_hour(flow, caplog, flush_events):
     bad = bad_schedule(flow, {"kind": ScheduleKind.CRON, "cron": "0 0 31 2 *"})
     with caplog.at_level(logging.WARNING, logger="services.scheduler"):
         for seconds in (0, 10, 20, 3599):
             assert run_once(NOW + timedelta(seconds=seconds))["failed_schedules"] == [bad.pk]
+            flush_events()
         run_once(NOW + timedelta(hours=1, seconds=1))
+        flush_events()
     assert Event.objects.filter(name="schedule.failed").count() == 2
     assert sum(f"(id {bad.pk})" in r.getMessage() for r in caplog.records) == 5
 

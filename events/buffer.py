@@ -1,0 +1,165 @@
+"""Where events wait between their change's commit and the persister.
+
+Two sources, read by the persister in turn:
+- the Redis stream `EVENTS_STREAM_KEY` (when REDIS_URL is set): XADD after commit, read through a
+  consumer group so that an entry read but not yet stored is read again after a crash (XREADGROUP
+  from 0 returns this consumer's unacknowledged entries first), acknowledged and deleted only after
+  the persister's transaction committed. Redis's own durability decides what survives a Redis
+  restart: with `appendonly yes` nothing is lost (README, "Events").
+- the PendingEvent table: the embedded mode's buffer, and where events go while Redis cannot take
+  them. Its rows are deleted in the same transaction that stores them: exactly once.
+
+A failed Redis write makes this process skip Redis for REDIS_RETRY_SECONDS, so a stopped or frozen
+Redis costs at most one short timeout per interval, never one per change.
+"""
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+GROUP = "persister"
+CONSUMER = "persister"
+REDIS_RETRY_SECONDS = 5.0
+
+_client = None
+_redis_down_until = 0.0
+
+
+def stream_key():
+    return settings.ORCHESTRATOR["EVENTS_STREAM_KEY"]
+
+
+def redis_client():
+    """The process's Redis client for events, or None without REDIS_URL."""
+    global _client
+    if not settings.REDIS_URL:
+        return None
+    if _client is None or _client.connection_pool.connection_kwargs.get("_url") != settings.REDIS_URL:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        timeout = settings.ORCHESTRATOR["EVENTS_REDIS_TIMEOUT_SECONDS"]
+        _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                       retry=Retry(NoBackoff(), 0))
+        _client.connection_pool.connection_kwargs["_url"] = settings.REDIS_URL
+    return _client
+
+
+def reset():
+    """Forget the client and any Redis outage (tests; a new REDIS_URL)."""
+    global _client, _redis_down_until
+    _client, _redis_down_until = None, 0.0
+
+
+def push(events):
+    """Buffer `events`: the Redis stream when it takes them, else the table."""
+    global _redis_down_until
+    client = redis_client()
+    if client is not None and time.monotonic() >= _redis_down_until:
+        try:
+            pipe = client.pipeline(transaction=False)
+            cap = settings.ORCHESTRATOR["EVENTS_STREAM_MAX_LENGTH"]
+            for event in events:
+                pipe.xadd(stream_key(), {"e": json.dumps(event, separators=(",", ":"))}, maxlen=cap, approximate=True)
+            pipe.execute()
+            return "redis"
+        except Exception as exc:
+            _redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
+            logger.warning("Redis did not take %d events (%s); they wait in the database instead.", len(events), exc)
+    push_to_table(events)
+    return "table"
+
+
+def push_to_table(events):
+    from events.models import PendingEvent
+
+    with transaction.atomic():
+        PendingEvent.objects.bulk_create([PendingEvent(body=event) for event in events])
+
+
+@dataclass
+class Batch:
+    source: str
+    events: list
+    ids: list = field(default_factory=list)  # stream entry ids, or PendingEvent pks
+
+
+def read_table(limit):
+    """The oldest pending rows, locked for this transaction (call inside one)."""
+    from events.models import PendingEvent
+
+    rows = list(PendingEvent.objects.select_for_update(skip_locked=True).order_by("pk").values_list("pk", "body")[:limit])
+    return Batch("table", [body for _, body in rows], [pk for pk, _ in rows])
+
+
+def ack_table(batch):
+    """Delete the batch's rows: call in the transaction that stored them."""
+    from events.models import PendingEvent
+
+    PendingEvent.objects.filter(pk__in=batch.ids).delete()
+
+
+def _ensure_group(client):
+    import redis
+
+    try:
+        # From 0: entries added before the group existed (a Redis restarted from its AOF without
+        # the group, a stream made by emitters first) are read too; duplicates are dropped on store.
+        client.xgroup_create(stream_key(), GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def read_stream(limit):
+    """The next entries for the persister: its unacknowledged ones first, then new ones."""
+    import redis
+
+    client = redis_client()
+    for attempt in range(2):
+        try:
+            for start in ("0", ">"):
+                answer = client.xreadgroup(GROUP, CONSUMER, {stream_key(): start}, count=limit)
+                entries = answer[0][1] if answer else []
+                gone = [entry_id for entry_id, fields in entries if not fields]  # deleted while pending
+                if gone:
+                    client.xack(stream_key(), GROUP, *gone)
+                entries = [(entry_id, fields) for entry_id, fields in entries if fields]
+                if entries:
+                    break
+            break
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc) or attempt:
+                raise
+            _ensure_group(client)
+    events, ids = [], []
+    for entry_id, fields in entries:
+        ids.append(entry_id)
+        try:
+            events.append(json.loads(fields[b"e"]))
+        except (KeyError, ValueError) as exc:
+            logger.error("Dropped stream entry %s: not an event (%s).", entry_id, exc)
+    return Batch("redis", events, ids)
+
+
+def ack_stream(batch):
+    """Acknowledge and delete the entries (after their transaction committed)."""
+    if not batch.ids:
+        return
+    client = redis_client()
+    pipe = client.pipeline(transaction=False)
+    pipe.xack(stream_key(), GROUP, *batch.ids)
+    pipe.xdel(stream_key(), *batch.ids)
+    pipe.execute()
+
+
+def stream_length():
+    client = redis_client()
+    return client.xlen(stream_key()) if client is not None else 0

@@ -1,0 +1,67 @@
+"""Emitting events: never slows or fails the change that caused them.
+
+A caller builds events with `make(...)` and hands them to `emit(...)` inside its transaction. They
+leave after the transaction commits (`on_commit`): a rolled-back change emits nothing, and the
+state UPDATE's transaction never waits on the event store. After commit they go to the buffer
+(events/buffer.py): the Redis stream when REDIS_URL is set, else (or when Redis cannot take them)
+the PendingEvent table. The event persister (events/persister.py) moves them into the Event table.
+"""
+
+import functools
+import logging
+import uuid
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+logger = logging.getLogger(__name__)
+
+
+def enabled():
+    return settings.ORCHESTRATOR["EVENTS_ENABLED"]
+
+
+def resource(kind, id, name=None):
+    """A resource reference: {"kind": "flow-run", "id": "…"} (and its name when it has one)."""
+    ref = {"kind": kind, "id": str(id)}
+    if name:
+        ref["name"] = str(name)
+    return ref
+
+
+def make(workspace_id, name, resource_, *, related=(), payload=None, occurred=None, id=None):
+    """One event as the buffer carries it: plain JSON, the id made here so redelivery is harmless."""
+    return {
+        "id": str(id or uuid.uuid4()),
+        "workspace_id": int(workspace_id),
+        "occurred": (occurred or timezone.now()).isoformat(),
+        "name": name,
+        "resource": resource_,
+        "related": [ref for ref in related if ref],
+        "payload": payload or {},
+    }
+
+
+def emit(events, *, using=None):
+    """Send `events` (from `make`) once the current transaction commits; at once outside one.
+
+    Never raises: an event that cannot be buffered is logged, and the change stands.
+    """
+    events = [event for event in events if event]
+    if not events or not enabled():
+        return
+    transaction.on_commit(functools.partial(_push, events), using=using, robust=True)
+
+
+def emit_one(workspace_id, name, resource_, **kwargs):
+    emit([make(workspace_id, name, resource_, **kwargs)])
+
+
+def _push(events):
+    from events import buffer
+
+    try:
+        buffer.push(events)
+    except Exception:
+        logger.exception("Could not buffer %d events (first: %s); they are lost.", len(events), events[0]["name"])
