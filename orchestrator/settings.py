@@ -151,6 +151,7 @@ INSTALLED_APPS = [
     "runs",
     "services",
     "events",
+    "automations",
 ]
 
 MIDDLEWARE = [
