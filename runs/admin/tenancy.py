@@ -55,7 +55,7 @@ class AccountAdmin(PlatformOnly, admin.ModelAdmin):
 
 @admin.register(Workspace)
 class WorkspaceAdmin(WorkspaceScopedAdmin):
-    list_display = ["name", "account", "slug", "run_retention_days", "created"]
+    list_display = ["name", "account", "slug", "run_retention_days", "event_retention_days", "created"]
     list_filter = ["account"]
     search_fields = ["name", "slug"]
     inlines = [MembershipInline]

@@ -166,7 +166,8 @@ class ApiKeyViewSet(WorkspaceScoped, mixins.CreateModelMixin, mixins.DestroyMode
 
 @extend_schema_serializer(examples=[
     response_example("Settings", {"account": "acme", "slug": "prod", "name": "Production",
-                                  "run_retention_days": 30, "created": "2026-11-01T08:00:00Z"}),
+                                  "run_retention_days": 30, "event_retention_days": 30,
+                                  "created": "2026-11-01T08:00:00Z"}),
     request_example("Keep runs for 90 days", {"run_retention_days": 90}),
 ])
 class WorkspaceSettingsSerializer(serializers.ModelSerializer):
@@ -174,16 +175,19 @@ class WorkspaceSettingsSerializer(serializers.ModelSerializer):
     run_retention_days = serializers.IntegerField(
         min_value=1, max_value=36500, required=False,
         help_text="Days a finished run, its logs and events are kept (stored for the retention services).")
+    event_retention_days = serializers.IntegerField(
+        min_value=1, max_value=3650, required=False,
+        help_text="Days the workspace's events are kept; the partition manager deletes older ones daily.")
 
     class Meta:
         model = Workspace
-        fields = ["account", "slug", "name", "run_retention_days", "created"]
+        fields = ["account", "slug", "name", "run_retention_days", "event_retention_days", "created"]
         read_only_fields = ["account", "slug", "created"]
 
 
 @extend_schema_view(
     get=extend_schema(description="The workspace's settings; every member may read them."),
-    patch=extend_schema(description="Change the workspace's name or run retention (admins)."),
+    patch=extend_schema(description="Change the workspace's name, run retention or event retention (admins)."),
 )
 class WorkspaceSettingsView(generics.RetrieveUpdateAPIView):
     """The workspace's own settings: every member reads them, admins change them (PATCH)."""

@@ -227,3 +227,15 @@ def test_a_personal_key_cannot_be_made_for_someone_outside_the_workspace(ws):
 def test_a_log_level_that_is_no_level_is_400(admin, prefix, level):
     response = admin.get(f"{prefix}/logs/", {"level": level})
     assert response.status_code == 400 and "level" in response.json()["error"]["fields"]
+
+
+def test_admins_set_how_long_events_are_kept_and_bad_values_are_400(admin, prefix, ws):
+    assert admin.get(f"{prefix}/settings").json()["event_retention_days"] == 30
+    assert admin.patch(f"{prefix}/settings", {"event_retention_days": 7}, format="json").status_code == 200
+    ws.refresh_from_db()
+    assert ws.event_retention_days == 7
+    for days in (0, 3651, "a week"):
+        response = admin.patch(f"{prefix}/settings", {"event_retention_days": days}, format="json")
+        assert response.status_code == 400 and "event_retention_days" in response.json()["error"]["fields"]
+    ws.refresh_from_db()
+    assert ws.event_retention_days == 7
