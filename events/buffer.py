@@ -28,6 +28,7 @@ CONSUMER = "persister"
 REDIS_RETRY_SECONDS = 5.0
 
 _client = None
+_client_url = None
 _redis_down_until = 0.0
 
 
@@ -37,10 +38,10 @@ def stream_key():
 
 def redis_client():
     """The process's Redis client for events, or None without REDIS_URL."""
-    global _client
+    global _client, _client_url
     if not settings.REDIS_URL:
         return None
-    if _client is None or _client.connection_pool.connection_kwargs.get("_url") != settings.REDIS_URL:
+    if _client is None or _client_url != settings.REDIS_URL:
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -48,7 +49,7 @@ def redis_client():
         timeout = settings.ORCHESTRATOR["EVENTS_REDIS_TIMEOUT_SECONDS"]
         _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout,
                                        retry=Retry(NoBackoff(), 0))
-        _client.connection_pool.connection_kwargs["_url"] = settings.REDIS_URL
+        _client_url = settings.REDIS_URL
     return _client
 
 
