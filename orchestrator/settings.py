@@ -373,6 +373,8 @@ ORCHESTRATOR = {
     # Audit entries older than their workspace's run retention are deleted this often.
     "AUDIT_RETENTION_LOOP_SECONDS": env_int("ORCHESTRATOR_AUDIT_RETENTION_LOOP_SECONDS", 3600),
     "AGENT_MONITOR_LOOP_SECONDS": env_int("ORCHESTRATOR_AGENT_MONITOR_LOOP_SECONDS", 30),
+    # GET /metrics: the Bearer token Prometheus scrapes with; unset, only this host may scrape.
+    "METRICS_TOKEN": os.environ.get("ORCHESTRATOR_METRICS_TOKEN", ""),
     # Events (events/): off only to measure what they cost (bench); the stream that buffers them
     # in Redis, its cap (oldest entries are trimmed past it), and how long a Redis call may take.
     "EVENTS_ENABLED": env_bool("ORCHESTRATOR_EVENTS_ENABLED", True),
