@@ -448,11 +448,21 @@ if ORCHESTRATOR["HANDBACK_DELAY_SECONDS"] < 4:
 if not 1 <= ORCHESTRATOR["API_MAX_JSON_DEPTH"] <= 500:
     raise BadEnvironment(f"ORCHESTRATOR_API_MAX_JSON_DEPTH must be 1..500, got {ORCHESTRATOR['API_MAX_JSON_DEPTH']}")
 
+# LOG_FORMAT=json: one JSON object a line (time, level, logger, message, and an exception's
+# traceback), for a log shipper; Celery then keeps this configuration instead of its own.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain").strip().lower()
+if LOG_FORMAT not in {"plain", "json"}:
+    raise BadEnvironment(f"LOG_FORMAT must be plain or json, got {LOG_FORMAT!r}")
+CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT != "json"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "pythonjsonlogger.json.JsonFormatter", "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+                 "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"}},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
