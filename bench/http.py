@@ -1,0 +1,216 @@
+"""Over HTTP against the production server: requests/s, p50/p99 and the server's CPU per request.
+
+Starts gunicorn as production runs it (`-w 2 -k gthread --threads 8`, DEBUG off) on the bench's
+throw-away PostgreSQL database and REDIS_URL, then drives each workload from client threads with
+keep-alive sessions. The server's CPU per request (user + system time of gunicorn and its workers,
+read from /proc, divided by the requests) is the robust figure on a shared machine; each is shown
+beside a do-nothing authenticated endpoint (`ping`) measured in the same run.
+
+BENCH_HTTP_REQUESTS (default 2000) requests per workload, BENCH_HTTP_CLIENTS (8) client threads.
+PostgreSQL only: the SQLite test database lives in the bench's own process.
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import requests
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from runs.models import Account, Agent, ApiKey, Flow, FlowRun, Role, State, WorkQueue, Workspace
+from runs.run_tokens import token_of
+
+REQUESTS = int(os.environ.get("BENCH_HTTP_REQUESTS", "2000"))
+CLIENTS = int(os.environ.get("BENCH_HTTP_CLIENTS", "8"))
+TICK = os.sysconf("SC_CLK_TCK")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tree(pid):
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children.get(current, [])
+    return found
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of `pid` and every descendant, as /proc says now."""
+    total = 0
+    for each in _tree(pid):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICK
+
+
+def _database_url():
+    db = connection.settings_dict
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{db.get('USER') or 'postgres'}{password}@{db.get('HOST') or '127.0.0.1'}:" \
+           f"{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+class Server:
+    def __init__(self):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "DEBUG": "false", "SECRET_KEY": settings.SECRET_KEY,  # the run tokens are signed with it
+               "ALLOWED_HOSTS": "127.0.0.1", "ORCHESTRATOR_SECURE_SSL_REDIRECT": "false",
+               "DATABASE_URL": _database_url(), "REDIS_URL": settings.REDIS_URL, "LOG_LEVEL": "WARNING",
+               "ORCHESTRATOR_THROTTLE_EXPENSIVE_RATE": "", "WHITENOISE_USE_FINDERS": "true"}
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "orchestrator.wsgi", "-w", "2", "-k", "gthread",
+             "--threads", "8", "-b", f"127.0.0.1:{self.port}", "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"gunicorn did not answer /healthz: {self.process.stderr.read().decode()[-2000:]}")
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def drive(server, make_request, count, clients=CLIENTS):
+    """Send `count` requests from `clients` threads; `make_request(session, i)` -> response.
+    Returns (requests/s, p50 ms, p99 ms, server CPU ms per request)."""
+    timings, lock, failures = [], threading.Lock(), []
+    share = [count // clients + (1 if i < count % clients else 0) for i in range(clients)]
+    starts = [sum(share[:i]) for i in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+
+    def loop(n):
+        session = requests.Session()
+        mine = []
+        barrier.wait()
+        for i in range(starts[n], starts[n] + share[n]):
+            began = time.perf_counter()
+            answer = make_request(session, i)
+            mine.append((time.perf_counter() - began) * 1000)
+            if answer.status_code >= 300:
+                failures.append((answer.status_code, answer.text[:200]))
+        with lock:
+            timings.extend(mine)
+
+    threads = [threading.Thread(target=loop, args=(n,)) for n in range(clients)]
+    [thread.start() for thread in threads]
+    cpu_before = cpu_seconds(server.process.pid)
+    barrier.wait()
+    began = time.perf_counter()
+    [thread.join() for thread in threads]
+    elapsed = time.perf_counter() - began
+    cpu = cpu_seconds(server.process.pid) - cpu_before
+    if failures:
+        raise RuntimeError(f"{len(failures)} requests failed, e.g. {failures[0]}")
+    ordered = sorted(timings)
+    return (count / elapsed, statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+            cpu * 1000 / count)
+
+
+def _row(table, name, figures, ping, aim):
+    rate, p50, p99, cpu = figures
+    table.add(f"HTTP {name}", f"{cpu:.2f} ms CPU/req; {rate:,.0f} req/s, p50 {p50:.1f} / p99 {p99:.1f} ms",
+              f"ping {ping[3]:.2f} ms CPU/req", f"{cpu / ping[3]:.1f}×", aim)
+
+
+def run(table):
+    if connection.vendor != "postgresql" or not settings.REDIS_URL:
+        print("  HTTP workloads: PostgreSQL and Redis only (set DATABASE_URL and REDIS_URL)", flush=True)
+        return
+    account = Account.objects.create(name="Bench HTTP", slug=f"bench-http-{uuid.uuid4().hex[:6]}")
+    ws = Workspace.objects.create(account=account, name="Bench", slug="bench")
+    queue = WorkQueue.objects.create(workspace=ws, name="default")
+    flow = Flow.objects.create(workspace=ws, name="nightly")
+    flow.register_version(entrypoint="bench:noop")
+    agent = Agent.objects.create(workspace=ws, name="bench-http-agent")
+    agent.queues.set([queue])
+    _, operator = ApiKey.issue(workspace=ws, name="bench-operator", role=Role.OPERATOR)
+    _, agent_key = ApiKey.issue(workspace=ws, name="bench-agent", role=Role.AGENT)
+    prefix = f"/api/accounts/{account.slug}/workspaces/{ws.slug}"
+    now = timezone.now()
+    # Runs to change the state of, and running runs to beat for, made ahead of the timing.
+    FlowRun.objects.bulk_create([FlowRun(workspace=ws, flow=flow, work_queue=queue, name=f"s-{i}", state=State.RUNNING,
+                                         scheduled_start=now - timedelta(hours=1), start_time=now, agent=agent)
+                                 for i in range(REQUESTS)])
+    running = list(FlowRun.objects.filter(workspace=ws, state=State.RUNNING).order_by("pk"))
+    user_auth = {"Authorization": f"Bearer {operator}"}
+    agent_auth = {"Authorization": f"Bearer {agent_key}"}
+
+    server = Server()
+    try:
+        base = server.url + prefix
+        warm = min(200, REQUESTS)
+        drive(server, lambda s, i: s.get(f"{base}/ping", headers=user_auth), warm)
+        ping = drive(server, lambda s, i: s.get(f"{base}/ping", headers=user_auth), REQUESTS)
+        table.add("HTTP ping (do-nothing, API key)", f"{ping[3]:.2f} ms CPU/req; {ping[0]:,.0f} req/s, "
+                  f"p50 {ping[1]:.1f} / p99 {ping[2]:.1f} ms")
+        tag = uuid.uuid4().hex[:8]
+        _row(table, "create a run", drive(server, lambda s, i: s.post(
+            f"{base}/flow_runs/", json={"flow": flow.name, "idempotency_key": f"{tag}-{i}"}, headers=user_auth),
+            REQUESTS), ping, "≤ 2.8 ms CPU/req")
+        _row(table, "user state change", drive(server, lambda s, i: s.post(
+            f"{base}/flow_runs/{running[i].pk}/set_state/", json={"state": "FAILED"}, headers=user_auth), REQUESTS),
+            ping, "≤ 2.3 ms CPU/req")
+        beating = list(FlowRun.objects.filter(workspace=ws, auto_scheduled=False, state=State.SCHEDULED)[:CLIENTS])
+        FlowRun.objects.filter(pk__in=[r.pk for r in beating]).update(state=State.RUNNING, start_time=now, agent=agent)
+        tokens = [{"Authorization": f"Bearer {token_of(FlowRun.objects.get(pk=r.pk))}"} for r in beating]
+        _row(table, "flow-run heartbeat", drive(server, lambda s, i: s.post(
+            f"{base}/agent/flow_runs/{beating[i % len(beating)].pk}/heartbeat", headers=tokens[i % len(tokens)]),
+            REQUESTS), ping, "≤ 0.6 ms CPU/req")
+        # The runs made above are not due before the poll: it is measured with nothing to hand out.
+        FlowRun.objects.filter(workspace=ws, state=State.SCHEDULED).update(scheduled_start=now + timedelta(days=1))
+        _row(table, "agent poll, nothing due", drive(server, lambda s, i: s.post(
+            f"{base}/agent/claim", json={"agent_id": agent.pk, "max_runs": 10}, headers=agent_auth), REQUESTS),
+            ping, "≤ 1.7 ms CPU/req")
+        claims = []
+        for round_ in range(10):
+            moment = timezone.now()
+            FlowRun.objects.bulk_create([FlowRun(workspace=ws, flow=flow, work_queue=queue, name=f"due-{round_}-{i}",
+                                                 scheduled_start=moment - timedelta(seconds=i)) for i in range(200)])
+            figures = drive(server, lambda s, i: s.post(f"{base}/agent/claim", json={
+                "agent_id": agent.pk, "max_runs": 200}, headers=agent_auth), 1, clients=1)
+            claims.append(figures)
+            FlowRun.objects.filter(workspace=ws, state=State.SUBMITTED).update(state=State.RUNNING, start_time=moment)
+        cpu = statistics.median(c[3] for c in claims)
+        table.add("HTTP claim 200 due runs", f"{cpu:.2f} ms CPU/req; p50 {statistics.median(c[1] for c in claims):.1f}"
+                  f" ms", f"ping {ping[3]:.2f} ms CPU/req", f"{cpu / ping[3]:.1f}×", "≤ 10 ms CPU/req")
+    finally:
+        server.stop()
