@@ -38,6 +38,8 @@ class AutomationSerializer(serializers.ModelSerializer):
                                               "compound of two (README, Automations).")
     actions = serializers.JSONField(required=False, help_text="What to do when it fires, in order.")
     trigger_summary = serializers.SerializerMethodField(help_text="The trigger in words.")
+    default_key = serializers.CharField(read_only=True, help_text="Set on the defaults every workspace gets; "
+                                                                  "empty on others.")
 
     class Meta:
         model = Automation
