@@ -15,8 +15,8 @@ class AutomationForm(WorkspaceScopedForm):
         data = super().clean()
         for field, check in (("trigger", lambda value: validate_trigger(value)),
                              ("actions", lambda value: validate_actions(value, data.get("workspace")))):
-            if field not in data:
-                continue
+            if field not in data or (field == "actions" and data.get("workspace") is None):
+                continue  # a workspace refused already: its actions cannot be judged
             try:
                 data[field] = check(data[field])
             except ValidationError as exc:
