@@ -33,6 +33,12 @@ class AutomationAdmin(WorkspaceScopedAdmin):
     search_fields = ["name", "description"]
     readonly_fields = ["last_fired", "default_key", "created", "updated"]
 
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        # As in automations/changes.py: a new trigger, or a disabled automation, starts from nothing.
+        if change and ("trigger" in form.changed_data or not obj.enabled):
+            TriggerBucket.objects.filter(automation=obj).delete()
+
     @admin.display(description="Trigger")
     def summary(self, automation):
         return describe(automation.trigger or {})

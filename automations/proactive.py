@@ -30,23 +30,32 @@ def _batch_size():
           "Fires the automations whose expected event did not come in time (proactive triggers).")
 def run_once(now):
     """Fire the due proactive buckets; returns how many fired and how many stale buckets went."""
-    due = list(TriggerBucket.objects.filter(deadline__lte=now, automation__enabled=True)
-               .select_related("automation").order_by("deadline", "pk")[:_batch_size()])
-    fired = 0
-    for bucket in due:
-        try:
-            with transaction.atomic():
-                taken, _ = TriggerBucket.objects.filter(pk=bucket.pk, deadline=bucket.deadline).delete()
-                if not taken:  # another copy fired it, or an event moved its deadline
-                    continue
-                fire_silent_bucket(bucket, now)
-                fired += 1
-        except Exception:
-            # Its firing is lost with the savepoint; the bucket goes, or it would fail every pass.
-            logger.exception("Proactive bucket %s of automation %s failed to fire; it is dropped.", bucket.pk,
-                             bucket.automation_id)
-            TriggerBucket.objects.filter(pk=bucket.pk, deadline=bucket.deadline).delete()
+    fired = sum(fire_due_bucket(bucket, now) for bucket in due_buckets(now))
     return {"buckets_fired": fired, "stale_buckets_deleted": _delete_stale(now)}
+
+
+def due_buckets(now):
+    """The buckets whose deadline passed (of enabled automations), oldest deadline first, bounded."""
+    return list(TriggerBucket.objects.filter(deadline__lte=now, automation__enabled=True)
+                .select_related("automation").order_by("deadline", "pk")[:_batch_size()])
+
+
+def fire_due_bucket(bucket, now):
+    """Take `bucket` as it was read and fire it; False when another copy took it first or an event
+    moved its deadline since (the conditional DELETE removed nothing)."""
+    try:
+        with transaction.atomic():
+            taken, _ = TriggerBucket.objects.filter(pk=bucket.pk, deadline=bucket.deadline).delete()
+            if not taken:
+                return False
+            fire_silent_bucket(bucket, now)
+            return True
+    except Exception:
+        # Its firing is lost with the savepoint; the bucket goes, or it would fail every pass.
+        logger.exception("Proactive bucket %s of automation %s failed to fire; it is dropped.", bucket.pk,
+                         bucket.automation_id)
+        TriggerBucket.objects.filter(pk=bucket.pk, deadline=bucket.deadline).delete()
+        return False
 
 
 def _delete_stale(now):

@@ -161,29 +161,41 @@ def test_a_disabled_automations_buckets_do_not_fire_and_are_cleared(bare_ws):
     assert firings(a) == []
 
 
-def test_a_bucket_taken_by_another_pass_is_not_fired_again(bare_ws, monkeypatch):
-    """The conditional delete decides: a pass that read a bucket another pass already fired (or
-    whose deadline a heartbeat moved) removes nothing and fires nothing."""
+def test_a_bucket_taken_by_another_pass_is_not_fired_again(bare_ws):
+    """The conditional delete decides: a copy that read a bucket another copy fired since removes
+    nothing and fires nothing."""
     a = automation(bare_ws, HEARTBEAT)
     engine.on_events([event(bare_ws, "flow-run.state.running", 0)], at(0))
-    stale_read = list(TriggerBucket.objects.filter(automation=a).select_related("automation"))
+    [stale_read] = proactive_service.due_buckets(at(300))
     assert proactive_service.run_once(at(300))["buckets_fired"] == 1
-    real_filter = TriggerBucket.objects.filter
-
-    class SecondPass:
-        """The second copy's read happened before the first copy's delete."""
-
-        def filter(self, *args, **kwargs):
-            query = real_filter(*args, **kwargs)
-            if "deadline__lte" in kwargs:
-                return type("Read", (), {"select_related": lambda self, *a: type("Q", (), {
-                    "order_by": lambda self, *a: stale_read})()})()
-            return query
-
-    monkeypatch.setattr(proactive_service.TriggerBucket, "objects", SecondPass())
-    assert proactive_service.run_once(at(301))["buckets_fired"] == 0
-    monkeypatch.undo()
+    assert proactive_service.fire_due_bucket(stale_read, at(300)) is False
     assert len(firings(a)) == 1
+
+
+def test_a_heartbeat_between_the_read_and_the_take_keeps_the_bucket_open(bare_ws):
+    a = automation(bare_ws, HEARTBEAT)
+    engine.on_events([event(bare_ws, "flow-run.state.running", 0)], at(0))
+    [read] = proactive_service.due_buckets(at(300))
+    engine.on_events([event(bare_ws, "flow-run.heartbeat", 299)], at(300))  # came in meanwhile
+    assert proactive_service.fire_due_bucket(read, at(300)) is False
+    assert firings(a) == [] and TriggerBucket.objects.get(automation=a).deadline == at(599)
+
+
+def test_a_bucket_whose_firing_raises_is_dropped_and_the_pass_goes_on(bare_ws, monkeypatch):
+    a = automation(bare_ws, HEARTBEAT)
+    engine.on_events([event(bare_ws, "flow-run.state.running", 0, id="bad"),
+                      event(bare_ws, "flow-run.state.running", 1, id="good")], at(1))
+    real = proactive_service.fire_silent_bucket
+
+    def fire(bucket, now):
+        if bucket.key == "flow-run:bad":
+            raise RuntimeError("broken")
+        return real(bucket, now)
+
+    monkeypatch.setattr(proactive_service, "fire_silent_bucket", fire)
+    assert proactive_service.run_once(at(400))["buckets_fired"] == 1
+    assert [f.key for f in firings(a)] == ["flow-run:good"]
+    assert not TriggerBucket.objects.filter(automation=a).exists()
 
 
 # --- compound -----------------------------------------------------------------------------------
