@@ -33,6 +33,12 @@ def clean(fields, workspace, instance=None):
             cleaned["actions"] = validate_actions(fields["actions"], workspace)
         except ValidationError as exc:
             problems.update(exc.message_dict if hasattr(exc, "error_dict") else {"actions": exc.messages})
+    if fields.get("enabled") and instance is not None and not instance.enabled and "actions" not in fields:
+        # Turning it on in an edit re-checks what it would do, as set_enabled does.
+        try:
+            validate_actions(instance.actions, workspace)
+        except ValidationError as exc:
+            problems.update(exc.message_dict if hasattr(exc, "error_dict") else {"actions": exc.messages})
     name = fields.get("name")
     if name is not None:
         clash = Automation.objects.filter(workspace=workspace, name=name)

@@ -122,6 +122,11 @@ def test_enabling_rechecks_the_actions(api, key_for, prefix, ws, monkeypatch):
     assert fields_of(response) == {"actions[0].to": ["needs at least one destination"]}
     notify.refresh_from_db()
     assert notify.enabled is False
+    edit = as_role(api, key_for, Role.ADMIN).patch(f"{prefix}/automations/{notify.pk}/", {"enabled": True},
+                                                   format="json")
+    assert fields_of(edit) == {"actions[0].to": ["needs at least one destination"]}
+    notify.refresh_from_db()
+    assert notify.enabled is False
 
 
 def test_an_admin_deletes_with_an_entry(api, key_for, prefix, ws):

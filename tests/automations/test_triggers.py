@@ -1,7 +1,7 @@
 """Reactive and proactive triggers and compounds, evaluated with an injected clock."""
 
 import pytest
-from django.db import connection, transaction
+from django.db import transaction
 
 from automations import engine, proactive as proactive_service
 from automations.models import Automation, Firing, TriggerBucket
@@ -354,3 +354,24 @@ def test_a_batch_of_500_events_costs_a_fixed_number_of_queries(bare_ws, other_ws
             fired = engine.on_events(batch, at(300))
     assert fired > 100  # many firings (threshold-1, thresholds per run, compound), in a fixed number of queries
     assert TriggerBucket.objects.exists()
+
+
+def test_the_default_crashes_a_running_run_that_goes_silent_end_to_end(ws, flush_events):
+    """A run goes RUNNING (its event opens the default's bucket through the persister), sends
+    nothing for 5 minutes, and the proactive service fires "Crash runs without a heartbeat" about it."""
+    from runs.models import Actor, FlowRun, State
+    from runs.states import transition_flow_runs
+
+    crash = Automation.objects.get(workspace=ws, default_key="crash-silent-runs")
+    quiet = factories.flow_run(factories.flow(ws), state=State.SUBMITTED)
+    done = factories.flow_run(factories.flow(ws), state=State.SUBMITTED)
+    transition_flow_runs(FlowRun.objects.filter(pk__in=[quiet.pk, done.pk]), State.RUNNING, actor=Actor.USER,
+                         message="started", now=at(0))
+    flush_events()
+    transition_flow_runs(FlowRun.objects.filter(pk=done.pk), State.COMPLETED, actor=Actor.USER, message="done",
+                         now=at(100))
+    flush_events()
+    assert proactive_service.run_once(at(299))["buckets_fired"] == 0
+    assert proactive_service.run_once(at(300))["buckets_fired"] == 1
+    [fired] = firings(crash)
+    assert fired.resource == {"kind": "flow-run", "id": str(quiet.pk)}
