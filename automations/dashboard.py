@@ -136,6 +136,9 @@ def automation_detail(request, pk):
             form = AutomationForm(initial=initial(automation), automation=automation)
     else:
         form = AutomationForm(initial=initial(automation), automation=automation)
+    for name in form.errors:
+        if name in form.fields:  # a screen reader hears the problem with the field
+            form.fields[name].widget.attrs.update({"aria-invalid": "true", "aria-describedby": f"id_{name}-errors"})
     if not can_edit:
         for field in form.fields.values():
             field.disabled = True

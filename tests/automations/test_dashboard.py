@@ -100,6 +100,7 @@ def test_validation_errors_are_shown_next_to_their_field(ws, failing):
     assert response.status_code == 400
     page = response.content.decode()
     assert 'id="id_trigger-errors" role="alert">trigger.within: at most 2592000 seconds' in page
+    assert 'aria-describedby="id_trigger-errors"' in page and 'aria-invalid="true"' in page
     bad_json = client.post(f"/dashboard/automations/{failing.pk}/", form_data(failing, actions="[{"))
     assert 'id="id_actions-errors"' in bad_json.content.decode() and "Not valid JSON" in bad_json.content.decode()
     failing.refresh_from_db()
