@@ -122,7 +122,8 @@ class BucketStore:
     def save(self):
         """At most one DELETE and one upsert, whatever the number of buckets."""
         gone, kept = defaultdict(set), []
-        for ident in self.touched:
+        # In one order everywhere, so two persisters writing the same buckets wait, never deadlock.
+        for ident in sorted(self.touched):
             bucket = self.current.get(ident)
             if bucket is None:
                 gone[ident[:2]].add(ident[2])

@@ -92,7 +92,10 @@ def _match(data, field, errors, *, name_required):
         errors.add(f"{field}.{key}", "unknown filter; use name, resource_id, resource_kind or related")
     cleaned = {"name": _patterns(data.get("name"), f"{field}.name", errors, required=name_required)}
     for key in ("resource_id", "resource_kind"):
-        values = _patterns(data.get(key), f"{field}.{key}", errors)
+        given = data.get(key)
+        if key == "resource_id" and isinstance(given, list):  # ids are text in events; 5 means "5"
+            given = [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in given]
+        values = _patterns(given, f"{field}.{key}", errors)
         if values:
             cleaned[key] = values
     related = data.get("related") or []

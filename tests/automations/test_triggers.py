@@ -96,6 +96,14 @@ def test_resource_and_related_filters(bare_ws):
     assert [(f.resource["kind"], f.resource["id"]) for f in firings(a)] == [("flow-run", "r1")]
 
 
+def test_validation_fills_in_defaults_and_reads_numeric_ids_as_text():
+    from automations.triggers import validate_trigger
+
+    assert validate_trigger({"type": "event", "match": {"name": "service.failed", "resource_id": [5]}}) == {
+        "type": "event", "posture": "reactive", "match": {"name": ["service.failed"], "resource_id": ["5"]},
+        "threshold": 1, "within": 0, "for_each": None}
+
+
 def test_an_automation_sees_only_its_own_workspace(bare_ws, other_ws):
     a = automation(bare_ws, reactive(["service.failed"]))
     engine.on_events([event(other_ws, "service.failed")], at(0))
