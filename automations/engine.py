@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 # A bucket keeps the ids of the last events it counted, not all of them (a threshold may be 10,000).
 MAX_EVENT_IDS = 100
 FIRED_EVENT = "automation.fired"
+# Automations may react to each other's firings, but a chain of them stops at this length: A
+# reacting to B reacting to A would otherwise ping-pong for ever.
+MAX_CHAIN = 3
 BUCKET_FIELDS = ("opened", "deadline", "count", "event_ids", "resource", "fired")
 
 
@@ -60,12 +63,22 @@ def working_key(path, key):
     return key or ("*" if path else "")
 
 
+def chain_of(event):
+    """How many firings led to `event`: 0 for any event but `automation.fired`."""
+    if event.name != FIRED_EVENT:
+        return 0
+    chain = (event.payload or {}).get("chain", 1)
+    return chain if isinstance(chain, int) and not isinstance(chain, bool) else MAX_CHAIN
+
+
 def is_own_echo(automation, event):
-    """The loop guard: an automation's own `automation.fired` events never reach its trigger."""
+    """The loop guard: an automation's own `automation.fired` events never reach its trigger, and
+    no automation reacts to a firing at the end of a chain of MAX_CHAIN firings."""
     if event.name != FIRED_EVENT:
         return False
     ref = event.resource or {}
-    return ref.get("kind") == "automation" and str(ref.get("id")) == str(automation.pk)
+    own = ref.get("kind") == "automation" and str(ref.get("id")) == str(automation.pk)
+    return own or chain_of(event) >= MAX_CHAIN
 
 
 def event_label(event):
@@ -302,6 +315,7 @@ def fire_many(pending, now):
     emit([make(p.automation.workspace_id, FIRED_EVENT, resource_ref("automation", p.automation.pk, p.automation.name),
                related=[p.resource] if (p.resource or {}).get("kind") else [],
                payload={"firing_id": firing.pk, "reason": p.reason, "key": p.key,
+                        "chain": 1 + max((chain_of(e) for e in p.events), default=0),
                         "event_ids": list(p.event_ids)[-20:], "results": firing.results}, occurred=now)
           for firing, p in zip(firings, pending)])
     return firings

@@ -259,6 +259,18 @@ def test_an_automation_never_reacts_to_its_own_firing(bare_ws):
     assert len(firings(b)) == 1  # another automation may react to it
 
 
+def test_automations_reacting_to_each_other_stop_after_a_short_chain(bare_ws, flush_events):
+    ping = automation(bare_ws, reactive(["service.failed", "automation.fired"]), name="ping")
+    pong = automation(bare_ws, reactive(["automation.fired"]), name="pong")
+    engine.on_events([event(bare_ws, "service.failed")], at(0))  # ping fires (chain 1)
+    for _ in range(6):
+        flush_events()  # each pass stores the last firings' events, which may fire the other one
+    # ping (1) → pong (2) → ping (3), and the chain stops there.
+    assert (len(firings(ping)), len(firings(pong))) == (2, 1)
+    chains = sorted(e.payload["chain"] for e in flush_events().filter(name="automation.fired"))
+    assert chains == [1, 2, 3]
+
+
 def test_one_automation_failing_does_not_stop_the_others(bare_ws, caplog):
     broken = automation(bare_ws, {"type": "event", "posture": "reactive", "match": {"name": [5]}}, name="broken")
     counting = automation(bare_ws, reactive(["service.failed"], threshold=5, within=60), name="counting")
