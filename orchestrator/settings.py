@@ -392,6 +392,12 @@ ORCHESTRATOR = {
     "EVENT_RETENTION_DAYS": env_int("ORCHESTRATOR_EVENT_RETENTION_DAYS", 30),
     "EVENT_RETENTION_BATCH_SIZE": env_int("ORCHESTRATOR_EVENT_RETENTION_BATCH_SIZE", 10_000),
     "EVENT_RETENTION_MAX_BATCHES": env_int("ORCHESTRATOR_EVENT_RETENTION_MAX_BATCHES", 50),
+    # Automations (automations/; README "Automations"): the proactive service fires triggers whose
+    # expected event did not come, every LOOP_SECONDS, at most BATCH_SIZE buckets a pass; a
+    # workspace has at most MAX_PER_WORKSPACE automations (each batch of events is matched against all).
+    "AUTOMATIONS_PROACTIVE_LOOP_SECONDS": env_int("ORCHESTRATOR_AUTOMATIONS_PROACTIVE_LOOP_SECONDS", 5),
+    "AUTOMATIONS_PROACTIVE_BATCH_SIZE": env_int("ORCHESTRATOR_AUTOMATIONS_PROACTIVE_BATCH_SIZE", 1000),
+    "AUTOMATIONS_MAX_PER_WORKSPACE": env_int("ORCHESTRATOR_AUTOMATIONS_MAX_PER_WORKSPACE", 200),
     # Towel: a lease (SQLite) expires after this if its holder died; ledger rows kept this long.
     "TOWEL_LEASE_SECONDS": env_int("ORCHESTRATOR_TOWEL_LEASE_SECONDS", 600),
     "TOWEL_LEDGER_RETENTION_DAYS": env_int("ORCHESTRATOR_TOWEL_LEDGER_RETENTION_DAYS", 7),

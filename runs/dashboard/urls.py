@@ -1,6 +1,8 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from automations import dashboard as automations
+
 from . import login, schedules, views
 
 app_name = "dashboard"
@@ -19,4 +21,7 @@ urlpatterns = [
     path("agents/", views.agents, name="agents"),
     path("recovery/", views.recovery, name="recovery"),
     path("audit/", views.audit_trail, name="audit"),
+    path("automations/", automations.automation_list, name="automations"),
+    path("automations/<int:pk>/", automations.automation_detail, name="automation"),
+    path("automations/<int:pk>/toggle/", automations.toggle, name="automation-toggle"),
 ]

@@ -14,6 +14,7 @@ import pytest
 from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 
+from automations.models import Automation
 from runs.api.schema import WORKSPACE_PREFIX
 from runs.models import AuditEntry, FlowRun, Log, Membership, Role
 from runs.run_tokens import token_of
@@ -83,6 +84,16 @@ ENDPOINTS = [
     ("api key detail", "get", "api_keys/{key}/", None, A, 200),
     ("api key create", "post", "api_keys/", {"name": "ci", "role": "viewer"}, A, 201),
     ("api key revoke", "delete", "api_keys/{key}/", None, A, 204),
+    ("automations list", "get", "automations/", None, V, 200),
+    ("automation detail", "get", "automations/{automation}/", None, V, 200),
+    ("automation create", "post", "automations/",
+     {"name": "new-automation", "actions": [{"type": "mark-crashed"}],
+      "trigger": {"type": "event", "posture": "reactive", "match": {"name": ["flow-run.state.failed"]}}}, A, 201),
+    ("automation edit", "patch", "automations/{automation}/", {"description": "d"}, A, 200),
+    ("automation enable", "post", "automations/{automation}/enable/", None, O, 200),
+    ("automation disable", "post", "automations/{automation}/disable/", None, O, 200),
+    ("automation firings", "get", "automations/{automation}/firings/", None, V, 200),
+    ("automation delete", "delete", "automations/{automation}/", None, A, 204),
     # The agents' own API: agent keys only; a run's reports: its token only.
     ("agent register", "post", "agent/register", {"name": "new-agent", "queues": ["default"]}, AG, 201),
     ("agent heartbeat", "post", "agent/heartbeat", {"agent_id": "{agent}"}, AG, 200),
@@ -143,6 +154,7 @@ def world(ws):
         "finished_run": finished.pk, "task_run": factories.task_run(run).pk, "queue": queue.pk, "agent": agent.pk,
         "membership": membership.pk, "key": factories.api_key(ws, role=Role.VIEWER)[0].pk,
         "outsider": factories.user().username, "log": log.pk, "secret": factories.secret(ws).name,
+        "automation": Automation.objects.get(workspace=ws, default_key="crash-silent-runs").pk,
         "audit": AuditEntry.objects.create(workspace=ws, actor="ada", via="api", action="schedule.pause",
                                            target_type="schedule").pk,
     }

@@ -14,6 +14,7 @@ from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth import get_user_model
 
+from automations.models import Automation, Firing, TriggerBucket
 from events.models import Event
 from runs.models import (
     Account,
@@ -39,12 +40,12 @@ from tests import factories
 
 # The models whose rows belong to a workspace, and how the URL names them.
 SCOPED = [Workspace, Membership, ApiKey, Flow, FlowVersion, Schedule, FlowRun, TaskRun, StateChange, Log,
-          WorkQueue, Agent, Event, Secret, AuditEntry]
+          WorkQueue, Agent, Event, Secret, AuditEntry, Automation, Firing, TriggerBucket]
 # Rows a workspace's viewers may not read (members, keys and the audit trail are for its admins,
 # secrets' names for operators, as in the API).
 ADMINS_READ = {Membership, ApiKey, AuditEntry, Secret}
 # The models a workspace admin may add rows of in the admin.
-ADDABLE = [Membership, ApiKey, Flow, FlowVersion, Schedule, FlowRun, TaskRun, WorkQueue, Agent, Secret]
+ADDABLE = [Membership, ApiKey, Flow, FlowVersion, Schedule, FlowRun, TaskRun, WorkQueue, Agent, Secret, Automation]
 # Reference fields of each addable/changeable model, and the row of the world each points at.
 REFERENCES = {
     Membership: {"workspace": "ws"},
@@ -58,6 +59,7 @@ REFERENCES = {
     WorkQueue: {"workspace": "ws"},
     Agent: {"workspace": "ws", "queues": "queue"},
     Secret: {"workspace": "ws"},
+    Automation: {"workspace": "ws"},
     Workspace: {},
 }
 # What a new row needs besides its references.
@@ -72,6 +74,8 @@ NEW_VALUES = {
     WorkQueue: lambda world: {"name": "new-queue"},
     Agent: lambda world: {"name": "new-agent"},
     Secret: lambda world: {"name": "NEW_SECRET", "value": "s3cret"},
+    Automation: lambda world: {"name": "new-automation", "actions": "[]", "trigger": (
+        '{"type": "event", "posture": "reactive", "match": {"name": ["service.failed"]}}')},
 }
 
 
@@ -89,6 +93,7 @@ def world(ws):
     agent = factories.agent(ws)
     agent.queues.add(queue)
     member = factories.member(ws, role=Role.VIEWER)
+    automation = Automation.objects.get(workspace=ws, default_key="crash-silent-runs")
     return {
         "ws": ws, "flow": flow, "version": flow.latest_version, "queue": queue, "schedule": schedule, "run": run,
         "task_run": task_run, "agent": agent, "member": member, "outsider": factories.user(),
@@ -100,6 +105,9 @@ def world(ws):
         "secret": factories.secret(ws, name="DB_PASSWORD"),
         "audit": AuditEntry.objects.create(workspace=ws, actor="ada", via="api", action="schedule.pause",
                                            target_type="schedule"),
+        "automation": automation,
+        "firing": Firing.objects.create(automation=automation, workspace=ws, reason="silence"),
+        "bucket": TriggerBucket.objects.create(automation=automation, key="flow-run:1"),
     }
 
 
@@ -108,7 +116,8 @@ def row_of(model, world):
     return {Workspace: world["ws"], Membership: world["membership"], ApiKey: world["key"], Flow: world["flow"],
             FlowVersion: world["version"], Schedule: world["schedule"], FlowRun: world["run"],
             TaskRun: world["task_run"], StateChange: world["change"], Log: world["log"], WorkQueue: world["queue"],
-            Agent: world["agent"], Event: world["event"], Secret: world["secret"], AuditEntry: world["audit"]}[model]
+            Agent: world["agent"], Event: world["event"], Secret: world["secret"], AuditEntry: world["audit"],
+            Automation: world["automation"], Firing: world["firing"], TriggerBucket: world["bucket"]}[model]
 
 
 def snapshot(model, row):
