@@ -6,10 +6,12 @@ default already there, edited or disabled, is left alone; one that was deleted i
 back by a later workspace save (only creation and the migration make them).
 """
 
-# The heartbeat trigger: a run that is RUNNING (or beats) must beat again, or end, within 5 min.
+# The heartbeat trigger: a run that beats must beat again, or end, within 5 min. Only a heartbeat
+# opens the wait: a run whose agent sends none (heartbeat_mode off) is never judged by silence here
+# (the Zombie Killer judges those from their start, with its own threshold).
 CRASH_SILENT_RUNS = {
     "type": "event", "posture": "proactive",
-    "after": ["flow-run.state.running", "flow-run.heartbeat"],
+    "after": ["flow-run.heartbeat"],
     "expect": ["flow-run.heartbeat", "flow-run.state.completed", "flow-run.state.failed",
                "flow-run.state.cancelled", "flow-run.state.crashed", "flow-run.state.cancelling",
                "flow-run.state.scheduled"],
@@ -19,7 +21,7 @@ CRASH_SILENT_RUNS = {
 
 DEFAULTS = [
     {"default_key": "crash-silent-runs", "name": "Crash runs without a heartbeat", "enabled": True,
-     "description": "A flow run that sent no heartbeat (and did not finish) for 5 minutes is marked CRASHED.",
+     "description": "A flow run that sent heartbeats, then none (and did not finish) for 5 minutes, is marked CRASHED.",
      "trigger": CRASH_SILENT_RUNS, "actions": [{"type": "mark-crashed"}]},
     {"default_key": "notify-failed-runs", "name": "Notify when a run fails or crashes", "enabled": False,
      "description": "E-mails when a flow run fails or crashes. Add a destination, then enable it.",

@@ -376,22 +376,34 @@ def test_a_batch_of_500_events_costs_a_fixed_number_of_queries(bare_ws, other_ws
     assert TriggerBucket.objects.exists()
 
 
-def test_the_default_crashes_a_running_run_that_goes_silent_end_to_end(ws, flush_events):
-    """A run goes RUNNING (its event opens the default's bucket through the persister), sends
-    nothing for 5 minutes, and the proactive service fires "Crash runs without a heartbeat" about it."""
+def test_the_default_crashes_a_run_whose_heartbeats_stop_end_to_end(ws, flush_events):
+    """Runs beat (their heartbeat events open the default's bucket through the persister); one
+    finishes, one beats on, one goes silent, and one never sent a heartbeat (heartbeats off): only
+    the silent one is fired about, 5 minutes after its last beat."""
+    from events.emit import emit, make, resource
     from runs.models import Actor, FlowRun, State
     from runs.states import transition_flow_runs
 
+    def beat(run, second):
+        emit([make(ws.pk, "flow-run.heartbeat", resource("flow-run", run.pk), occurred=at(second))])
+
     crash = Automation.objects.get(workspace=ws, default_key="crash-silent-runs")
-    quiet = factories.flow_run(factories.flow(ws), state=State.SUBMITTED)
-    done = factories.flow_run(factories.flow(ws), state=State.SUBMITTED)
-    transition_flow_runs(FlowRun.objects.filter(pk__in=[quiet.pk, done.pk]), State.RUNNING, actor=Actor.USER,
-                         message="started", now=at(0))
+    quiet, done, beating, mute = (factories.flow_run(factories.flow(ws), state=State.SUBMITTED) for _ in range(4))
+    transition_flow_runs(FlowRun.objects.filter(pk__in=[quiet.pk, done.pk, beating.pk, mute.pk]), State.RUNNING,
+                         actor=Actor.USER, message="started", now=at(0))
+    for run in (quiet, done, beating):
+        beat(run, 10)
     flush_events()
     transition_flow_runs(FlowRun.objects.filter(pk=done.pk), State.COMPLETED, actor=Actor.USER, message="done",
                          now=at(100))
+    beat(beating, 200)
     flush_events()
-    assert proactive_service.run_once(at(299))["buckets_fired"] == 0
-    assert proactive_service.run_once(at(300))["buckets_fired"] == 1
+    assert proactive_service.run_once(at(309))["buckets_fired"] == 0
+    assert proactive_service.run_once(at(310))["buckets_fired"] == 1
     [fired] = firings(crash)
     assert fired.resource == {"kind": "flow-run", "id": str(quiet.pk)}
+    # `beating` last beat at 200 and goes silent too; `mute` never beat, so nothing ever waits for it.
+    assert proactive_service.run_once(at(499))["buckets_fired"] == 0
+    assert proactive_service.run_once(at(500))["buckets_fired"] == 1
+    assert proactive_service.run_once(at(100_000))["buckets_fired"] == 0
+    assert {f.resource["id"] for f in firings(crash)} == {str(quiet.pk), str(beating.pk)}
