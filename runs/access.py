@@ -19,6 +19,7 @@ A view says the role an action needs (`required_role`, `action_roles`); `allows(
 is the whole rule.
 """
 
+from automations.models import Delivery
 from events.models import Event
 from runs.models import (
     Agent,
@@ -147,6 +148,7 @@ WORKSPACE_PATHS = {
     Event: "workspace_id",
     Secret: "workspace_id",
     AuditEntry: "workspace_id",
+    Delivery: "workspace_id",
 }
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
+from automations.models import Delivery
 from runs import access
 from runs.models import ApiKey, AuditEntry, Membership, Schedule, Secret, WorkQueue, Workspace
 
@@ -25,9 +26,10 @@ AUDITED_FIELDS = {
                "only_newest_when_late", "description"],
     WorkQueue: ["name", "work_pool", "description", "concurrency_limit", "paused", "job_env"],
     Secret: ["name", "updated"],
+    Delivery: ["status", "attempts", "next_attempt"],
 }
 TYPE_NAMES = {Membership: "membership", ApiKey: "api_key", Workspace: "workspace", Schedule: "schedule",
-              WorkQueue: "work_queue", Secret: "secret"}
+              WorkQueue: "work_queue", Secret: "secret", Delivery: "delivery"}
 
 
 @dataclass(frozen=True)

@@ -64,3 +64,4 @@ def load_all():
         agent_monitor, audit_retention, cancellation_cleanup, late_runs, lazarus, pause_expirer, zombie_killer,
     )
     from events import partitions, persister  # noqa: F401
+    from automations import deliveries  # noqa: F401
