@@ -165,3 +165,10 @@ def shown_url(url, hide_path=False):
         return f"{parts.scheme}://{host}/…"
     shown = f"{parts.scheme}://{host}{parts.path}"
     return (shown[:120] + "…") if len(shown) > 120 else shown + ("?…" if parts.query else "")
+
+
+def shown_target(kind, target):
+    """A delivery's target as the log shows it (see `shown_url`); e-mail addresses as they are."""
+    if kind == "email":
+        return target
+    return shown_url(target, hide_path=(kind == "slack"))

@@ -1,6 +1,8 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
+from automations.delivery_api import DeliveryViewSet
+
 from . import audit, flow_runs, flows, logs, members, meta, secrets, task_runs, views, work_queues
 
 router = SimpleRouter()
@@ -15,6 +17,7 @@ router.register("members", members.MemberViewSet, basename="member")
 router.register("api_keys", members.ApiKeyViewSet, basename="api-key")
 router.register("secrets", secrets.SecretViewSet, basename="secret")
 router.register("audit", audit.AuditEntryViewSet, basename="audit-entry")
+router.register("deliveries", DeliveryViewSet, basename="delivery")
 
 urlpatterns = [
     path("accounts/<slug:account>/workspaces/<slug:workspace>/", include(router.urls)),

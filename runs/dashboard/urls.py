@@ -1,6 +1,8 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from automations import delivery_views
+
 from . import login, schedules, views
 
 app_name = "dashboard"
@@ -19,4 +21,6 @@ urlpatterns = [
     path("agents/", views.agents, name="agents"),
     path("recovery/", views.recovery, name="recovery"),
     path("audit/", views.audit_trail, name="audit"),
+    path("deliveries/", delivery_views.delivery_log, name="deliveries"),
+    path("deliveries/<int:pk>/retry/", delivery_views.retry, name="delivery-retry"),
 ]

@@ -1,0 +1,1 @@
+from automations import delivery_admin  # noqa: F401  (registers DeliveryAdmin)
