@@ -242,8 +242,8 @@ def run_once(now=None):
     claimed, lease = claim_due(now, _config("DELIVERIES_BATCH_SIZE"))
     summary = {"claimed": len(claimed), "delivered": 0, "failed": 0, "gave_up": 0, "given_back": 0, "lost_lease": 0}
     for index, delivery in enumerate(claimed):
-        if time.monotonic() - started > _config("DELIVERIES_PASS_SECONDS"):
-            # Out of time: the rest are due again at once, for the next pass.
+        if index and time.monotonic() - started > _config("DELIVERIES_PASS_SECONDS"):
+            # Out of time (every pass sends at least one): the rest are due again at once, for the next pass.
             summary["given_back"] = Delivery.objects.filter(
                 pk__in=[d.pk for d in claimed[index:]], status=DeliveryStatus.PENDING, next_attempt=lease).update(
                 next_attempt=now)
