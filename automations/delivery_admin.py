@@ -16,7 +16,7 @@ class DeliveryAdmin(WorkspaceScopedAdmin):
     list_display = ["created", "workspace", "kind", "shown", "status", "attempts", "next_attempt", "last_status_code",
                     "error"]
     list_filter = ["status", "kind"]
-    list_select_related = ["workspace"]
+    list_select_related = ["workspace__account"]
     date_hierarchy = "created"
     actions = ["retry"]
     # The target in full and the body are shown on the row's own page; the list hides tokens in URLs.

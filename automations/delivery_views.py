@@ -23,7 +23,7 @@ PAGE_ROWS = 50
 @dashboard_login_required
 def delivery_log(request):
     """Deliveries of the user's workspaces, newest first, filtered by status and kind, in pages."""
-    rows = scoped(request, Delivery.objects.select_related("workspace").order_by("-created", "-id"))
+    rows = scoped(request, Delivery.objects.select_related("workspace__account").order_by("-created", "-id"))
     status = request.GET.get("status", "")
     status = status if status in DeliveryStatus.values else ""
     kind = request.GET.get("kind", "")
