@@ -3,10 +3,12 @@ the receiver, retries with backoff (an injected `now`), giving up, a failing or 
 never blocking another, and two passes at once never sending one delivery twice."""
 
 import json
+import re
 import smtplib
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.core import mail
@@ -51,6 +53,18 @@ def test_verify_signature_accepts_only_the_right_secret_body_and_time():
     assert verify_signature("s3cret", f"{header},v1=deadbeef", body, now=now)  # one of several may match
     for garbage in ("", None, "t=abc,v1=00", "v1=00", f"t={now}", "nonsense"):
         assert not verify_signature("s3cret", garbage, body, now=now)
+
+
+def test_the_readmes_receiver_code_verifies_what_the_service_signs():
+    """The snippet in the README (Receiving webhooks) is what a receiver copies: it must agree."""
+    section = (Path(__file__).resolve().parents[2] / "README.md").read_text().split("### Receiving webhooks", 1)[1]
+    namespace = {}
+    exec(re.search(r"```python\n(.*?)```", section, re.S).group(1), namespace)  # noqa: S102 - our README
+    body, now = b'{"a": 1}', int(time.time())
+    header = signature_header("s3cret", now, body)
+    assert namespace["verify_signature"]("s3cret", header, body)
+    assert not namespace["verify_signature"]("s3cret", header, body + b" ")
+    assert not namespace["verify_signature"]("s3cret", signature_header("s3cret", now - 301, body), body)
 
 
 def test_the_service_is_registered_with_its_interval():
