@@ -12,7 +12,8 @@ from automations import deliveries
 from automations.messages import shown_target
 from automations.models import Delivery, DeliveryKind, DeliveryStatus
 from runs.api.pagination import KeysetPagination
-from runs.api.schema import response_example
+from runs.api.errors import error_body
+from runs.api.schema import error_response, response_example
 from runs.api.views import WorkspaceScoped
 from runs.audit import Who
 from runs.models import Role
@@ -22,6 +23,10 @@ class AlreadyDelivered(exceptions.APIException):
     status_code = status.HTTP_409_CONFLICT
     default_code = "already_delivered"
     default_detail = "This delivery was delivered; there is nothing to retry."
+
+
+ALREADY_DELIVERED = error_response("The delivery was delivered; there is nothing to retry.", "Delivered",
+                                   error_body("already_delivered", AlreadyDelivered.default_detail))
 
 
 @extend_schema_serializer(examples=[response_example("A webhook being retried", {
@@ -87,7 +92,7 @@ class DeliveryViewSet(WorkspaceScoped, viewsets.ReadOnlyModelViewSet):
             queryset = queryset.filter(kind=kind)
         return queryset
 
-    @extend_schema(request=None, responses={200: DeliverySerializer},
+    @extend_schema(request=None, responses={200: DeliverySerializer, 409: ALREADY_DELIVERED},
                    description="Send a failed or pending delivery again now (operators); a delivered one is a 409.")
     @action(detail=True, methods=["post"])
     def retry(self, request, *args, **kwargs):

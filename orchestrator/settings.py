@@ -321,7 +321,11 @@ SPECTACULAR_SETTINGS = {
                             "AgentStatusEnum": "runs.models.workers.AgentStatus",
                             "ScheduleStatusEnum": "runs.models.schedules.ScheduleStatus",
                             "KeyRoleEnum": "runs.models.workspaces.Role",
-                            "PersonRoleEnum": "runs.models.workspaces.PERSON_ROLE_CHOICES"},
+                            "PersonRoleEnum": "runs.models.workspaces.PERSON_ROLE_CHOICES",
+                            # A schedule's kind keeps the name it had before deliveries had a kind too.
+                            "KindEnum": "runs.models.schedules.ScheduleKind",
+                            "DeliveryKindEnum": "automations.models.DeliveryKind",
+                            "DeliveryStatusEnum": "automations.models.DeliveryStatus"},
     # Request bodies get their own components, without the read-only fields of the answers.
     "COMPONENT_SPLIT_REQUEST": True,
     # Tags and operation ids come from what follows the workspace: flows, schedules, agent, …

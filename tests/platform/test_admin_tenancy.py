@@ -14,6 +14,7 @@ from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth import get_user_model
 
+from automations.models import Delivery
 from events.models import Event
 from runs.models import (
     Account,
@@ -39,7 +40,7 @@ from tests import factories
 
 # The models whose rows belong to a workspace, and how the URL names them.
 SCOPED = [Workspace, Membership, ApiKey, Flow, FlowVersion, Schedule, FlowRun, TaskRun, StateChange, Log,
-          WorkQueue, Agent, Event, Secret, AuditEntry]
+          WorkQueue, Agent, Event, Secret, AuditEntry, Delivery]
 # Rows a workspace's viewers may not read (members, keys and the audit trail are for its admins,
 # secrets' names for operators, as in the API).
 ADMINS_READ = {Membership, ApiKey, AuditEntry, Secret}
@@ -100,6 +101,7 @@ def world(ws):
         "secret": factories.secret(ws, name="DB_PASSWORD"),
         "audit": AuditEntry.objects.create(workspace=ws, actor="ada", via="api", action="schedule.pause",
                                            target_type="schedule"),
+        "delivery": Delivery.objects.create(workspace=ws, kind="webhook", target="https://example.com/hook"),
     }
 
 
@@ -108,7 +110,8 @@ def row_of(model, world):
     return {Workspace: world["ws"], Membership: world["membership"], ApiKey: world["key"], Flow: world["flow"],
             FlowVersion: world["version"], Schedule: world["schedule"], FlowRun: world["run"],
             TaskRun: world["task_run"], StateChange: world["change"], Log: world["log"], WorkQueue: world["queue"],
-            Agent: world["agent"], Event: world["event"], Secret: world["secret"], AuditEntry: world["audit"]}[model]
+            Agent: world["agent"], Event: world["event"], Secret: world["secret"], AuditEntry: world["audit"],
+            Delivery: world["delivery"]}[model]
 
 
 def snapshot(model, row):
