@@ -251,7 +251,7 @@ def _as_dict(event):
 
 
 @dataclass
-class Firing:
+class ActionRun:
     """What one run of the actions knows: the automation, its firing, why, and when."""
 
     automation: object
@@ -458,7 +458,7 @@ RUNNERS = {
 
 def run_actions(automation, firing, context, now):
     """Run `automation`'s actions for `firing`, each in its own savepoint; one result per action."""
-    run = Firing(automation, firing, context or {}, now)
+    run = ActionRun(automation, firing, context or {}, now)
     results = []
     for index, action in enumerate(automation.actions or []):
         kind = action.get("type") if isinstance(action, dict) else None
