@@ -1,9 +1,11 @@
 """Automations in the admin: edited by workspace admins (trigger and actions validated as in the
-API, saves audited by WorkspaceScopedAdmin); firings and buckets are read-only records."""
+API, saves audited by WorkspaceScopedAdmin); firings and buckets are read-only records; the
+delivery log is in delivery_admin.py."""
 
 from django.contrib import admin
 from django.core.exceptions import ValidationError
 
+from automations import delivery_admin  # noqa: F401  (registers DeliveryAdmin)
 from automations.actions import validate_actions
 from automations.models import Automation, Firing, TriggerBucket
 from automations.triggers import describe, validate_trigger

@@ -321,7 +321,11 @@ SPECTACULAR_SETTINGS = {
                             "AgentStatusEnum": "runs.models.workers.AgentStatus",
                             "ScheduleStatusEnum": "runs.models.schedules.ScheduleStatus",
                             "KeyRoleEnum": "runs.models.workspaces.Role",
-                            "PersonRoleEnum": "runs.models.workspaces.PERSON_ROLE_CHOICES"},
+                            "PersonRoleEnum": "runs.models.workspaces.PERSON_ROLE_CHOICES",
+                            # A schedule's kind keeps the name it had before deliveries had a kind too.
+                            "KindEnum": "runs.models.schedules.ScheduleKind",
+                            "DeliveryKindEnum": "automations.models.DeliveryKind",
+                            "DeliveryStatusEnum": "automations.models.DeliveryStatus"},
     # Request bodies get their own components, without the read-only fields of the answers.
     "COMPONENT_SPLIT_REQUEST": True,
     # Tags and operation ids come from what follows the workspace: flows, schedules, agent, …
@@ -398,6 +402,22 @@ ORCHESTRATOR = {
     "AUTOMATIONS_PROACTIVE_LOOP_SECONDS": env_int("ORCHESTRATOR_AUTOMATIONS_PROACTIVE_LOOP_SECONDS", 5),
     "AUTOMATIONS_PROACTIVE_BATCH_SIZE": env_int("ORCHESTRATOR_AUTOMATIONS_PROACTIVE_BATCH_SIZE", 1000),
     "AUTOMATIONS_MAX_PER_WORKSPACE": env_int("ORCHESTRATOR_AUTOMATIONS_MAX_PER_WORKSPACE", 200),
+    # Deliveries (automations/deliveries.py): webhooks, e-mails and Slack-compatible messages that
+    # automations queue. Every 5 s a pass claims at most BATCH_SIZE due ones and sends each with the
+    # connect/read timeouts (seconds; redirects are never followed); a pass stops starting sends after
+    # PASS_SECONDS and leaves the rest due. A claimed delivery is leased for LEASE_SECONDS, so another
+    # copy of the service skips it (keep it above PASS_SECONDS plus one send). A failure is retried
+    # after BACKOFF_BASE_SECONDS × 2^(attempt-1) (+ up to 10 % jitter, at most BACKOFF_MAX_SECONDS),
+    # and the MAX_ATTEMPTS-th failure gives up (FAILED; an operator may retry it).
+    "DELIVERIES_LOOP_SECONDS": env_int("ORCHESTRATOR_DELIVERIES_LOOP_SECONDS", 5),
+    "DELIVERIES_BATCH_SIZE": env_int("ORCHESTRATOR_DELIVERIES_BATCH_SIZE", 50),
+    "DELIVERIES_CONNECT_TIMEOUT_SECONDS": env_float("ORCHESTRATOR_DELIVERIES_CONNECT_TIMEOUT_SECONDS", 3),
+    "DELIVERIES_READ_TIMEOUT_SECONDS": env_float("ORCHESTRATOR_DELIVERIES_READ_TIMEOUT_SECONDS", 5),
+    "DELIVERIES_PASS_SECONDS": env_float("ORCHESTRATOR_DELIVERIES_PASS_SECONDS", 30),
+    "DELIVERIES_LEASE_SECONDS": env_int("ORCHESTRATOR_DELIVERIES_LEASE_SECONDS", 120),
+    "DELIVERIES_MAX_ATTEMPTS": env_int("ORCHESTRATOR_DELIVERIES_MAX_ATTEMPTS", 8),
+    "DELIVERIES_BACKOFF_BASE_SECONDS": env_float("ORCHESTRATOR_DELIVERIES_BACKOFF_BASE_SECONDS", 10),
+    "DELIVERIES_BACKOFF_MAX_SECONDS": env_float("ORCHESTRATOR_DELIVERIES_BACKOFF_MAX_SECONDS", 3600),
     # Towel: a lease (SQLite) expires after this if its holder died; ledger rows kept this long.
     "TOWEL_LEASE_SECONDS": env_int("ORCHESTRATOR_TOWEL_LEASE_SECONDS", 600),
     "TOWEL_LEDGER_RETENTION_DAYS": env_int("ORCHESTRATOR_TOWEL_LEDGER_RETENTION_DAYS", 7),
@@ -460,6 +480,19 @@ LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain").strip().lower()
 if LOG_FORMAT not in {"plain", "json"}:
     raise BadEnvironment(f"LOG_FORMAT must be plain or json, got {LOG_FORMAT!r}")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT != "json"
+# Outgoing e-mail (automations' send-email action, sent by the deliveries service). Without
+# EMAIL_HOST, messages are written to the console (development).
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "")
+EMAIL_PORT = env_int("EMAIL_PORT", 587)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)  # seconds: a stalled mail server must not hold a delivery pass
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "orchestrator@localhost")
+EMAIL_BACKEND = ("django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST
+                 else "django.core.mail.backends.console.EmailBackend")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

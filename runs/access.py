@@ -19,7 +19,7 @@ A view says the role an action needs (`required_role`, `action_roles`); `allows(
 is the whole rule.
 """
 
-from automations.models import Automation, Firing, TriggerBucket
+from automations.models import Automation, Delivery, Firing, TriggerBucket
 from events.models import Event
 from runs.models import (
     Agent,
@@ -151,6 +151,7 @@ WORKSPACE_PATHS = {
     Automation: "workspace_id",
     TriggerBucket: "automation__workspace_id",
     Firing: "workspace_id",
+    Delivery: "workspace_id",
 }
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
-from automations.models import Automation
+from automations.models import Automation, Delivery
 from runs import access
 from runs.models import ApiKey, AuditEntry, Membership, Schedule, Secret, WorkQueue, Workspace
 
@@ -27,9 +27,10 @@ AUDITED_FIELDS = {
     WorkQueue: ["name", "work_pool", "description", "concurrency_limit", "paused", "job_env"],
     Secret: ["name", "updated"],
     Automation: ["name", "description", "enabled", "trigger", "actions"],
+    Delivery: ["status", "attempts", "next_attempt"],
 }
 TYPE_NAMES = {Membership: "membership", ApiKey: "api_key", Workspace: "workspace", Schedule: "schedule",
-              WorkQueue: "work_queue", Secret: "secret", Automation: "automation"}
+              WorkQueue: "work_queue", Secret: "secret", Automation: "automation", Delivery: "delivery"}
 
 
 @dataclass(frozen=True)

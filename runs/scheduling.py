@@ -261,9 +261,10 @@ def resume_schedule(schedule, now=None):
 
 
 def create_manual_run(flow, *, user=None, api_key=None, parameters=None, work_queue=None, scheduled_start=None,
-                      idempotency_key=None, schedule=None, name=""):
+                      idempotency_key=None, schedule=None, name="", actor=Actor.USER, message=None):
     """A run made by a person or a program ("run now"), recording who asked for it: the person,
-    the API key it came with, or both (a person's own key).
+    the API key it came with, or both (a person's own key); or another `actor` (an automation)
+    with its own history `message`.
 
     With an `idempotency_key`, asking twice returns the first run instead of making a second
     (the unique (workspace, idempotency_key) constraint settles a race). Returns (run, created).
@@ -290,8 +291,8 @@ def create_manual_run(flow, *, user=None, api_key=None, parameters=None, work_qu
             run, created = FlowRun.objects.create(workspace_id=flow.workspace_id, **fields), True
         if created:
             StateChange.objects.create(
-                flow_run=run, to_state=State.SCHEDULED, actor=Actor.USER, user=user, timestamp=now,
-                message=created_message(user, api_key),
+                flow_run=run, to_state=State.SCHEDULED, actor=actor, user=user, timestamp=now,
+                message=message or created_message(user, api_key),
             )
     return run, created
 

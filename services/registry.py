@@ -65,3 +65,4 @@ def load_all():
     )
     from events import partitions, persister  # noqa: F401
     from automations import proactive  # noqa: F401
+    from automations import deliveries  # noqa: F401

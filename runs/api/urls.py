@@ -2,6 +2,7 @@ from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
 from automations import api as automations_api
+from automations.delivery_api import DeliveryViewSet
 
 from . import audit, flow_runs, flows, logs, members, meta, secrets, task_runs, views, work_queues
 
@@ -18,6 +19,7 @@ router.register("api_keys", members.ApiKeyViewSet, basename="api-key")
 router.register("secrets", secrets.SecretViewSet, basename="secret")
 router.register("audit", audit.AuditEntryViewSet, basename="audit-entry")
 router.register("automations", automations_api.AutomationViewSet, basename="automation")
+router.register("deliveries", DeliveryViewSet, basename="delivery")
 
 urlpatterns = [
     path("accounts/<slug:account>/workspaces/<slug:workspace>/", include(router.urls)),

@@ -2,6 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from automations import dashboard as automations
+from automations import delivery_views
 
 from . import login, schedules, views
 
@@ -24,4 +25,6 @@ urlpatterns = [
     path("automations/", automations.automation_list, name="automations"),
     path("automations/<int:pk>/", automations.automation_detail, name="automation"),
     path("automations/<int:pk>/toggle/", automations.toggle, name="automation-toggle"),
+    path("deliveries/", delivery_views.delivery_log, name="deliveries"),
+    path("deliveries/<int:pk>/retry/", delivery_views.retry, name="delivery-retry"),
 ]

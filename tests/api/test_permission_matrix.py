@@ -14,7 +14,7 @@ import pytest
 from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 
-from automations.models import Automation
+from automations.models import Automation, Delivery
 from runs.api.schema import WORKSPACE_PREFIX
 from runs.models import AuditEntry, FlowRun, Log, Membership, Role
 from runs.run_tokens import token_of
@@ -73,6 +73,9 @@ ENDPOINTS = [
     ("secret delete", "delete", "secrets/{secret}/", None, A, 204),
     ("audit list", "get", "audit/", None, A, 200),
     ("audit entry", "get", "audit/{audit}/", None, A, 200),
+    ("deliveries list", "get", "deliveries/", None, V, 200),
+    ("delivery detail", "get", "deliveries/{delivery}/", None, V, 200),
+    ("delivery retry", "post", "deliveries/{delivery}/retry/", None, O, 200),
     ("agents list", "get", "agents/", None, V, 200),
     ("agent detail", "get", "agents/{agent}/", None, V, 200),
     ("members list", "get", "members/", None, A, 200),
@@ -157,6 +160,8 @@ def world(ws):
         "automation": Automation.objects.get(workspace=ws, default_key="crash-silent-runs").pk,
         "audit": AuditEntry.objects.create(workspace=ws, actor="ada", via="api", action="schedule.pause",
                                            target_type="schedule").pk,
+        "delivery": Delivery.objects.create(workspace=ws, kind="webhook", target="https://example.com/hook",
+                                            status="failed", attempts=8).pk,
     }
 
 

@@ -14,7 +14,7 @@ from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth import get_user_model
 
-from automations.models import Automation, Firing, TriggerBucket
+from automations.models import Automation, Delivery, Firing, TriggerBucket
 from events.models import Event
 from runs.models import (
     Account,
@@ -40,7 +40,7 @@ from tests import factories
 
 # The models whose rows belong to a workspace, and how the URL names them.
 SCOPED = [Workspace, Membership, ApiKey, Flow, FlowVersion, Schedule, FlowRun, TaskRun, StateChange, Log,
-          WorkQueue, Agent, Event, Secret, AuditEntry, Automation, Firing, TriggerBucket]
+          WorkQueue, Agent, Event, Secret, AuditEntry, Automation, Firing, TriggerBucket, Delivery]
 # Rows a workspace's viewers may not read (members, keys and the audit trail are for its admins,
 # secrets' names for operators, as in the API).
 ADMINS_READ = {Membership, ApiKey, AuditEntry, Secret}
@@ -108,6 +108,7 @@ def world(ws):
         "automation": automation,
         "firing": Firing.objects.create(automation=automation, workspace=ws, reason="silence"),
         "bucket": TriggerBucket.objects.create(automation=automation, key="flow-run:1"),
+        "delivery": Delivery.objects.create(workspace=ws, kind="webhook", target="https://example.com/hook"),
     }
 
 
@@ -117,7 +118,8 @@ def row_of(model, world):
             FlowVersion: world["version"], Schedule: world["schedule"], FlowRun: world["run"],
             TaskRun: world["task_run"], StateChange: world["change"], Log: world["log"], WorkQueue: world["queue"],
             Agent: world["agent"], Event: world["event"], Secret: world["secret"], AuditEntry: world["audit"],
-            Automation: world["automation"], Firing: world["firing"], TriggerBucket: world["bucket"]}[model]
+            Automation: world["automation"], Firing: world["firing"], TriggerBucket: world["bucket"],
+            Delivery: world["delivery"]}[model]
 
 
 def snapshot(model, row):
