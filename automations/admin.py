@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 
 from automations import delivery_admin  # noqa: F401  (registers DeliveryAdmin)
 from automations.actions import validate_actions
+from automations.changes import destination_problems
 from automations.models import Automation, Firing, TriggerBucket
 from automations.triggers import describe, validate_trigger
 from runs.admin import WorkspaceScopedAdmin, WorkspaceScopedForm
@@ -24,6 +25,9 @@ class AutomationForm(WorkspaceScopedForm):
             except ValidationError as exc:
                 messages = exc.message_dict if hasattr(exc, "error_dict") else {field: exc.messages}
                 self.add_error(field, [f"{name}: {m}" for name, problems in messages.items() for m in problems])
+        problems = destination_problems(data.get("actions") or [], data.get("enabled"))
+        if problems and "actions" not in self.errors:
+            self.add_error("enabled", [f"{name}: {m}" for name, messages in problems.items() for m in messages])
         return data
 
 

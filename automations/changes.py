@@ -12,12 +12,21 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from automations.actions import validate_actions
+from automations.actions import destinations_missing, validate_actions
 from automations.models import Automation, TriggerBucket
 from automations.triggers import validate_trigger
 from runs import audit
 
 EDITABLE = ("name", "description", "enabled", "trigger", "actions")
+NO_DESTINATION = "Set a destination before enabling this automation: it has nowhere to send this."
+
+
+def destination_problems(actions, enabled):
+    """{field: [message]} for the actions still without a destination, when the automation is to be
+    on: a disabled automation may wait for one (the "notify" default does), an enabled one may not."""
+    if not enabled:
+        return {}
+    return {field: [NO_DESTINATION] for field in destinations_missing(actions)}
 
 
 def clean(fields, workspace, instance=None):
@@ -39,6 +48,10 @@ def clean(fields, workspace, instance=None):
             validate_actions(instance.actions, workspace)
         except ValidationError as exc:
             problems.update(exc.message_dict if hasattr(exc, "error_dict") else {"actions": exc.messages})
+    enabled = fields.get("enabled", instance.enabled if instance is not None else True)
+    actions = cleaned.get("actions", instance.actions if instance is not None else [])
+    for field, messages in destination_problems(actions, enabled).items():
+        problems.setdefault(field, []).extend(messages)
     name = fields.get("name")
     if name is not None:
         clash = Automation.objects.filter(workspace=workspace, name=name)
@@ -92,6 +105,9 @@ def set_enabled(automation, enabled, *, who, now=None):
     if enabled:
         validate_trigger(automation.trigger)
         validate_actions(automation.actions, automation.workspace)
+        problems = destination_problems(automation.actions, True)
+        if problems:
+            raise ValidationError(problems)
     with transaction.atomic():
         changed = Automation.objects.filter(pk=automation.pk, enabled=not enabled).update(enabled=enabled,
                                                                                           updated=now)

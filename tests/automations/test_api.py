@@ -110,23 +110,24 @@ def test_operators_enable_and_disable_but_do_not_edit(api, key_for, prefix, ws):
     assert viewer.get(f"{prefix}/automations/").status_code == 200
 
 
-def test_enabling_rechecks_the_actions(api, key_for, prefix, ws, monkeypatch):
-    def validate_actions(data, workspace):
-        if any(action.get("type") == "send-email" and not action.get("to") for action in data):
-            raise ValidationError({"actions[0].to": ["needs at least one destination"]})
-        return data
-
-    monkeypatch.setattr(changes, "validate_actions", validate_actions)
+def test_an_automation_without_a_destination_cannot_be_enabled_until_it_has_one(api, key_for, prefix, ws):
     notify = Automation.objects.get(workspace=ws, default_key="notify-failed-runs")
     response = as_role(api, key_for, Role.OPERATOR).post(f"{prefix}/automations/{notify.pk}/enable/")
-    assert fields_of(response) == {"actions[0].to": ["needs at least one destination"]}
+    assert fields_of(response) == {"actions[0].to": [changes.NO_DESTINATION]}
     notify.refresh_from_db()
     assert notify.enabled is False
-    edit = as_role(api, key_for, Role.ADMIN).patch(f"{prefix}/automations/{notify.pk}/", {"enabled": True},
-                                                   format="json")
-    assert fields_of(edit) == {"actions[0].to": ["needs at least one destination"]}
+    admin = as_role(api, key_for, Role.ADMIN)
+    edit = admin.patch(f"{prefix}/automations/{notify.pk}/", {"enabled": True}, format="json")
+    assert fields_of(edit) == {"actions[0].to": [changes.NO_DESTINATION]}
+    made = admin.post(f"{prefix}/automations/", {"name": "Hook nowhere", "trigger": TRIGGER,
+                                                 "actions": [{"type": "call-webhook", "url": ""}]}, format="json")
+    assert fields_of(made) == {"actions[0].url": [changes.NO_DESTINATION]}
     notify.refresh_from_db()
     assert notify.enabled is False
+    # With a destination it turns on.
+    fixed = admin.patch(f"{prefix}/automations/{notify.pk}/", {"enabled": True, "actions": [
+        {"type": "send-email", "to": ["ops@example.com"]}]}, format="json")
+    assert fixed.status_code == 200 and fixed.json()["enabled"] is True
 
 
 def test_an_admin_deletes_with_an_entry(api, key_for, prefix, ws):
