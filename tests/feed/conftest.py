@@ -22,3 +22,11 @@ def agent_client(api, key_for):
 def names(events):
     """The names of `events` (a queryset or list), in a list sorted for comparison."""
     return sorted(event.name for event in events)
+
+
+@pytest.fixture
+def postgres_only():
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL (row locks, SKIP LOCKED); CI runs it there")
