@@ -1,7 +1,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from . import audit, flow_runs, flows, logs, members, meta, secrets, task_runs, views, work_queues
+from . import audit, events, flow_runs, flows, logs, members, meta, secrets, task_runs, views, work_queues
 
 router = SimpleRouter()
 router.register("flows", flows.FlowViewSet, basename="flow")
@@ -21,5 +21,9 @@ urlpatterns = [
     path("accounts/<slug:account>/workspaces/<slug:workspace>/ping", meta.PingView.as_view(), name="ping"),
     path("accounts/<slug:account>/workspaces/<slug:workspace>/settings", members.WorkspaceSettingsView.as_view(),
          name="workspace-settings"),
+    path("accounts/<slug:account>/workspaces/<slug:workspace>/events/", events.EventListView.as_view(),
+         name="event-list"),
+    path("accounts/<slug:account>/workspaces/<slug:workspace>/events/stream", events.EventStreamView.as_view(),
+         name="event-stream"),
     path("accounts/<slug:account>/workspaces/<slug:workspace>/agent/", include("runs.api.agents")),
 ]

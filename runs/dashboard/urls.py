@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import login, schedules, views
+from . import events, login, schedules, views
 
 app_name = "dashboard"
 
@@ -19,4 +19,6 @@ urlpatterns = [
     path("agents/", views.agents, name="agents"),
     path("recovery/", views.recovery, name="recovery"),
     path("audit/", views.audit_trail, name="audit"),
+    path("events/", events.feed, name="events"),
+    path("events/stream", events.events_stream, name="events-stream"),
 ]

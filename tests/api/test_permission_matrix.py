@@ -72,6 +72,7 @@ ENDPOINTS = [
     ("secret delete", "delete", "secrets/{secret}/", None, A, 204),
     ("audit list", "get", "audit/", None, A, 200),
     ("audit entry", "get", "audit/{audit}/", None, A, 200),
+    ("events list", "get", "events/", None, V, 200),
     ("agents list", "get", "agents/", None, V, 200),
     ("agent detail", "get", "agents/{agent}/", None, V, 200),
     ("members list", "get", "members/", None, A, 200),
