@@ -17,8 +17,8 @@ so no web worker is held for ever. Between reads it holds no transaction and, ou
 transaction, no database connection: idle streams must not use up PostgreSQL's connections.
 
 `coalesce=True` (the dashboard) sends one `changed` message per read that found events instead
-of one message per event: the page only needs to know that it should refresh, at most once per
-read, however many events a burst brings.
+of one message per event, and reads at most once a second: a page only needs to know that it
+should refresh, at most once a second, however many events a burst brings.
 
 Under WSGI (gunicorn, the test client) the response iterates synchronously; under ASGI (uvicorn)
 it must be an async iterator, or Django would read the whole stream into memory before sending
@@ -40,6 +40,10 @@ from django.utils import timezone
 from events import filters
 
 CONTENT_TYPE = "text/event-stream"
+# The dashboard's coalesced stream: at most one message per this many seconds, and per message at
+# most this many reads of a batch (a bigger burst is the next message's).
+COALESCED_MIN_SECONDS = 1.0
+COALESCED_MAX_READS = 20
 
 
 def _config(key):
@@ -61,6 +65,9 @@ class EventStream:
         self.coalesce = coalesce
         self.clock = clock
         self.poll_seconds = _config("EVENTS_STREAM_POLL_SECONDS")
+        if coalesce:
+            # A page refreshes at most once a second, whatever the read interval is set to.
+            self.poll_seconds = max(self.poll_seconds, COALESCED_MIN_SECONDS)
         self.batch_size = _config("EVENTS_STREAM_BATCH_SIZE")
         self.heartbeat_seconds = _config("EVENTS_STREAM_HEARTBEAT_SECONDS")
         self.max_seconds = _config("EVENTS_STREAM_MAX_SECONDS")
@@ -108,6 +115,15 @@ class EventStream:
         yield self.opening(), 0
         while True:
             rows = self.read()
+            if self.coalesce:
+                # A burst bigger than a batch is still one message: read on (boundedly) first.
+                for _ in range(COALESCED_MAX_READS):
+                    if len(rows) % self.batch_size or not rows:
+                        break
+                    more = self.read()
+                    if not more:
+                        break
+                    rows += more
             text = self.messages(rows)
             now = self.clock()
             if text:
@@ -117,9 +133,9 @@ class EventStream:
             if now - started >= self.max_seconds:
                 yield text + self.closing(), None
                 return
-            # A full batch: more are waiting, read again at once.
-            wait = 0 if len(rows) == self.batch_size else min(self.poll_seconds,
-                                                               self.max_seconds - (now - started))
+            # A full batch (not coalesced): more are waiting, read again at once.
+            full = len(rows) == self.batch_size and not self.coalesce
+            wait = 0 if full else min(self.poll_seconds, self.max_seconds - (now - started))
             yield text, wait
 
     def __iter__(self):

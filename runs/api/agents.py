@@ -10,10 +10,12 @@ report of an attempt that was superseded (the run was rescheduled or claimed aga
 Heartbeats are the hottest path of the server, so each is one write, committed on PostgreSQL
 without waiting for the WAL flush:
 - a flow run's: one UPDATE … RETURNING its state, which is the answer (CANCELLING tells the
-  runner to stop); an SQLite without RETURNING reads the state after the UPDATE;
-- a task run's: one UPDATE of the row, if it is in the workspace;
-- an agent's: one UPDATE of the row, if it is in the workspace, then one read of its runs that
-  are CANCELLING (the answer).
+  runner to stop), and the ids its `flow-run.heartbeat` event names; an SQLite without RETURNING
+  reads them after the UPDATE;
+- a task run's: one UPDATE of the row, if it is in the workspace (no event);
+- an agent's: one UPDATE of the row, if it is in the workspace and its status is unchanged, then
+  one read of its runs that are CANCELLING (the answer). A status that moves (back ONLINE, or the
+  agent stopping) costs a second, conditional UPDATE and emits agent.online / agent.offline once.
 """
 
 import json

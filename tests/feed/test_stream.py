@@ -199,3 +199,23 @@ def test_the_dashboard_stream_needs_a_session_and_good_filters(as_viewer):
     assert Client().get("/dashboard/events/stream").status_code == 403
     answer = as_viewer.get("/dashboard/events/stream", {"last_event_id": "nope"})
     assert answer.status_code == 400 and "last_event_id" in answer.json()["error"]["fields"]
+
+
+def test_a_coalesced_stream_sends_one_message_for_a_burst_bigger_than_a_batch_at_most_once_a_second(ws, settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "EVENTS_STREAM_BATCH_SIZE": 10,
+                             "EVENTS_STREAM_MAX_SECONDS": 2.5}
+    moment = timezone.now() - timedelta(minutes=1)
+    reader = stream.EventStream(Event.objects.filter(workspace=ws), (moment, uuid.UUID(int=0)), coalesce=True)
+    assert reader.poll_seconds == 1.0
+    chunks = iter(reader)
+    next(chunks)
+    for i in range(35):
+        event(ws, f"e.{i}", received=moment + timedelta(microseconds=i))
+    started = time.monotonic()
+    first = parse_sse(next(chunks).decode())
+    assert [m["data"]["count"] for m in first if m.get("event") == "changed"] == [35]
+    for i in range(3):
+        event(ws, f"f.{i}", received=moment + timedelta(seconds=1))
+    second = parse_sse(next(chunks).decode())
+    assert time.monotonic() - started >= 0.9  # not before a second has passed
+    assert [m["data"]["count"] for m in second if m.get("event") == "changed"] == [3]
