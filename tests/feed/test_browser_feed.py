@@ -61,9 +61,16 @@ def test_a_crashed_run_appears_in_the_open_feed_without_a_reload(page, live_brow
     expect(crashed).to_have_count(1, timeout=10_000)
     expect(crashed).to_contain_text("no heartbeat for 30 min")
     assert page.evaluate("window.notReloaded") is True
+    # The swapped-in partial listens too: a second crash appears as well.
+    second = factories.flow_run(run.flow, State.RUNNING, name="second-run")
+    set_flow_run_state(second, State.CRASHED, actor=Actor.ZOMBIE_KILLER, message="also silent")
+    persister.run_once()
+    expect(crashed).to_have_count(2, timeout=10_000)
+    expect(crashed.first).to_contain_text("also silent")  # newest first
+    assert page.evaluate("window.notReloaded") is True
     page.screenshot(path=str(artifacts / "event-feed-live.png"), full_page=True)
     assert axe_violations(page) == []
-    crashed.get_by_role("link").click()
+    crashed.last.get_by_role("link").click()
     expect(page).to_have_url(re.compile(rf"/dashboard/runs/{run.pk}/$"))
     expect(page.locator("#run-state")).to_have_text("CRASHED")
 
