@@ -461,6 +461,10 @@ if ORCHESTRATOR["HANDBACK_DELAY_SECONDS"] < 4:
 if ORCHESTRATOR["EVENTS_STREAM_POLL_SECONDS"] <= 0 or ORCHESTRATOR["EVENTS_STREAM_MAX_SECONDS"] <= 0:
     raise BadEnvironment("ORCHESTRATOR_EVENTS_STREAM_POLL_SECONDS and ORCHESTRATOR_EVENTS_STREAM_MAX_SECONDS must be "
                          "more than 0")
+if not 0 < ORCHESTRATOR["EVENTS_QUEUE_POLLED_EVERY_SECONDS"] < ORCHESTRATOR["WORK_QUEUE_HEALTH_POLL_SECONDS"]:
+    # last_polled is exact to the first only: as long as the second, every queue would look abandoned.
+    raise BadEnvironment("ORCHESTRATOR_EVENTS_QUEUE_POLLED_EVERY_SECONDS must be more than 0 and less than "
+                         "ORCHESTRATOR_WORK_QUEUE_HEALTH_POLL_SECONDS")
 if not 1 <= ORCHESTRATOR["API_MAX_JSON_DEPTH"] <= 500:
     raise BadEnvironment(f"ORCHESTRATOR_API_MAX_JSON_DEPTH must be 1..500, got {ORCHESTRATOR['API_MAX_JSON_DEPTH']}")
 
