@@ -418,6 +418,21 @@ ORCHESTRATOR = {
     "DELIVERIES_MAX_ATTEMPTS": env_int("ORCHESTRATOR_DELIVERIES_MAX_ATTEMPTS", 8),
     "DELIVERIES_BACKOFF_BASE_SECONDS": env_float("ORCHESTRATOR_DELIVERIES_BACKOFF_BASE_SECONDS", 10),
     "DELIVERIES_BACKOFF_MAX_SECONDS": env_float("ORCHESTRATOR_DELIVERIES_BACKOFF_MAX_SECONDS", 3600),
+    # Events of agents' polls: a queue's `work-queue.polled` comes at most once per this many
+    # seconds, and its last_polled is exact to it (runs/claiming.py record_poll).
+    "EVENTS_QUEUE_POLLED_EVERY_SECONDS": env_int("ORCHESTRATOR_EVENTS_QUEUE_POLLED_EVERY_SECONDS", 60),
+    # The event stream (server-sent events, events/stream.py): how often it reads new events
+    # (seconds), the most it sends from one read, the comment it sends when quiet (seconds), and
+    # how long one connection lasts before the client is told to reconnect (seconds), so that a
+    # web worker is never held forever.
+    "EVENTS_STREAM_POLL_SECONDS": env_float("ORCHESTRATOR_EVENTS_STREAM_POLL_SECONDS", 1.0),
+    "EVENTS_STREAM_BATCH_SIZE": env_int("ORCHESTRATOR_EVENTS_STREAM_BATCH_SIZE", 500),
+    "EVENTS_STREAM_HEARTBEAT_SECONDS": env_float("ORCHESTRATOR_EVENTS_STREAM_HEARTBEAT_SECONDS", 15.0),
+    "EVENTS_STREAM_MAX_SECONDS": env_float("ORCHESTRATOR_EVENTS_STREAM_MAX_SECONDS", 300.0),
+    # work-queue-monitor: each queue is healthy when not paused, polled within
+    # WORK_QUEUE_HEALTH_POLL_SECONDS and without LATE runs; a change emits work-queue.(un)healthy.
+    "WORK_QUEUE_MONITOR_LOOP_SECONDS": env_int("ORCHESTRATOR_WORK_QUEUE_MONITOR_LOOP_SECONDS", 30),
+    "WORK_QUEUE_HEALTH_POLL_SECONDS": env_int("ORCHESTRATOR_WORK_QUEUE_HEALTH_POLL_SECONDS", 300),
     # Towel: a lease (SQLite) expires after this if its holder died; ledger rows kept this long.
     "TOWEL_LEASE_SECONDS": env_int("ORCHESTRATOR_TOWEL_LEASE_SECONDS", 600),
     "TOWEL_LEDGER_RETENTION_DAYS": env_int("ORCHESTRATOR_TOWEL_LEDGER_RETENTION_DAYS", 7),
@@ -471,6 +486,13 @@ if ORCHESTRATOR["HANDBACK_DELAY_SECONDS"] < 4:
     # Half of it for the runner's hand-back, plus its watchdog's 1 s, must end before the run is due.
     raise BadEnvironment(f"ORCHESTRATOR_HANDBACK_DELAY_SECONDS must be at least 4 (a runner's hand-back takes up "
                          f"to half of it, plus 1 s), got {ORCHESTRATOR['HANDBACK_DELAY_SECONDS']:g}")
+if ORCHESTRATOR["EVENTS_STREAM_POLL_SECONDS"] <= 0 or ORCHESTRATOR["EVENTS_STREAM_MAX_SECONDS"] <= 0:
+    raise BadEnvironment("ORCHESTRATOR_EVENTS_STREAM_POLL_SECONDS and ORCHESTRATOR_EVENTS_STREAM_MAX_SECONDS must be "
+                         "more than 0")
+if not 0 < ORCHESTRATOR["EVENTS_QUEUE_POLLED_EVERY_SECONDS"] < ORCHESTRATOR["WORK_QUEUE_HEALTH_POLL_SECONDS"]:
+    # last_polled is exact to the first only: as long as the second, every queue would look abandoned.
+    raise BadEnvironment("ORCHESTRATOR_EVENTS_QUEUE_POLLED_EVERY_SECONDS must be more than 0 and less than "
+                         "ORCHESTRATOR_WORK_QUEUE_HEALTH_POLL_SECONDS")
 if not 1 <= ORCHESTRATOR["API_MAX_JSON_DEPTH"] <= 500:
     raise BadEnvironment(f"ORCHESTRATOR_API_MAX_JSON_DEPTH must be 1..500, got {ORCHESTRATOR['API_MAX_JSON_DEPTH']}")
 

@@ -8,8 +8,25 @@ through runs/states.py instead. `who` is an runs.audit.Who (Who.of(request, "api
 from django.db import transaction
 from django.utils import timezone
 
+from events.emit import emit, make, resource
 from runs import audit, scheduling
-from runs.models import ApiKey, Membership, Schedule, WorkQueue
+from runs.models import ApiKey, Membership, Schedule, ScheduleStatus, WorkQueue
+
+
+def _switch_event(obj, old, new, who, payload=None):
+    """The event of a schedule's pause/resume or a queue's pause/resume, when `new` (the changed
+    audited fields, as audit.changed gives them) says one happened; else None. Any way the switch is
+    made (an action, an admin form, an automation) the event is the same."""
+    if isinstance(obj, Schedule) and "status" in new:
+        name = "schedule.paused" if new["status"] == ScheduleStatus.PAUSED else "schedule.resumed"
+        return make(obj.flow.workspace_id, name, resource("schedule", obj.pk, obj.slug),
+                    related=[resource("flow", obj.flow_id, obj.flow.name)],
+                    payload={"by": who.name, "via": who.via, **(payload or {})})
+    if isinstance(obj, WorkQueue) and "paused" in new:
+        name = "work-queue.paused" if new["paused"] else "work-queue.resumed"
+        return make(obj.workspace_id, name, resource("work-queue", obj.pk, obj.name),
+                    payload={"by": who.name, "via": who.via})
+    return None
 
 
 def add_member(workspace, user, role, *, who):
@@ -66,6 +83,7 @@ def save_with_audit(save, *, who, action, before=None):
             old, new = audit.changed(before, after)
             if new:
                 audit.record(who, action, obj, before=old, after=new)
+                emit([_switch_event(obj, old, new, who)])
     return obj
 
 
@@ -114,6 +132,8 @@ def _switch_schedule(schedule, switch, action, counted, *, who, now):
         if was != schedule.status:
             audit.record(who, action, schedule, before={"status": str(was)},
                          after={"status": str(schedule.status), counted: count}, now=now)
+            emit([_switch_event(schedule, {"status": str(was)}, {"status": str(schedule.status)}, who,
+                                payload={counted: count})])
     return count
 
 
@@ -140,6 +160,7 @@ def set_queue(queue, *, who, action, **fields):
         old, new = audit.changed(before, audit.snapshot(queue))
         if new:
             audit.record(who, action, queue, before=old, after=new)
+            emit([_switch_event(queue, old, new, who)])
     return queue
 
 

@@ -13,11 +13,13 @@ the agent skips the ones it already runs.
 """
 
 from collections import namedtuple
+from datetime import timedelta
 
-
+from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count
+from django.db.models import Count, Q
 
+from events.emit import emit, make, resource
 from runs.models import ACTIVE_STATES, Actor, FlowRun, State, WorkQueue
 from runs.states import transition_flow_runs
 
@@ -41,20 +43,60 @@ def _free_slots(queues):
     }
 
 
-def record_poll(queue_ids, now):
-    """Mark the queues as polled at `now`, so queue health can tell a polled queue from an abandoned one.
+def record_poll(queue_ids, now, agent=None):
+    """Mark the queues as polled at `now`, so queue health can tell a polled queue from an abandoned one;
+    returns the ids of the queues whose poll was recorded.
+
+    One conditional UPDATE: `last_polled` moves only when it is older than
+    EVENTS_QUEUE_POLLED_EVERY_SECONDS (so it is exact to that interval, which queue health, judged
+    over minutes, does not notice), and each queue it moved emits `work-queue.polled`. So the event
+    comes at most once per queue per interval, also when agents poll at once (the second UPDATE
+    re-checks the condition on the row the first one changed and matches nothing), and a poll
+    costs no more than before: most polls write no row at all.
 
     Runs in its own short transaction with PostgreSQL's synchronous commit off: losing the last
     poll time in a database crash is harmless (the next poll rewrites it), and not waiting for the
     WAL flush is most of the cost of a poll that finds nothing.
     """
     if not queue_ids:
-        return
+        return []
+    stale_before = now - timedelta(seconds=settings.ORCHESTRATOR["EVENTS_QUEUE_POLLED_EVERY_SECONDS"])
     with transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        WorkQueue.objects.filter(pk__in=queue_ids).update(last_polled=now)
+        moved = _move_last_polled(queue_ids, now, stale_before)
+    if moved:
+        emit([make(workspace_id, "work-queue.polled", resource("work-queue", pk, name),
+                   related=[resource("agent", agent.pk, agent.name)] if agent else (), occurred=now)
+              for pk, workspace_id, name in moved])
+    return [pk for pk, _, _ in moved]
+
+
+def _move_last_polled(queue_ids, now, stale_before):
+    """(id, workspace id, name) of the queues of `queue_ids` whose last_polled was older than
+    `stale_before` (or never set), now set to `now`."""
+    stale = WorkQueue.objects.filter(pk__in=queue_ids).filter(
+        Q(last_polled__isnull=True) | Q(last_polled__lt=stale_before))
+    if not connection.features.can_return_columns_from_insert:
+        # An SQLite without RETURNING: read, then write, in the caller's transaction, which SQLite
+        # runs IMMEDIATE (one writer at a time), so no other poll moves these rows in between.
+        rows = list(stale.values_list("pk", "workspace_id", "name"))
+        WorkQueue.objects.filter(pk__in=[row[0] for row in rows]).update(last_polled=now)
+        return rows
+    meta = WorkQueue._meta
+    quote = connection.ops.quote_name
+    column = quote(meta.get_field("last_polled").column)
+    field = meta.get_field("last_polled")
+    placeholders = ", ".join(["%s"] * len(queue_ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {quote(meta.db_table)} SET {column} = %s WHERE {quote(meta.pk.column)} IN ({placeholders}) "
+            f"AND ({column} IS NULL OR {column} < %s) "
+            f"RETURNING {quote(meta.pk.column)}, {quote(meta.get_field('workspace').column)}, "
+            f"{quote(meta.get_field('name').column)}",
+            [field.get_db_prep_value(now, connection), *queue_ids, field.get_db_prep_value(stale_before, connection)])
+        return cursor.fetchall()
 
 
 Claim = namedtuple("Claim", "runs cancelling")
@@ -104,7 +146,7 @@ def claim_due_runs(agent, *, limit, now):
     tell a polled-but-paused queue from an abandoned one.
     """
     queues = list(WorkQueue.objects.filter(agents=agent).values_list("pk", "paused", "concurrency_limit"))
-    record_poll([pk for pk, _, _ in queues], now)
+    record_poll([pk for pk, _, _ in queues], now, agent)
     open_ids = [pk for pk, paused, _ in queues if not paused]
     if not open_ids or limit <= 0:
         return []

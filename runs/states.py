@@ -176,14 +176,15 @@ def _history_row(kind, row_id, flow_run_id, from_state, to_state, message, actor
     )
 
 
-def _event(kind, row_id, workspace_id, from_state, to_state, message, actor, now, related):
-    """The event of one transition; `related` maps a resource kind to its id (None: not set)."""
+def _event(kind, row_id, workspace_id, from_state, to_state, message, actor, now, related, extra=None):
+    """The event of one transition; `related` maps a resource kind to its id (None: not set);
+    `extra`: more payload (a service's verdict), never overriding the transition's own keys."""
     return make(
         workspace_id,
         f"{kind.event_prefix}.state.{to_state.lower()}",
         {"kind": kind.event_prefix, "id": str(row_id)},
         related=[{"kind": kind_, "id": str(id_)} for kind_, id_ in related.items() if id_ is not None],
-        payload={"from": from_state, "to": to_state, "message": message, "actor": actor},
+        payload={**(extra or {}), "from": from_state, "to": to_state, "message": message, "actor": actor},
         occurred=now,
     )
 
@@ -249,13 +250,15 @@ def set_task_run_state(task_run, to_state, *, actor, message="", expected_state=
                       user=user, agent=agent, now=now, retry=retry, updates=updates, fence=fence)
 
 
-def _transition_many(kind, queryset, to_state, *, actor, message, now, updates, limit, extra_fields, user):
+def _transition_many(kind, queryset, to_state, *, actor, message, now, updates, limit, extra_fields, user,
+                     event_payload=None):
     allowed_from = [s for s, targets in kind.transitions.items() if to_state in targets]
     fields = list(dict.fromkeys(["pk", "state", kind.workspace_path, kind.flow_run_path,
                                  *(path for _, path in kind.related_paths), *extra_fields]))
     # Rows another copy of the service holds are skipped, not waited for: that copy acts on them.
     candidates = queryset.filter(state__in=allowed_from).select_for_update(skip_locked=True, of=("self",))
-    move = functools.partial(_move, kind, to_state, message, actor=actor, now=now, updates=updates, user=user)
+    move = functools.partial(_move, kind, to_state, message, actor=actor, now=now, updates=updates, user=user,
+                             event_payload=event_payload)
     picked = []
     try:
         with transaction.atomic():
@@ -302,7 +305,7 @@ def _move_one_by_one(kind, picked, candidates, fields, move, to_state):
     return moved
 
 
-def _move(kind, to_state, message, rows, *, actor, now, updates, user):
+def _move(kind, to_state, message, rows, *, actor, now, updates, user, event_payload=None):
     """Write the transitions of `rows` (locked by the caller): updates by from-state, history, events."""
     if not rows:
         return
@@ -325,22 +328,26 @@ def _move(kind, to_state, message, rows, *, actor, now, updates, user):
                             actor, user, None, now) for row in rows]
     StateChange.objects.bulk_create(history)
     emit([_event(kind, row["pk"], row[kind.workspace_path], row["state"], to_state, texts[row["pk"]], actor, now,
-                 {kind_: row[path] for kind_, path in kind.related_paths}) for row in rows])
+                 {kind_: row[path] for kind_, path in kind.related_paths},
+                 event_payload(row) if event_payload else None) for row in rows])
 
 
 def transition_flow_runs(queryset, to_state, *, actor, message="", now=None, updates=None, limit=None,
-                         extra_fields=(), user=None):
+                         extra_fields=(), user=None, event_payload=None):
     """Move every flow run of `queryset` that may legally go to `to_state`; returns the rows moved.
 
     Set-based: a constant number of queries whatever the number of runs. `message` is a string
-    or a function of the row (a dict with pk, state, workspace_id and `extra_fields`).
+    or a function of the row (a dict with pk, state, workspace_id and `extra_fields`);
+    `event_payload`, a function of the row, adds to each state event's payload (a verdict).
     """
     return _transition_many(FLOW, queryset, to_state, actor=actor, message=message, now=now or timezone.now(),
-                            updates=updates, limit=limit, extra_fields=extra_fields, user=user)
+                            updates=updates, limit=limit, extra_fields=extra_fields, user=user,
+                            event_payload=event_payload)
 
 
 def transition_task_runs(queryset, to_state, *, actor, message="", now=None, updates=None, limit=None,
-                         extra_fields=(), user=None):
+                         extra_fields=(), user=None, event_payload=None):
     """Move every task run of `queryset` that may legally go to `to_state`; returns the rows moved."""
     return _transition_many(TASK, queryset, to_state, actor=actor, message=message, now=now or timezone.now(),
-                            updates=updates, limit=limit, extra_fields=extra_fields, user=user)
+                            updates=updates, limit=limit, extra_fields=extra_fields, user=user,
+                            event_payload=event_payload)

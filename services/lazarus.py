@@ -13,12 +13,16 @@ from datetime import timedelta
 from django.conf import settings
 from django.db.models import Exists, F, OuterRef, Q
 
+from events.emit import emit, make, resource
 from runs.models import Actor, FlowRun, Log, LogLevel, State, TaskRun
 from runs.states import transition_flow_runs
 from services.liveness import own_beat_older_than, silent_flow_run_ids
 from services.registry import register
 
 SOURCE = "lazarus"
+# The resources a flow-run.rescheduled event names, from the rows runs.states returns: the run's
+# flow, schedule, queue and the agent it had.
+_RELATED = (("flow", "flow_id"), ("schedule", "schedule_id"), ("work-queue", "work_queue_id"), ("agent", "agent_id"))
 
 
 def _config(key):
@@ -66,13 +70,17 @@ def run_once(now):
         return (f"Marked failed by Lazarus: attempt {row['lazarus_count'] + 1} exceeds the limit of {most} "
                 f"reschedules ({_reason(row, grace, starting_grace)}).")
 
+    def verdict(name):
+        return lambda row: {"verdict": name, "attempt": row["lazarus_count"] + 1, "max_reschedules": most,
+                            "reason": _reason(row, grace, starting_grace)}
+
     failed = transition_flow_runs(
         stuck.filter(pk__in=ids, lazarus_count__gte=most), State.FAILED, actor=Actor.LAZARUS, now=now,
-        message=give_up_message, extra_fields=("lazarus_count",),
+        message=give_up_message, extra_fields=("lazarus_count",), event_payload=verdict("gave up"),
     )
     rescheduled = transition_flow_runs(
         stuck.filter(pk__in=ids, lazarus_count__lt=most), State.SCHEDULED, actor=Actor.LAZARUS, now=now,
-        message=reschedule_message, extra_fields=("lazarus_count",),
+        message=reschedule_message, extra_fields=("lazarus_count",), event_payload=verdict("rescheduled"),
         # Due now, claimable by any agent; the next attempt is judged on its own start and beats.
         updates={"lazarus_count": F("lazarus_count") + 1, "scheduled_start": now, "agent": None,
                  "start_time": None, "last_heartbeat": None},
@@ -83,4 +91,11 @@ def run_once(now):
         + [Log(workspace_id=row["workspace_id"], flow_run_id=row["pk"], level=LogLevel.ERROR, source=SOURCE,
                timestamp=now, message=give_up_message(row)) for row in failed]
     )
+    # Beside the state event (…state.scheduled), one that says what Lazarus did, for automations
+    # and the feed to match on without reading payloads.
+    emit([make(row["workspace_id"], "flow-run.rescheduled", resource("flow-run", row["pk"]),
+               related=[resource(kind, row[field]) for kind, field in _RELATED if row[field] is not None],
+               payload={"attempt": row["lazarus_count"] + 1, "max_reschedules": most,
+                        "reason": _reason(row, grace, starting_grace), "by": SOURCE}, occurred=now)
+          for row in rescheduled])
     return {"rescheduled": len(rescheduled), "failed": len(failed)}

@@ -41,6 +41,7 @@ def run_once(now):
         failed = transition_task_runs(
             running_tasks.filter(pk__in=task_ids), State.FAILED, actor=Actor.ZOMBIE_KILLER,
             message=TASK_RUN_MESSAGE, now=now, extra_fields=("task_key",),
+            event_payload=lambda row: {"verdict": "no heartbeat", "threshold_seconds": task_threshold},
         )
 
     flow_threshold = _config("ZOMBIE_KILLER_FLOW_RUN_THRESHOLD_SECONDS")
@@ -53,6 +54,7 @@ def run_once(now):
         crashed = transition_flow_runs(
             running_flows.filter(pk__in=flow_ids).exclude(beating), State.CRASHED, actor=Actor.ZOMBIE_KILLER,
             message=_flow_run_message(flow_threshold), now=now,
+            event_payload=lambda row: {"verdict": "no sign of life", "threshold_seconds": flow_threshold},
         )
 
     logs = [Log(workspace_id=row["flow_run__workspace_id"], flow_run_id=row["flow_run_id"], task_run_id=row["pk"],

@@ -10,10 +10,12 @@ report of an attempt that was superseded (the run was rescheduled or claimed aga
 Heartbeats are the hottest path of the server, so each is one write, committed on PostgreSQL
 without waiting for the WAL flush:
 - a flow run's: one UPDATE … RETURNING its state, which is the answer (CANCELLING tells the
-  runner to stop); an SQLite without RETURNING reads the state after the UPDATE;
-- a task run's: one UPDATE of the row, if it is in the workspace;
-- an agent's: one UPDATE of the row, if it is in the workspace, then one read of its runs that
-  are CANCELLING (the answer).
+  runner to stop), and the ids its `flow-run.heartbeat` event names; an SQLite without RETURNING
+  reads them after the UPDATE;
+- a task run's: one UPDATE of the row, if it is in the workspace (no event);
+- an agent's: one UPDATE of the row, if it is in the workspace and its status is unchanged, then
+  one read of its runs that are CANCELLING (the answer). A status that moves (back ONLINE, or the
+  agent stopping) costs a second, conditional UPDATE and emits agent.online / agent.offline once.
 """
 
 import json
@@ -29,6 +31,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from events.emit import emit, make, resource
 from runs.claiming import cancelling_run_ids, claim_for_agent
 from runs.models import (
     Actor, Agent, AgentStatus, FlowRun, Log, LogLevel, Role, State, TaskRun, secret_values)
@@ -154,13 +157,19 @@ class RegisterView(AgentEndpoint):
         workspace = request.workspace
         queues = actions.ensure_queues(workspace, list(dict.fromkeys(data["queues"])), who=Who.of(request, "api"))
         with transaction.atomic():
-            agent, _ = Agent.objects.update_or_create(
+            # Locked while read, so of two registrations of an OFFLINE agent only one sees it offline.
+            was = Agent.objects.select_for_update().filter(workspace=workspace, name=data["name"]) \
+                .values_list("status", flat=True).first()
+            agent, created = Agent.objects.update_or_create(
                 workspace=workspace, name=data["name"],
                 defaults={"labels": data["labels"], "version": data["version"],
                           "heartbeat_interval": data["heartbeat_interval"], "last_heartbeat": now,
                           "status": AgentStatus.ONLINE},
             )
             agent.queues.set(queues)
+            if created or was == AgentStatus.OFFLINE:
+                emit([agent_status_event(agent.workspace_id, agent.pk, agent.name, AgentStatus.ONLINE, now,
+                                         "registered" if created else "registered again")])
         return Response({"id": agent.pk, "name": agent.name, "queues": sorted(q.name for q in queues),
                          "task_result_max_bytes": settings.ORCHESTRATOR["TASK_RESULT_MAX_BYTES"],
                          "log_batch_max_lines": log_batch_max_lines(),
@@ -174,11 +183,47 @@ class AgentHeartbeatView(AgentEndpoint):
     def post(self, request, **kwargs):
         """The agent is alive (or, with status OFFLINE, is shutting down); the answer lists its runs to stop."""
         data = self.valid(AgentHeartbeatInput)
-        changed = record_heartbeat(Agent.objects.filter(pk=data["agent_id"], workspace=request.workspace),
-                                   last_heartbeat=timezone.now(), status=data["status"])
-        if not changed:
+        if not record_agent_heartbeat(request.workspace.pk, data["agent_id"], data["status"], timezone.now()):
             raise exceptions.NotFound("No such agent in this workspace.")
         return Response({"cancelling": [str(pk) for pk in cancelling_run_ids(data["agent_id"])]})
+
+
+def agent_status_event(workspace_id, agent_id, name, status, now, reason):
+    """agent.online / agent.offline for an agent whose status just moved (by a conditional update)."""
+    return make(workspace_id, "agent.online" if status == AgentStatus.ONLINE else "agent.offline",
+                resource("agent", agent_id, name), payload={"reason": reason}, occurred=now)
+
+
+def record_agent_heartbeat(workspace_id, agent_id, status, now):
+    """Record an agent's heartbeat with the status it reports; False when no such agent in the workspace.
+
+    The usual beat (the status unchanged) is one UPDATE, as before events. Only when it matches
+    nothing is the status moved, by a second UPDATE conditional on the old status: of two beats at
+    once exactly one moves it, and that one emits agent.online (back from OFFLINE) or agent.offline
+    (the agent says it is stopping).
+    """
+    agents = Agent.objects.filter(pk=agent_id, workspace_id=workspace_id)
+    if record_heartbeat(agents.filter(status=status), last_heartbeat=now, status=status):
+        return True
+    if record_heartbeat(agents.exclude(status=status), last_heartbeat=now, status=status):
+        name = agents.values_list("name", flat=True).first()
+        emit([agent_status_event(workspace_id, agent_id, name, status, now,
+                                 "heartbeat" if status == AgentStatus.ONLINE else "the agent is stopping")])
+        return True
+    # Another beat moved it meanwhile; this one still counts, if the agent exists.
+    return bool(record_heartbeat(agents, last_heartbeat=now, status=status))
+
+
+def mark_online_on_poll(agent, now):
+    """An OFFLINE agent that polls is back: ONLINE with a fresh heartbeat (or the agent monitor would
+    take it offline again at once), agent.online emitted by whichever request moved it. Costs nothing
+    for an ONLINE agent, which is the agent row the claim already read."""
+    if agent.status != AgentStatus.OFFLINE:
+        return
+    if Agent.objects.filter(pk=agent.pk, status=AgentStatus.OFFLINE).update(status=AgentStatus.ONLINE,
+                                                                            last_heartbeat=now):
+        emit([agent_status_event(agent.workspace_id, agent.pk, agent.name, AgentStatus.ONLINE, now, "poll")])
+    agent.status = AgentStatus.ONLINE
 
 
 def _claimed(run, secrets):
@@ -210,7 +255,9 @@ class ClaimView(AgentEndpoint):
         """
         data = self.valid(ClaimInput)
         agent = self.agent_of(data["agent_id"])
-        runs, cancelling = claim_for_agent(agent, limit=data["max_runs"], now=timezone.now())
+        now = timezone.now()
+        mark_online_on_poll(agent, now)
+        runs, cancelling = claim_for_agent(agent, limit=data["max_runs"], now=now)
         secrets = secret_values(request.workspace.pk, {name for run in runs if run.flow_version
                                                        for name in run.flow_version.secrets})
         return Response({"runs": [_claimed(run, secrets) for run in runs],
@@ -245,34 +292,50 @@ class FlowRunStateView(RunReportEndpoint):
         return Response({"id": str(run.pk), "state": run.state, "state_message": run.state_message})
 
 
+# What a flow run's heartbeat reads back from its UPDATE: the answer (state) and its event's related resources.
+_BEAT_FIELDS = ("state", "flow", "work_queue", "agent")
+
+
 def record_flow_run_heartbeat(run_id, workspace_id, now, generation):
     """Move the run's last heartbeat to `now` if `generation` is its current attempt; returns its
-    state, or None if no such run of that attempt in the workspace.
+    state, or None if no such run of that attempt in the workspace. Emits flow-run.heartbeat.
 
     The heartbeat is the server's hottest path, and its answer tells a runner to stop (CANCELLING),
-    so the state comes back from the UPDATE itself (RETURNING: PostgreSQL, SQLite ≥ 3.35).
+    so the state (and the ids its event names) come back from the UPDATE itself (RETURNING:
+    PostgreSQL, SQLite ≥ 3.35).
     """
     meta = FlowRun._meta
     quote = connection.ops.quote_name
+    row = None
     with transaction.atomic():
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")  # see record_heartbeat
             if connection.features.can_return_columns_from_insert:
+                returning = ", ".join(quote(meta.get_field(name).column) for name in _BEAT_FIELDS)
                 cursor.execute(
                     f"UPDATE {quote(meta.db_table)} SET {quote(meta.get_field('last_heartbeat').column)} = %s "
                     f"WHERE {quote(meta.pk.column)} = %s AND {quote(meta.get_field('workspace').column)} = %s "
                     f"AND {quote(meta.get_field('token_generation').column)} = %s "
-                    f"RETURNING {quote(meta.get_field('state').column)}",
+                    f"RETURNING {returning}",
                     [meta.get_field("last_heartbeat").get_db_prep_value(now, connection),
                      meta.pk.get_db_prep_value(run_id, connection), workspace_id, generation])
                 row = cursor.fetchone()
-                return row[0] if row else None
-        # An SQLite without RETURNING: the UPDATE, then one read by primary key.
-        if not FlowRun.objects.filter(pk=run_id, workspace_id=workspace_id,
-                                      token_generation=generation).update(last_heartbeat=now):
-            return None
-        return FlowRun.objects.filter(pk=run_id).values_list("state", flat=True).first()
+            # An SQLite without RETURNING: the UPDATE, then one read by primary key.
+            elif FlowRun.objects.filter(pk=run_id, workspace_id=workspace_id,
+                                        token_generation=generation).update(last_heartbeat=now):
+                row = FlowRun.objects.filter(pk=run_id).values_list("state", "flow_id", "work_queue_id",
+                                                                    "agent_id").first()
+    if row is None:
+        return None
+    state, flow_id, queue_id, agent_id = row
+    # One event per beat of the flow run (task runs' beats are not events: too many, and the flow
+    # run's own beat already says its process lives).
+    emit([make(workspace_id, "flow-run.heartbeat", resource("flow-run", run_id),
+               related=[resource(kind, id_) for kind, id_ in
+                        (("flow", flow_id), ("work-queue", queue_id), ("agent", agent_id)) if id_ is not None],
+               payload={"state": state}, occurred=now)])
+    return state
 
 
 class FlowRunHeartbeatView(RunReportEndpoint):

@@ -4,7 +4,7 @@ from django.urls import path
 from automations import dashboard as automations
 from automations import delivery_views
 
-from . import login, schedules, views
+from . import events, login, schedules, views
 
 app_name = "dashboard"
 
@@ -27,4 +27,6 @@ urlpatterns = [
     path("automations/<int:pk>/toggle/", automations.toggle, name="automation-toggle"),
     path("deliveries/", delivery_views.delivery_log, name="deliveries"),
     path("deliveries/<int:pk>/retry/", delivery_views.retry, name="delivery-retry"),
+    path("events/", events.feed, name="events"),
+    path("events/stream", events.events_stream, name="events-stream"),
 ]

@@ -2,6 +2,7 @@
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import render
@@ -11,6 +12,7 @@ from runs.access import scoped, workspace_ids_for
 from runs.models import AuditEntry, Flow, FlowRun, LogLevel, Role, WorkQueue
 
 from . import display, queries
+from .live import PART_EVENTS, stream_url
 
 # Choices the filters offer, in hours.
 TIMELINE_WINDOWS = (1, 6, 24, 72)
@@ -64,6 +66,7 @@ def overview(request):
         "agents": queries.agent_counts(request),
         "services": service_health(now),
         "threshold": display.format_age(display.zombie_threshold_seconds()),
+        "stream_url": stream_url(PART_EVENTS["overview"], since=now),
     }
     return render_live(request, "dashboard/overview.html", "dashboard/_overview_live.html", context)
 
@@ -106,6 +109,7 @@ def timeline(request):
         "flows": scoped(request, Flow.objects.order_by("name")).only("id", "name")[:500],
         "queues": scoped(request, WorkQueue.objects.order_by("name")).only("id", "name")[:500],
         "flow_id": flow_id, "queue_id": queue_id,
+        "stream_url": stream_url(PART_EVENTS["timeline"], since=now),
     }
     return render_live(request, "dashboard/timeline.html", "dashboard/_timeline_live.html", context)
 
@@ -138,6 +142,8 @@ def run_detail(request, pk):
         "gantt_start": gantt_start, "gantt_end": gantt_end,
         "logs": queries.run_logs(run, level), "level": level, "levels": LogLevel.choices,
         "threshold": display.format_age(display.zombie_threshold_seconds()),
+        # The run's own events and its task runs' (heartbeats included: the page shows the last one).
+        "stream_url": stream_url(items=[("about", str(run.pk))], since=now),
     }
     return render_live(request, "dashboard/run_detail.html", "dashboard/_run_live.html", context)
 
@@ -150,12 +156,16 @@ def agents(request):
                    "healthy": a.status == "ONLINE" and a.last_heartbeat is not None
                    and (now - a.last_heartbeat).total_seconds() < 3 * a.heartbeat_interval}
                   for a in queries.agents_with_queues(request)]
+    # The work-queue-monitor's rule, judged now (its stored verdict may be up to a pass old).
+    # last_polled is exact to EVENTS_QUEUE_POLLED_EVERY_SECONDS only (runs/claiming.py record_poll).
+    poll_window = settings.ORCHESTRATOR["WORK_QUEUE_HEALTH_POLL_SECONDS"]
     queue_rows = [{"queue": q, "polled": display.format_age((now - q.last_polled).total_seconds())
                    if q.last_polled else "never",
                    "healthy": not q.paused and q.late == 0 and q.last_polled is not None
-                   and (now - q.last_polled).total_seconds() < 60}
+                   and (now - q.last_polled).total_seconds() <= poll_window}
                   for q in queries.queues_with_load(request, now)]
-    context = {"nav": "agents", "now": now, "agents": agent_rows, "queues": queue_rows}
+    context = {"nav": "agents", "now": now, "agents": agent_rows, "queues": queue_rows,
+               "stream_url": stream_url(PART_EVENTS["agents"], since=now)}
     return render_live(request, "dashboard/agents.html", "dashboard/_agents_live.html", context)
 
 
@@ -168,6 +178,7 @@ def recovery(request):
         "nav": "recovery", "now": now, "period": hours, "periods": RECOVERY_PERIODS, "flow_id": flow_id,
         "flows": scoped(request, Flow.objects.order_by("name")).only("id", "name")[:500],
         "rows": queries.recovery_interventions(request, queries.period_start(now, hours), flow_id),
+        "stream_url": stream_url(PART_EVENTS["recovery"], since=now),
     }
     return render_live(request, "dashboard/recovery.html", "dashboard/_recovery_live.html", context)
 

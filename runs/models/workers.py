@@ -7,6 +7,12 @@ from .validators import environment, json_object
 from .workspaces import Workspace
 
 
+class QueueHealth(models.TextChoices):
+    HEALTHY = "healthy", "Healthy"
+    UNHEALTHY = "unhealthy", "Unhealthy"
+    UNKNOWN = "unknown", "Unknown"
+
+
 class WorkQueue(models.Model):
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="work_queues")
     name = models.CharField(max_length=100)
@@ -19,6 +25,10 @@ class WorkQueue(models.Model):
     job_env = models.JSONField(default=dict, blank=True, validators=[environment],
                                help_text="Environment variables for runs of this queue.")
     last_polled = models.DateTimeField(null=True, blank=True)
+    health = models.CharField(max_length=9, choices=QueueHealth.choices, default=QueueHealth.UNKNOWN, editable=False,
+                              help_text="The work-queue-monitor's verdict: not paused, polled lately, no LATE runs.")
+    health_changed = models.DateTimeField(null=True, blank=True, editable=False,
+                                          help_text="When the work-queue-monitor last changed the verdict.")
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -76,6 +76,7 @@ ENDPOINTS = [
     ("deliveries list", "get", "deliveries/", None, V, 200),
     ("delivery detail", "get", "deliveries/{delivery}/", None, V, 200),
     ("delivery retry", "post", "deliveries/{delivery}/retry/", None, O, 200),
+    ("events list", "get", "events/", None, V, 200),
     ("agents list", "get", "agents/", None, V, 200),
     ("agent detail", "get", "agents/{agent}/", None, V, 200),
     ("members list", "get", "members/", None, A, 200),

@@ -65,7 +65,7 @@ def test_polling_returns_only_the_live_partial(as_operator):
     page = as_operator.get("/dashboard/", **HTMX)
     html = page.content.decode()
     assert html.lstrip().startswith('<div id="overview-live"')
-    assert "<html" not in html and 'hx-trigger="every 5s"' in html
+    assert "<html" not in html and 'hx-trigger="sse:changed, every 15s"' in html
 
 
 def test_overview_says_when_towel_has_no_report_or_shows_its_verdicts(as_operator, monkeypatch):
