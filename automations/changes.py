@@ -24,8 +24,8 @@ NO_DESTINATION = "Set a destination before enabling this automation: it has nowh
 def destination_problems(actions, enabled):
     """{field: [message]} for the actions still without a destination, when the automation is to be
     on: a disabled automation may wait for one (the "notify" default does), an enabled one may not."""
-    if not enabled:
-        return {}
+    if not enabled or not isinstance(actions, list):
+        return {}  # an actions value that is not a list was refused by validate_actions already
     return {field: [NO_DESTINATION] for field in destinations_missing(actions)}
 
 
@@ -50,6 +50,8 @@ def clean(fields, workspace, instance=None):
             problems.update(exc.message_dict if hasattr(exc, "error_dict") else {"actions": exc.messages})
     enabled = fields.get("enabled", instance.enabled if instance is not None else True)
     actions = cleaned.get("actions", instance.actions if instance is not None else [])
+    if any(field.startswith("actions") for field in problems):
+        actions = []  # refused as they are: where they would send is not the question yet
     for field, messages in destination_problems(actions, enabled).items():
         problems.setdefault(field, []).extend(messages)
     name = fields.get("name")
