@@ -28,6 +28,7 @@ CONSUMER = "persister"
 REDIS_RETRY_SECONDS = 5.0
 
 _client = None
+_client_url = None  # the REDIS_URL _client was made for
 _redis_down_until = 0.0
 
 
@@ -37,10 +38,10 @@ def stream_key():
 
 def redis_client():
     """The process's Redis client for events, or None without REDIS_URL."""
-    global _client
+    global _client, _client_url
     if not settings.REDIS_URL:
         return None
-    if _client is None or _client.connection_pool.connection_kwargs.get("_url") != settings.REDIS_URL:
+    if _client is None or _client_url != settings.REDIS_URL:
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -48,14 +49,16 @@ def redis_client():
         timeout = settings.ORCHESTRATOR["EVENTS_REDIS_TIMEOUT_SECONDS"]
         _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout,
                                        retry=Retry(NoBackoff(), 0))
-        _client.connection_pool.connection_kwargs["_url"] = settings.REDIS_URL
+        # Remembered beside the client, not in its connection kwargs: redis-py passes those to
+        # every new connection, which refuses an unknown one (so no command ever reached Redis).
+        _client_url = settings.REDIS_URL
     return _client
 
 
 def reset():
     """Forget the client and any Redis outage (tests; a new REDIS_URL)."""
-    global _client, _redis_down_until
-    _client, _redis_down_until = None, 0.0
+    global _client, _client_url, _redis_down_until
+    _client, _client_url, _redis_down_until = None, None, 0.0
 
 
 def push(events):
@@ -78,10 +81,26 @@ def push(events):
 
 
 def push_to_table(events):
+    from django.db import DataError
+
     from events.models import PendingEvent
 
-    with transaction.atomic():
-        PendingEvent.objects.bulk_create([PendingEvent(body=event) for event in events])
+    try:
+        with transaction.atomic():
+            PendingEvent.objects.bulk_create([PendingEvent(body=event) for event in events])
+        return
+    except (DataError, ValueError):
+        pass
+    # PostgreSQL's jsonb refused one (a NUL character, a lone surrogate, NaN): it must not take the
+    # other events of its change with it. Each goes alone, made safe; what is still refused is dropped.
+    from events.store import jsonb_safe
+
+    for event in events:
+        try:
+            with transaction.atomic():
+                PendingEvent.objects.create(body=json.loads(jsonb_safe(json.dumps(event, ensure_ascii=False))))
+        except (DataError, ValueError) as exc:
+            logger.error("Dropped event %s (%s): the database refused it (%s).", event.get("id"), event.get("name"), exc)
 
 
 @dataclass
