@@ -8,6 +8,7 @@ from datetime import datetime
 from datetime import timezone as dt_timezone
 
 from django.db import DataError, connection, transaction
+from django.db.models.base import ModelState
 from django.utils import timezone
 
 from events.models import Event
@@ -17,6 +18,15 @@ logger = logging.getLogger(__name__)
 NAME_MAX = 200
 
 
+def _event(**fields):
+    """An unsaved Event without Model.__init__'s per-field work, which cost a third of a pass
+    (tens of µs an event, thousands an event batch): the fields are set as __init__ would."""
+    event = Event.__new__(Event)
+    event._state = ModelState()
+    event.__dict__.update(fields)
+    return event
+
+
 def _clean(raw):
     """An Event (unsaved) from a buffered dict, or None when it is not an event. A poison entry must
     not hold up the stream: it is logged and dropped."""
@@ -24,9 +34,9 @@ def _clean(raw):
         occurred = datetime.fromisoformat(raw["occurred"])
         if timezone.is_naive(occurred):
             occurred = occurred.replace(tzinfo=dt_timezone.utc)  # django.utils.timezone.utc is gone since 5.0
-        event = Event(id=uuid.UUID(str(raw["id"])), workspace_id=int(raw["workspace_id"]), occurred=occurred,
-                      name=str(raw["name"])[:NAME_MAX], resource=raw.get("resource") or {},
-                      related=raw.get("related") or [], payload=raw.get("payload") or {})
+        event = _event(id=uuid.UUID(str(raw["id"])), workspace_id=int(raw["workspace_id"]), occurred=occurred,
+                       name=str(raw["name"])[:NAME_MAX], resource=raw.get("resource") or {},
+                       related=raw.get("related") or [], payload=raw.get("payload") or {})
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         logger.error("Dropped a buffered event that is not one (%s): %.300r", exc, raw)
         return None
