@@ -81,7 +81,7 @@ def push(events):
 
 
 def push_to_table(events):
-    from django.db import DataError
+    from django.db import DataError, IntegrityError
 
     from events.models import PendingEvent
 
@@ -89,9 +89,9 @@ def push_to_table(events):
         with transaction.atomic():
             PendingEvent.objects.bulk_create([PendingEvent(body=event) for event in events])
         return
-    except (DataError, ValueError):
+    except (DataError, IntegrityError, ValueError):
         pass
-    # PostgreSQL's jsonb refused one (a NUL character, a lone surrogate, NaN): it must not take the
+    # The database refused one (jsonb: a NUL character, a lone surrogate; NaN anywhere): it must not take the
     # other events of its change with it. Each goes alone, made safe; what is still refused is dropped.
     from events.store import jsonb_safe
 
@@ -99,7 +99,7 @@ def push_to_table(events):
         try:
             with transaction.atomic():
                 PendingEvent.objects.create(body=json.loads(jsonb_safe(json.dumps(event, ensure_ascii=False))))
-        except (DataError, ValueError) as exc:
+        except (DataError, IntegrityError, ValueError) as exc:
             logger.error("Dropped event %s (%s): the database refused it (%s).", event.get("id"), event.get("name"), exc)
 
 

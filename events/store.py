@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from datetime import timezone as dt_timezone
 
-from django.db import DataError, connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models.base import ModelState
 from django.utils import timezone
 
@@ -127,5 +127,20 @@ def _insert_other(events):
     stored = set(Event.objects.filter(id__in=ids).values_list("id", flat=True))
     live = set(Workspace.objects.filter(id__in={e.workspace_id for e in events}).values_list("id", flat=True))
     new = [event for event in events if event.id not in stored and event.workspace_id in live]
-    Event.objects.bulk_create(new)
-    return {event.id for event in new}
+    return _bulk_create_or_one_by_one(new)
+
+
+def _bulk_create_or_one_by_one(events):
+    """SQLite refuses what is not valid JSON to it (NaN): that event is dropped, not its batch."""
+    try:
+        with transaction.atomic():
+            Event.objects.bulk_create(events)
+        return {event.id for event in events}
+    except (DataError, IntegrityError, ValueError) as exc:
+        if len(events) == 1:
+            logger.error("Dropped event %s (%s): the database refused it (%s).", events[0].id, events[0].name, exc)
+            return set()
+    stored = set()
+    for event in events:
+        stored |= _bulk_create_or_one_by_one([event])
+    return stored

@@ -267,8 +267,9 @@ def test_a_pass_costs_the_same_queries_whatever_the_batch_holds(any_buffer, sett
     emit([tick(ws.pk, i) for i in range(size)])
     with CaptureQueriesContext(connection) as queries:
         assert persister.run_once()["stored"] == size
-    # table: lock-read, insert (SQLite: + look-ups), delete, next empty read; stream: insert.
-    assert len(queries) <= 12, [q["sql"][:80] for q in queries]
+    # table: lock-read, savepoint, insert, delete, next empty read; SQLite adds two look-ups and
+    # splits an insert by its limit of bound variables (200 events: 2 statements). Not per event.
+    assert len(queries) <= 16, [q["sql"][:80] for q in queries]
 
 
 def test_a_pass_is_bounded(any_buffer, settings):
