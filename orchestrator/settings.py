@@ -390,6 +390,10 @@ ORCHESTRATOR = {
     "EVENT_RETENTION_DAYS": env_int("ORCHESTRATOR_EVENT_RETENTION_DAYS", 30),
     "EVENT_RETENTION_BATCH_SIZE": env_int("ORCHESTRATOR_EVENT_RETENTION_BATCH_SIZE", 10_000),
     "EVENT_RETENTION_MAX_BATCHES": env_int("ORCHESTRATOR_EVENT_RETENTION_MAX_BATCHES", 50),
+    # Incoming webhooks (POST /hooks/<slug>): the largest body taken (bytes; bigger → 413), and
+    # how many requests one webhook takes per window ("N/second|minute|hour|day"; empty: no limit).
+    "WEBHOOK_MAX_BODY_BYTES": env_int("ORCHESTRATOR_WEBHOOK_MAX_BODY_BYTES", 262_144),
+    "WEBHOOK_THROTTLE_RATE": os.environ.get("ORCHESTRATOR_WEBHOOK_THROTTLE_RATE", "600/minute"),
     # Towel: a lease (SQLite) expires after this if its holder died; ledger rows kept this long.
     "TOWEL_LEASE_SECONDS": env_int("ORCHESTRATOR_TOWEL_LEASE_SECONDS", 600),
     "TOWEL_LEDGER_RETENTION_DAYS": env_int("ORCHESTRATOR_TOWEL_LEDGER_RETENTION_DAYS", 7),
@@ -433,7 +437,7 @@ ORCHESTRATOR = {
 }
 
 for _name in ("THROTTLE_FAILED_AUTH_RATE", "THROTTLE_EXPENSIVE_RATE", "THROTTLE_FAILED_LOGIN_RATE",
-              "THROTTLE_FAILED_LOGIN_USER_RATE"):
+              "THROTTLE_FAILED_LOGIN_USER_RATE", "WEBHOOK_THROTTLE_RATE"):
     _rate = ORCHESTRATOR[_name] = ORCHESTRATOR[_name].strip()
     _count, _, _period = _rate.partition("/")
     if _rate and not (_count.isdigit() and _period[:1] in {"s", "m", "h", "d"}):  # as throttles.py reads it

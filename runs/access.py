@@ -19,7 +19,7 @@ A view says the role an action needs (`required_role`, `action_roles`); `allows(
 is the whole rule.
 """
 
-from events.models import Event
+from events.models import Event, IncomingWebhook
 from runs.models import (
     Agent,
     ApiKey,
@@ -147,12 +147,15 @@ WORKSPACE_PATHS = {
     Event: "workspace_id",
     Secret: "workspace_id",
     AuditEntry: "workspace_id",
+    IncomingWebhook: "workspace_id",
 }
 
 
 # What a viewer may not read: a workspace's members and API keys are for its admins.
 # Secrets' names are for operators (their values for nobody); the audit trail for admins.
-READ_ROLES = {Membership: Role.ADMIN, ApiKey: Role.ADMIN, Secret: Role.OPERATOR, AuditEntry: Role.ADMIN}
+# Incoming webhooks' URLs are credentials: for admins.
+READ_ROLES = {Membership: Role.ADMIN, ApiKey: Role.ADMIN, Secret: Role.OPERATOR, AuditEntry: Role.ADMIN,
+              IncomingWebhook: Role.ADMIN}
 
 
 def read_role(model):

@@ -12,6 +12,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
 from runs import access
+from events.models import IncomingWebhook
 from runs.models import ApiKey, AuditEntry, Membership, Schedule, Secret, WorkQueue, Workspace
 
 # The fields whose before/after an entry keeps, per audited model. Anything not listed (a key's
@@ -25,9 +26,11 @@ AUDITED_FIELDS = {
                "only_newest_when_late", "description"],
     WorkQueue: ["name", "work_pool", "description", "concurrency_limit", "paused", "job_env"],
     Secret: ["name", "updated"],
+    # Not the slug: the URL's secret part stays out of the trail (a rotation is its own entry).
+    IncomingWebhook: ["name", "enabled", "secret_name", "template"],
 }
 TYPE_NAMES = {Membership: "membership", ApiKey: "api_key", Workspace: "workspace", Schedule: "schedule",
-              WorkQueue: "work_queue", Secret: "secret"}
+              WorkQueue: "work_queue", Secret: "secret", IncomingWebhook: "incoming_webhook"}
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import pytest
 from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 
+from events.models import IncomingWebhook
 from runs.api.schema import WORKSPACE_PREFIX
 from runs.models import AuditEntry, FlowRun, Log, Membership, Role
 from runs.run_tokens import token_of
@@ -83,6 +84,13 @@ ENDPOINTS = [
     ("api key detail", "get", "api_keys/{key}/", None, A, 200),
     ("api key create", "post", "api_keys/", {"name": "ci", "role": "viewer"}, A, 201),
     ("api key revoke", "delete", "api_keys/{key}/", None, A, 204),
+    ("webhooks list", "get", "webhooks/", None, A, 200),
+    ("webhook detail", "get", "webhooks/{webhook}/", None, A, 200),
+    ("webhook create", "post", "webhooks/", {"name": "new-hook"}, A, 201),
+    ("webhook replace", "put", "webhooks/{webhook}/", {"name": "renamed-hook"}, A, 200),
+    ("webhook edit", "patch", "webhooks/{webhook}/", {"enabled": False}, A, 200),
+    ("webhook rotate", "post", "webhooks/{webhook}/rotate/", None, A, 200),
+    ("webhook delete", "delete", "webhooks/{webhook}/", None, A, 204),
     # The agents' own API: agent keys only; a run's reports: its token only.
     ("agent register", "post", "agent/register", {"name": "new-agent", "queues": ["default"]}, AG, 201),
     ("agent heartbeat", "post", "agent/heartbeat", {"agent_id": "{agent}"}, AG, 200),
@@ -143,6 +151,7 @@ def world(ws):
         "finished_run": finished.pk, "task_run": factories.task_run(run).pk, "queue": queue.pk, "agent": agent.pk,
         "membership": membership.pk, "key": factories.api_key(ws, role=Role.VIEWER)[0].pk,
         "outsider": factories.user().username, "log": log.pk, "secret": factories.secret(ws).name,
+        "webhook": IncomingWebhook.objects.create(workspace=ws, name=f"hook-{factories.n()}").pk,
         "audit": AuditEntry.objects.create(workspace=ws, actor="ada", via="api", action="schedule.pause",
                                            target_type="schedule").pk,
     }

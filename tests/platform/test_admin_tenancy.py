@@ -14,7 +14,7 @@ from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth import get_user_model
 
-from events.models import Event
+from events.models import Event, IncomingWebhook
 from runs.models import (
     Account,
     Agent,
@@ -39,12 +39,13 @@ from tests import factories
 
 # The models whose rows belong to a workspace, and how the URL names them.
 SCOPED = [Workspace, Membership, ApiKey, Flow, FlowVersion, Schedule, FlowRun, TaskRun, StateChange, Log,
-          WorkQueue, Agent, Event, Secret, AuditEntry]
+          WorkQueue, Agent, Event, Secret, AuditEntry, IncomingWebhook]
 # Rows a workspace's viewers may not read (members, keys and the audit trail are for its admins,
 # secrets' names for operators, as in the API).
-ADMINS_READ = {Membership, ApiKey, AuditEntry, Secret}
+ADMINS_READ = {Membership, ApiKey, AuditEntry, Secret, IncomingWebhook}
 # The models a workspace admin may add rows of in the admin.
-ADDABLE = [Membership, ApiKey, Flow, FlowVersion, Schedule, FlowRun, TaskRun, WorkQueue, Agent, Secret]
+ADDABLE = [Membership, ApiKey, Flow, FlowVersion, Schedule, FlowRun, TaskRun, WorkQueue, Agent, Secret,
+           IncomingWebhook]
 # Reference fields of each addable/changeable model, and the row of the world each points at.
 REFERENCES = {
     Membership: {"workspace": "ws"},
@@ -58,6 +59,7 @@ REFERENCES = {
     WorkQueue: {"workspace": "ws"},
     Agent: {"workspace": "ws", "queues": "queue"},
     Secret: {"workspace": "ws"},
+    IncomingWebhook: {"workspace": "ws"},
     Workspace: {},
 }
 # What a new row needs besides its references.
@@ -72,6 +74,7 @@ NEW_VALUES = {
     WorkQueue: lambda world: {"name": "new-queue"},
     Agent: lambda world: {"name": "new-agent"},
     Secret: lambda world: {"name": "NEW_SECRET", "value": "s3cret"},
+    IncomingWebhook: lambda world: {"name": "new-hook", "template": "{}"},
 }
 
 
@@ -98,6 +101,7 @@ def world(ws):
         "log": Log.objects.create(workspace=ws, flow_run=run, message="hello"),
         "event": Event.objects.create(workspace=ws, name="flow-run.state.running"),
         "secret": factories.secret(ws, name="DB_PASSWORD"),
+        "webhook": IncomingWebhook.objects.create(workspace=ws, name="deploys"),
         "audit": AuditEntry.objects.create(workspace=ws, actor="ada", via="api", action="schedule.pause",
                                            target_type="schedule"),
     }
@@ -108,7 +112,8 @@ def row_of(model, world):
     return {Workspace: world["ws"], Membership: world["membership"], ApiKey: world["key"], Flow: world["flow"],
             FlowVersion: world["version"], Schedule: world["schedule"], FlowRun: world["run"],
             TaskRun: world["task_run"], StateChange: world["change"], Log: world["log"], WorkQueue: world["queue"],
-            Agent: world["agent"], Event: world["event"], Secret: world["secret"], AuditEntry: world["audit"]}[model]
+            Agent: world["agent"], Event: world["event"], Secret: world["secret"], AuditEntry: world["audit"],
+            IncomingWebhook: world["webhook"]}[model]
 
 
 def snapshot(model, row):
