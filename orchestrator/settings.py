@@ -379,6 +379,9 @@ ORCHESTRATOR = {
     "EVENTS_STREAM_KEY": os.environ.get("ORCHESTRATOR_EVENTS_STREAM_KEY", "orchestrator:events"),
     "EVENTS_STREAM_MAX_LENGTH": env_int("ORCHESTRATOR_EVENTS_STREAM_MAX_LENGTH", 500_000),
     "EVENTS_REDIS_TIMEOUT_SECONDS": env_float("ORCHESTRATOR_EVENTS_REDIS_TIMEOUT_SECONDS", 0.5),
+    # With Redis, committed events are sent from a background thread of each process (batched, no
+    # round trip in the request); false sends them in the committing thread (events/sender.py).
+    "EVENTS_SEND_IN_BACKGROUND": env_bool("ORCHESTRATOR_EVENTS_SEND_IN_BACKGROUND", True),
     # The event persister: every second, at most MAX_BATCHES batches of BATCH_SIZE per source.
     "EVENT_PERSISTER_LOOP_SECONDS": env_int("ORCHESTRATOR_EVENT_PERSISTER_LOOP_SECONDS", 1),
     "EVENT_PERSISTER_BATCH_SIZE": env_int("ORCHESTRATOR_EVENT_PERSISTER_BATCH_SIZE", 1000),

@@ -139,6 +139,9 @@ def buffered():
 
 def drain(limit=50):
     """Persister passes until nothing is buffered (a failing pass is retried)."""
+    from events.sender import sender
+
+    assert sender.wait(), "the sender thread did not hand its events over"
     for _ in range(limit):
         try:
             persister.run_once()
