@@ -69,7 +69,7 @@ def test_redis_restarting_mid_stream_loses_nothing_and_duplicates_nothing(events
                     persister.run_once()
             except Exception as exc:  # noqa: BLE001 - Redis is away for a moment: the next pass retries
                 failures.append(type(exc).__name__)
-            time.sleep(0.05)  # behind the emitter on purpose: unread entries wait when Redis stops
+            time.sleep(0.25)  # behind the emitter on purpose: unread entries wait when Redis stops
 
     workers = [Worker(emitter), Worker(passes)]
     for worker in workers:
