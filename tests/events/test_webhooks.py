@@ -283,3 +283,19 @@ def test_deleting_the_workspace_deletes_its_webhooks(ws):
     ws.delete()
     assert not IncomingWebhook.objects.exists()
     assert not Event.objects.exists()
+
+
+def test_the_readmes_openssl_recipe_makes_the_signature_the_server_expects():
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    recipe = re.search(r"^SIG=\"(.*)\"$", readme, re.M)[1]
+    body = '{"status": "finished", "deploy": {"id": 42}}'
+    made = subprocess.run(["bash", "-c", f'echo "{recipe}"'], capture_output=True, text=True, check=True,
+                          env={"BODY": body, "DEPLOY_HOOK_KEY": "k3y", "PATH": "/usr/bin:/bin"}).stdout.strip()
+    assert made == signature("k3y", body.encode())
