@@ -108,12 +108,15 @@ def lookup(context, path):
     return value
 
 
+def _as_text(value):
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _render_string(text, context):
     whole = PLACEHOLDER.fullmatch(text)
     if whole:
         return lookup(context, whole[1])
-    return PLACEHOLDER.sub(lambda m: (lambda v: v if isinstance(v, str) else json.dumps(v))(lookup(context, m[1])),
-                           text)
+    return PLACEHOLDER.sub(lambda match: _as_text(lookup(context, match[1])), text)
 
 
 def render(template, context):
