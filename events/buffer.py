@@ -91,8 +91,9 @@ def push_to_table(events):
         return
     except (DataError, IntegrityError, ValueError):
         pass
-    # The database refused one (jsonb: a NUL character, a lone surrogate; NaN anywhere): it must not take the
-    # other events of its change with it. Each goes alone, made safe; what is still refused is dropped.
+    # The database refused one (jsonb: a NUL character, a lone surrogate; NaN anywhere): it must not
+    # take the other events of its change with it. Each goes alone, made safe; what is still refused
+    # is dropped.
     from events.store import jsonb_safe
 
     for event in events:

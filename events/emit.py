@@ -5,7 +5,8 @@ leave after the transaction commits (`on_commit`): a rolled-back change emits no
 state UPDATE's transaction never waits on the event store. After commit they go to the buffer
 (events/buffer.py): the Redis stream when REDIS_URL is set, else (or when Redis cannot take them)
 the PendingEvent table. With Redis they are sent from a background thread (events/sender.py), so
-the committing request does not wait on Redis either. The event persister (events/persister.py) moves them into the Event table.
+the committing request does not wait on Redis either. The event persister (events/persister.py)
+moves them into the Event table.
 """
 
 import functools

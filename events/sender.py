@@ -7,9 +7,9 @@ within LINGER_SECONDS (up to BATCH events) and XADDs it in one pipeline (events/
 PendingEvent table when Redis cannot take them, and skips Redis for a while after it failed).
 Prefect's client sends its events the same way (a background events worker).
 
-What this costs: events of a process killed with SIGKILL within a few milliseconds of their
-commit are lost (a normal exit sends what is queued first, up to EXIT_WAIT_SECONDS). The
-synchronous path had the same gap, one round trip wide. A full queue (Redis slower than the
+What this costs: events of a process killed with SIGKILL (or ended with os._exit, as pool
+workers may be) within LINGER_SECONDS of their commit are lost; a normal exit sends what is
+queued first, up to EXIT_WAIT_SECONDS. The synchronous path had the same gap, one round trip wide. A full queue (Redis slower than the
 changes for a long while) sends in the caller instead: back-pressure, never a drop.
 """
 
