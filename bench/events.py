@@ -2,7 +2,9 @@
 
 1. The same number of transitions (`set_flow_run_state` RUNNING → COMPLETED on fresh runs, one
    transaction each) with ORCHESTRATOR EVENTS_ENABLED off and on, in small alternating chunks so
-   that drift on a shared machine hits both alike (aim: on within 10 % of off). With REDIS_URL the events go to the stream, else to the PendingEvent table.
+   that drift on a shared machine hits both alike (aim: on within 10 % of off). With REDIS_URL
+   the events go to the stream (from the sender thread, events/sender.py, whose wait at the end
+   of each chunk is timed too), else to the PendingEvent table.
 2. Persister passes over BENCH_EVENTS (default 50,000) buffered events, beside a raw `COPY` of the
    same rows into a scratch table with the same columns, primary key and indexes (PostgreSQL).
 

@@ -101,7 +101,8 @@ def push_to_table(events):
             with transaction.atomic():
                 PendingEvent.objects.create(body=json.loads(jsonb_safe(json.dumps(event, ensure_ascii=False))))
         except (DataError, IntegrityError, ValueError) as exc:
-            logger.error("Dropped event %s (%s): the database refused it (%s).", event.get("id"), event.get("name"), exc)
+            logger.error("Dropped event %s (%s): the database refused it (%s).", event.get("id"), event.get("name"),
+                         exc)
 
 
 @dataclass

@@ -9,8 +9,9 @@ Prefect's client sends its events the same way (a background events worker).
 
 What this costs: events of a process killed with SIGKILL (or ended with os._exit, as pool
 workers may be) within LINGER_SECONDS of their commit are lost; a normal exit sends what is
-queued first, up to EXIT_WAIT_SECONDS. The synchronous path had the same gap, one round trip wide. A full queue (Redis slower than the
-changes for a long while) sends in the caller instead: back-pressure, never a drop.
+queued first, up to EXIT_WAIT_SECONDS. The synchronous path had the same gap, one round trip
+wide. A full queue (Redis slower than the changes for a long while) sends in the caller instead:
+back-pressure, never a drop.
 """
 
 import atexit
