@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 
-from events.models import Event
+from events.models import Event, IncomingWebhook
 from runs.admin import WorkspaceScopedAdmin
 
 
@@ -20,3 +20,18 @@ class EventAdmin(WorkspaceScopedAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+@admin.register(IncomingWebhook)
+class IncomingWebhookAdmin(WorkspaceScopedAdmin):
+    """Admins of a workspace see its webhooks' URLs (credentials); the secret is only named."""
+
+    list_display = ["name", "workspace", "enabled", "secret_name", "created"]
+    list_filter = ["enabled"]
+    search_fields = ["name"]
+    readonly_fields = ["url", "created"]
+    fields = ["workspace", "name", "enabled", "secret_name", "template", "url", "created"]
+
+    @admin.display(description="URL")
+    def url(self, obj):
+        return obj.path if obj.pk else "(made when saved)"

@@ -28,7 +28,7 @@ CONSUMER = "persister"
 REDIS_RETRY_SECONDS = 5.0
 
 _client = None
-_client_url = None
+_client_url = None  # the REDIS_URL _client was made for
 _redis_down_until = 0.0
 
 
@@ -49,14 +49,16 @@ def redis_client():
         timeout = settings.ORCHESTRATOR["EVENTS_REDIS_TIMEOUT_SECONDS"]
         _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout,
                                        retry=Retry(NoBackoff(), 0))
+        # Remembered beside the client, not in its connection kwargs: redis-py passes those to
+        # every new connection, which refuses an unknown one (so no command ever reached Redis).
         _client_url = settings.REDIS_URL
     return _client
 
 
 def reset():
     """Forget the client and any Redis outage (tests; a new REDIS_URL)."""
-    global _client, _redis_down_until
-    _client, _redis_down_until = None, 0.0
+    global _client, _client_url, _redis_down_until
+    _client, _client_url, _redis_down_until = None, None, 0.0
 
 
 def push(events):
@@ -79,10 +81,28 @@ def push(events):
 
 
 def push_to_table(events):
+    from django.db import DataError, IntegrityError
+
     from events.models import PendingEvent
 
-    with transaction.atomic():
-        PendingEvent.objects.bulk_create([PendingEvent(body=event) for event in events])
+    try:
+        with transaction.atomic():
+            PendingEvent.objects.bulk_create([PendingEvent(body=event) for event in events])
+        return
+    except (DataError, IntegrityError, ValueError):
+        pass
+    # The database refused one (jsonb: a NUL character, a lone surrogate; NaN anywhere): it must not
+    # take the other events of its change with it. Each goes alone, made safe; what is still refused
+    # is dropped.
+    from events.store import jsonb_safe
+
+    for event in events:
+        try:
+            with transaction.atomic():
+                PendingEvent.objects.create(body=json.loads(jsonb_safe(json.dumps(event, ensure_ascii=False))))
+        except (DataError, IntegrityError, ValueError) as exc:
+            logger.error("Dropped event %s (%s): the database refused it (%s).", event.get("id"), event.get("name"),
+                         exc)
 
 
 @dataclass
@@ -140,12 +160,21 @@ def read_stream(limit):
             if "NOGROUP" not in str(exc) or attempt:
                 raise
             _ensure_group(client)
-    events, ids = [], []
-    for entry_id, fields in entries:
-        ids.append(entry_id)
+    ids = [entry_id for entry_id, _ in entries]
+    bodies = [fields.get(b"e") for _, fields in entries]
+    if bodies and all(bodies):
+        # One parse for the batch (a third faster than one per entry); any doubt, one by one.
         try:
-            events.append(json.loads(fields[b"e"]))
-        except (KeyError, ValueError) as exc:
+            events = json.loads(b"[" + b",".join(bodies) + b"]")
+            if len(events) == len(bodies):
+                return Batch("redis", events, ids)
+        except ValueError:
+            pass
+    events = []
+    for entry_id, body in zip(ids, bodies):
+        try:
+            events.append(json.loads(body))
+        except (TypeError, ValueError) as exc:
             logger.error("Dropped stream entry %s: not an event (%s).", entry_id, exc)
     return Batch("redis", events, ids)
 

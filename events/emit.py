@@ -4,7 +4,9 @@ A caller builds events with `make(...)` and hands them to `emit(...)` inside its
 leave after the transaction commits (`on_commit`): a rolled-back change emits nothing, and the
 state UPDATE's transaction never waits on the event store. After commit they go to the buffer
 (events/buffer.py): the Redis stream when REDIS_URL is set, else (or when Redis cannot take them)
-the PendingEvent table. The event persister (events/persister.py) moves them into the Event table.
+the PendingEvent table. With Redis they are sent from a background thread (events/sender.py), so
+the committing request does not wait on Redis either. The event persister (events/persister.py)
+moves them into the Event table.
 """
 
 import functools
@@ -58,10 +60,19 @@ def emit_one(workspace_id, name, resource_, **kwargs):
     emit([make(workspace_id, name, resource_, **kwargs)])
 
 
+def background():
+    """Whether committed events go to Redis from the sender thread (events/sender.py)."""
+    return bool(settings.REDIS_URL) and settings.ORCHESTRATOR["EVENTS_SEND_IN_BACKGROUND"]
+
+
 def _push(events):
     from events import buffer
+    from events.sender import sender
 
     try:
-        buffer.push(events)
+        if background():
+            sender.send(events)
+        else:
+            buffer.push(events)
     except Exception:
         logger.exception("Could not buffer %d events (first: %s); they are lost.", len(events), events[0]["name"])

@@ -8,6 +8,7 @@ from django.db import connection
 from django.utils import timezone
 
 from events import emit as emit_module
+from events.sender import sender
 
 
 def _is_event_push(func):
@@ -27,5 +28,6 @@ def flush(now=None):
     connection.run_on_commit = [entry for entry in connection.run_on_commit if not _is_event_push(entry[1])]
     for _, push, _ in pending:
         push()
+    sender.wait()
     persister.run_once(now or timezone.now())
     return Event.objects.all()

@@ -385,6 +385,9 @@ ORCHESTRATOR = {
     "EVENTS_STREAM_KEY": os.environ.get("ORCHESTRATOR_EVENTS_STREAM_KEY", "orchestrator:events"),
     "EVENTS_STREAM_MAX_LENGTH": env_int("ORCHESTRATOR_EVENTS_STREAM_MAX_LENGTH", 500_000),
     "EVENTS_REDIS_TIMEOUT_SECONDS": env_float("ORCHESTRATOR_EVENTS_REDIS_TIMEOUT_SECONDS", 0.5),
+    # With Redis, committed events are sent from a background thread of each process (batched, no
+    # round trip in the request); false sends them in the committing thread (events/sender.py).
+    "EVENTS_SEND_IN_BACKGROUND": env_bool("ORCHESTRATOR_EVENTS_SEND_IN_BACKGROUND", True),
     # The event persister: every second, at most MAX_BATCHES batches of BATCH_SIZE per source.
     "EVENT_PERSISTER_LOOP_SECONDS": env_int("ORCHESTRATOR_EVENT_PERSISTER_LOOP_SECONDS", 1),
     "EVENT_PERSISTER_BATCH_SIZE": env_int("ORCHESTRATOR_EVENT_PERSISTER_BATCH_SIZE", 1000),
@@ -433,6 +436,10 @@ ORCHESTRATOR = {
     # WORK_QUEUE_HEALTH_POLL_SECONDS and without LATE runs; a change emits work-queue.(un)healthy.
     "WORK_QUEUE_MONITOR_LOOP_SECONDS": env_int("ORCHESTRATOR_WORK_QUEUE_MONITOR_LOOP_SECONDS", 30),
     "WORK_QUEUE_HEALTH_POLL_SECONDS": env_int("ORCHESTRATOR_WORK_QUEUE_HEALTH_POLL_SECONDS", 300),
+    # Incoming webhooks (POST /hooks/<slug>): the largest body taken (bytes; bigger → 413), and
+    # how many requests one webhook takes per window ("N/second|minute|hour|day"; empty: no limit).
+    "WEBHOOK_MAX_BODY_BYTES": env_int("ORCHESTRATOR_WEBHOOK_MAX_BODY_BYTES", 262_144),
+    "WEBHOOK_THROTTLE_RATE": os.environ.get("ORCHESTRATOR_WEBHOOK_THROTTLE_RATE", "600/minute"),
     # Towel: a lease (SQLite) expires after this if its holder died; ledger rows kept this long.
     "TOWEL_LEASE_SECONDS": env_int("ORCHESTRATOR_TOWEL_LEASE_SECONDS", 600),
     "TOWEL_LEDGER_RETENTION_DAYS": env_int("ORCHESTRATOR_TOWEL_LEDGER_RETENTION_DAYS", 7),
@@ -476,7 +483,7 @@ ORCHESTRATOR = {
 }
 
 for _name in ("THROTTLE_FAILED_AUTH_RATE", "THROTTLE_EXPENSIVE_RATE", "THROTTLE_FAILED_LOGIN_RATE",
-              "THROTTLE_FAILED_LOGIN_USER_RATE"):
+              "THROTTLE_FAILED_LOGIN_USER_RATE", "WEBHOOK_THROTTLE_RATE"):
     _rate = ORCHESTRATOR[_name] = ORCHESTRATOR[_name].strip()
     _count, _, _period = _rate.partition("/")
     if _rate and not (_count.isdigit() and _period[:1] in {"s", "m", "h", "d"}):  # as throttles.py reads it

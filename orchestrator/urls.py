@@ -3,6 +3,7 @@ from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from events.webhooks import receive as receive_webhook
 from orchestrator.health import healthz
 from orchestrator.metrics import metrics
 from runs.api.meta import api_not_found
@@ -20,6 +21,9 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(permission_classes=[]), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema", permission_classes=[]), name="api-docs"),
     path("api/", include("runs.api.urls")),
+    path("api/accounts/<slug:account>/workspaces/<slug:workspace>/", include("events.api")),
+    # Incoming webhooks: outside the API (no key, no session, no CSRF); the slug is the credential.
+    path("hooks/<str:slug>", receive_webhook, name="incoming-webhook"),
     # Last: an /api/ URL that no route matched answers in the API's JSON error form.
     re_path(r"^api/", api_not_found),
 ]

@@ -20,7 +20,7 @@ is the whole rule.
 """
 
 from automations.models import Automation, Delivery, Firing, TriggerBucket
-from events.models import Event
+from events.models import Event, IncomingWebhook
 from runs.models import (
     Agent,
     ApiKey,
@@ -152,12 +152,15 @@ WORKSPACE_PATHS = {
     TriggerBucket: "automation__workspace_id",
     Firing: "workspace_id",
     Delivery: "workspace_id",
+    IncomingWebhook: "workspace_id",
 }
 
 
 # What a viewer may not read: a workspace's members and API keys are for its admins.
 # Secrets' names are for operators (their values for nobody); the audit trail for admins.
-READ_ROLES = {Membership: Role.ADMIN, ApiKey: Role.ADMIN, Secret: Role.OPERATOR, AuditEntry: Role.ADMIN}
+# Incoming webhooks' URLs are credentials: for admins.
+READ_ROLES = {Membership: Role.ADMIN, ApiKey: Role.ADMIN, Secret: Role.OPERATOR, AuditEntry: Role.ADMIN,
+              IncomingWebhook: Role.ADMIN}
 
 
 def read_role(model):

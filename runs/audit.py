@@ -12,6 +12,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
 from automations.models import Automation, Delivery
+from events.models import IncomingWebhook
 from runs import access
 from runs.models import ApiKey, AuditEntry, Membership, Schedule, Secret, WorkQueue, Workspace
 
@@ -28,9 +29,12 @@ AUDITED_FIELDS = {
     Secret: ["name", "updated"],
     Automation: ["name", "description", "enabled", "trigger", "actions"],
     Delivery: ["status", "attempts", "next_attempt"],
+    # Not the slug: the URL's secret part stays out of the trail (a rotation is its own entry).
+    IncomingWebhook: ["name", "enabled", "secret_name", "template"],
 }
 TYPE_NAMES = {Membership: "membership", ApiKey: "api_key", Workspace: "workspace", Schedule: "schedule",
-              WorkQueue: "work_queue", Secret: "secret", Automation: "automation", Delivery: "delivery"}
+              WorkQueue: "work_queue", Secret: "secret", Automation: "automation", Delivery: "delivery",
+              IncomingWebhook: "incoming_webhook"}
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,19 @@ from runs.models import Role  # noqa: E402
 from tests import factories  # noqa: E402
 
 
-# Events this run of the suite buffers in Redis go to a stream of its own (not a running server's).
-os.environ.setdefault("ORCHESTRATOR_EVENTS_STREAM_KEY", f"orchestrator:test-events:{uuid.uuid4().hex}")
+# Events this run of the suite buffers in Redis go to a stream of its own (not a running server's:
+# the fixture below deletes it). Tests send events in the committing thread: a sender thread's
+# fallback writes (its own database connection) would escape the test's transaction;
+# tests/events/test_sender.py tests the thread. The environment is for the processes tests start;
+# this process read its settings before this file, so they are set here too.
+_TEST_EVENT_SETTINGS = {"EVENTS_STREAM_KEY": f"orchestrator:test-events:{uuid.uuid4().hex}",
+                        "EVENTS_SEND_IN_BACKGROUND": "false"}
+for _name, _value in _TEST_EVENT_SETTINGS.items():
+    if f"ORCHESTRATOR_{_name}" not in os.environ:
+        os.environ[f"ORCHESTRATOR_{_name}"] = _value
+        from django.conf import settings as _settings  # noqa: E402
+
+        _settings.ORCHESTRATOR[_name] = _value if _name == "EVENTS_STREAM_KEY" else False
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,7 @@ from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 
 from automations.models import Automation, Delivery
+from events.models import IncomingWebhook
 from runs.api.schema import WORKSPACE_PREFIX
 from runs.models import AuditEntry, FlowRun, Log, Membership, Role
 from runs.run_tokens import token_of
@@ -98,6 +99,13 @@ ENDPOINTS = [
     ("automation disable", "post", "automations/{automation}/disable/", None, O, 200),
     ("automation firings", "get", "automations/{automation}/firings/", None, V, 200),
     ("automation delete", "delete", "automations/{automation}/", None, A, 204),
+    ("webhooks list", "get", "webhooks/", None, A, 200),
+    ("webhook detail", "get", "webhooks/{webhook}/", None, A, 200),
+    ("webhook create", "post", "webhooks/", {"name": "new-hook"}, A, 201),
+    ("webhook replace", "put", "webhooks/{webhook}/", {"name": "renamed-hook"}, A, 200),
+    ("webhook edit", "patch", "webhooks/{webhook}/", {"enabled": False}, A, 200),
+    ("webhook rotate", "post", "webhooks/{webhook}/rotate/", None, A, 200),
+    ("webhook delete", "delete", "webhooks/{webhook}/", None, A, 204),
     # The agents' own API: agent keys only; a run's reports: its token only.
     ("agent register", "post", "agent/register", {"name": "new-agent", "queues": ["default"]}, AG, 201),
     ("agent heartbeat", "post", "agent/heartbeat", {"agent_id": "{agent}"}, AG, 200),
@@ -159,6 +167,7 @@ def world(ws):
         "membership": membership.pk, "key": factories.api_key(ws, role=Role.VIEWER)[0].pk,
         "outsider": factories.user().username, "log": log.pk, "secret": factories.secret(ws).name,
         "automation": Automation.objects.get(workspace=ws, default_key="crash-silent-runs").pk,
+        "webhook": IncomingWebhook.objects.create(workspace=ws, name=f"hook-{factories.n()}").pk,
         "audit": AuditEntry.objects.create(workspace=ws, actor="ada", via="api", action="schedule.pause",
                                            target_type="schedule").pk,
         "delivery": Delivery.objects.create(workspace=ws, kind="webhook", target="https://example.com/hook",

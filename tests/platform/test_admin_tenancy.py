@@ -15,7 +15,7 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth import get_user_model
 
 from automations.models import Automation, Delivery, Firing, TriggerBucket
-from events.models import Event
+from events.models import Event, IncomingWebhook
 from runs.models import (
     Account,
     Agent,
@@ -40,12 +40,14 @@ from tests import factories
 
 # The models whose rows belong to a workspace, and how the URL names them.
 SCOPED = [Workspace, Membership, ApiKey, Flow, FlowVersion, Schedule, FlowRun, TaskRun, StateChange, Log,
-          WorkQueue, Agent, Event, Secret, AuditEntry, Automation, Firing, TriggerBucket, Delivery]
+          WorkQueue, Agent, Event, Secret, AuditEntry, Automation, Firing, TriggerBucket, Delivery,
+          IncomingWebhook]
 # Rows a workspace's viewers may not read (members, keys and the audit trail are for its admins,
 # secrets' names for operators, as in the API).
-ADMINS_READ = {Membership, ApiKey, AuditEntry, Secret}
+ADMINS_READ = {Membership, ApiKey, AuditEntry, Secret, IncomingWebhook}
 # The models a workspace admin may add rows of in the admin.
-ADDABLE = [Membership, ApiKey, Flow, FlowVersion, Schedule, FlowRun, TaskRun, WorkQueue, Agent, Secret, Automation]
+ADDABLE = [Membership, ApiKey, Flow, FlowVersion, Schedule, FlowRun, TaskRun, WorkQueue, Agent, Secret, Automation,
+           IncomingWebhook]
 # Reference fields of each addable/changeable model, and the row of the world each points at.
 REFERENCES = {
     Membership: {"workspace": "ws"},
@@ -60,6 +62,7 @@ REFERENCES = {
     Agent: {"workspace": "ws", "queues": "queue"},
     Secret: {"workspace": "ws"},
     Automation: {"workspace": "ws"},
+    IncomingWebhook: {"workspace": "ws"},
     Workspace: {},
 }
 # What a new row needs besides its references.
@@ -76,6 +79,7 @@ NEW_VALUES = {
     Secret: lambda world: {"name": "NEW_SECRET", "value": "s3cret"},
     Automation: lambda world: {"name": "new-automation", "actions": "[]", "trigger": (
         '{"type": "event", "posture": "reactive", "match": {"name": ["service.failed"]}}')},
+    IncomingWebhook: lambda world: {"name": "new-hook", "template": "{}"},
 }
 
 
@@ -103,6 +107,7 @@ def world(ws):
         "log": Log.objects.create(workspace=ws, flow_run=run, message="hello"),
         "event": Event.objects.create(workspace=ws, name="flow-run.state.running"),
         "secret": factories.secret(ws, name="DB_PASSWORD"),
+        "webhook": IncomingWebhook.objects.create(workspace=ws, name="deploys"),
         "audit": AuditEntry.objects.create(workspace=ws, actor="ada", via="api", action="schedule.pause",
                                            target_type="schedule"),
         "automation": automation,
@@ -119,7 +124,8 @@ def row_of(model, world):
             TaskRun: world["task_run"], StateChange: world["change"], Log: world["log"], WorkQueue: world["queue"],
             Agent: world["agent"], Event: world["event"], Secret: world["secret"], AuditEntry: world["audit"],
             Automation: world["automation"], Firing: world["firing"], TriggerBucket: world["bucket"],
-            Delivery: world["delivery"]}[model]
+            Delivery: world["delivery"],
+            IncomingWebhook: world["webhook"]}[model]
 
 
 def snapshot(model, row):
