@@ -80,6 +80,19 @@ def push(events):
     return "table"
 
 
+def insert_pending(connection, events):
+    """PendingEvent rows for `events` on `connection`, in its current transaction: one executemany,
+    no model instances (this runs inside state changes)."""
+    from django.utils import timezone
+
+    from events.models import PendingEvent
+
+    created = connection.ops.adapt_datetimefield_value(timezone.now())
+    rows = [(json.dumps(event, separators=(",", ":"), allow_nan=False), created) for event in events]
+    with connection.cursor() as cursor:
+        cursor.executemany(f"INSERT INTO {PendingEvent._meta.db_table} (body, created) VALUES (%s, %s)", rows)
+
+
 def push_to_table(events):
     from django.db import DataError, IntegrityError
 

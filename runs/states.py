@@ -224,9 +224,13 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
         flow_run_id = obj.pk if kind is FLOW else obj.flow_run_id
         workspace_id = obj.workspace_id if kind is FLOW else obj.flow_run.workspace_id
         _history_row(kind, obj.pk, flow_run_id, from_state, to_state, message, actor, user, agent, now).save()
+        # Sent after the commit (the embedded mode writes its buffer row in this transaction).
+        related = _related_of_object(kind, obj)
+        if kind is FLOW and updates and ("agent" in updates or "agent_id" in updates):
+            new_agent = updates.get("agent", updates.get("agent_id"))
+            related["agent"] = getattr(new_agent, "pk", new_agent)
+        emit([_event(kind, obj.pk, workspace_id, from_state, to_state, message, actor, now, related)])
     obj.refresh_from_db()
-    # After the commit (or with the caller's): the state change never waits on the event buffer.
-    emit([_event(kind, obj.pk, workspace_id, from_state, to_state, message, actor, now, _related_of_object(kind, obj))])
     return obj
 
 

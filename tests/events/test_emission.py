@@ -31,10 +31,13 @@ def running_run():
 
 
 def test_a_state_change_is_buffered_only_after_its_transaction_commits(any_buffer):
+    """With Redis, the event leaves after the commit; in the embedded mode (the table), its row is
+    written in the change's own transaction: the commit makes it visible, a rollback removes it."""
     run = running_run()
     with transaction.atomic():
         set_flow_run_state(run, State.COMPLETED, actor=Actor.AGENT)
-        assert buffered() == (0, 0), "an event left before its change committed"
+        expected = (0, 0) if any_buffer is not None else (0, 1)
+        assert buffered() == expected, "an event left before its change committed"
     assert sum(buffered()) == 1
     drain()
     event = Event.objects.get()
@@ -161,6 +164,7 @@ def test_an_event_that_cannot_be_buffered_anywhere_is_logged_and_the_change_stan
         raise RuntimeError("the database is gone too")
 
     monkeypatch.setattr(buffer, "push_to_table", broken)
+    monkeypatch.setattr(buffer, "insert_pending", broken)  # the embedded mode's write in the change
     run = running_run()
     set_flow_run_state(run, State.COMPLETED, actor=Actor.AGENT)
     assert FlowRun.objects.get(pk=run.pk).state == State.COMPLETED
