@@ -26,7 +26,9 @@ it: `response_for(request, stream)` picks the right one.
 """
 
 import asyncio
+import itertools
 import json
+import threading
 import time
 import uuid
 
@@ -48,6 +50,19 @@ COALESCED_MAX_READS = 20
 
 def _config(key):
     return settings.ORCHESTRATOR[key]
+
+
+# The streams this process is sending now (ids): how many are open, and a way for tests to wait
+# until the streams of a closed browser page have ended before the next test uses the database.
+_open = set()
+_open_lock = threading.Lock()
+_ids = itertools.count()
+
+
+def open_streams():
+    """How many streams this process is sending now."""
+    with _open_lock:
+        return len(_open)
 
 
 def _line(text):
@@ -111,6 +126,16 @@ class EventStream:
 
     def _steps(self):
         """The loop as (text to send, seconds to wait before the next step); None ends it."""
+        key = next(_ids)
+        with _open_lock:
+            _open.add(key)
+        try:
+            yield from self._loop()
+        finally:
+            with _open_lock:
+                _open.discard(key)
+
+    def _loop(self):
         started = last_sent = self.clock()
         yield self.opening(), 0
         while True:
@@ -139,27 +164,34 @@ class EventStream:
             yield text, wait
 
     def __iter__(self):
-        for text, wait in self._steps():
-            if text:
-                yield text.encode()
-            if wait is None:
-                return
-            if wait:
-                time.sleep(wait)
+        steps = self._steps()
+        try:
+            for text, wait in steps:
+                if text:
+                    yield text.encode()
+                if wait is None:
+                    return
+                if wait:
+                    time.sleep(wait)
+        finally:
+            steps.close()  # the client went away (the server closed the response): the stream ends now
 
     async def __aiter__(self):
         # Each step's read runs in the request's thread for sync code (thread_sensitive), so the
         # connection it opens and closes is that thread's.
         steps = self._steps()
         step = sync_to_async(lambda: next(steps, (None, None)), thread_sensitive=True)
-        while True:
-            text, wait = await step()
-            if text:
-                yield text.encode()
-            if wait is None:
-                return
-            if wait:
-                await asyncio.sleep(wait)
+        try:
+            while True:
+                text, wait = await step()
+                if text:
+                    yield text.encode()
+                if wait is None:
+                    return
+                if wait:
+                    await asyncio.sleep(wait)
+        finally:
+            await sync_to_async(steps.close, thread_sensitive=True)()
 
 
 class _AsyncOnly:

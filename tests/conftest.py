@@ -191,18 +191,39 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def live_browser_server(live_server):
+def live_browser_server(live_server, settings):
     """The live server, its request threads closing their database connection after each request.
 
     Chromium keeps its sockets alive between requests, so a request thread (and the connection
     it opened with CONN_MAX_AGE) could outlive the tests and keep PostgreSQL from dropping the
     test database. Not restored afterwards: the browser may still poll while the test tears down,
     and only the live server's threads read the setting (the test Client never closes).
+
+    The pages' event streams (server-sent events) write a keep-alive every half second, so a
+    stream whose page closed finds out at once and ends (see `no_stream_left_open`).
     """
     from django.db import connections
 
     connections.settings["default"]["CONN_MAX_AGE"] = 0
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "EVENTS_STREAM_HEARTBEAT_SECONDS": 0.5,
+                             "EVENTS_STREAM_MAX_SECONDS": 30}
     return live_server
+
+
+@pytest.fixture(autouse=True)
+def no_stream_left_open():
+    """Before each test, the event streams of the browser pages of the tests before it have ended.
+
+    The live server lives for the session: a stream still sending for a closed page would go on
+    reading the database during the next test (on SQLite, through the test's own connection)."""
+    import time
+
+    from events.stream import open_streams
+
+    deadline = time.monotonic() + 10
+    while open_streams() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield
 
 
 @pytest.fixture(scope="session")

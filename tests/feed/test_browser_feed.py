@@ -2,11 +2,12 @@
 without a reload, carried by the server-sent-events stream."""
 
 import re
+import time
 
 import pytest
 from playwright.sync_api import expect
 
-from events import persister
+from events import persister, stream
 from runs.models import Actor, Role, State
 from runs.states import set_flow_run_state
 from tests import factories
@@ -19,10 +20,17 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def short_streams(settings):
-    # Quick reads, and streams that end (and reconnect) within seconds, so no server thread outlives the test.
+def short_streams(live_browser_server, settings, page):
+    """Quick reads, and streams that end (and reconnect) within seconds. Afterwards the page is
+    closed and its streams end at their next keep-alive: none outlives the test."""
     settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "EVENTS_STREAM_POLL_SECONDS": 0.2,
-                             "EVENTS_STREAM_MAX_SECONDS": 4, "EVENTS_STREAM_HEARTBEAT_SECONDS": 1}
+                             "EVENTS_STREAM_MAX_SECONDS": 4}
+    yield
+    page.close()
+    deadline = time.monotonic() + 10
+    while stream.open_streams() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stream.open_streams() == 0, "a stream outlived its page"
 
 
 def log_in(page, live_server):
