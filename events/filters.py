@@ -26,7 +26,6 @@ from datetime import timezone as dt_timezone
 from django.db import connection
 from django.db.models import BooleanField, Q
 from django.db.models.expressions import RawSQL
-from django.utils.dateparse import parse_datetime
 
 MAX_NAMES = 10
 MAX_VALUE_LENGTH = 200
@@ -90,21 +89,12 @@ def _text(params, name, pattern=None, hint=""):
 
 
 def _time(params, name):
-    raw = (params.get(name) or "").strip()
-    if not raw:
-        return None
+    from runs.api.filters import utc_time
+
     try:
-        value = parse_datetime(raw.replace(" ", "+"))  # a '+' in a query string arrives as a space
-    except ValueError:
-        value = None
-    if value is None:
-        raise BadFilter(name, "Use an ISO 8601 date-time, e.g. 2026-01-31T08:00:00Z.")
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt_timezone.utc)
-    try:
-        return value.astimezone(dt_timezone.utc)
-    except OverflowError:
-        raise BadFilter(name, "This date-time is out of range in UTC.") from None
+        return utc_time(params.get(name))
+    except ValueError as exc:
+        raise BadFilter(name, str(exc)) from None
 
 
 def parse(params):

@@ -24,13 +24,14 @@ def boolean_param(params, name):
     raise serializers.ValidationError({name: ["Use true or false."]})
 
 
-def time_param(params, name):
-    """A datetime in UTC from ISO 8601 (naive means UTC); None when absent.
+def utc_time(raw):
+    """A datetime in UTC from ISO 8601 text (naive means UTC); None when `raw` is empty; ValueError
+    with a message for the client otherwise.
 
     Converted to UTC here because PostgreSQL refuses offsets past ±15:59 that Python accepts, and
     a time near year 1 or 9999 may not exist in UTC at all: both are the client's 400, not a 500.
     """
-    raw = params.get(name)
+    raw = (raw or "").strip()
     if not raw:
         return None
     try:
@@ -38,13 +39,21 @@ def time_param(params, name):
     except ValueError:
         value = None
     if value is None:
-        raise serializers.ValidationError({name: ["Use an ISO 8601 date-time, e.g. 2026-01-31T08:00:00Z."]})
+        raise ValueError("Use an ISO 8601 date-time, e.g. 2026-01-31T08:00:00Z.")
     if timezone.is_naive(value):
         return value.replace(tzinfo=dt_timezone.utc)
     try:
         return value.astimezone(dt_timezone.utc)
     except OverflowError:
-        raise serializers.ValidationError({name: ["This date-time is out of range in UTC."]}) from None
+        raise ValueError("This date-time is out of range in UTC.") from None
+
+
+def time_param(params, name):
+    """utc_time of the parameter `name`; a 400 naming it when it is not one."""
+    try:
+        return utc_time(params.get(name))
+    except ValueError as exc:
+        raise serializers.ValidationError({name: [str(exc)]}) from None
 
 
 def states_param(params, name="state"):

@@ -38,7 +38,6 @@ def test_a_member_removed_in_the_workspace_admins_inline_is_named_by_its_entry(a
     rows = list(Membership.objects.filter(workspace=ws).order_by("pk"))
     data = {"account": ws.account_id, "name": ws.name, "slug": ws.slug, "run_retention_days": ws.run_retention_days,
             "event_retention_days": ws.event_retention_days,
-            "event_retention_days": ws.event_retention_days,
             "created_0": timezone.now().strftime("%Y-%m-%d"), "created_1": timezone.now().strftime("%H:%M:%S"),
             "memberships-TOTAL_FORMS": str(len(rows)), "memberships-INITIAL_FORMS": str(len(rows)),
             "memberships-MIN_NUM_FORMS": "0", "memberships-MAX_NUM_FORMS": "1000"}
