@@ -248,6 +248,9 @@ if REDIS_URL:
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
 else:
     CELERY_BROKER_URL = "filesystem://"
+    # kombu's filesystem transport with atomic message files (orchestrator/broker.py: kombu's own
+    # can hand the worker a half-written message, which stops it).
+    CELERY_BROKER_TRANSPORT = "orchestrator.broker:Transport"
     for sub in ("queue", "processed", "control"):
         (CELERY_BROKER_FOLDER / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
