@@ -70,7 +70,7 @@ def test_kombus_own_transport_is_what_breaks(tmp_path):
         errors.append(hammer(filesystem.Transport, tmp_path / str(n))[1])
         if errors[-1] is not None:
             break
-    assert any(error is not None for error in errors), "kombu's transport no longer races: orchestrator/broker.py may go"
+    assert any(error is not None for error in errors), "kombu's own no longer races: orchestrator/broker.py may go"
 
 
 def test_the_embedded_settings_use_it():
