@@ -48,6 +48,11 @@ class ThreadedBeat(bootsteps.StartStopStep):
     def create(self, worker):
         from celery.beat import EmbeddedService
 
+        # A forking pool (prefork) may fork a new child while beat's thread holds a lock (logging,
+        # the database connection's): the child would inherit it held. Threads and solo never fork.
+        pool = worker.pool_cls if isinstance(worker.pool_cls, str) else worker.pool_cls.__module__
+        if not pool.endswith(("thread", "threads", "solo")):
+            raise ImproperlyConfigured(f"--beat-thread needs --pool threads or solo, not {pool}")
         return EmbeddedService(worker.app, thread=True, schedule_filename=worker.schedule_filename,
                                scheduler_cls=worker.scheduler)
 

@@ -90,10 +90,14 @@ def test_the_procfile_worker_alone_triggers_service_passes_from_its_beat_thread(
     assert worker.returncode == 0, log.read_text()[-3000:]
 
 
-def test_beat_thread_and_beat_process_together_are_refused(tmp_path):
+@pytest.mark.parametrize("options, refusal", [
+    (["--pool", "threads", "-B"], "--beat-thread and -B/--beat both start a beat"),
+    (["--pool", "prefork", "--concurrency", "1"], "--beat-thread needs --pool threads or solo"),
+])
+def test_beat_thread_is_refused_beside_a_beat_process_or_a_forking_pool(tmp_path, options, refusal):
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     env.update(DEBUG="true", ORCHESTRATOR_VAR_DIR=str(tmp_path), PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-m", "celery", "-A", "orchestrator", "worker", "--pool", "threads",
-                             "--beat-thread", "-B"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "celery", "-A", "orchestrator", "worker", "--beat-thread", *options],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
-    assert "--beat-thread and -B/--beat both start a beat" in result.stdout + result.stderr
+    assert refusal in result.stdout + result.stderr
