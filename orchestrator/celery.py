@@ -36,7 +36,7 @@ class ThreadedBeat(bootsteps.StartStopStep):
 
     label = "ThreadedBeat"
     conditional = True
-    # After the pool, so a pool that forks never forks with beat's thread running.
+    # Started after the pool and stopped before it: beat sends only to a worker that can take work.
     requires = ("celery.worker.components:Pool",)
 
     def __init__(self, worker, beat_thread=False, **kwargs):
