@@ -25,8 +25,9 @@ migrate: $(STAMP)
 seed: migrate
 	$(BIN)/python manage.py seed_demo
 
-# The Procfile's processes (web on 127.0.0.1:$PORT, default 8000; Celery worker, beat, a local agent), output
-# prefixed; one that dies is restarted with a growing wait; Ctrl-C stops all (README: make run).
+# The Procfile's processes (web on 127.0.0.1:$PORT, default 8000; a Celery worker with beat in a
+# thread; a local agent), output prefixed; one that dies is restarted with a growing wait; Ctrl-C
+# stops all (README: make run).
 run: seed
 	$(BIN)/python -m supervise --procfile Procfile
 

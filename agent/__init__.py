@@ -7,6 +7,14 @@ in subprocesses; the decorators report task runs when run under the agent, and d
 special when the same code runs plainly.
 """
 
-from .sdk import flow, get_run_logger, task
-
 __all__ = ["flow", "get_run_logger", "task"]
+
+
+def __getattr__(name):
+    # The SDK (and `requests` with it, ~18 MiB) loads on first use: the server imports agent.logs
+    # for redaction and never needs an HTTP client to do so.
+    if name in __all__:
+        from . import sdk
+
+        return getattr(sdk, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

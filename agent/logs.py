@@ -11,8 +11,6 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from .client import ApiError
-
 log = logging.getLogger("agent.logs")
 
 MAX_MESSAGE_CHARS = 10_000
@@ -152,6 +150,10 @@ class LogShipper:
 
     def _send(self, lines):
         """Post `lines`; returns those not sent because the server is away (refused ones are not kept)."""
+        # Here, not at the top: the server imports this module for redaction and has no use for the
+        # HTTP client (`requests`, ~18 MiB); self.client has loaded it by now.
+        from .client import ApiError
+
         try:
             answer = self.client.post("logs", {"logs": [{k: v for k, v in line.items() if k != "seq"}
                                                         for line in lines]})

@@ -24,7 +24,6 @@ import random
 import time
 from datetime import timedelta
 
-import requests
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
@@ -186,6 +185,9 @@ def _content_type(body):
 
 
 def _post(delivery, headers):
+    # Imported here: the web tier imports this module (admin) and never posts; ~18 MiB in each process.
+    import requests
+
     connect, read = _config("DELIVERIES_CONNECT_TIMEOUT_SECONDS"), _config("DELIVERIES_READ_TIMEOUT_SECONDS")
     body = delivery.body.encode()
     try:

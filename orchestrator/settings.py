@@ -10,8 +10,6 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -248,6 +246,9 @@ if REDIS_URL:
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
 else:
     CELERY_BROKER_URL = "filesystem://"
+    # kombu's filesystem transport with atomic message files (orchestrator/broker.py: kombu's own
+    # can hand the worker a half-written message, which stops it).
+    CELERY_BROKER_TRANSPORT = "orchestrator.broker:Transport"
     for sub in ("queue", "processed", "control"):
         (CELERY_BROKER_FOLDER / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -295,11 +296,21 @@ if DEBUG:
 # and runs/api/throttles.py skips the cache for CACHE_RETRY_SECONDS after a failure, so at most one
 # request per process and interval pays it. No retries: a retry would double the wait.
 CACHE_TIMEOUT_SECONDS = env_float("ORCHESTRATOR_CACHE_TIMEOUT_SECONDS", 0.25)
-REDIS_CACHE_OPTIONS = {"socket_connect_timeout": CACHE_TIMEOUT_SECONDS, "socket_timeout": CACHE_TIMEOUT_SECONDS,
-                       "retry": Retry(NoBackoff(), 0)}
+
+
+def redis_cache_options():
+    """The Redis cache's OPTIONS. A function, so that redis-py (~6 MiB in every process, with the
+    `cryptography` it loads) is imported only where Redis is in use, not by `make run`'s processes."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return {"socket_connect_timeout": CACHE_TIMEOUT_SECONDS, "socket_timeout": CACHE_TIMEOUT_SECONDS,
+            "retry": Retry(NoBackoff(), 0)}
+
+
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
-                          "KEY_PREFIX": "orchestrator", "OPTIONS": REDIS_CACHE_OPTIONS}}
+                          "KEY_PREFIX": "orchestrator", "OPTIONS": redis_cache_options()}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
                           "LOCATION": str(VAR_DIR / "cache")}}

@@ -12,7 +12,6 @@ import base64
 import functools
 import hashlib
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
@@ -38,6 +37,8 @@ def configured_keys():
 
 @functools.lru_cache(maxsize=4)
 def _fernet(keys):
+    from cryptography.fernet import Fernet, MultiFernet  # on first use: processes that never decrypt skip it
+
     try:
         return MultiFernet([Fernet(key) for key in keys])
     except (ValueError, TypeError) as exc:
@@ -46,6 +47,12 @@ def _fernet(keys):
             "each; make one with `python -c 'from cryptography.fernet import Fernet; "
             "print(Fernet.generate_key().decode())'`)."
         ) from exc
+
+
+def _invalid_token():
+    from cryptography.fernet import InvalidToken
+
+    return InvalidToken
 
 
 def fernet():
@@ -59,7 +66,7 @@ def encrypt(value):
 def decrypt(ciphertext):
     try:
         return fernet().decrypt(ciphertext.encode()).decode()
-    except InvalidToken:
+    except _invalid_token():
         raise CannotDecrypt("This secret was encrypted with a key ORCHESTRATOR_SECRETS_KEY does not hold.") from None
 
 
@@ -67,7 +74,7 @@ def reencrypt(ciphertext):
     """The same value encrypted with the first key (MultiFernet.rotate)."""
     try:
         return fernet().rotate(ciphertext.encode()).decode()
-    except InvalidToken:
+    except _invalid_token():
         raise CannotDecrypt("This secret was encrypted with a key ORCHESTRATOR_SECRETS_KEY does not hold.") from None
 
 

@@ -15,12 +15,12 @@ request. One warning per interval says so in the log.
 
 import logging
 import math
+import sys
 import threading
 import time
 
 from django.conf import settings
 from django.core.cache import cache
-from redis.exceptions import RedisError
 from rest_framework import exceptions
 from rest_framework.throttling import SimpleRateThrottle
 
@@ -29,9 +29,14 @@ from runs.models import ApiKey
 
 logger = logging.getLogger(__name__)
 
-# What a cache backend raises when its server is away: redis-py's connection and timeout errors,
-# or the file cache's disk errors.
-CACHE_ERRORS = (RedisError, OSError)
+
+
+def cache_errors():
+    """What a cache backend raises when its server is away: redis-py's connection and timeout errors,
+    or the file cache's disk errors. redis-py is looked up, not imported (~6 MiB a process): one that
+    has not loaded it (no Redis configured) cannot have met its errors."""
+    redis_exceptions = sys.modules.get("redis.exceptions")
+    return (redis_exceptions.RedisError, OSError) if redis_exceptions else (OSError,)
 
 
 class CounterCacheBreaker:
@@ -49,7 +54,7 @@ class CounterCacheBreaker:
             return fallback
         try:
             result = operation()
-        except CACHE_ERRORS as exc:
+        except cache_errors() as exc:
             self._trip(exc)
             return fallback
         if self.failing:

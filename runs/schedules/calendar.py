@@ -32,8 +32,6 @@ import heapq
 import json
 from datetime import date, datetime, time, timedelta
 
-import holidays as holidays_lib
-
 from .bounds import MAX_GAP
 from .dst import collect, start_of_search
 
@@ -60,7 +58,14 @@ MAX_RULE_CHARS = 20_000
 @functools.lru_cache(maxsize=256)
 def holiday_calendar(country, subdivision):
     """The public holidays of a country (and subdivision); years fill in as they are asked for."""
-    return holidays_lib.country_holidays(country, subdiv=subdivision or None)
+    return _holidays_lib().country_holidays(country, subdiv=subdivision or None)
+
+
+def _holidays_lib():
+    # Imported on first use (~10 MiB): most processes, and most schedules, never name a country.
+    import holidays
+
+    return holidays
 
 
 class Calendar:
@@ -241,7 +246,7 @@ def _problem(spec):  # noqa: C901 (one message per mistake reads best as one lis
     if place is not None:
         if not isinstance(place, dict) or not place.get("country"):
             return 'holidays must name a country, e.g. {"country": "US", "subdivision": "NY"}.'
-        supported = holidays_lib.list_supported_countries()
+        supported = _holidays_lib().list_supported_countries()
         country, subdivision = place["country"], place.get("subdivision")
         if country not in supported:
             return f"holidays.country {country!r} is not a supported country code (ISO 3166, e.g. 'US', 'GB', 'DE')."

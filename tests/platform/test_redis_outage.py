@@ -20,6 +20,7 @@ from unittest import mock
 import pytest
 import redis
 
+from orchestrator.settings import redis_cache_options
 from runs.api import throttles
 from runs.models import FlowRun, Role
 from tests import factories
@@ -95,7 +96,7 @@ def redis_cache(settings, private_redis, breaker_reset):
     Changing settings.CACHES makes Django drop its cache connections (the setting_changed signal)."""
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
                                    "LOCATION": private_redis.url, "KEY_PREFIX": "outage-test",
-                                   "OPTIONS": settings.REDIS_CACHE_OPTIONS}}
+                                   "OPTIONS": redis_cache_options()}}
     settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "THROTTLE_FAILED_AUTH_RATE": "3/minute",
                              "THROTTLE_EXPENSIVE_RATE": "1000/minute", "CACHE_RETRY_SECONDS": 60}
     return private_redis
@@ -177,7 +178,7 @@ def test_a_frozen_redis_costs_one_request_a_short_timeout_then_nothing(api, ws, 
         rest = [timed(lambda: api.get(url)) for _ in range(10)]
     finally:
         redis_cache.thaw()
-    timeout = settings.REDIS_CACHE_OPTIONS["socket_timeout"]
+    timeout = redis_cache_options()["socket_timeout"]
     assert first.status_code == 200 and all(response.status_code == 200 for response, _ in rest)
     # redis-py's default would wait 5 s on every request; here one waits the timeout, the rest skip.
     assert timeout <= first_took < timeout + 1.0, first_took

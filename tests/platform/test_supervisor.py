@@ -364,7 +364,7 @@ def test_every_line_of_the_project_procfile_is_one_program_that_the_supervisor_w
     from honcho.environ import parse_procfile
 
     processes = parse_procfile((ROOT / "Procfile").read_text()).processes
-    assert list(processes) == ["web", "worker", "beat", "agent"]
+    assert list(processes) == ["web", "worker", "agent"]  # beat is a thread of the worker (--beat-thread)
     assert all(shell_argv(command)[2] == f"exec {command}" for command in processes.values())
 
 
