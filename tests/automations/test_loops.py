@@ -22,9 +22,9 @@ def test_two_automations_pausing_and_resuming_one_schedule_stop_at_the_cap(bare_
     resumer = automation(bare_ws, reactive(["schedule.paused"]), [{"type": "resume-schedule"}])
     pauser = automation(bare_ws, reactive(["schedule.resumed"]), [{"type": "pause-schedule"}])
     setup_actions.pause_schedule(schedule, who=Who("someone", None, "api"), now=timezone.now())
-    for _ in range(5):  # each pass drains up to EVENT_PERSISTER_MAX_BATCHES rounds of the ping-pong
+    for _ in range(30):  # a pass drains one round of the ping-pong (Redis) or up to MAX_BATCHES (table)
         flush_events()
-    # Before the cap: 20 firings a pass, 100 here, and on for ever.
+    # Before the cap: 10 firings of each a pass (table buffer), and on for ever.
     assert Firing.objects.filter(automation=resumer).count() == 5
     assert Firing.objects.filter(automation=pauser).count() == 5
 
