@@ -45,7 +45,7 @@ def _id(item, field, fields, model, lookup, workspace, what, required=False):
             fields.error(field, f"A {what} id is a UUID.")
             return None
     else:
-        if isinstance(raw, bool) or not (isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit())):
+        if isinstance(raw, bool) or not (isinstance(raw, int) or (isinstance(raw, str) and raw.isascii() and raw.isdigit())):
             fields.error(field, f"A {what} id is a whole number.")
             return None
         value = int(raw)

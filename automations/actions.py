@@ -115,16 +115,16 @@ def _uuid_or_none(value):
 
 def _target(run, action, field, kind, queryset, what):
     """The row the action is about: its id, else the firing's own; in the automation's workspace."""
-    wanted = action.get(field) or run.own(kind)
+    wanted = given = action.get(field) or run.own(kind)
     if wanted in (None, ""):
         raise ActionFailed(f"no {what} to act on: name its id, or let the firing be about one")
     if queryset.model is FlowRun:
         wanted = _uuid_or_none(wanted)
-    elif not str(wanted).isdigit():
+    elif not (str(wanted).isascii() and str(wanted).isdigit() and 0 < int(str(wanted)) < 2 ** 63):
         wanted = None
     row = queryset.filter(pk=wanted).first() if wanted else None
     if row is None:
-        raise ActionFailed(f"{what} {action.get(field) or wanted} no longer exists in this workspace")
+        raise ActionFailed(f"{what} {str(given)[:100]} no longer exists in this workspace")
     return row
 
 

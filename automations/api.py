@@ -10,6 +10,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from automations import changes
+from automations.messages import shown_actions
 from automations.models import Automation, Firing
 from automations.triggers import describe
 from runs.api.pagination import KeysetPagination
@@ -46,6 +47,16 @@ class AutomationSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "description", "enabled", "trigger", "actions", "trigger_summary", "default_key",
                   "last_fired", "created", "updated"]
         read_only_fields = ["default_key", "last_fired", "created", "updated"]
+
+    def to_representation(self, automation):
+        """Admins (who edit them) read the actions whole; others read destinations as the delivery
+        log shows them: a Slack-compatible URL without its path (the credential), a webhook's
+        without query string or user info (tokens)."""
+        data = super().to_representation(automation)
+        request = self.context.get("request")
+        if getattr(request, "role", None) != Role.ADMIN:
+            data["actions"] = shown_actions(data.get("actions"))
+        return data
 
     def get_trigger_summary(self, automation) -> str:
         return describe(automation.trigger or {})

@@ -12,7 +12,7 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from automations import changes
+from automations import changes, messages
 from automations.models import Automation, Firing
 from automations.triggers import describe
 from runs.access import may, scoped
@@ -135,7 +135,7 @@ def automation_detail(request, pk):
             saved = True
             form = AutomationForm(initial=initial(automation), automation=automation)
     else:
-        form = AutomationForm(initial=initial(automation), automation=automation)
+        form = AutomationForm(initial=initial(automation, can_edit), automation=automation)
     for name in form.errors:
         if name in form.fields:  # a screen reader hears the problem with the field
             form.fields[name].widget.attrs.update({"aria-invalid": "true", "aria-describedby": f"id_{name}-errors"})
@@ -149,6 +149,8 @@ def automation_detail(request, pk):
         status=400 if form.errors else 200)
 
 
-def initial(automation):
+def initial(automation, can_edit=True):
+    """The form's values; without the right to edit, destinations without their credentials."""
     return {"name": automation.name, "description": automation.description, "enabled": automation.enabled,
-            "trigger": automation.trigger, "actions": automation.actions}
+            "trigger": automation.trigger,
+            "actions": automation.actions if can_edit else messages.shown_actions(automation.actions)}

@@ -20,8 +20,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Count, Q
 
 from automations.actions import run_actions
 from automations.models import Automation, Firing, TriggerBucket
@@ -165,16 +166,25 @@ class Evaluation:
         self.now = now
         self.store = BucketStore()
         self.pending = []
+        self.decided = defaultdict(int)  # automation id -> firings pending in this evaluation
+
+    def _add(self, pending):
+        """Keep a firing; past the cap per automation it is dropped here already, so a flood of
+        events never builds a list of firings fire_many would drop anyway."""
+        aid = pending.automation.pk
+        self.decided[aid] += 1
+        if self.decided[aid] <= max_firings():
+            self.pending.append(pending)
 
     # --- what fires -----------------------------------------------------------------------------
     def part_fired(self, automation, path, key, event_ids, resource, reason, at, events=()):
         """A trigger (path "") fires its automation; a compound's part counts towards the whole."""
         if not path:
-            self.pending.append(Pending(automation, key, list(event_ids), resource or {}, reason, list(events)))
+            self._add(Pending(automation, key, list(event_ids), resource or {}, reason, list(events)))
             return
         trigger = automation.trigger
         if trigger.get("require") == "any":
-            self.pending.append(Pending(automation, key, list(event_ids), resource or {},
+            self._add(Pending(automation, key, list(event_ids), resource or {},
                                         f"part {int(path) + 1}: {reason}", list(events)))
             return
         aid, within = automation.pk, timedelta(seconds=int(trigger.get("within") or 0))
@@ -186,7 +196,7 @@ class Evaluation:
             for p in paths:
                 self.store.delete(aid, p, "")
             ids = [i for r in records for i in r["event_ids"]][-MAX_EVENT_IDS:]
-            self.pending.append(Pending(automation, key, ids, resource or {},
+            self._add(Pending(automation, key, ids, resource or {},
                                         f"all parts fired within {within.total_seconds():.0f} s; last: {reason}",
                                         list(events)))
 
@@ -238,8 +248,7 @@ class Evaluation:
 
     def save(self):
         self.store.save()
-        fire_many(self.pending, self.now)
-        return len(self.pending)
+        return len(fire_many(self.pending, self.now))
 
 
 def on_events(events, now):
@@ -281,11 +290,43 @@ def on_events(events, now):
                              automation.name)
             evaluation.store.discard(automation.pk)
             del evaluation.pending[before:]
+            evaluation.decided.pop(automation.pk, None)
     return evaluation.save()
+
+
+def max_firings():
+    return settings.ORCHESTRATOR["AUTOMATIONS_MAX_FIRINGS_PER_MINUTE"]
+
+
+def within_cap(pending, now):
+    """`pending` without the firings past each automation's cap (AUTOMATIONS_MAX_FIRINGS_PER_MINUTE
+    in the 60 s up to `now`), in one query. Actions cause events (a resumed schedule, a crashed
+    run) that no loop guard can tell from others, so two automations resuming and pausing one
+    schedule would ping-pong for ever, and one automation would fire once per event of a flood."""
+    if not pending:
+        return pending
+    cap = max_firings()
+    recent = dict(Firing.objects.filter(automation_id__in={p.automation.pk for p in pending},
+                                        fired__gt=now - timedelta(seconds=60))
+                  .values("automation_id").annotate(n=Count("id")).values_list("automation_id", "n"))
+    kept, dropped = [], defaultdict(int)
+    for p in pending:
+        aid = p.automation.pk
+        if recent.get(aid, 0) < cap:
+            recent[aid] = recent.get(aid, 0) + 1
+            kept.append(p)
+        else:
+            dropped[aid] += 1
+    for aid, count in dropped.items():
+        logger.warning("Automation %s fired %d times in the last 60 s (ORCHESTRATOR_AUTOMATIONS_MAX_FIRINGS_PER_MINUTE);"
+                       " %d more firings were dropped (a loop between automations, or a flood of events?).",
+                       aid, cap, count)
+    return kept
 
 
 def fire_many(pending, now):
     """Create the firings of `pending`, run their actions, emit their `automation.fired` events."""
+    pending = within_cap(pending, now)
     if not pending:
         return []
     firings = Firing.objects.bulk_create([
@@ -334,9 +375,11 @@ def _events_for(pending):
 
 
 def fire(automation, key, event_ids, resource, reason, now, events=()):
-    """Fire `automation` once: a Firing, its actions, an `automation.fired` event. Returns the Firing."""
-    return fire_many([Pending(automation, key, [str(i) for i in event_ids], resource or {}, reason, list(events))],
-                     now)[0]
+    """Fire `automation` once: a Firing, its actions, an `automation.fired` event. Returns the Firing,
+    or None when the automation is past its cap of firings per minute."""
+    fired = fire_many([Pending(automation, key, [str(i) for i in event_ids], resource or {}, reason, list(events))],
+                      now)
+    return fired[0] if fired else None
 
 
 def fire_silent_bucket(bucket, now):

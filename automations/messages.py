@@ -172,3 +172,14 @@ def shown_target(kind, target):
     if kind == "email":
         return target
     return shown_url(target, hide_path=(kind == "slack"))
+
+
+def shown_actions(actions):
+    """An automation's actions as people who may not edit them read them: destinations as the
+    delivery log shows them (a Slack-compatible URL without its path, a webhook's without query
+    string or user info)."""
+    if not isinstance(actions, list):
+        return actions
+    return [{**action, "url": shown_url(action["url"], hide_path=action.get("type") == "post-slack")}
+            if isinstance(action, dict) and isinstance(action.get("url"), str) and action["url"] else action
+            for action in actions]

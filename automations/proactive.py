@@ -5,7 +5,8 @@ deadline it was read with) and only the copy whose DELETE removed the row fires 
 event that moved the deadline meanwhile (a heartbeat) makes the DELETE remove nothing: the
 bucket stays open. A pass fires at most AUTOMATIONS_PROACTIVE_BATCH_SIZE buckets, oldest
 deadline first; it also clears buckets nothing will read again (of disabled automations, and
-reactive windows older than the longest window a trigger may have).
+reactive windows older than the longest window a trigger may have), and the firings and finished
+deliveries past their workspace's event retention (automations/retention.py).
 """
 
 import logging
@@ -14,6 +15,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 
+from automations import retention
 from automations.engine import fire_silent_bucket
 from automations.models import TriggerBucket
 from automations.triggers import MAX_WITHIN_SECONDS
@@ -31,7 +33,7 @@ def _batch_size():
 def run_once(now):
     """Fire the due proactive buckets; returns how many fired and how many stale buckets went."""
     fired = sum(fire_due_bucket(bucket, now) for bucket in due_buckets(now))
-    return {"buckets_fired": fired, "stale_buckets_deleted": _delete_stale(now)}
+    return {"buckets_fired": fired, "stale_buckets_deleted": _delete_stale(now), **retention.delete_expired(now)}
 
 
 def due_buckets(now):

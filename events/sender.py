@@ -100,7 +100,18 @@ class Sender:
         return True
 
 
+    def _after_fork_in_child(self):
+        """A forked child has only the forking thread: the parent's sender thread is gone, and a
+        lock another thread held at the fork stays held for ever. New locks, a new queue on the
+        first send (the parent sends what it had queued)."""
+        self._lock = threading.Lock()
+        self._flush = threading.Event()
+        self._pid = None
+        self._queue = None
+
+
 sender = Sender()
+os.register_at_fork(after_in_child=sender._after_fork_in_child)
 
 
 @atexit.register

@@ -244,7 +244,9 @@ def receive(request, slug):
         answer = _answer(405, "POST a JSON (or form) body to this URL.")
         answer["Allow"] = "POST"
         return answer
-    webhook = IncomingWebhook.objects.filter(slug=slug[:64], enabled=True).first()
+    # A slug is at most 64 characters; a NUL would be a 500 on PostgreSQL (text refuses it).
+    webhook = (IncomingWebhook.objects.filter(slug=slug, enabled=True).first()
+               if len(slug) <= 64 and "\x00" not in slug else None)
     if webhook is None:
         return _answer(404, "No such webhook.")
     limit = settings.ORCHESTRATOR["WEBHOOK_MAX_BODY_BYTES"]

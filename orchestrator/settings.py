@@ -416,6 +416,10 @@ ORCHESTRATOR = {
     "AUTOMATIONS_PROACTIVE_LOOP_SECONDS": env_int("ORCHESTRATOR_AUTOMATIONS_PROACTIVE_LOOP_SECONDS", 5),
     "AUTOMATIONS_PROACTIVE_BATCH_SIZE": env_int("ORCHESTRATOR_AUTOMATIONS_PROACTIVE_BATCH_SIZE", 1000),
     "AUTOMATIONS_MAX_PER_WORKSPACE": env_int("ORCHESTRATOR_AUTOMATIONS_MAX_PER_WORKSPACE", 200),
+    # An automation fires at most this many times in any 60 seconds; past it its firings are
+    # dropped (and logged) until the minute has passed. Stops loops between automations whose
+    # actions cause each other's events (pause/resume ping-pong) and floods of firings.
+    "AUTOMATIONS_MAX_FIRINGS_PER_MINUTE": env_int("ORCHESTRATOR_AUTOMATIONS_MAX_FIRINGS_PER_MINUTE", 60),
     # Deliveries (automations/deliveries.py): webhooks, e-mails and Slack-compatible messages that
     # automations queue. Every 5 s a pass claims at most BATCH_SIZE due ones and sends each with the
     # connect/read timeouts (seconds; redirects are never followed); a pass stops starting sends after

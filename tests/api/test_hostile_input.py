@@ -270,3 +270,51 @@ def test_odd_unicode_in_url_paths_is_a_json_404(admin, ws, segment):
         response = admin.get(url)
         assert response.status_code in (400, 404), (url, response.content[:200])
         assert set(response.json()["error"]) == {"code", "message", "fields"}
+
+
+# --- incoming webhooks (POST /hooks/<slug>, outside the API: {"detail"} answers) -------------------
+
+HOOK_BODIES = {
+    "nested-past-the-limit": ("[" * 100_000 + "]" * 100_000, "application/json", 400),
+    "nan": ('{"a": NaN}', "application/json", 400),
+    "number-past-a-double": ('{"a": 1e999}', "application/json", 400),
+    "nul-in-a-string": ('{"a": "\\u0000"}', "application/json", 400),
+    "lone-surrogate": ('{"a": "\\ud800"}', "application/json", 400),
+    "not-utf-8": (b"\xff\xfe{}", "application/json", 400),
+    "too-many-form-fields": ("a=1&" * 5000, "application/x-www-form-urlencoded", 400),
+    "4000-digit-integer": ('{"a": ' + "1" * 4000 + "}", "application/json", 202),
+    "a-bare-number": ("5", "application/json", 202),
+}
+
+
+@pytest.mark.parametrize("raw,media,status", list(HOOK_BODIES.values()), ids=list(HOOK_BODIES))
+def test_hostile_bodies_to_an_incoming_webhook_are_never_a_5xx(ws, raw, media, status, settings):
+    from django.test import Client
+
+    from events.models import IncomingWebhook
+
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "hooks"}}
+    hook = IncomingWebhook.objects.create(workspace=ws, name=f"hook-{factories.n()}",
+                                          template={"name": "deploy.done", "payload": {"v": "{{ body }}"}})
+    response = Client().post(f"/hooks/{hook.slug}", raw if isinstance(raw, bytes) else raw.encode(),
+                             content_type=media)
+    assert response.status_code == status, response.content[:300]
+    assert "detail" in response.json() or "id" in response.json()
+
+
+def test_a_50_mb_body_to_an_incoming_webhook_is_a_413_unread(ws):
+    from django.test import Client
+
+    from events.models import IncomingWebhook
+
+    hook = IncomingWebhook.objects.create(workspace=ws, name=f"hook-{factories.n()}")
+    response = Client().post(f"/hooks/{hook.slug}", b"[" * 50_000_000, content_type="application/json")
+    assert response.status_code == 413 and "ORCHESTRATOR_WEBHOOK_MAX_BODY_BYTES" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("slug", ["nope", "x" * 5000, "%00", "é"])
+def test_a_bad_slug_is_a_json_404(db, slug):
+    from django.test import Client
+
+    response = Client().post(f"/hooks/{slug}", b"{}", content_type="application/json")
+    assert response.status_code == 404 and response.json()["detail"]

@@ -149,3 +149,31 @@ def test_firings_are_listed_newest_first_in_pages(api, key_for, prefix, ws):
 def test_another_workspaces_automation_is_not_found(api, key_for, prefix, other_ws):
     theirs = Automation.objects.filter(workspace=other_ws).first()
     assert as_role(api, key_for, Role.ADMIN).get(f"{prefix}/automations/{theirs.pk}/").status_code == 404
+
+
+@pytest.mark.parametrize("bad", ["²", "١٢", "99999999999999999999999", -1, [1], {"id": 1}, True],
+                         ids=["superscript-two", "arabic-digits", "past-bigint", "negative", "list", "object", "bool"])
+@pytest.mark.parametrize("kind,field", [("pause-schedule", "schedule_id"), ("run-flow", "flow_id"),
+                                        ("cancel-run", "flow_run_id"), ("pause-queue", "work_queue_id")])
+def test_an_id_that_is_not_a_plain_number_is_a_400_naming_it(api, key_for, prefix, kind, field, bad):
+    """"²".isdigit() is True but int("²") raises: before the fix, a 500."""
+    response = as_role(api, key_for, Role.ADMIN).post(f"{prefix}/automations/", {
+        "name": "odd id", "trigger": reactive(["flow-run.state.failed"]), "actions": [{"type": kind, field: bad}]},
+        format="json")
+    assert response.status_code == 400, response.content[:300]
+    assert f"actions[0].{field}" in fields_of(response)
+
+
+@pytest.mark.parametrize("odd", ["²", "99999999999999999999999"])
+def test_an_odd_id_in_an_event_fails_the_action_not_the_firing(ws, odd):
+    """The ids an action takes from its events are anyone's text (incoming webhooks make events)."""
+    from automations.engine import on_events
+
+    from .conftest import event
+
+    Automation.objects.filter(workspace=ws).delete()
+    auto = automation(ws, reactive(["webhook.x"]), [{"type": "pause-schedule"}])
+    on_events([event(ws, "webhook.x", kind="schedule", id=odd)], at(0))
+    [firing] = Firing.objects.filter(automation=auto)
+    assert firing.results == [{"type": "pause-schedule", "ok": False,
+                               "detail": f"schedule {odd} no longer exists in this workspace"}]

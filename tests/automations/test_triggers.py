@@ -165,7 +165,8 @@ def test_a_disabled_automations_buckets_do_not_fire_and_are_cleared(bare_ws):
     a = automation(bare_ws, HEARTBEAT)
     engine.on_events([event(bare_ws, "flow-run.state.running", 0)], at(0))
     Automation.objects.filter(pk=a.pk).update(enabled=False)
-    assert proactive_service.run_once(at(400)) == {"buckets_fired": 0, "stale_buckets_deleted": 1}
+    assert proactive_service.run_once(at(400)) == {"buckets_fired": 0, "stale_buckets_deleted": 1,
+                                              "expired_deliveries_deleted": 0, "expired_firings_deleted": 0}
     assert firings(a) == []
 
 
