@@ -184,10 +184,42 @@ def _content_type(body):
     return "application/json"
 
 
+def private_destination(url):
+    """Why `url` may not be posted to (an address of this host or its private network), or "".
+
+    A workspace admin must not turn the server into a probe of the network it runs in (cloud
+    metadata at 169.254.169.254, the database, localhost admin ports): unless
+    DELIVERIES_ALLOW_PRIVATE_ADDRESSES is set, every address the host name resolves to must be a
+    public one. A name that does not resolve is left to the send, which fails on it.
+    """
+    import ipaddress
+    import socket
+    from urllib.parse import urlsplit
+
+    if _config("DELIVERIES_ALLOW_PRIVATE_ADDRESSES"):
+        return ""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except (OSError, ValueError, UnicodeError):
+        return ""
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        if not address.is_global:
+            return (f"refused: {host} is a private, loopback or link-local address ({address}); set "
+                    "ORCHESTRATOR_DELIVERIES_ALLOW_PRIVATE_ADDRESSES=true to allow such destinations")
+    return ""
+
+
 def _post(delivery, headers):
     # Imported here: the web tier imports this module (admin) and never posts; ~18 MiB in each process.
     import requests
 
+    refused = private_destination(delivery.target)
+    if refused:
+        raise SendFailed(refused)
     connect, read = _config("DELIVERIES_CONNECT_TIMEOUT_SECONDS"), _config("DELIVERIES_READ_TIMEOUT_SECONDS")
     body = delivery.body.encode()
     try:

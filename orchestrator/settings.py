@@ -428,6 +428,9 @@ ORCHESTRATOR = {
     # after BACKOFF_BASE_SECONDS × 2^(attempt-1) (+ up to 10 % jitter, at most BACKOFF_MAX_SECONDS),
     # and the MAX_ATTEMPTS-th failure gives up (FAILED; an operator may retry it).
     "DELIVERIES_LOOP_SECONDS": env_int("ORCHESTRATOR_DELIVERIES_LOOP_SECONDS", 5),
+    # Off: webhooks and Slack messages go only to public addresses (no localhost, private networks,
+    # link-local cloud metadata), so an automation cannot probe the server's own network.
+    "DELIVERIES_ALLOW_PRIVATE_ADDRESSES": env_bool("ORCHESTRATOR_DELIVERIES_ALLOW_PRIVATE_ADDRESSES", False),
     "DELIVERIES_BATCH_SIZE": env_int("ORCHESTRATOR_DELIVERIES_BATCH_SIZE", 50),
     "DELIVERIES_CONNECT_TIMEOUT_SECONDS": env_float("ORCHESTRATOR_DELIVERIES_CONNECT_TIMEOUT_SECONDS", 3),
     "DELIVERIES_READ_TIMEOUT_SECONDS": env_float("ORCHESTRATOR_DELIVERIES_READ_TIMEOUT_SECONDS", 5),

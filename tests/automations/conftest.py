@@ -24,6 +24,13 @@ T0 = datetime(2026, 11, 29, 10, 0, tzinfo=dt_timezone.utc)
 _names = itertools.count(1)
 
 
+@pytest.fixture(autouse=True)
+def private_destinations_allowed(settings):
+    """The test receivers listen on 127.0.0.1, which deliveries refuse by default
+    (test_deliveries.py's SSRF test turns this off again)."""
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "DELIVERIES_ALLOW_PRIVATE_ADDRESSES": True}
+
+
 @pytest.fixture
 def bare_ws(ws):
     """`ws` without the default automations, so a test sees only its own."""

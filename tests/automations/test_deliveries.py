@@ -282,3 +282,28 @@ def test_two_passes_at_once_never_send_one_delivery_twice(postgres_only, ws, rec
     assert sorted(sent) == sorted(str(d.pk) for d in rows)  # each once, none twice
     assert sum(r["delivered"] for r in results) == 30
     assert Delivery.objects.filter(status=DeliveryStatus.DELIVERED, attempts=1).count() == 30
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "169.254.169.254", "10.1.2.3", "[::1]", "192.168.0.7"])
+def test_a_private_destination_is_refused_unless_allowed(settings, receiver, make_automation, now, host):
+    """An automation must not make the server probe its own network (SSRF): a webhook to a
+    loopback, private or link-local address fails without being sent, naming why and the setting."""
+    from automations.models import Delivery, DeliveryKind
+
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "DELIVERIES_ALLOW_PRIVATE_ADDRESSES": False}
+    port = receiver.server.server_address[1]
+    automation = make_automation([])
+    delivery = Delivery.objects.create(workspace=automation.workspace, kind=DeliveryKind.WEBHOOK,
+                                       target=f"http://{host}:{port}/ok", body="{}", next_attempt=now)
+    deliveries.run_once(now)
+    delivery.refresh_from_db()
+    assert delivery.status == "pending" and delivery.attempts == 1
+    assert "refused" in delivery.last_error and "DELIVERIES_ALLOW_PRIVATE_ADDRESSES" in delivery.last_error
+    assert receiver.received() == []
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "DELIVERIES_ALLOW_PRIVATE_ADDRESSES": True}
+    if host == "127.0.0.1":
+        delivery.next_attempt = now
+        delivery.save()
+        deliveries.run_once(now)
+        delivery.refresh_from_db()
+        assert delivery.status == "delivered" and len(receiver.received("/ok")) == 1
