@@ -361,6 +361,12 @@ ORCHESTRATOR = {
     "SECRETS_KEYS": env_list("ORCHESTRATOR_SECRETS_KEY", []),
     # API keys: how many characters of the secret are shown as a public prefix.
     "API_KEY_PREFIX_LENGTH": 8,
+    # Seconds a verified API key is kept in each web process (runs/api/key_cache.py) instead of being
+    # looked up per request: a revocation, demotion or removal made elsewhere is honoured within it.
+    # 0 turns the cache off. Expiry is checked against the clock on every request regardless.
+    "API_KEY_CACHE_SECONDS": env_float("ORCHESTRATOR_API_KEY_CACHE_SECONDS", 5),
+    # Most verified keys each process keeps (least recently used go first).
+    "API_KEY_CACHE_SIZE": env_int("ORCHESTRATOR_API_KEY_CACHE_SIZE", 10000),
     # --- Recovery services (services/; README "Recovery services"). Seconds unless named. ---
     # Heartbeat verdicts never come before this many missed beats of the run's (or agent's) interval.
     "HEARTBEAT_MISSED_BEATS": env_int("ORCHESTRATOR_HEARTBEAT_MISSED_BEATS", 3),

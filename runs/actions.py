@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from events.emit import emit, make, resource
 from runs import audit, scheduling
+from runs.api.key_cache import verified_keys
 from runs.models import ApiKey, Membership, Schedule, ScheduleStatus, WorkQueue
 
 
@@ -68,6 +69,8 @@ def revoke_keys(keys, *, who, now=None):
         ApiKey.objects.filter(pk__in=[k.pk for k in revoking]).update(revoked_at=now)
         audit.record_many(who, "api_key.revoke", revoking, before=lambda key: {"revoked_at": None},
                           after=lambda key: {"revoked_at": now.isoformat()}, now=now)
+    # This process stops accepting them at once; the others within API_KEY_CACHE_SECONDS.
+    verified_keys.forget_all()
     return len(revoking)
 
 

@@ -145,8 +145,13 @@ def claim_due_runs(agent, *, limit, now):
     loaded. Records the poll on every queue of the agent, paused or not, so queue health can
     tell a polled-but-paused queue from an abandoned one.
     """
-    queues = list(WorkQueue.objects.filter(agents=agent).values_list("pk", "paused", "concurrency_limit"))
-    record_poll([pk for pk, _, _ in queues], now, agent)
+    rows = list(WorkQueue.objects.filter(agents=agent).values_list("pk", "paused", "concurrency_limit", "last_polled"))
+    # Most polls find every queue polled within the interval: then record_poll's transaction and
+    # UPDATE (which would match no row) are skipped. Its UPDATE re-checks the condition, so polls
+    # that both see a stale queue still record (and announce) it once.
+    stale_before = now - timedelta(seconds=settings.ORCHESTRATOR["EVENTS_QUEUE_POLLED_EVERY_SECONDS"])
+    record_poll([pk for pk, _, _, polled in rows if polled is None or polled < stale_before], now, agent)
+    queues = [(pk, paused, cap) for pk, paused, cap, _ in rows]
     open_ids = [pk for pk, paused, _ in queues if not paused]
     if not open_ids or limit <= 0:
         return []

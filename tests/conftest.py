@@ -58,6 +58,15 @@ def flush_events():
 
 
 @pytest.fixture(autouse=True)
+def no_verified_keys_remembered():
+    """Each test starts with an empty cache of verified API keys (runs/api/key_cache.py): a key a
+    test made has the same hash only by chance, but its ids do repeat on SQLite."""
+    from runs.api.key_cache import verified_keys
+
+    verified_keys.forget_all()
+
+
+@pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     """Django's default hasher takes about 0.35 s a password here, by design; tests create
     hundreds of users, and what they check does not depend on the hash's strength."""

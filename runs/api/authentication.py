@@ -1,5 +1,6 @@
-"""Bearer authentication: API keys (looked up by their hash; the secret is never stored) and the
-report tokens of flow runs (checked without a query; see runs/run_tokens.py)."""
+"""Bearer authentication: API keys (looked up by their hash, the secret is never stored, and kept
+verified in the process for a few seconds: runs/api/key_cache.py) and the report tokens of flow runs
+(checked without a query; see runs/run_tokens.py)."""
 
 from datetime import timedelta
 
@@ -12,6 +13,7 @@ from runs import access
 from runs.models import ApiKey, hash_api_key
 from runs.run_tokens import InvalidRunToken, is_run_token, read_token
 
+from .key_cache import verified_keys
 from .throttles import FailedAuthenticationLimiter
 
 # Writing last_used_at on every request would turn each heartbeat into two writes; once a minute
@@ -84,22 +86,31 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if not header:
             return None
         # The key is looked up first and only failures are throttled (see FailedAuthenticationLimiter).
-        limiter = FailedAuthenticationLimiter(request)
         if len(header) != 2:
-            limiter.refuse("Send the key as 'Authorization: Bearer <key>'.")
+            FailedAuthenticationLimiter(request).refuse("Send the key as 'Authorization: Bearer <key>'.")
         now = timezone.now()
-        key = (
-            ApiKey.objects.select_related("user", "workspace__account")
-            .filter(hashed_secret=hash_api_key(header[1]))
-            .first()
-        )
-        if key is None or not key.is_usable:
-            limiter.refuse("This API key is unknown, revoked or expired.")
-        key.acting_role = acting_role(key)
-        if key.last_used_at is None or key.last_used_at < now - LAST_USED_PRECISION:
-            ApiKey.objects.filter(pk=key.pk).filter(
+        hashed = hash_api_key(header[1])
+        verified = verified_keys.get(hashed)
+        if verified is None:
+            found = (
+                ApiKey.objects.select_related("user", "workspace__account")
+                .filter(hashed_secret=hashed, revoked_at__isnull=True)
+                .first()
+            )
+            if found is None or not found.is_usable:
+                FailedAuthenticationLimiter(request).refuse("This API key is unknown, revoked or expired.")
+            verified = verified_keys.put(hashed, found, acting_role(found))
+        elif verified.key.expires_at is not None and verified.key.expires_at <= now:
+            # Expiry is the clock's, not the cache's: an expired key is refused at once.
+            verified_keys.forget(hashed)
+            FailedAuthenticationLimiter(request).refuse("This API key is unknown, revoked or expired.")
+        last_used = verified.key.last_used_at
+        if last_used is None or last_used < now - LAST_USED_PRECISION:
+            ApiKey.objects.filter(pk=verified.key.pk).filter(
                 Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_PRECISION)
             ).update(last_used_at=now)
+            verified.key.last_used_at = now  # the cached key too, or every request would write again
+        key = verified.fresh()
         user = key.user if key.user_id else ServiceKeyUser(key)
         return user, key
 

@@ -1,6 +1,7 @@
 """Flow runs: create a manual run, list with filters, detail with history, set state, cancel, retry."""
 
 from django.db import IntegrityError
+from django.db.models import Prefetch, prefetch_related_objects
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -14,7 +15,7 @@ from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from runs.models import TERMINAL_STATES, Actor, ApiKey, Flow, FlowRun, Role, State, WorkQueue
+from runs.models import TERMINAL_STATES, Actor, ApiKey, Flow, FlowRun, Role, State, StateChange, WorkQueue
 from runs.scheduling import create_manual_run
 from runs.states import IllegalTransition, set_flow_run_state
 
@@ -83,6 +84,8 @@ class RunPages(KeysetPagination):
 
 
 HISTORY = ("history__user", "history__agent")
+# What a run's answer names, loaded with it (the viewset's select_related).
+NAMED = ("flow", "work_queue", "agent", "created_by", "created_by_key")
 
 FILTERS = [
     OpenApiParameter("state", str, description="One or more states, comma-separated, e.g. FAILED,CRASHED."),
@@ -174,10 +177,19 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
         # A new run already holds its flow, queue and creator: answering needs no query.
         return Response(FlowRunSerializer(run).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
-    def answer_with_history(self, run):
-        """The run as its detail page shows it: one query with what it names, one for its history.
-        (A state change refreshes the run, and a refresh drops its cached flow, queue and agent.)"""
-        return FlowRunDetailSerializer(self.get_queryset().prefetch_related(*HISTORY).get(pk=run.pk)).data
+    def change_state(self, run, to_state, **kwargs):
+        """set_flow_run_state(run, to_state, **kwargs), answered as the detail page shows the run
+        without reading it again with its joins: the state change refreshes the run's own fields and
+        drops what it names (flow, queue, agent, creator), which get_object already loaded; those
+        whose id did not change are put back, and the history is read in one query with its people
+        and agents."""
+        named = {name: getattr(run, name) for name in NAMED}  # loaded by get_object's select_related
+        run = set_flow_run_state(run, to_state, **kwargs)
+        for name, value in named.items():
+            if getattr(run, f"{name}_id") == getattr(value, "pk", None):
+                setattr(run, name, value)
+        prefetch_related_objects([run], Prefetch("history", StateChange.objects.select_related("user", "agent")))
+        return Response(FlowRunDetailSerializer(run).data)
 
     @extend_schema(request=SetStateSerializer, responses={200: FlowRunDetailSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"], url_path="set_state")
@@ -187,9 +199,8 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
         incoming = SetStateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         data = incoming.validated_data
-        run = set_flow_run_state(run, data["state"], actor=Actor.USER, user=acting_person(request),
+        return self.change_state(run, data["state"], actor=Actor.USER, user=acting_person(request),
                                  message=data["message"], expected_state=data.get("expected_state"))
-        return Response(self.answer_with_history(run))
 
     @extend_schema(request=None, responses={200: FlowRunDetailSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"])
@@ -197,9 +208,8 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
         """A run that has not started is CANCELLED at once; a started one goes to CANCELLING for its agent."""
         run = self.get_object()
         target = State.CANCELLED if run.state in (State.SCHEDULED, State.LATE) else State.CANCELLING
-        run = set_flow_run_state(run, target, actor=Actor.USER, user=acting_person(request),
+        return self.change_state(run, target, actor=Actor.USER, user=acting_person(request),
                                  message=f"Cancelled by {request.user}")
-        return Response(self.answer_with_history(run))
 
     @extend_schema(request=None, responses={200: FlowRunDetailSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"])
@@ -209,7 +219,6 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
         if run.state not in TERMINAL_STATES:
             raise IllegalTransition(f"Only a finished run can be retried; this one is {run.state}.",
                                     current=run.state, requested=State.SCHEDULED)
-        run = set_flow_run_state(run, State.SCHEDULED, actor=Actor.USER, user=acting_person(request), retry=True,
+        return self.change_state(run, State.SCHEDULED, actor=Actor.USER, user=acting_person(request), retry=True,
                                  message=f"Retried by {request.user}", updates={"scheduled_start": timezone.now()})
-        return Response(self.answer_with_history(run))
 

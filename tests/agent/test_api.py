@@ -8,7 +8,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from runs.models import Actor, Agent, AgentStatus, FlowRun, Log, Role, State, StateChange, TaskRun
+from runs.models import Actor, Agent, AgentStatus, FlowRun, Log, Role, State, StateChange, TaskRun, WorkQueue
 from runs.run_tokens import token_of
 from tests import factories
 
@@ -192,9 +192,10 @@ def test_agent_and_task_run_heartbeats_are_one_update_each(operator, prefix, ws,
     task_beat = f"{prefix}/agent/task_runs/{task_run.pk}/heartbeat"
     reporter.client.credentials(HTTP_AUTHORIZATION=f"Bearer {reporter.token_for_request(task_beat, None)}")
     # The task run's: its token checked without a query, one read of the workspace; the agent's: its
-    # key (with its workspace), then its CANCELLING runs.
+    # key (with its workspace) was verified by the ping and is cached (runs/api/key_cache.py), so only
+    # its CANCELLING runs are read.
     for client, path, payload, reads in ((reporter.client, f"task_runs/{task_run.pk}/heartbeat", None, 1),
-                                         (operator, "heartbeat", {"agent_id": registered}, 2)):
+                                         (operator, "heartbeat", {"agent_id": registered}, 1)):
         with CaptureQueriesContext(connection) as captured:
             assert client.post(f"{prefix}/agent/{path}", payload, format="json").status_code in (200, 204)
         statements = [q["sql"].split()[0] for q in captured.captured_queries]
@@ -567,3 +568,18 @@ def test_a_log_batch_with_nothing_to_store_is_400_or_404(operator, prefix, ws, o
                             format="json")
     assert unknown.status_code == 404
     assert not Log.objects.exists()
+
+
+def test_a_poll_with_nothing_due_writes_nothing_once_its_queue_is_recorded_as_polled(operator, prefix, ws, registered,
+                                                                                    django_assert_max_num_queries):
+    poll = {"agent_id": registered, "max_runs": 10}
+    assert operator.post(f"{prefix}/agent/claim", poll, format="json").json()["runs"] == []  # records the poll
+    polled = WorkQueue.objects.get(workspace=ws, name="default").last_polled
+    assert polled is not None
+    # The agent; its SUBMITTED and CANCELLING runs; its queues with their last poll (recent: no
+    # UPDATE, no transaction for it); the due runs, in a savepoint for the claim (none: nothing moves).
+    with CaptureQueriesContext(connection) as captured, django_assert_max_num_queries(6):
+        assert operator.post(f"{prefix}/agent/claim", poll, format="json").json() == {"runs": [], "cancelling": []}
+    statements = [q["sql"].split()[0] for q in captured.captured_queries]
+    assert not {"UPDATE", "INSERT", "DELETE"} & set(statements), statements
+    assert WorkQueue.objects.get(workspace=ws, name="default").last_polled == polled

@@ -1,0 +1,93 @@
+"""Verified API keys, kept in the process for a few seconds so that a request does not look its key
+up again (one query with two joins, and for a person's key one more for the membership).
+
+An entry holds what a request needs: the key (its id, role, user id, expiry and last use), its
+workspace and account, the person it acts for, and the role it acts with. It lives
+API_KEY_CACHE_SECONDS (0: no cache), so a revocation, a demotion or a removed member made by
+another process is honoured within that many seconds; in this process any save or delete of a key,
+workspace, account, membership or person forgets every entry at once (see `forget_all`). The
+expiry is checked against the clock on every request by the authentication, not here. At most
+API_KEY_CACHE_SIZE entries: the least recently used goes first.
+"""
+
+import copy
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from django.conf import settings
+
+
+@dataclass
+class VerifiedKey:
+    """A key as its last lookup found it (`key` with workspace, account and user loaded) and the role
+    it acts with. `key` is shared by the requests of the process: each gets its own copy (`fresh`)."""
+
+    key: object
+    role: str
+    verified_at: float  # VerifiedKeys.clock() seconds
+
+    def fresh(self):
+        """A copy of the key (and of its workspace, account and person) for one request to hold, with
+        the role it acts with: what one request changes on it never reaches another."""
+        key = copy.copy(self.key)
+        workspace = copy.copy(self.key.workspace)
+        workspace.account = copy.copy(self.key.workspace.account)
+        key.workspace = workspace
+        if self.key.user_id:
+            key.user = copy.copy(self.key.user)
+        key.acting_role = self.role
+        return key
+
+
+class VerifiedKeys:
+    """An LRU of VerifiedKey by the key's hash, with a time to live; safe across threads."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock  # seconds; a parameter so that tests move time instead of sleeping
+        self._entries = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, hashed):
+        """The VerifiedKey of `hashed` when it was verified less than API_KEY_CACHE_SECONDS ago, else None."""
+        ttl = settings.ORCHESTRATOR["API_KEY_CACHE_SECONDS"]
+        if ttl <= 0:
+            return None
+        with self._lock:
+            entry = self._entries.get(hashed)
+            if entry is None:
+                return None
+            if self.clock() - entry.verified_at >= ttl:
+                del self._entries[hashed]
+                return None
+            self._entries.move_to_end(hashed)
+            return entry
+
+    def put(self, hashed, key, role):
+        """Remember `key` (loaded with workspace, account and user), acting as `role`; returns the entry."""
+        entry = VerifiedKey(key, role, self.clock())
+        if settings.ORCHESTRATOR["API_KEY_CACHE_SECONDS"] <= 0:
+            return entry
+        size = max(1, settings.ORCHESTRATOR["API_KEY_CACHE_SIZE"])
+        with self._lock:
+            self._entries[hashed] = entry
+            self._entries.move_to_end(hashed)
+            while len(self._entries) > size:
+                self._entries.popitem(last=False)
+        return entry
+
+    def forget(self, hashed):
+        with self._lock:
+            self._entries.pop(hashed, None)
+
+    def forget_all(self, **_signal_arguments):
+        """Forget every entry (a receiver of the model signals wired in runs/apps.py)."""
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self):
+        return len(self._entries)
+
+
+verified_keys = VerifiedKeys()
