@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Orchestrator-Signature"
 TEMPLATE_KEYS = {"name", "resource", "payload"}
+WEBHOOK_PREFIX = "webhook."
 TEMPLATE_MAX_BYTES = 16_384
 TEMPLATE_MAX_DEPTH = 8
 TEMPLATE_MAX_PLACEHOLDERS = 64
@@ -141,6 +142,11 @@ def event_for(webhook, body):
     own = resource("webhook", webhook.pk, webhook.name)
     rendered = render(template, {"body": body, "webhook": {"id": str(webhook.pk), "name": webhook.name}})
     name = rendered.get("name")
+    if isinstance(name, str) and not name.startswith(WEBHOOK_PREFIX):
+        # The server's own names (flow-run.heartbeat, automation.fired, …) cannot come from outside:
+        # a webhook's URL holder could otherwise crash runs through the heartbeat default, or reset
+        # automations' loop guard. Its events are always webhook.<…>.
+        name = WEBHOOK_PREFIX + name
     if not isinstance(name, str) or not EVENT_NAME.match(name):
         raise TemplateError(f"template.name rendered to {str(name)[:100]!r}: an event name is 1-200 letters, digits, "
                             "'.', ':', '-' and '_'.")

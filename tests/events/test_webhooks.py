@@ -51,7 +51,7 @@ def test_a_template_names_the_event_and_its_resource_from_the_body(ws, client, f
     body = {"status": "finished", "deploy": {"id": 42, "service": "api"}, "tags": ["v1.2", "prod"]}
     assert post(client, webhook, body).status_code == 202
     event = flush_events().get()
-    assert event.name == "deploy.finished"
+    assert event.name == "webhook.deploy.finished"
     assert event.resource == {"kind": "deploy", "id": "42", "name": "api"}
     assert event.related == [{"kind": "webhook", "id": str(webhook.pk), "name": "deploys"}]
     assert event.payload == {"service": "api", "first_tag": "v1.2", "summary": "api is finished (42)",
@@ -64,7 +64,7 @@ def test_a_form_body_is_taken_as_its_fields(ws, client, flush_events):
                          content_type="application/x-www-form-urlencoded")
     assert answer.status_code == 202, answer.content
     event = flush_events().get()
-    assert event.name == "form.opened" and event.payload == {"action": "opened", "label": ["a", "b"]}
+    assert event.name == "webhook.form.opened" and event.payload == {"action": "opened", "label": ["a", "b"]}
 
 
 def test_a_body_that_is_not_an_object_is_kept_under_body(ws, client, flush_events):
@@ -221,7 +221,7 @@ def test_admins_create_a_webhook_and_get_its_url(api, prefix, key_for, ws, clien
     sent = post(client, data["url"].split("testserver")[-1], body,
                 **{SIGNATURE_HEADER: signature("v3ry-secret", body)})
     assert sent.status_code == 202
-    assert flush_events().get().name == "deploy.done"
+    assert flush_events().get().name == "webhook.deploy.done"
     assert AuditEntry.objects.filter(action="incoming_webhook.create", target_name="deploys").exists()
     assert data["slug"] not in json.dumps(list(AuditEntry.objects.values("before", "after")))
 
@@ -299,3 +299,23 @@ def test_the_readmes_openssl_recipe_makes_the_signature_the_server_expects():
     made = subprocess.run(["bash", "-c", f'echo "{recipe}"'], capture_output=True, text=True, check=True,
                           env={"BODY": body, "DEPLOY_HOOK_KEY": "k3y", "PATH": "/usr/bin:/bin"}).stdout.strip()
     assert made == signature("k3y", body.encode())
+
+
+def test_a_webhook_cannot_forge_the_servers_own_events(ws, client, flush_events):
+    """Whoever holds a webhook's URL must not be able to send `flow-run.heartbeat` for a run (the
+    crash default would then crash it 5 minutes later) or `automation.fired` (the loop guard): a
+    webhook's events are always named webhook.<…>, and no automation of the server's names fires."""
+    from automations import proactive
+    from automations.models import Firing, TriggerBucket
+
+    run = factories.flow_run(factories.flow(ws), state="RUNNING")
+    for name in ("flow-run.heartbeat", "automation.fired", "flow-run.state.crashed"):
+        webhook = hook(ws, template={"name": name, "resource": {"kind": "flow-run", "id": str(run.pk)}})
+        assert post(client, webhook, {}).status_code == 202
+    stored = sorted(flush_events().values_list("name", flat=True))
+    assert stored == ["webhook.automation.fired", "webhook.flow-run.heartbeat", "webhook.flow-run.state.crashed"]
+    assert not TriggerBucket.objects.exists()
+    from django.utils import timezone
+    from datetime import timedelta
+    proactive.run_once(timezone.now() + timedelta(hours=1))
+    assert not Firing.objects.exists()
