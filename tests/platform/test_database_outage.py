@@ -112,7 +112,14 @@ def test_a_connection_killed_mid_request_is_a_503_with_retry_after_then_the_next
     original = permissions.role_in_workspace
 
     def role_then_lose_the_database(*args):
+        from django.db import connection as thread_connection
+
         role = original(*args)  # authenticated, workspace resolved; the view's queries come next
+        # The request has used its connection (a cached API key may have needed no query so far,
+        # and a first query would find a dead connection by its health check and reconnect):
+        # the connection is lost in the middle of the request's work.
+        with thread_connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
         kill_this_threads_connection()
         return role
 
