@@ -2,16 +2,15 @@
 
 kombu's filesystem transport creates the message file, then writes it; its reader takes no lock, so
 one that lists the folder in between reads an empty file and the worker stops on the JSONDecodeError
-(kombu issue 1551). Seen under `make run` once beat ran as a thread of the worker.
+(kombu issue 1551). Seen under `make run` once beat ran as a thread of the worker. (A test that showed
+kombu's own transport losing the race was dropped: a race it loses only sometimes is no test.)
 """
 
 import os
 import threading
 from queue import Empty
 
-import pytest
 from kombu import Connection
-from kombu.transport import filesystem
 
 from orchestrator import broker
 
@@ -59,18 +58,6 @@ def test_a_reader_racing_the_writer_gets_every_message_whole(tmp_path):
     assert error is None
     assert sorted(got) == list(range(3000))
     assert os.listdir(tmp_path) == []  # no partial file left behind
-
-
-@pytest.mark.slow
-def test_kombus_own_transport_is_what_breaks(tmp_path):
-    """The same race against kombu's transport: the test above would fail without ours."""
-    errors = []
-    for n in range(5):
-        (tmp_path / str(n)).mkdir()
-        errors.append(hammer(filesystem.Transport, tmp_path / str(n))[1])
-        if errors[-1] is not None:
-            break
-    assert any(error is not None for error in errors), "kombu's own no longer races: orchestrator/broker.py may go"
 
 
 def test_the_embedded_settings_use_it():
