@@ -82,10 +82,6 @@ def _write_with_the_change(events, using):
         return False
 
 
-def emit_one(workspace_id, name, resource_, **kwargs):
-    emit([make(workspace_id, name, resource_, **kwargs)])
-
-
 def background():
     """Whether committed events go to Redis from the sender thread (events/sender.py)."""
     return bool(settings.REDIS_URL) and settings.ORCHESTRATOR["EVENTS_SEND_IN_BACKGROUND"]

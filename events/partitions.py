@@ -44,11 +44,10 @@ def _midnight(day):
     return datetime.combine(day, time.min, tzinfo=dt_timezone.utc)
 
 
-def is_partitioned(using_connection=None):
-    conn = using_connection or connection
-    if conn.vendor != "postgresql":
+def is_partitioned():
+    if connection.vendor != "postgresql":
         return False
-    with conn.cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid "
                        "WHERE c.relname = %s AND c.relnamespace = to_regnamespace(current_schema())", [TABLE])
         return cursor.fetchone() is not None
@@ -116,25 +115,11 @@ def rotate(now, cursor):
 def delete_expired(now):
     """Delete events past their workspace's retention, in bounded batches; returns how many."""
     from events.models import Event
-    from runs.models import Workspace
+    from events.retention import delete_past_retention
 
     batch = _config("EVENT_RETENTION_BATCH_SIZE")
-    budget = batch * _config("EVENT_RETENTION_MAX_BATCHES")
-    deleted = 0
-    # One query per distinct retention, not per workspace.
-    retentions = {}
-    for ws_id, days in Workspace.objects.values_list("id", "event_retention_days"):
-        retentions.setdefault(days, []).append(ws_id)
-    for days, workspace_ids in sorted(retentions.items()):
-        cutoff = now - timedelta(days=days)
-        while deleted < budget:
-            ids = list(Event.objects.filter(workspace_id__in=workspace_ids, occurred__lt=cutoff)
-                       .values_list("id", flat=True)[:min(batch, budget - deleted)])
-            if not ids:
-                break
-            with transaction.atomic():
-                deleted += Event.objects.filter(id__in=ids, occurred__lt=cutoff)._raw_delete(Event.objects.db)
-    return deleted
+    return delete_past_retention(Event, "occurred", now, budget=batch * _config("EVENT_RETENTION_MAX_BATCHES"),
+                                 batch=batch, raw=True)
 
 
 @registry.register("partition-manager", "PARTITION_MANAGER_LOOP_SECONDS",
