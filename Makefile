@@ -23,13 +23,16 @@ migrate: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput
 
 seed: migrate
-	$(BIN)/python manage.py seed_demo
+	$(BIN)/python manage.py seed_demo --login-file var/admin-login.txt
 
 # The Procfile's processes (web on 127.0.0.1:$PORT, default 8000; a Celery worker with beat in a
 # thread; a local agent), output prefixed; one that dies is restarted with a growing wait; Ctrl-C
-# stops all (README: make run).
+# stops all (README: make run). Once /healthz answers it prints the URLs and the seeded login.
+RUN_URL = http://127.0.0.1:$(or $(PORT),8000)
 run: seed
-	$(BIN)/python -m supervise --procfile Procfile
+	$(BIN)/python -m supervise --procfile Procfile --ready-url $(RUN_URL)/healthz \
+	  --ready-message "Ready. Dashboard: $(RUN_URL)/dashboard/   Admin: $(RUN_URL)/admin/   API docs: $(RUN_URL)/api/docs/" \
+	  --ready-file var/admin-login.txt
 
 # The whole suite: against PostgreSQL and Redis when DATABASE_URL / REDIS_URL are set, else SQLite.
 test: $(STAMP)
@@ -39,4 +42,4 @@ bench: migrate
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) var/*.sqlite3* var/celery test-artifacts
+	rm -rf $(VENV) var/*.sqlite3* var/celery var/admin-login.txt test-artifacts

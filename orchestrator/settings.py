@@ -180,6 +180,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "runs.dashboard.context.header_roles",
             ],
         },
     },
@@ -219,6 +220,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
+# Times to the second everywhere Django formats a date itself (the admin): orchestrator/formats/.
+FORMAT_MODULE_PATH = ["orchestrator.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

@@ -1,4 +1,6 @@
 from django.contrib import admin
+from django.http import HttpResponseRedirect
+from django.templatetags.static import static
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -12,7 +14,15 @@ from runs.dashboard.login import RateLimitedAdminAuthenticationForm
 # The admin's login page limits failed sign-ins as the dashboard's does (runs/dashboard/login.py).
 admin.site.login_form = RateLimitedAdminAuthenticationForm
 
+
+
+def favicon(request):
+    """Browsers ask for /favicon.ico on every page (the admin's and the API's too)."""
+    return HttpResponseRedirect(static("favicon.svg"))
+
+
 urlpatterns = [
+    path("favicon.ico", favicon),
     path("", RedirectView.as_view(url="/dashboard/", permanent=False)),
     path("dashboard/", include("runs.dashboard.urls")),
     path("healthz", healthz, name="healthz"),

@@ -23,8 +23,25 @@ def build_parser():
     parser.add_argument("--backoff-max", type=float, default=30.0, help="longest wait before a restart (s)")
     parser.add_argument("--backoff-reset", type=float, default=60.0,
                         help="a process up this long counts as healthy again: the next wait is the first (s)")
+    parser.add_argument("--ready-url", help="once this URL answers 2xx, print the --ready-message lines and the "
+                                              "--ready-file's lines (make run: where the dashboard is, the login)")
+    parser.add_argument("--ready-message", action="append", default=[], help="a line to print when ready (repeatable)")
+    parser.add_argument("--ready-file", help="a file whose lines are printed when ready, if it exists then")
     parser.add_argument("--no-colour", action="store_true", help="never colour the prefixes (default: on a TTY)")
     return parser
+
+
+def file_lines(path):
+    """A callable giving the file's text when called (None when there is no file, or no path)."""
+    def read():
+        if not path:
+            return None
+        try:
+            with open(path) as text:
+                return text.read().strip() or None
+        except OSError:
+            return None
+    return read
 
 
 def main(argv=None):
@@ -40,7 +57,8 @@ def main(argv=None):
         return 2
     supervisor = Supervisor(commands, colour=not args.no_colour, stop_timeout=args.stop_timeout,
                             backoff_initial=args.backoff_initial, backoff_max=args.backoff_max,
-                            backoff_reset=args.backoff_reset)
+                            backoff_reset=args.backoff_reset, ready_url=args.ready_url,
+                            ready_lines=[*args.ready_message, file_lines(args.ready_file)])
     return supervisor.run()
 
 

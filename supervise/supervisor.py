@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 
 from honcho.colour import get_colours
@@ -152,7 +153,8 @@ class Supervisor:
     """
 
     def __init__(self, commands, *, output=None, colour=True, stop_timeout=40.0, backoff_initial=1.0,
-                 backoff_max=30.0, backoff_reset=60.0, cwd=None, env=None):
+                 backoff_max=30.0, backoff_reset=60.0, cwd=None, env=None, ready_url=None, ready_lines=(),
+                 ready_timeout=180.0):
         if not commands:
             raise ValueError("no processes to run")
         colours = get_colours()
@@ -171,6 +173,11 @@ class Supervisor:
         self._stop_signal_at = None
         self._forced = False
         self._wakeup = None
+        # Once `ready_url` answers, `ready_lines` (callables or strings) are printed: where to go
+        # and how to log in, after the start-up lines that pushed the seed's message off screen.
+        self.ready_url = ready_url
+        self.ready_lines = ready_lines
+        self.ready_timeout = ready_timeout
 
     # Output -------------------------------------------------------------------------------
 
@@ -181,6 +188,26 @@ class Supervisor:
 
     def say(self, text):
         self._write(SYSTEM_NAME, text)
+
+    def _announce_when_ready(self):
+        """Poll `ready_url` until it answers 2xx, then print the ready lines once (or say that it
+        did not answer within `ready_timeout` seconds)."""
+        deadline = time.monotonic() + self.ready_timeout
+        while self._stop_signal is None:
+            try:
+                with urllib.request.urlopen(self.ready_url, timeout=2) as answer:
+                    if 200 <= answer.status < 300:
+                        for line in self.ready_lines:
+                            text = line() if callable(line) else line
+                            if text:
+                                self.say(text)
+                        return
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() >= deadline:
+                self.say(f"{self.ready_url} did not answer within {self.ready_timeout:.0f} s; see the lines above")
+                return
+            time.sleep(0.5)
 
     def _forward(self, proc, stream):
         for line in iter(stream.readline, b""):
@@ -303,6 +330,8 @@ class Supervisor:
             for proc in self.processes:
                 if self._stop_signal is None:
                     self._start(proc)
+            if self.ready_url:
+                threading.Thread(target=self._announce_when_ready, name="ready-banner", daemon=True).start()
             while self._stop_signal is None:
                 pending = [p.restart_at for p in self.processes if p.restart_at is not None]
                 self._sleep(min(pending) - time.monotonic() if pending else 60.0)

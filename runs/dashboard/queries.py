@@ -22,9 +22,14 @@ def alive_runs(request):
 
 
 def runs_by_state(request, since, now):
-    """{state: count} of runs due between `since` and `now`, every state present (zero when none)."""
+    """[(state, count)] for every state (zero when none), in one query: the unfinished states
+    count every run in them now (a SCHEDULED count that left out tomorrow's runs read 0 while
+    forty waited); the finished states count the runs due between `since` and `now` (indexed on
+    workspace, state and due time)."""
+    unfinished = [state for state in State if state not in TERMINAL_STATES]
     counts = dict(
-        alive_runs(request).filter(scheduled_start__gte=since, scheduled_start__lte=now)
+        alive_runs(request).filter(
+            Q(state__in=unfinished) | Q(state__in=TERMINAL_STATES, scheduled_start__gte=since, scheduled_start__lte=now))
         .values_list("state").annotate(n=Count("id")).values_list("state", "n")
     )
     return [(state, counts.get(state.value, 0)) for state in State]
@@ -121,9 +126,13 @@ def agents_with_queues(request):
 
 
 def recovery_interventions(request, since, flow_id=None, limit=200):
-    """Every Lazarus and Zombie Killer act since `since`, newest first: their log lines and the
-    state changes they made. Each row: time, source, run, reason, attempt (which act on that run
-    this was, counted per source)."""
+    """Every Lazarus and Zombie Killer act since `since`, newest first, each once.
+
+    A service's act leaves a state change and, for the why, a log line with the same run, task run
+    and moment; the two are one act and make one row. Each row: time, source, run, task_run,
+    transition ("RUNNING → SCHEDULED" or ""), reason, kind, attempt (which act of that source on
+    that run this was; 1 = the first ever).
+    """
     logs = scoped(request, Log.objects.filter(source__in=RECOVERY_SOURCES, timestamp__gte=since))
     changes = scoped(
         request, StateChange.objects.filter(actor__in=RECOVERY_SOURCES, timestamp__gte=since), "flow_run__workspace_id"
@@ -131,18 +140,25 @@ def recovery_interventions(request, since, flow_id=None, limit=200):
     if flow_id:
         logs = logs.filter(flow_run__flow_id=flow_id)
         changes = changes.filter(flow_run__flow_id=flow_id)
-    rows = [
-        {"time": log.timestamp, "source": log.source, "run": log.flow_run, "task_run": log.task_run,
-         "reason": log.message, "kind": "log"}
-        for log in logs.select_related("flow_run__flow", "task_run").order_by("-timestamp", "-id")[:limit]
-    ] + [
-        {"time": change.timestamp, "source": change.actor, "run": change.flow_run, "task_run": change.task_run,
-         "reason": f"{change.from_state or '—'} → {change.to_state}: {change.message}".rstrip(": "),
-         "kind": "state change"}
-        for change in changes.select_related("flow_run__flow", "task_run").order_by("-timestamp", "-id")[:limit]
-    ]
-    rows.sort(key=lambda row: row["time"], reverse=True)
-    rows = rows[:limit]
+    acts = {}
+    for change in changes.select_related("flow_run__flow", "task_run").order_by("-timestamp", "-id")[:limit]:
+        transition = f"{change.from_state or '—'} → {change.to_state}"
+        acts[(change.flow_run_id, change.task_run_id, change.actor, change.timestamp)] = {
+            "time": change.timestamp, "source": change.actor, "run": change.flow_run, "task_run": change.task_run,
+            "transition": transition, "message": change.message, "kind": "state change"}
+    for log in logs.select_related("flow_run__flow", "task_run").order_by("-timestamp", "-id")[:limit]:
+        act = acts.get((log.flow_run_id, log.task_run_id, log.source, log.timestamp))
+        if act is None:
+            acts[(log.flow_run_id, log.task_run_id, log.source, log.timestamp, log.pk)] = {
+                "time": log.timestamp, "source": log.source, "run": log.flow_run, "task_run": log.task_run,
+                "transition": "", "message": log.message, "kind": "log"}
+        elif act["kind"] == "state change":
+            act["kind"] = "state change and log"
+            if log.message and log.message != act["message"]:
+                act["message"] = f"{act['message']} — {log.message}" if act["message"] else log.message
+    rows = sorted(acts.values(), key=lambda row: row["time"], reverse=True)[:limit]
+    for row in rows:
+        row["reason"] = ": ".join(part for part in (row["transition"], row.pop("message")) if part)
     number_attempts(rows)
     return rows
 
@@ -151,19 +167,22 @@ def number_attempts(rows):
     """Set each row's `attempt`: which act of its source on its run it was (1 = the first ever).
 
     Two queries over the shown runs only; a run has at most a handful of interventions (Lazarus
-    gives up after its tenth), so this reads little whatever the size of the tables.
+    gives up after its tenth), so this reads little whatever the size of the tables. A state
+    change and its log line at one moment are one act, as in the rows.
     """
     run_ids = {row["run"].pk for row in rows}
     moments = {}
-    for run_id, source, at in Log.objects.filter(flow_run_id__in=run_ids, source__in=RECOVERY_SOURCES) \
-            .values_list("flow_run_id", "source", "timestamp"):
-        moments.setdefault(("log", run_id, source), []).append(at)
-    for run_id, actor, at in StateChange.objects.filter(flow_run_id__in=run_ids, actor__in=RECOVERY_SOURCES) \
-            .values_list("flow_run_id", "actor", "timestamp"):
-        moments.setdefault(("state change", run_id, actor), []).append(at)
+    for run_id, task_run_id, source, at in Log.objects.filter(
+            flow_run_id__in=run_ids, source__in=RECOVERY_SOURCES).values_list(
+            "flow_run_id", "task_run_id", "source", "timestamp"):
+        moments.setdefault((run_id, source), set()).add((task_run_id, at))
+    for run_id, task_run_id, actor, at in StateChange.objects.filter(
+            flow_run_id__in=run_ids, actor__in=RECOVERY_SOURCES).values_list(
+            "flow_run_id", "task_run_id", "actor", "timestamp"):
+        moments.setdefault((run_id, actor), set()).add((task_run_id, at))
     for row in rows:
-        earlier = moments.get((row["kind"], row["run"].pk, row["source"]), [])
-        row["attempt"] = sum(1 for at in earlier if at <= row["time"])
+        earlier = moments.get((row["run"].pk, row["source"]), ())
+        row["attempt"] = sum(1 for _, at in earlier if at <= row["time"])
 
 
 def period_start(now, hours):

@@ -7,6 +7,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import render
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from runs.access import scoped, workspace_ids_for
 from runs.models import AuditEntry, Flow, FlowRun, LogLevel, Role, WorkQueue
@@ -169,6 +170,24 @@ def agents(request):
     return render_live(request, "dashboard/agents.html", "dashboard/_agents_live.html", context)
 
 
+RECOVERY_SERVICES = ("lazarus", "zombie-killer")
+
+
+def recovery_services_failing(now):
+    """The recovery services that are unhealthy or whose last pass failed, with Towel's words:
+    a review that shows no act while Lazarus itself crashes on every pass would mislead."""
+    report = service_health(now) or {}
+    failing = []
+    for name, health in report.items():
+        if name not in RECOVERY_SERVICES and not name.startswith("("):
+            continue
+        last_failed = health.get("last_error_at") and (
+            not health.get("last_success") or health["last_error_at"] > health["last_success"])
+        if not health.get("healthy", True) or last_failed:
+            failing.append({**health, "name": name, "last_error_at": parse_datetime(health.get("last_error_at") or "")})
+    return failing
+
+
 @dashboard_login_required
 def recovery(request):
     now = timezone.now()
@@ -178,6 +197,7 @@ def recovery(request):
         "nav": "recovery", "now": now, "period": hours, "periods": RECOVERY_PERIODS, "flow_id": flow_id,
         "flows": scoped(request, Flow.objects.order_by("name")).only("id", "name")[:500],
         "rows": queries.recovery_interventions(request, queries.period_start(now, hours), flow_id),
+        "failing": recovery_services_failing(now),
         "stream_url": stream_url(PART_EVENTS["recovery"], since=now),
     }
     return render_live(request, "dashboard/recovery.html", "dashboard/_recovery_live.html", context)

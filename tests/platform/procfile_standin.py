@@ -6,6 +6,7 @@ python procfile_standin.py MODE [NAME|CODE]:
   exit CODE     prints the time and exits with CODE at once, like a process whose port is taken
   stubborn      ignores SIGTERM and starts a grandchild in its process group that ignores it too
   spawner NAME  starts a "runner" leading its own session, as the agent does for each flow run
+  http PORT     after a second, answers 200 to any GET on 127.0.0.1:PORT (a web process with /healthz)
 """
 
 import os
@@ -41,6 +42,22 @@ def main(mode, arg=None):
         grandchild = subprocess.Popen(SLEEP_FOREVER)
         ready("stubborn")
         print(f"grandchild {grandchild.pid}", flush=True)
+    elif mode == "http":
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+
+        class Healthy(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                print(f"http got {self.path}", flush=True)
+
+        time.sleep(1)  # the banner must wait for the port, not print at once
+        server = HTTPServer(("127.0.0.1", int(arg)), Healthy)
+        ready("http")
+        server.serve_forever()
     elif mode == "spawner":
         runner = subprocess.Popen(SLEEP_FOREVER, start_new_session=True)
         ready(arg)

@@ -1,12 +1,16 @@
 """/healthz, settings from the environment, the beat rows, the seed command."""
 
+import io
 import os
+import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
 from unittest import mock
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django_celery_beat.models import PeriodicTask
 
@@ -108,3 +112,19 @@ def test_makemigrations_check_runs_in_a_bare_shell(tmp_path):
     done = subprocess.run([sys.executable, "manage.py", "makemigrations", "--check", "--dry-run"], cwd=root,
                           env=bare, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.django_db
+def test_seed_demo_writes_the_new_login_to_a_private_file_for_make_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("ORCHESTRATOR_ADMIN_PASSWORD", raising=False)
+    login = tmp_path / "var" / "admin-login.txt"
+    out = io.StringIO()
+    call_command("seed_demo", "--login-file", str(login), stdout=out)
+    password = re.search(r"password (\S+)", out.getvalue()).group(1)
+    text = login.read_text()
+    assert f"password {password} " in text and "'admin'" in text
+    assert stat.S_IMODE(login.stat().st_mode) == 0o600
+    assert get_user_model().objects.get(username="admin").check_password(password)
+    login.write_text("left alone\n")
+    call_command("seed_demo", "--login-file", str(login), stdout=io.StringIO())
+    assert login.read_text() == "left alone\n"  # an existing admin's password is not known, nor rewritten

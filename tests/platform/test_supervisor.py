@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +25,12 @@ ROOT = Path(__file__).resolve().parents[2]
 STANDIN = Path(__file__).with_name("procfile_standin.py")
 # Pids the stand-ins print ("web ready 123", "grandchild 456", ...), to check and to clean up.
 PID_LINE = re.compile(r"\b(?:ready|grandchild|runner) (\d+)")
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def alive(pid):
@@ -106,11 +113,11 @@ def start(tmp_path):
     leaves running is killed."""
     started = []
 
-    def _start(processes, *args, make=False):
+    def _start(processes, *args, make=False, env=None):
         procfile = tmp_path / "Procfile"
         procfile.write_text("".join(f"{name}: {sys.executable} {STANDIN} {command}\n"
                                     for name, command in processes.items()))
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         if make:
             # `make run` exactly as a developer types it, minus migrate and seed (-o: take them as
             # done), in a folder whose .venv is this interpreter's and whose Procfile is ours.
@@ -152,6 +159,40 @@ def test_make_run_restarts_a_killed_process_and_keeps_the_others_running(start):
     run.ctrl_c()
     assert run.wait() != 0
     assert not alive(web) and not alive(new_agent)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None or sys.prefix == sys.base_prefix,
+                    reason="needs make and a virtual environment, as `make run` does")
+def test_make_run_names_the_dashboard_and_repeats_the_login_once_web_answers(start, tmp_path):
+    port = free_port()
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "admin-login.txt").write_text("Log in as user 'admin' with password s3cret-for-test\n")
+    run = start({"web": f"http {port}", "agent": "serve agent"}, make=True, env={"PORT": str(port)})
+
+    banner = run.line(r"system +\| Ready\. Dashboard: (\S+)   Admin: (\S+)   API docs: (\S+)", timeout=20)
+    assert banner.groups() == (f"http://127.0.0.1:{port}/dashboard/", f"http://127.0.0.1:{port}/admin/",
+                               f"http://127.0.0.1:{port}/api/docs/")
+    login = run.line(r"system +\| Log in as user 'admin' with password s3cret-for-test")
+    # After start-up: below the web's own start line, where a person looks last.
+    lines = run.lines
+    assert lines.index(login.string) > next(i for i, line in enumerate(lines) if "http ready" in line)
+    assert run.matches("http got /healthz")
+    time.sleep(1.5)
+    assert len(run.matches(r"system +\| Ready\. Dashboard")) == 1, run.output  # once, not on every poll
+
+    run.ctrl_c()
+    run.wait()
+
+
+def test_the_ready_banner_says_so_when_the_url_never_answers(start):
+    run = start({"agent": "serve agent"}, "--ready-url", f"http://127.0.0.1:{free_port()}/healthz",
+                "--ready-message", "Ready. never printed")
+    run.ready_pid("agent")
+    time.sleep(1.2)
+    assert not run.matches("never printed"), run.output
+    run.ctrl_c()
+    run.wait()
 
 
 # Restarts

@@ -18,14 +18,25 @@ from runs.scheduling import default_queues, schedule_future_runs
 DEMO_ENTRYPOINT = "agent.examples.hello:hello"
 
 
+def write_private(path, text):
+    """Write `text` to `path`, readable by its owner only (it holds a password)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text + "\n")
+    os.chmod(path, 0o600)
+
+
 class Command(BaseCommand):
     help = "Create the demo account, workspace, admin user and flow (idempotent)."
 
     def add_arguments(self, parser):
         parser.add_argument("--username", default="admin")
+        parser.add_argument("--login-file", help="also write the new admin's login to this file (mode 600), for "
+                                                 "`make run` to print again once everything has started")
 
     @transaction.atomic
-    def handle(self, *args, username, **options):
+    def handle(self, *args, username, login_file=None, **options):
         account, _ = Account.objects.get_or_create(slug="demo", defaults={"name": "Demo"})
         workspace, _ = Workspace.objects.get_or_create(account=account, slug="demo", defaults={"name": "Demo"})
         queue = default_queues([workspace.pk])[workspace.pk]
@@ -39,6 +50,9 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(
                 f"Admin login, shown this once: user {username!r}, password {shown}  → http://127.0.0.1:{os.environ.get('PORT') or 8000}/admin/"
             ))
+            if login_file:
+                write_private(login_file, f"Log in as user {username!r} with password {shown} (set when the demo "
+                                          f"was seeded; {login_file} holds it, delete it once you have changed it).")
         Membership.objects.get_or_create(user=user, workspace=workspace, defaults={"role": Role.ADMIN})
 
         flow, created = Flow.objects.get_or_create(
