@@ -255,8 +255,11 @@ def set_task_run_state(task_run, to_state, *, actor, message="", expected_state=
 
 
 def _transition_many(kind, queryset, to_state, *, actor, message, now, updates, limit, extra_fields, user,
-                     event_payload=None):
-    allowed_from = [s for s, targets in kind.transitions.items() if to_state in targets]
+                     event_payload=None, retry=False):
+    if retry:  # an explicit retry: finished rows only, to a state a retry may enter
+        allowed_from = sorted(TERMINAL_STATES) if to_state in RETRY_TARGETS[kind.label] else []
+    else:
+        allowed_from = [s for s, targets in kind.transitions.items() if to_state in targets]
     fields = list(dict.fromkeys(["pk", "state", kind.workspace_path, kind.flow_run_path,
                                  *(path for _, path in kind.related_paths), *extra_fields]))
     # Rows another copy of the service holds are skipped, not waited for: that copy acts on them.
@@ -337,16 +340,17 @@ def _move(kind, to_state, message, rows, *, actor, now, updates, user, event_pay
 
 
 def transition_flow_runs(queryset, to_state, *, actor, message="", now=None, updates=None, limit=None,
-                         extra_fields=(), user=None, event_payload=None):
+                         extra_fields=(), user=None, event_payload=None, retry=False):
     """Move every flow run of `queryset` that may legally go to `to_state`; returns the rows moved.
 
     Set-based: a constant number of queries whatever the number of runs. `message` is a string
     or a function of the row (a dict with pk, state, workspace_id and `extra_fields`);
     `event_payload`, a function of the row, adds to each state event's payload (a verdict).
+    `retry`: an explicit retry, which moves only finished runs (to SCHEDULED).
     """
     return _transition_many(FLOW, queryset, to_state, actor=actor, message=message, now=now or timezone.now(),
                             updates=updates, limit=limit, extra_fields=extra_fields, user=user,
-                            event_payload=event_payload)
+                            event_payload=event_payload, retry=retry)
 
 
 def transition_task_runs(queryset, to_state, *, actor, message="", now=None, updates=None, limit=None,

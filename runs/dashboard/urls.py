@@ -4,7 +4,7 @@ from django.urls import path
 from automations import dashboard as automations
 from automations import delivery_views
 
-from . import events, login, schedules, views
+from . import events, login, run_actions, runs_list, schedules, views
 
 app_name = "dashboard"
 
@@ -13,6 +13,8 @@ urlpatterns = [
     path("login/", login.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(next_page="dashboard:login"), name="logout"),
     path("timeline/", views.timeline, name="timeline"),
+    path("runs/", runs_list.run_list, name="runs"),
+    path("runs/act/", run_actions.act, name="runs-act"),
     path("runs/<uuid:pk>/", views.run_detail, name="run"),
     path("schedules/", schedules.schedule_list, name="schedules"),
     path("schedules/<int:pk>/pause/", schedules.pause, name="schedule-pause"),

@@ -9,7 +9,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from runs.access import scoped, workspace_ids_for
+from runs.access import may, scoped, workspace_ids_for
 from runs.models import AuditEntry, Flow, FlowRun, LogLevel, Role, WorkQueue
 
 from . import display, queries
@@ -117,6 +117,8 @@ def timeline(request):
 
 @dashboard_login_required
 def run_detail(request, pk):
+    from . import run_actions  # it imports this module's login decorator
+
     now = timezone.now()
     run = scoped(request, FlowRun.objects.alive().select_related(
         "flow", "agent", "work_queue", "created_by", "created_by_key")).filter(pk=pk).first()
@@ -145,6 +147,7 @@ def run_detail(request, pk):
         "threshold": display.format_age(display.zombie_threshold_seconds()),
         # The run's own events and its task runs' (heartbeats included: the page shows the last one).
         "stream_url": stream_url(items=[("about", str(run.pk))], since=now),
+        "run_actions": run_actions.allowed_actions(run.state) if may(request, Role.OPERATOR, run.workspace_id) else [],
     }
     return render_live(request, "dashboard/run_detail.html", "dashboard/_run_live.html", context)
 

@@ -29,3 +29,15 @@ document.addEventListener("DOMContentLoaded", function () {
     logs.scrollTop = logs.scrollHeight;
   }
 });
+
+// Runs list: a header checkbox (data-ticks="run") ticks or clears every run checkbox of the page.
+document.addEventListener("change", function (event) {
+  var all = event.target;
+  if (!all.matches || !all.matches("input[data-ticks]")) {
+    return;
+  }
+  var form = all.form || document;
+  form.querySelectorAll('input[type="checkbox"][name="' + all.dataset.ticks + '"]').forEach(function (box) {
+    box.checked = all.checked;
+  });
+});

@@ -50,7 +50,7 @@ def test_log_in_and_every_page_renders_accessibly(page, live_server, seeded, art
     pages = {
         "overview": "/dashboard/", "timeline": "/dashboard/timeline/", "run-detail": f"/dashboard/runs/{run.pk}/",
         "schedules": "/dashboard/schedules/", "agents": "/dashboard/agents/", "recovery": "/dashboard/recovery/",
-        "events": "/dashboard/events/",
+        "events": "/dashboard/events/", "runs": "/dashboard/runs/",
     }
     problems = {}
     for name, path in pages.items():
