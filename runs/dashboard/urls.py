@@ -4,7 +4,7 @@ from django.urls import path
 from automations import dashboard as automations
 from automations import delivery_views
 
-from . import events, login, run_actions, runs_list, schedules, views
+from . import events, login, queues, run_actions, runs_list, schedules, views
 
 app_name = "dashboard"
 
@@ -22,6 +22,10 @@ urlpatterns = [
     path("schedules/<int:pk>/resume/", schedules.resume, name="schedule-resume"),
     path("schedules/<int:pk>/run/", schedules.run_now, name="schedule-run"),
     path("agents/", views.agents, name="agents"),
+    path("agents/<int:pk>/", queues.agent_detail, name="agent"),
+    path("queues/<int:pk>/pause/", queues.pause, name="queue-pause"),
+    path("queues/<int:pk>/resume/", queues.resume, name="queue-resume"),
+    path("queues/<int:pk>/limit/", queues.limit, name="queue-limit"),
     path("recovery/", views.recovery, name="recovery"),
     path("audit/", views.audit_trail, name="audit"),
     path("automations/", automations.automation_list, name="automations"),

@@ -166,7 +166,8 @@ def agents(request):
     queue_rows = [{"queue": q, "polled": display.format_age((now - q.last_polled).total_seconds())
                    if q.last_polled else "never",
                    "healthy": not q.paused and q.late == 0 and q.last_polled is not None
-                   and (now - q.last_polled).total_seconds() <= poll_window}
+                   and (now - q.last_polled).total_seconds() <= poll_window,
+                   "can_operate": may(request, Role.OPERATOR, q.workspace_id)}
                   for q in queries.queues_with_load(request, now)]
     context = {"nav": "agents", "now": now, "agents": agent_rows, "queues": queue_rows,
                "stream_url": stream_url(PART_EVENTS["agents"], since=now)}

@@ -41,3 +41,11 @@ document.addEventListener("change", function (event) {
     box.checked = all.checked;
   });
 });
+
+// A live part is not swapped while the person types in one of its forms (a queue's limit): the
+// refresh would throw away what they typed. Used in hx-trigger filters: every 15s[!editingIn('id')].
+function editingIn(id) {
+  var active = document.activeElement;
+  var part = document.getElementById(id);
+  return !!(part && active && part.contains(active) && active.matches("input, select, textarea"));
+}
