@@ -83,7 +83,7 @@ def timeline_runs(request, start, end, flow_id=None, queue_id=None, limit=None):
         Q(end_time__isnull=True) | Q(end_time__gte=start))
     runs = []
     for queryset in (unfinished, finished):
-        runs += queryset.select_related("flow").order_by("bar_start", "id")[: limit + 1]
+        runs += queryset.select_related("flow", "work_queue").order_by("bar_start", "id")[: limit + 1]
     runs.sort(key=lambda run: (run.bar_start, str(run.pk)))
     return runs[:limit], len(runs) > limit
 

@@ -1,6 +1,7 @@
 """Dashboard pages. Each full page includes its live partial; an htmx poll gets the partial alone."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
@@ -16,7 +17,6 @@ from . import display, queries
 from .live import PART_EVENTS, stream_url
 
 # Choices the filters offer, in hours.
-TIMELINE_WINDOWS = (1, 6, 24, 72)
 RECOVERY_PERIODS = ((24, "24 hours"), (168, "7 days"), (720, "30 days"))
 
 
@@ -92,21 +92,114 @@ def timeline_bars(runs, start, end, now):
     return bars
 
 
+# The timeline's windows, in minutes, and what the window list calls them.
+TIMELINE_WINDOWS = ((15, "15 min"), (60, "1 h"), (360, "6 h"), (1440, "24 h"), (4320, "3 days"), (10080, "7 days"))
+TIMELINE_GROUPS = (("", "no grouping"), ("flow", "flow"), ("queue", "work queue"))
+WINDOW_END_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+def timeline_window(request, now):
+    """(minutes, start, end, pinned): the window the URL asks for. `window` in minutes (or the
+    older `hours`), `end` a UTC time when the person panned or zoomed away from now; without
+    it the window ends a little after now, so the next SCHEDULED runs show."""
+    choices = {minutes for minutes, _ in TIMELINE_WINDOWS}
+    minutes = int_param(request, "window", None, choices)
+    if minutes is None:
+        hours = int_param(request, "hours", None)
+        minutes = hours * 60 if hours and hours * 60 in choices else 360
+    span = timedelta(minutes=minutes)
+    end = None
+    raw = request.GET.get("end", "")
+    if raw:
+        try:
+            end = datetime.strptime(raw[:19], WINDOW_END_FORMAT).replace(tzinfo=dt_timezone.utc)
+        except ValueError:
+            end = None
+    pinned = end is not None
+    if end is None:
+        end = now + span / 12
+    return minutes, end - span, end, pinned
+
+
+def timeline_links(request, minutes, start, end):
+    """Query strings for zooming (the next window, same centre) and panning (half a window)."""
+    sizes = [m for m, _ in TIMELINE_WINDOWS]
+    centre = start + (end - start) / 2
+
+    def link(new_minutes, new_end):
+        query = request.GET.copy()
+        query["window"] = str(new_minutes)
+        query.pop("hours", None)
+        query["end"] = new_end.strftime(WINDOW_END_FORMAT)
+        return query.urlencode()
+
+    index = sizes.index(minutes)
+    links = {"earlier": link(minutes, end - (end - start) / 2), "later": link(minutes, end + (end - start) / 2)}
+    if index > 0:
+        links["zoom_in"] = link(sizes[index - 1], centre + timedelta(minutes=sizes[index - 1]) / 2)
+    if index < len(sizes) - 1:
+        links["zoom_out"] = link(sizes[index + 1], centre + timedelta(minutes=sizes[index + 1]) / 2)
+    now_query = request.GET.copy()
+    now_query.pop("end", None)
+    links["now"] = now_query.urlencode()
+    return links
+
+
+def group_bars(bars, group):
+    """Bars ordered by their group (flow or queue name) then start, with a heading where a group
+    begins: [(heading or None, bar)]."""
+    if not group:
+        return [(None, bar) for bar in bars]
+    name_of = (lambda run: run.flow.name) if group == "flow" else (lambda run: run.work_queue.name if run.work_queue
+                                                                     else "(no queue)")
+    ordered = sorted(bars, key=lambda bar: name_of(bar["run"]))  # stable: each group keeps start order
+    rows, current = [], object()
+    for bar in ordered:
+        name = name_of(bar["run"])
+        rows.append((name if name != current else None, bar))
+        current = name
+    return rows
+
+
+def duration_scatter(runs, start, end, width=1000, height=160):
+    """Points of the finished runs of the window: x their start, y their duration (square root
+    scale, so one long run does not flatten the rest), in SVG units; with the axis's top value."""
+    finished = [run for run in runs if run.start_time and run.end_time and start <= run.start_time <= end]
+    if not finished:
+        return {"points": [], "longest": None}
+    span = max((end - start).total_seconds(), 1)
+    longest = max(max((run.end_time - run.start_time).total_seconds() for run in finished), 1)
+    points = []
+    for run in finished:
+        seconds = max((run.end_time - run.start_time).total_seconds(), 0)
+        points.append({
+            "run": run, "css": display.state_css(run.state), "duration": display.format_age(seconds),
+            "x": round((run.start_time - start).total_seconds() / span * width, 1),
+            "y": round(height - (seconds / longest) ** 0.5 * (height - 8) - 4, 1),
+        })
+    return {"points": points, "longest": display.format_age(longest), "width": width, "height": height}
+
+
 @dashboard_login_required
 def timeline(request):
     now = timezone.now()
-    hours = int_param(request, "hours", 6, TIMELINE_WINDOWS)
+    minutes, start, end, pinned = timeline_window(request, now)
     flow_id = int_param(request, "flow")
     queue_id = int_param(request, "queue")
-    end = now + timedelta(hours=hours) / 12  # a little future, so the next SCHEDULED runs show
-    start = now - timedelta(hours=hours)
+    group = request.GET.get("group", "")
+    group = group if group in dict(TIMELINE_GROUPS) else ""
     runs, more = queries.timeline_runs(request, start, end, flow_id, queue_id)
-    ticks = [{"left": display.percent(start + (end - start) * i / 6, start, (end - start).total_seconds()),
+    span = (end - start).total_seconds()
+    long_window = minutes >= 4320
+    ticks = [{"left": display.percent(start + (end - start) * i / 6, start, span),
               "at": start + (end - start) * i / 6} for i in range(7)]
     context = {
-        "nav": "timeline", "now": now, "hours": hours, "windows": TIMELINE_WINDOWS, "start": start, "end": end,
-        "bars": timeline_bars(runs, start, end, now), "more": more, "limit": queries.TIMELINE_LIMIT,
-        "now_left": display.percent(now, start, (end - start).total_seconds()), "ticks": ticks,
+        "nav": "timeline", "now": now, "window": minutes, "windows": TIMELINE_WINDOWS, "start": start, "end": end,
+        "pinned": pinned, "links": timeline_links(request, minutes, start, end), "tick_format": (
+            "m-d H:i" if long_window else "H:i:s" if minutes <= 15 else "H:i"),
+        "bars": (bars := timeline_bars(runs, start, end, now)), "rows": group_bars(bars, group), "more": more, "limit": queries.TIMELINE_LIMIT,
+        "now_left": display.percent(now, start, span) if start <= now <= end else None, "ticks": ticks,
+        "scatter": duration_scatter(runs, start, end), "group": group, "groups": TIMELINE_GROUPS,
         "flows": scoped(request, Flow.objects.order_by("name")).only("id", "name")[:500],
         "queues": scoped(request, WorkQueue.objects.order_by("name")).only("id", "name")[:500],
         "flow_id": flow_id, "queue_id": queue_id,
