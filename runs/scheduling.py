@@ -178,6 +178,23 @@ def future_runs_to_delete(schedule, now=None):
     return runs.future_auto_scheduled(now or timezone.now())
 
 
+def runs_that_stay(schedule, now=None):
+    """What a pause of `schedule` leaves alone, counted in one query: {"running": started runs
+    (SUBMITTED, RUNNING, PAUSED, CANCELLING: they finish), "manual": runs a person or program made
+    for it that wait, "due": auto-scheduled runs already due or LATE (an agent may be claiming them)}.
+    """
+    now = now or timezone.now()
+    mine = FlowRun.objects.filter(Q(schedule_id=schedule.pk) | Q(flow_id=schedule.flow_id,
+                                                                  schedule_slug=schedule.slug))
+    waiting = [State.SCHEDULED, State.LATE]
+    return mine.aggregate(
+        running=Count("pk", filter=Q(state__in=[State.SUBMITTED, State.RUNNING, State.PAUSED, State.CANCELLING])),
+        manual=Count("pk", filter=Q(auto_scheduled=False, state__in=waiting)),
+        due=Count("pk", filter=Q(auto_scheduled=True, state__in=waiting) & (
+            Q(state=State.LATE) | Q(scheduled_start__lte=now) | Q(start_time__isnull=False))),
+    )
+
+
 def delete_runs_of_paused_schedules(now):
     """Delete future not-started auto-scheduled runs of PAUSED schedules; returns how many.
 

@@ -206,12 +206,20 @@ class SchedulePreviewSerializer(serializers.Serializer):
     next_runs = FireTimeSerializer(many=True)
 
 
-@extend_schema_serializer(examples=[response_example("Paused", {**SCHEDULE, "status": "PAUSED", "runs_deleted": 10})])
+class RunsKeptSerializer(serializers.Serializer):
+    running = serializers.IntegerField(help_text="Started runs (SUBMITTED, RUNNING, PAUSED, CANCELLING): they finish.")
+    manual = serializers.IntegerField(help_text="Runs made by hand for this schedule, still waiting: they stay.")
+    due = serializers.IntegerField(help_text="Auto-scheduled runs already due or LATE when it paused: they stay.")
+
+
+@extend_schema_serializer(examples=[response_example("Paused", {**SCHEDULE, "status": "PAUSED", "runs_deleted": 10,
+                                                                  "runs_kept": {"running": 1, "manual": 0, "due": 0}})])
 class PausedScheduleSerializer(ScheduleSerializer):
     runs_deleted = serializers.IntegerField(read_only=True, help_text="Future auto-scheduled runs deleted.")
+    runs_kept = RunsKeptSerializer(read_only=True, help_text="The schedule's runs the pause left alone.")
 
     class Meta(ScheduleSerializer.Meta):
-        fields = ScheduleSerializer.Meta.fields + ["runs_deleted"]
+        fields = ScheduleSerializer.Meta.fields + ["runs_deleted", "runs_kept"]
 
 
 @extend_schema_serializer(examples=[response_example("Resumed", {**SCHEDULE, "runs_created": 10})])

@@ -6,7 +6,7 @@ from rest_framework import viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from runs import actions
+from runs import actions, scheduling
 from runs.audit import Who, snapshot
 from runs.models import Role, Schedule
 
@@ -81,7 +81,8 @@ class ScheduleViewSet(WorkspaceScoped, viewsets.ModelViewSet):
         """Pause the schedule and delete its future auto-scheduled runs that have not started."""
         schedule = self.get_object()
         deleted = actions.pause_schedule(schedule, who=Who.of(request, "api"))
-        return Response({**self.get_serializer(schedule).data, "runs_deleted": deleted})
+        return Response({**self.get_serializer(schedule).data, "runs_deleted": deleted,
+                         "runs_kept": scheduling.runs_that_stay(schedule)})
 
     @extend_schema(request=None, responses=serializers.ResumedScheduleSerializer)
     @action(detail=True, methods=["post"])

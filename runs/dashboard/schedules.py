@@ -52,6 +52,7 @@ def schedule_row(request, schedule, now, confirming=False, seconds=None, error="
         "can_operate": may(request, Role.OPERATOR, schedule.flow.workspace_id),
         "confirming": confirming,
         "to_delete": scheduling.future_runs_to_delete(schedule, now).count() if confirming else None,
+        "stays": scheduling.runs_that_stay(schedule, now) if confirming else None,
     }
 
 
