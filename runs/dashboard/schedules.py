@@ -15,7 +15,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from runs import actions, scheduling
 from runs.access import may, scoped
 from runs.audit import Who
-from runs.models import Role, Schedule
+from runs.models import Flow, Role, Schedule
 from runs.schedules import WATCHED_KINDS, ScheduleComputeError
 from runs.schedules import next_fire_times as schedule_fire_times
 from runs.schedules.bounds import budget_seconds
@@ -50,6 +50,7 @@ def schedule_row(request, schedule, now, confirming=False, seconds=None, error="
         "next_times_error": why,
         "error": error,
         "can_operate": may(request, Role.OPERATOR, schedule.flow.workspace_id),
+        "can_edit": may(request, Role.ADMIN, schedule.flow.workspace_id),
         "confirming": confirming,
         "to_delete": scheduling.future_runs_to_delete(schedule, now).count() if confirming else None,
         "stays": scheduling.runs_that_stay(schedule, now) if confirming else None,
@@ -96,8 +97,9 @@ def schedule_list(request, errors=None, status=200):
         # Each row gets the per-computation budget, or what is left of the page's if less.
         seconds = min(budget_seconds(), deadline - time.monotonic())
         rows.append(schedule_row(request, s, now, seconds=seconds, error=(errors or {}).get(s.pk, "")))
-    return render(request, "dashboard/schedules.html", {"nav": "schedules", "now": now, "rows": rows},
-                  status=status)
+    can_create = scoped(request, Flow.objects.all(), required=Role.ADMIN).exists()
+    return render(request, "dashboard/schedules.html",
+                  {"nav": "schedules", "now": now, "rows": rows, "can_create": can_create}, status=status)
 
 
 @dashboard_login_required

@@ -49,3 +49,12 @@ function editingIn(id) {
   var part = document.getElementById(id);
   return !!(part && active && part.contains(active) && active.matches("input, select, textarea"));
 }
+
+// Schedule form: show the controls of the chosen kind only (the stylesheet hides the others by
+// the form's data-kind; without JavaScript the kind the page was drawn with keeps its controls, and
+// a save with another kind draws the page again with that kind's).
+document.addEventListener("change", function (event) {
+  if (event.target.name === "kind" && event.target.form && event.target.form.classList.contains("schedule-form")) {
+    event.target.form.dataset.kind = event.target.value;
+  }
+});
