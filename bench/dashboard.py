@@ -1,9 +1,13 @@
-"""Dashboard pages: server time with 100,000 runs in the database beside the same page empty.
+"""Dashboard pages: server time with many runs in the database beside the same page empty.
 
-Each page is fetched through Django's test Client as a logged-in operator (the whole stack:
-middleware, session, queries, template); the figure is the median of several fetches.
+Each page is fetched through Django's test Client as a logged-in workspace admin (the whole
+stack: middleware, session, queries, template); the figures are the median and the p99 of
+FETCHES fetches (with 20 fetches the p99 is the slowest but one). The aim (issue 15): every
+page's p99 within 5× of the same page with no runs. BENCH_DASHBOARD_RUNS sets the number of runs
+(default 100,000; the issue's 1,000,000 takes some minutes to seed).
 """
 
+import os
 import statistics
 import time
 from datetime import timedelta
@@ -11,12 +15,13 @@ from datetime import timedelta
 from django.test import Client
 from django.utils import timezone
 
-RUNS = 100_000
-FETCHES = 7
+RUNS = int(os.environ.get("BENCH_DASHBOARD_RUNS", "100000"))
+FETCHES = 20
 SPREAD_DAYS = 30
 
 
-def median_ms(client, url):
+def timings_ms(client, url):
+    """(median, p99) in ms of FETCHES fetches of `url`, after one warm-up fetch."""
     client.get(url)  # warm: template loading, first-query caches
     times = []
     for _ in range(FETCHES):
@@ -24,7 +29,8 @@ def median_ms(client, url):
         response = client.get(url)
         times.append((time.perf_counter() - started) * 1000)
         assert response.status_code == 200, (url, response.status_code)
-    return statistics.median(times)
+    times.sort()
+    return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
 
 
 def seed(ws, flows, queues, schedule, now):
@@ -74,22 +80,30 @@ def run(table):
     now = timezone.now()
     ws = factories.workspace()
     client = Client()
-    client.force_login(factories.member(ws, role=Role.OPERATOR))
+    client.force_login(factories.member(ws, role=Role.ADMIN))
     flows = [factories.flow(ws) for _ in range(20)]
     queues = [factories.work_queue(ws) for _ in range(5)]
+    agent = factories.agent(ws)
     schedule = factories.schedule(flows[0])
     empty_run, _ = create_manual_run(flows[0])
     pages = {
-        "overview": "/dashboard/", "timeline 6 h": "/dashboard/timeline/?hours=6",
-        "timeline 72 h": "/dashboard/timeline/?hours=72", "run detail": None,
-        "schedules": "/dashboard/schedules/", "agents & queues": "/dashboard/agents/",
+        "overview": "/dashboard/", "runs list": "/dashboard/runs/",
+        "runs FAILED of a flow": f"/dashboard/runs/?state=FAILED&flow={flows[1].pk}",
+        "runs text search": "/dashboard/runs/?q=bench-4242",
+        "timeline 15 min": "/dashboard/timeline/?window=15", "timeline 6 h": "/dashboard/timeline/?window=360",
+        "timeline 7 d by queue": "/dashboard/timeline/?window=10080&group=queue", "run detail": None,
+        "schedules": "/dashboard/schedules/", "new schedule form": "/dashboard/schedules/new/",
+        "agents & queues": "/dashboard/agents/", "agent page": f"/dashboard/agents/{agent.pk}/",
         "recovery review 30 d": "/dashboard/recovery/?period=720",
     }
-    empty = {name: median_ms(client, url or f"/dashboard/runs/{empty_run.pk}/") for name, url in pages.items()}
+    empty = {name: timings_ms(client, url or f"/dashboard/runs/{empty_run.pk}/") for name, url in pages.items()}
     started = time.perf_counter()
     busy_run = seed(ws, flows, queues, schedule, now)
+    from runs.models import FlowRun
+
+    FlowRun.objects.filter(workspace=ws, name__endswith="7").update(agent=agent)  # a tenth of the runs: one agent's
     print(f"  seeded {RUNS:,} runs in {time.perf_counter() - started:.1f} s", flush=True)
     for name, url in pages.items():
-        full = median_ms(client, url or f"/dashboard/runs/{busy_run.pk}/")
-        table.add(f"dashboard {name}, {RUNS:,} runs (median of {FETCHES})", f"{full:.1f} ms",
-                  f"{empty[name]:.1f} ms empty", f"{full / empty[name]:.1f}×", "< 200 ms")
+        median, p99 = timings_ms(client, url or f"/dashboard/runs/{busy_run.pk}/")
+        table.add(f"dashboard {name}, {RUNS:,} runs (p99 of {FETCHES}; median {median:.0f} ms)", f"{p99:.1f} ms",
+                  f"{empty[name][1]:.1f} ms empty", f"{p99 / empty[name][1]:.1f}×", "≤ 5× empty")

@@ -10,7 +10,7 @@ import binascii
 import uuid
 from datetime import datetime, timezone as dt_timezone
 
-from django.db.models import Count, Q
+from django.db.models import Q
 from django.shortcuts import render
 from django.utils import timezone
 
@@ -22,6 +22,11 @@ from .views import dashboard_login_required
 
 PAGE_SIZE = 50
 CHOICES_LIMIT = 500
+# Counts per state stop here ("1,000+"): each is an index range read of at most this many rows,
+# so the page costs the same with a thousand runs or ten million.
+COUNT_CAP = 1000
+# A text search reads the newest this many runs that match the other filters, not the whole table.
+TEXT_SEARCH_SCOPE = 10_000
 TIME_FORMAT = "%Y-%m-%dT%H:%M"  # what <input type="datetime-local"> sends
 
 
@@ -74,8 +79,9 @@ class Filters:
             try:
                 runs = runs.filter(pk=uuid.UUID(self.q))
             except ValueError:
-                runs = runs.filter(Q(name__icontains=self.q) | Q(flow__name__icontains=self.q)
-                                   | Q(state_message__icontains=self.q))
+                newest = runs.order_by("-scheduled_start", "-id").values("pk")[:TEXT_SEARCH_SCOPE]
+                runs = runs.filter(pk__in=newest).filter(
+                    Q(name__icontains=self.q) | Q(flow__name__icontains=self.q) | Q(state_message__icontains=self.q))
         return runs
 
     def as_form(self):
@@ -117,19 +123,22 @@ def run_list(request):
     cursor_raw = request.GET.get("cursor", "")
     cursor = decode_cursor(cursor_raw)
     runs, next_cursor = page_of(matching, cursor)
-    counts = dict(filters.apply(visible, with_state=False).values_list("state").annotate(n=Count("id"))
-                  .values_list("state", "n"))
+    unstated = filters.apply(visible, with_state=False).order_by()
+    counts = {state: unstated.filter(state=state)[:COUNT_CAP + 1].count() for state in State.values}
     query = request.GET.copy()
     query.pop("cursor", None)
     state_links = []
     for state in State:
         linked = query.copy()
         linked.setlist("state", [state.value])
-        state_links.append({"state": state.value, "count": counts.get(state.value, 0), "query": linked.urlencode(),
-                            "current": filters.states == [state.value]})
+        count = counts.get(state.value, 0)
+        state_links.append({"state": state.value, "count": min(count, COUNT_CAP), "more": count > COUNT_CAP,
+                            "query": linked.urlencode(), "current": filters.states == [state.value]})
     context = {
         "nav": "runs", "now": timezone.now(), "runs": runs, "filters": filters.as_form(), "errors": filters.errors,
-        "state_links": state_links, "total": sum(counts.get(s, 0) for s in (filters.states or State.values)),
+        "state_links": state_links, "total": sum(min(counts.get(s, 0), COUNT_CAP) for s in (filters.states or State.values)),
+        "total_more": any(counts.get(s, 0) > COUNT_CAP for s in (filters.states or State.values)),
+        "text_scope": TEXT_SEARCH_SCOPE if filters.q else None, "count_cap": COUNT_CAP,
         "next_query": f"{query.urlencode()}&cursor={next_cursor}" if next_cursor else None,
         "first_query": query.urlencode() if cursor_raw else None,
         "bad_cursor": bool(cursor_raw) and cursor is None,

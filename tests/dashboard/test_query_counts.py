@@ -23,6 +23,7 @@ def seed(ws, runs):
         factories.agent(ws, last_heartbeat=now).queues.add(*queues)
         schedule_future_runs([factories.schedule(flows[i])], now)
     rows = []
+    agent = ws.agents.order_by("pk").first()
     for i in range(runs):
         start = now - timedelta(minutes=3 * i + 5)
         state = STATES[i % len(STATES)]
@@ -31,6 +32,7 @@ def seed(ws, runs):
             scheduled_start=start, start_time=None if state == State.LATE else start,
             end_time=start + timedelta(minutes=2) if state in (State.COMPLETED, State.FAILED, State.CRASHED) else None,
             last_heartbeat=now - timedelta(seconds=i) if state == State.RUNNING else None,
+            agent=agent,
         ))
     FlowRun.objects.bulk_create(rows)
     Log.objects.bulk_create(Log(workspace=ws, flow_run=r, source="lazarus", message="rescheduled") for r in rows)
@@ -41,11 +43,22 @@ def seed(ws, runs):
 
 def page_urls(run):
     return ["/dashboard/", "/dashboard/timeline/?hours=24", f"/dashboard/runs/{run.pk}/", "/dashboard/schedules/",
-            "/dashboard/agents/", "/dashboard/recovery/"]
+            "/dashboard/agents/", "/dashboard/recovery/", "/dashboard/runs/", "/dashboard/runs/?state=FAILED&q=run",
+            "/dashboard/timeline/?window=10080&group=queue", f"/dashboard/agents/{run.agent_id or 0}/",
+            "/dashboard/schedules/new/"]
 
 
-@pytest.mark.parametrize("page", range(6))
-def test_each_page_costs_a_fixed_number_of_queries(as_operator, ws, django_assert_max_num_queries, page):
+PAGES = 11
+# The runs list counts each of the ten states on its own, capped (runs/dashboard/runs_list.py).
+BUDGETS = {6: 24, 7: 24}
+
+
+@pytest.mark.parametrize("page", range(PAGES))
+def test_each_page_costs_a_fixed_number_of_queries(client, ws, django_assert_max_num_queries, page):
+    from runs.models import Role
+
+    client.force_login(factories.member(ws, role=Role.ADMIN))  # admin: the schedule form too
+    as_operator = client
     small = seed(ws, 3)
     url = page_urls(small[0])[page]
     from django.db import connection
@@ -54,7 +67,7 @@ def test_each_page_costs_a_fixed_number_of_queries(as_operator, ws, django_asser
     with CaptureQueriesContext(connection) as few:
         assert as_operator.get(url).status_code == 200
     # Session, user and role lookups included: a page is a handful of queries, not one per row.
-    assert len(few.captured_queries) <= 14
+    assert len(few.captured_queries) <= BUDGETS.get(page, 14)
     run = seed(ws, 120)[0]
     TaskRun.objects.bulk_create(TaskRun(flow_run=run, task_key=f"t{i}", state=State.COMPLETED) for i in range(50))
     Log.objects.bulk_create(Log(workspace=ws, flow_run=run, message=f"line {i}") for i in range(50))

@@ -57,6 +57,32 @@ def test_counts_per_state_follow_the_other_filters_and_link_to_each_state(as_ope
     assert page.context["total"] == 4
 
 
+def test_counts_stop_at_the_cap_and_say_so(as_operator, ws, monkeypatch):
+    monkeypatch.setattr(runs_list, "COUNT_CAP", 3)
+    flow = factories.flow(ws)
+    for _ in range(5):
+        factories.flow_run(flow, State.FAILED)
+    factories.flow_run(flow, State.COMPLETED)
+    page = as_operator.get("/dashboard/runs/")
+    failed = next(link for link in page.context["state_links"] if link["state"] == "FAILED")
+    assert (failed["count"], failed["more"]) == (3, True)
+    assert "3+</strong>" in page.content.decode() and "counts stop at 3 a state" in page.content.decode()
+
+
+def test_text_search_reads_only_the_newest_runs_of_the_other_filters(as_operator, ws, monkeypatch):
+    monkeypatch.setattr(runs_list, "TEXT_SEARCH_SCOPE", 2)
+    flow = factories.flow(ws)
+    now = timezone.now()
+    for hours, name in ((1, "needle-new"), (2, "hay"), (3, "needle-old")):
+        factories.flow_run(flow, name=name, scheduled_start=now - timedelta(hours=hours))
+    page = as_operator.get("/dashboard/runs/?q=needle")
+    assert run_names(page) == ["needle-new"]
+    assert "reads the newest 2 runs" in page.content.decode()
+    since = (now - timedelta(hours=4)).strftime("%Y-%m-%dT%H:%M")
+    until = (now - timedelta(minutes=150)).strftime("%Y-%m-%dT%H:%M")
+    assert run_names(as_operator.get(f"/dashboard/runs/?q=needle&since={since}&until={until}")) == ["needle-old"]
+
+
 def test_bad_filters_say_which_field_and_still_show_the_page(as_operator, ws):
     factories.flow_run(factories.flow(ws), State.FAILED, name="still-here")
     page = as_operator.get("/dashboard/runs/?since=yesterday&flow=abc&state=BROKEN")
@@ -85,7 +111,8 @@ def test_the_list_costs_the_same_queries_for_10_or_200_runs(as_operator, ws, dja
     queue, agent = factories.work_queue(ws), factories.agent(ws)
     FlowRun.objects.bulk_create([FlowRun(workspace=ws, flow=flow, work_queue=queue, agent=agent, name=f"r{i}")
                                  for i in range(200)])
-    with django_assert_max_num_queries(12):
+    # Session and roles, the page of runs, one capped count per state (10), the filters' choices.
+    with django_assert_max_num_queries(22):
         page = as_operator.get("/dashboard/runs/")
     assert len(page.context["runs"]) == runs_list.PAGE_SIZE
 
