@@ -7,7 +7,7 @@ from rest_framework import serializers, viewsets
 
 from runs.models import AuditEntry, Role
 
-from .filters import within_time_window
+from .filtersets import AuditFilter, FilterBackend
 from .pagination import KeysetPagination
 from .schema import response_example
 from .views import WorkspaceScoped
@@ -42,14 +42,7 @@ class AuditEntryViewSet(WorkspaceScoped, viewsets.ReadOnlyModelViewSet):
     queryset = AuditEntry.objects.all()
     serializer_class = AuditEntrySerializer
     pagination_class = AuditPages
+    filter_backends = [FilterBackend]
+    filterset_class = AuditFilter
     action_roles = {"list": Role.ADMIN, "retrieve": Role.ADMIN}
 
-    def get_queryset(self):
-        queryset = super().get_queryset()
-        params = self.request.query_params
-        if params.get("action"):
-            wanted = params["action"][:60]
-            queryset = queryset.filter(action=wanted) if "." in wanted else queryset.filter(target_type=wanted)
-        if params.get("actor"):
-            queryset = queryset.filter(actor=params["actor"][:200])
-        return within_time_window(queryset, params, "occurred")

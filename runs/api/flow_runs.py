@@ -19,7 +19,7 @@ from runs.models import TERMINAL_STATES, Actor, ApiKey, Flow, FlowRun, Role, Sta
 from runs.scheduling import create_manual_run
 from runs.states import IllegalTransition, set_flow_run_state
 
-from .filters import boolean_param, states_param, time_param
+from .filtersets import FilterBackend, FlowRunFilter
 from .pagination import KeysetPagination
 from .errors import error_body
 from .schema import CONFLICT, error_response, request_example
@@ -113,6 +113,8 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
 
     queryset = FlowRun.objects.alive().select_related("flow", "work_queue", "agent", "created_by", "created_by_key")
     pagination_class = RunPages
+    filter_backends = [FilterBackend]
+    filterset_class = FlowRunFilter
     throttle_classes = [ExpensiveEndpointThrottle]
     expensive_actions = {"list", "create"}
     action_roles = {"create": Role.OPERATOR, "set_state": Role.OPERATOR, "cancel": Role.OPERATOR,
@@ -129,25 +131,7 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
         queryset = super().get_queryset()
         if self.action == "retrieve":
             return queryset.prefetch_related(*HISTORY)
-        if self.action != "list":
-            return queryset
-        params = self.request.query_params
-        states = states_param(params)
-        if states:
-            queryset = queryset.filter(state__in=states)
-        if params.get("flow"):
-            queryset = queryset.filter(flow__name=params["flow"])
-        if params.get("schedule"):
-            queryset = queryset.filter(schedule_slug=params["schedule"])
-        auto = boolean_param(params, "auto_scheduled")
-        if auto is not None:
-            queryset = queryset.filter(auto_scheduled=auto)
-        after, before = time_param(params, "scheduled_after"), time_param(params, "scheduled_before")
-        if after:
-            queryset = queryset.filter(scheduled_start__gte=after)
-        if before:
-            queryset = queryset.filter(scheduled_start__lt=before)
-        return queryset
+        return queryset  # a list's filters: FlowRunFilter (runs/api/filtersets.py)
 
     def create(self, request, *args, **kwargs):
         """Create a manual run; with an idempotency key, a repeat returns the first run."""

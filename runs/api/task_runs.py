@@ -5,7 +5,7 @@ from rest_framework import serializers, viewsets
 
 from runs.models import TaskRun
 
-from .filters import states_param, uuid_param
+from .filtersets import FilterBackend, TaskRunFilter
 from .schema import EXAMPLE_RUN_ID, EXAMPLE_TASK_RUN_ID, response_example
 from .views import WorkspaceScoped
 
@@ -34,13 +34,6 @@ class TaskRunViewSet(WorkspaceScoped, viewsets.ReadOnlyModelViewSet):
     queryset = TaskRun.objects.order_by("-created", "id")
     serializer_class = TaskRunSerializer
     workspace_field = "flow_run__workspace"
+    filter_backends = [FilterBackend]
+    filterset_class = TaskRunFilter
 
-    def get_queryset(self):
-        queryset = super().get_queryset()
-        params = self.request.query_params
-        flow_run, states = uuid_param(params, "flow_run"), states_param(params)
-        if flow_run:
-            queryset = queryset.filter(flow_run_id=flow_run)
-        if states:
-            queryset = queryset.filter(state__in=states)
-        return queryset
