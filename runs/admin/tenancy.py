@@ -55,7 +55,8 @@ class AccountAdmin(PlatformOnly, admin.ModelAdmin):
 
 @admin.register(Workspace)
 class WorkspaceAdmin(WorkspaceScopedAdmin):
-    list_display = ["name", "account", "slug", "run_retention_days", "event_retention_days", "created"]
+    list_display = ["name", "account", "slug", "run_retention_days", "event_retention_days", "monthly_task_run_quota",
+                    "created"]
     list_filter = ["account"]
     search_fields = ["name", "slug"]
     inlines = [MembershipInline]

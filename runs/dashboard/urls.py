@@ -4,7 +4,7 @@ from django.urls import path
 from automations import dashboard as automations
 from automations import delivery_views
 
-from . import events, login, schedules, views
+from . import events, login, schedules, usage, views
 
 app_name = "dashboard"
 
@@ -22,6 +22,8 @@ urlpatterns = [
     path("agents/", views.agents, name="agents"),
     path("recovery/", views.recovery, name="recovery"),
     path("audit/", views.audit_trail, name="audit"),
+    path("usage/", usage.usage, name="usage"),
+    path("usage/<int:pk>/quota/", usage.change_quota, name="usage-quota"),
     path("automations/", automations.automation_list, name="automations"),
     path("automations/<int:pk>/", automations.automation_detail, name="automation"),
     path("automations/<int:pk>/toggle/", automations.toggle, name="automation-toggle"),
