@@ -197,6 +197,26 @@ def _related_of_object(kind, obj):
     return {"flow-run": obj.flow_run_id, "flow": obj.flow_run.flow_id}
 
 
+def _direct(model, fence):
+    """`fence` with each condition on a related row (`flow_run__token_generation`) as a subquery
+    (`flow_run__in`), so that the conditional UPDATE stays a plain `UPDATE … WHERE id = … AND state = …`.
+
+    Filtering an UPDATE across a relation makes Django write `WHERE id IN (SELECT … JOIN …)`, whose
+    state condition PostgreSQL reads from the statement's snapshot: a report that waited for the row
+    lock of a concurrent move would then move (and count) the run a second time. On the row's own
+    columns, the condition is checked again on the row as the other transaction left it.
+    """
+    direct = {}
+    for key, value in fence.items():
+        relation, _, rest = key.partition("__")
+        field = model._meta.get_field(relation) if rest else None
+        if field is not None and field.is_relation:
+            direct[f"{relation}__in"] = field.related_model.objects.filter(**{rest: value}).values("pk")
+        else:
+            direct[key] = value
+    return direct
+
+
 def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, agent, now, retry, updates,
                fence=None):
     now = now or timezone.now()
@@ -218,7 +238,7 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
     if kind is TASK and to_state == S.COMPLETED:
         values["quota_counted"] = True
     with transaction.atomic():
-        moving = kind.model.objects.filter(pk=obj.pk, state=from_state, **(fence or {}))
+        moving = kind.model.objects.filter(pk=obj.pk, state=from_state, **_direct(kind.model, fence or {}))
         changed = moving.filter(quota_counted=False).update(**values) if counting else moving.update(**values)
         if counting and changed != 1:
             # Counted since the caller loaded it (completed, retried and running again meanwhile): move it
