@@ -7,7 +7,7 @@ import pytest
 from runs.models import Role, State
 from tests import factories
 from tests.dashboard.conftest import (  # noqa: F401 - fixtures shared with the dashboard's tests
-    PASSWORD, artifacts, browser_context_args)
+    artifacts, browser_context_args)
 
 # The middle of a month, far from its ends (the month-boundary tests set their own times).
 MID_DECEMBER = datetime(2026, 12, 14, 12, 0, tzinfo=dt_timezone.utc)

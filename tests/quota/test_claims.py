@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
 
 from runs import quota
 from runs.claiming import claim_for_agent
@@ -119,16 +120,14 @@ def test_claims_resume_when_the_month_rolls_over(ws, flow, queue, agent, agent_c
     assert FlowRun.objects.get(pk=waiting.pk).state == State.SUBMITTED
 
 
-def test_claims_resume_at_once_when_an_admin_raises_the_quota(ws, flow, queue, agent, agent_client, api, key_for,
-                                                              frozen, now):
+def test_claims_resume_at_once_when_an_admin_raises_the_quota(ws, flow, queue, agent, agent_client, key_for, frozen,
+                                                              now):
     frozen(now)
     ws.monthly_task_run_quota = 2
     ws.save()
     use(ws, 2, now)
     waiting = factories.flow_run(flow, work_queue=queue, scheduled_start=now - timedelta(seconds=1))
     assert claim(agent_client, ws, agent)["quota"]["used"] == 2
-    from rest_framework.test import APIClient
-
     admin = APIClient()
     admin.credentials(HTTP_AUTHORIZATION=f"Bearer {key_for(Role.ADMIN)}")
     assert admin.patch(f"{api_prefix(ws)}/settings", {"monthly_task_run_quota": 3},

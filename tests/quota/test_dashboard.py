@@ -2,7 +2,7 @@
 
 import pytest
 
-from runs.models import Actor, AuditEntry, Role, State
+from runs.models import Actor, AuditEntry, Membership, Role, State
 from runs.states import set_task_run_state
 from tests import factories
 
@@ -14,6 +14,10 @@ def complete(ws, count):
     run = factories.flow_run(factories.flow(ws), State.RUNNING)
     for _ in range(count):
         set_task_run_state(factories.task_run(run), State.COMPLETED, actor=Actor.AGENT)
+
+
+def join(user, ws, role=Role.ADMIN):
+    Membership.objects.create(user=user, workspace=ws, role=role)
 
 
 def logged_in(client, ws, role):
@@ -66,24 +70,18 @@ def test_the_page_needs_a_login(client):
 def test_the_page_costs_the_same_queries_for_one_workspace_or_many(client, django_assert_max_num_queries):
     user = factories.user()
     first = factories.workspace()
-    factories_membership(user, first)
+    join(user, first)
     client.force_login(user)
     client.get(URL)
     with django_assert_max_num_queries(6) as one:
         client.get(URL)
     for _ in range(6):
         ws = factories.workspace(monthly_task_run_quota=100)
-        factories_membership(user, ws)
+        join(user, ws)
         complete(ws, 1)
-    with django_assert_max_num_queries(len(one)) as many:
+    with django_assert_max_num_queries(len(one)):
         page = client.get(URL).content.decode()
     assert page.count('class="card usage"') == 7
-
-
-def factories_membership(user, ws, role=Role.ADMIN):
-    from runs.models import Membership
-
-    Membership.objects.create(user=user, workspace=ws, role=role)
 
 
 def test_an_admin_changes_the_quota_on_the_page_and_the_trail_records_it(client, ws):
