@@ -2,7 +2,7 @@
 
 import pytest
 
-from runs.models import Actor, AuditEntry, Membership, Role, State
+from runs.models import Actor, AuditEntry, Membership, Role, State, TaskRunUsage
 from runs.states import set_task_run_state
 from tests import factories
 
@@ -116,3 +116,16 @@ def test_only_admins_change_the_quota_on_the_page(client, ws, role, status):
 def test_another_workspace_is_not_found(client, ws, other_ws):
     logged_in(client, ws, Role.ADMIN)
     assert client.post(f"/dashboard/usage/{other_ws.pk}/quota/", {"monthly_task_run_quota": "9"}).status_code == 404
+
+
+def test_the_admin_lists_the_counters_of_the_staffs_workspaces_read_only(client, ws, other_ws):
+    complete(ws, 2)
+    complete(other_ws, 1)
+    staff = factories.member(ws, role=Role.ADMIN, is_staff=True)
+    client.force_login(staff)
+    page = client.get("/admin/runs/taskrunusage/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert str(ws) in text and str(other_ws) not in text
+    row = TaskRunUsage.objects.filter(workspace=ws).first()
+    assert client.post(f"/admin/runs/taskrunusage/{row.pk}/change/", {"completed": 0}).status_code == 403
