@@ -345,6 +345,8 @@ class Agent:
         self.failed_polls = 0
         self.last_good_poll = time.monotonic()
         self.server_away = False
+        # (month, limit) of the quota refusal the log last showed; None: claims are not refused.
+        self.quota_refusal = None
         self.health_server = None
         self.exit_code = 0
 
@@ -420,6 +422,8 @@ class Agent:
         self.failed_polls = 0
         self.last_good_poll = time.monotonic()
         answer = answer or {}
+        if room > 0:
+            self._note_quota(answer.get("quota"))
         self._cancel(answer.get("cancelling") or [])
         started = 0
         for run in answer.get("runs") or []:
@@ -431,6 +435,20 @@ class Agent:
             execution.start()
             started += 1
         return started
+
+    def _note_quota(self, refusal):
+        """Log the server's quota refusal once, not at every poll: again only when the month or the limit
+        changes, and once when claims are allowed again. Polling goes on meanwhile either way."""
+        key = (refusal.get("month"), refusal.get("limit")) if refusal else None
+        if key == self.quota_refusal:
+            return
+        if refusal:
+            log.warning("No new runs are claimed: %s (Still polling every %g s.)",
+                        refusal.get("message") or "the workspace's monthly task-run quota is used up.",
+                        self.query_seconds)
+        else:
+            log.info("The workspace's monthly task-run quota allows claims again.")
+        self.quota_refusal = key
 
     def _cancel(self, run_ids):
         for run_id in run_ids:

@@ -36,6 +36,14 @@ def env_int(name, default):
         raise BadEnvironment(f"{name} must be a whole number, got {value!r}") from exc
 
 
+def env_limit(name):
+    """A whole number ≥ 1, or None when unset or empty (no limit)."""
+    value = env_int(name, None)
+    if value is not None and value < 1:
+        raise BadEnvironment(f"{name} must be 1 or more, or empty for no limit; got {value}")
+    return value
+
+
 def env_float(name, default):
     value = os.environ.get(name)
     if value is None or value == "":
@@ -360,6 +368,9 @@ ORCHESTRATOR = {
     "SCHEDULE_COMPUTE_SECONDS": env_float("ORCHESTRATOR_SCHEDULE_COMPUTE_SECONDS", 1.0),
     # Default retention of runs, logs and events for new workspaces (days).
     "RUN_RETENTION_DAYS": env_int("ORCHESTRATOR_RUN_RETENTION_DAYS", 30),
+    # Default monthly quota of successful (COMPLETED) task runs for new workspaces; None (empty):
+    # no quota, the self-hosted default (runs/quota.py).
+    "MONTHLY_TASK_RUN_QUOTA": env_limit("ORCHESTRATOR_MONTHLY_TASK_RUN_QUOTA"),
     # Fernet keys that encrypt workspaces' secrets, the encrypting one first (runs/vault.py); none:
     # one derived from SECRET_KEY (development only; production sets its own).
     "SECRETS_KEYS": env_list("ORCHESTRATOR_SECRETS_KEY", []),

@@ -35,6 +35,7 @@ from runs.models import (
     Secret,
     StateChange,
     TaskRun,
+    TaskRunUsage,
     WorkQueue,
     Workspace,
 )
@@ -153,6 +154,7 @@ WORKSPACE_PATHS = {
     Firing: "workspace_id",
     Delivery: "workspace_id",
     IncomingWebhook: "workspace_id",
+    TaskRunUsage: "workspace_id",
 }
 
 

@@ -21,7 +21,7 @@ from runs.models import ApiKey, AuditEntry, Membership, Schedule, Secret, WorkQu
 AUDITED_FIELDS = {
     Membership: ["user_id", "role"],
     ApiKey: ["name", "role", "user_id", "expires_at", "revoked_at", "prefix"],
-    Workspace: ["name", "run_retention_days", "event_retention_days"],
+    Workspace: ["name", "run_retention_days", "event_retention_days", "monthly_task_run_quota"],
     Schedule: ["flow_id", "slug", "kind", "status", "cron", "interval_seconds", "anchor", "rrule", "calendar",
                "timezone", "dst_nonexistent", "dst_ambiguous", "parameters", "work_queue_id", "catchup_max_runs",
                "only_newest_when_late", "description"],

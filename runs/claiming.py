@@ -102,18 +102,19 @@ def _move_last_polled(queue_ids, now, stale_before):
 Claim = namedtuple("Claim", "runs cancelling")
 
 
-def claim_for_agent(agent, *, limit, now):
+def claim_for_agent(agent, *, limit, now, new_runs=True):
     """What an agent's claim gets: a Claim of the runs to start and the ids of its runs to cancel.
 
     `runs` (oldest scheduled start first, at most `limit`) are first the runs claimed by this
     agent earlier and not started, then newly claimed due runs; `cancelling` are its runs that are
-    CANCELLING, whose processes the agent ends.
+    CANCELLING, whose processes the agent ends. `new_runs` False (the workspace's quota is used up,
+    runs/quota.py): no due run is claimed, they stay SCHEDULED/LATE; the poll is still recorded.
     """
     # One read for both: the partial index on active states holds few rows, whatever the table's size.
     mine = list(FlowRun.objects.alive().filter(agent=agent, state__in=[State.SUBMITTED, State.CANCELLING])
                 .order_by("scheduled_start").values_list("pk", "state"))
     again = [pk for pk, state in mine if state == State.SUBMITTED][:max(limit, 0)]
-    runs = claim_due_runs(agent, limit=limit - len(again), now=now)
+    runs = claim_due_runs(agent, limit=limit - len(again) if new_runs else 0, now=now)
     if again:
         runs += handed_out(agent, again)
         runs.sort(key=lambda run: run.scheduled_start)

@@ -20,6 +20,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from events.emit import emit, make
+from runs import quota
 from runs.models import (
     RECOVERY_ACTORS,
     TERMINAL_STATES,
@@ -196,6 +197,26 @@ def _related_of_object(kind, obj):
     return {"flow-run": obj.flow_run_id, "flow": obj.flow_run.flow_id}
 
 
+def _direct(model, fence):
+    """`fence` with each condition on a related row (`flow_run__token_generation`) as a subquery
+    (`flow_run__in`), so that the conditional UPDATE stays a plain `UPDATE … WHERE id = … AND state = …`.
+
+    Filtering an UPDATE across a relation makes Django write `WHERE id IN (SELECT … JOIN …)`, whose
+    state condition PostgreSQL reads from the statement's snapshot: a report that waited for the row
+    lock of a concurrent move would then move (and count) the run a second time. On the row's own
+    columns, the condition is checked again on the row as the other transaction left it.
+    """
+    direct = {}
+    for key, value in fence.items():
+        relation, _, rest = key.partition("__")
+        field = model._meta.get_field(relation) if rest else None
+        if field is not None and field.is_relation:
+            direct[f"{relation}__in"] = field.related_model.objects.filter(**{rest: value}).values("pk")
+        else:
+            direct[key] = value
+    return direct
+
+
 def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, agent, now, retry, updates,
                fence=None):
     now = now or timezone.now()
@@ -211,8 +232,19 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
     values = _time_updates(kind, from_state, to_state, now)
     values["state_message"] = message
     values.update(updates or {})
+    # A task run's first COMPLETED counts toward its workspace's monthly quota (runs/quota.py). The
+    # flag is set, and checked unset, by the same UPDATE: only one move ever counts it.
+    counting = kind is TASK and to_state == S.COMPLETED and not obj.quota_counted
+    if kind is TASK and to_state == S.COMPLETED:
+        values["quota_counted"] = True
     with transaction.atomic():
-        changed = kind.model.objects.filter(pk=obj.pk, state=from_state, **(fence or {})).update(**values)
+        moving = kind.model.objects.filter(pk=obj.pk, state=from_state, **_direct(kind.model, fence or {}))
+        changed = moving.filter(quota_counted=False).update(**values) if counting else moving.update(**values)
+        if counting and changed != 1:
+            # Counted since the caller loaded it (completed, retried and running again meanwhile): move it
+            # without counting it again.
+            counting = False
+            changed = moving.update(**values)
         if changed != 1:
             current = kind.model.objects.filter(pk=obj.pk).values_list("state", flat=True).first()
             if current is None:
@@ -224,6 +256,8 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
         flow_run_id = obj.pk if kind is FLOW else obj.flow_run_id
         workspace_id = obj.workspace_id if kind is FLOW else obj.flow_run.workspace_id
         _history_row(kind, obj.pk, flow_run_id, from_state, to_state, message, actor, user, agent, now).save()
+        if counting:
+            quota.count_completions([(workspace_id, obj.pk)], now)
         # Sent after the commit (the embedded mode writes its buffer row in this transaction).
         related = _related_of_object(kind, obj)
         if kind is FLOW and updates and ("agent" in updates or "agent_id" in updates):
@@ -260,8 +294,9 @@ def _transition_many(kind, queryset, to_state, *, actor, message, now, updates, 
         allowed_from = sorted(TERMINAL_STATES) if to_state in RETRY_TARGETS[kind.label] else []
     else:
         allowed_from = [s for s, targets in kind.transitions.items() if to_state in targets]
+    counted = ("quota_counted",) if kind is TASK and to_state == S.COMPLETED else ()
     fields = list(dict.fromkeys(["pk", "state", kind.workspace_path, kind.flow_run_path,
-                                 *(path for _, path in kind.related_paths), *extra_fields]))
+                                 *(path for _, path in kind.related_paths), *extra_fields, *counted]))
     # Rows another copy of the service holds are skipped, not waited for: that copy acts on them.
     candidates = queryset.filter(state__in=allowed_from).select_for_update(skip_locked=True, of=("self",))
     move = functools.partial(_move, kind, to_state, message, actor=actor, now=now, updates=updates, user=user,
@@ -329,11 +364,17 @@ def _move(kind, to_state, message, rows, *, actor, now, updates, user, event_pay
     for from_state, ids in by_from.items():
         values = _time_updates(kind, from_state, to_state, now)
         values["state_message"] = state_message
+        if kind is TASK and to_state == S.COMPLETED:
+            values["quota_counted"] = True
         values.update(updates or {})
         kind.model.objects.filter(pk__in=ids, state=from_state).update(**values)
     history = [_history_row(kind, row["pk"], row[kind.flow_run_path], row["state"], to_state, texts[row["pk"]],
                             actor, user, None, now) for row in rows]
     StateChange.objects.bulk_create(history)
+    if kind is TASK and to_state == S.COMPLETED:
+        # The rows are locked (select_for_update by the caller), so the flag read with them is current.
+        quota.count_completions([(row[kind.workspace_path], row["pk"]) for row in rows if not row["quota_counted"]],
+                                now)
     emit([_event(kind, row["pk"], row[kind.workspace_path], row["state"], to_state, texts[row["pk"]], actor, now,
                  {kind_: row[path] for kind_, path in kind.related_paths},
                  event_payload(row) if event_payload else None) for row in rows])

@@ -5,7 +5,7 @@ from django.contrib import admin, messages
 
 from runs import access, actions, vault
 from runs.audit import Who
-from runs.models import Account, ApiKey, AuditEntry, Membership, Role, Secret, Workspace
+from runs.models import Account, ApiKey, AuditEntry, Membership, Role, Secret, TaskRunUsage, Workspace
 
 from .base import PlatformOnly, WorkspaceScopedAdmin, WorkspaceScopedForm
 
@@ -55,7 +55,8 @@ class AccountAdmin(PlatformOnly, admin.ModelAdmin):
 
 @admin.register(Workspace)
 class WorkspaceAdmin(WorkspaceScopedAdmin):
-    list_display = ["name", "account", "slug", "run_retention_days", "event_retention_days", "created"]
+    list_display = ["name", "account", "slug", "run_retention_days", "event_retention_days", "monthly_task_run_quota",
+                    "created"]
     list_filter = ["account"]
     search_fields = ["name", "slug"]
     inlines = [MembershipInline]
@@ -152,6 +153,25 @@ class AuditEntryAdmin(WorkspaceScopedAdmin):
     list_filter = ["via", "target_type", "workspace"]
     search_fields = ["actor", "action", "target_name"]
     date_hierarchy = "occurred"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(TaskRunUsage)
+class TaskRunUsageAdmin(WorkspaceScopedAdmin):
+    """The monthly quota's counters, read-only: written only by task runs completing (runs/quota.py). A
+    month's count is the sum of its rows (shards); the dashboard's usage page shows it whole."""
+
+    list_display = ["workspace", "month", "shard", "completed"]
+    list_filter = ["workspace", "month"]
+    ordering = ["-month", "workspace", "shard"]
 
     def has_add_permission(self, request):
         return False

@@ -138,6 +138,16 @@ class ClaimInput(serializers.Serializer):
         return value
 
 
+class QuotaReachedSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="quota_reached")
+    message = serializers.CharField(help_text="What a person reads: the limit, the count, the reset, who raises it.")
+    limit = serializers.IntegerField(help_text="The workspace's monthly_task_run_quota.")
+    used = serializers.IntegerField(help_text="Task runs that COMPLETED this month (UTC).")
+    month = serializers.CharField(help_text="YYYY-MM, UTC.")
+    resets_at = serializers.DateTimeField(help_text="When the month ends (UTC) and claims resume.")
+    raised_by = serializers.CharField(help_text="Who may raise the quota.")
+
+
 class ClaimedRunSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     name = serializers.CharField()
@@ -164,13 +174,25 @@ class ClaimedRunSerializer(serializers.Serializer):
     "entrypoint": "etl.flows:nightly", "parameters": {"day": "2026-11-22"}, "env": {"TZ": "UTC"},
     "work_queue": "default", "scheduled_start": "2026-11-23T02:00:00+00:00",
     "token": "orr_3f1c9d2e8a7b4c5d9e0f1a2b3c4d5e6f_7_2_" + "5c" * 32, "secrets": {"DB_PASSWORD": "…"},
-    "missing_secrets": []}], "cancelling": []})])
+    "missing_secrets": []}], "cancelling": [], "quota": None}),
+    response_example("The monthly quota is used up", {"runs": [], "cancelling": [], "quota": {
+        "code": "quota_reached", "limit": 5000, "used": 5000, "month": "2026-12",
+        "resets_at": "2027-01-01T00:00:00Z",
+        "raised_by": "a workspace admin (monthly_task_run_quota in the workspace's settings)",
+        "message": "Workspace acme/prod has used its monthly task-run quota: 5,000 of 5,000 successful task runs "
+                   "in December 2026 (UTC). Agents claim no new runs until the quota resets at 2027-01-01 00:00 "
+                   "UTC or a workspace admin raises it (monthly_task_run_quota in the workspace's settings). Due "
+                   "runs wait, SCHEDULED or LATE; runs already claimed finish."}})])
 class ClaimAnswerSerializer(serializers.Serializer):
     runs = ClaimedRunSerializer(many=True, help_text=(
         "Now SUBMITTED and the agent's; empty when nothing is due. Runs this agent claimed earlier and has "
         "not started (still SUBMITTED) come again, so a claim whose answer was lost loses nothing: the agent "
         "skips those it already runs."))
     cancelling = serializers.ListField(child=serializers.UUIDField(), help_text=CANCELLING_HELP)
+    quota = QuotaReachedSerializer(allow_null=True, help_text=(
+        "Null while the workspace may claim. Set when it has used its monthly task-run quota: no new run was "
+        "claimed (due runs wait, SCHEDULED or LATE), runs claimed earlier and not started still come; the "
+        "agent keeps polling and claims again once the month ends or an admin raises the quota."))
 
 
 @extend_schema_serializer(examples=[

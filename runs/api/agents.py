@@ -35,7 +35,7 @@ from events.emit import emit, make, resource
 from runs.claiming import cancelling_run_ids, claim_for_agent
 from runs.models import (
     Actor, Agent, AgentStatus, FlowRun, Log, LogLevel, Role, State, TaskRun, secret_values)
-from runs import actions
+from runs import actions, quota
 from runs.audit import Who
 from runs.models import TERMINAL_STATES
 from runs.run_tokens import token_of
@@ -251,17 +251,20 @@ class ClaimView(AgentEndpoint):
         """Claim up to `max_runs` due runs of the agent's queues; they come back SUBMITTED.
 
         Runs this agent claimed before and has not started come again (the answer that carried them
-        may have been lost); the answer also lists the agent's runs that are CANCELLING.
+        may have been lost); the answer also lists the agent's runs that are CANCELLING. When the
+        workspace has used its monthly task-run quota, `quota` says so (limit, used, reset time, who
+        may raise it) and no new run is claimed: due runs wait, SCHEDULED or LATE.
         """
         data = self.valid(ClaimInput)
         agent = self.agent_of(data["agent_id"])
         now = timezone.now()
         mark_online_on_poll(agent, now)
-        runs, cancelling = claim_for_agent(agent, limit=data["max_runs"], now=now)
+        refusal = quota.claim_refusal(request.workspace, now)
+        runs, cancelling = claim_for_agent(agent, limit=data["max_runs"], now=now, new_runs=refusal is None)
         secrets = secret_values(request.workspace.pk, {name for run in runs if run.flow_version
                                                        for name in run.flow_version.secrets})
         return Response({"runs": [_claimed(run, secrets) for run in runs],
-                         "cancelling": [str(pk) for pk in cancelling]})
+                         "cancelling": [str(pk) for pk in cancelling], "quota": refusal})
 
 
 class FlowRunStateView(RunReportEndpoint):

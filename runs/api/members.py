@@ -167,8 +167,10 @@ class ApiKeyViewSet(WorkspaceScoped, mixins.CreateModelMixin, mixins.DestroyMode
 @extend_schema_serializer(examples=[
     response_example("Settings", {"account": "acme", "slug": "prod", "name": "Production",
                                   "run_retention_days": 30, "event_retention_days": 30,
-                                  "created": "2026-11-01T08:00:00Z"}),
+                                  "monthly_task_run_quota": None, "created": "2026-11-01T08:00:00Z"}),
     request_example("Keep runs for 90 days", {"run_retention_days": 90}),
+    request_example("At most 5,000 successful task runs a month", {"monthly_task_run_quota": 5000}),
+    request_example("No quota", {"monthly_task_run_quota": None}),
 ])
 class WorkspaceSettingsSerializer(serializers.ModelSerializer):
     account = serializers.SlugRelatedField(slug_field="slug", read_only=True)
@@ -179,15 +181,22 @@ class WorkspaceSettingsSerializer(serializers.ModelSerializer):
         min_value=1, max_value=3650, required=False,
         help_text="Days the workspace's events are kept; the partition manager deletes older ones daily.")
 
+    monthly_task_run_quota = serializers.IntegerField(
+        min_value=1, max_value=2_000_000_000, required=False, allow_null=True,
+        help_text="Successful (COMPLETED) task runs a calendar month (UTC) may count; once reached, agents claim "
+                  "no new runs until the month ends (the runs wait). Null: no quota. See GET …/usage.")
+
     class Meta:
         model = Workspace
-        fields = ["account", "slug", "name", "run_retention_days", "event_retention_days", "created"]
+        fields = ["account", "slug", "name", "run_retention_days", "event_retention_days", "monthly_task_run_quota",
+                  "created"]
         read_only_fields = ["account", "slug", "created"]
 
 
 @extend_schema_view(
     get=extend_schema(description="The workspace's settings; every member may read them."),
-    patch=extend_schema(description="Change the workspace's name, run retention or event retention (admins)."),
+    patch=extend_schema(description="Change the workspace's name, run retention, event retention or monthly "
+                                    "task-run quota (admins)."),
 )
 class WorkspaceSettingsView(generics.RetrieveUpdateAPIView):
     """The workspace's own settings: every member reads them, admins change them (PATCH)."""

@@ -4,7 +4,7 @@ from rest_framework.routers import SimpleRouter
 from automations import api as automations_api
 from automations.delivery_api import DeliveryViewSet
 
-from . import audit, events, flow_runs, flows, logs, members, meta, secrets, task_runs, views, work_queues
+from . import audit, events, flow_runs, flows, logs, members, meta, secrets, task_runs, usage, views, work_queues
 
 router = SimpleRouter()
 router.register("flows", flows.FlowViewSet, basename="flow")
@@ -26,6 +26,7 @@ urlpatterns = [
     path("accounts/<slug:account>/workspaces/<slug:workspace>/ping", meta.PingView.as_view(), name="ping"),
     path("accounts/<slug:account>/workspaces/<slug:workspace>/settings", members.WorkspaceSettingsView.as_view(),
          name="workspace-settings"),
+    path("accounts/<slug:account>/workspaces/<slug:workspace>/usage", usage.UsageView.as_view(), name="workspace-usage"),
     path("accounts/<slug:account>/workspaces/<slug:workspace>/events/", events.EventListView.as_view(),
          name="event-list"),
     path("accounts/<slug:account>/workspaces/<slug:workspace>/events/stream", events.EventStreamView.as_view(),

@@ -4,7 +4,7 @@ from django.urls import path
 from automations import dashboard as automations
 from automations import delivery_views
 
-from . import events, login, queues, run_actions, runs_list, schedule_forms, schedules, views
+from . import events, login, queues, run_actions, runs_list, schedule_forms, schedules, usage, views
 
 app_name = "dashboard"
 
@@ -31,6 +31,8 @@ urlpatterns = [
     path("queues/<int:pk>/limit/", queues.limit, name="queue-limit"),
     path("recovery/", views.recovery, name="recovery"),
     path("audit/", views.audit_trail, name="audit"),
+    path("usage/", usage.usage, name="usage"),
+    path("usage/<int:pk>/quota/", usage.change_quota, name="usage-quota"),
     path("automations/", automations.automation_list, name="automations"),
     path("automations/<int:pk>/", automations.automation_detail, name="automation"),
     path("automations/<int:pk>/toggle/", automations.toggle, name="automation-toggle"),

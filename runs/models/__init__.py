@@ -13,6 +13,7 @@ from .schedules import (
     ScheduleStatus,
 )
 from .task_runs import TaskRun
+from .usage import USAGE_SHARDS, TaskRunUsage
 from .workers import Agent, AgentStatus, QueueHealth, WorkQueue
 from .workspaces import PERSON_ROLE_CHOICES, Account, ApiKey, Membership, Role, Workspace, hash_api_key
 
@@ -20,6 +21,6 @@ __all__ = [
     "ACTIVE_STATES", "CLAIMABLE_STATES", "TERMINAL_STATES", "Account", "Actor", "Agent", "AgentStatus", "AuditEntry",
     "AmbiguousTimePolicy", "ApiKey", "Flow", "FlowRun", "FlowVersion", "Log", "LogLevel",
     "Membership", "NonexistentTimePolicy", "QueueHealth", "RECOVERY_ACTORS", "Role", "Schedule", "ScheduleKind",
-    "ScheduleStatus", "Secret", "State", "StateChange", "TaskRun", "WorkQueue", "Workspace", "hash_api_key",
+    "ScheduleStatus", "Secret", "State", "StateChange", "TaskRun", "TaskRunUsage", "USAGE_SHARDS", "WorkQueue", "Workspace", "hash_api_key",
     "PERSON_ROLE_CHOICES", "secret_values",
 ]

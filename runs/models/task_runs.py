@@ -28,6 +28,9 @@ class TaskRun(models.Model):
     # (not finished, or a result JSON cannot hold). A later attempt of the flow run takes the value
     # instead of running the task again.
     result = models.JSONField(null=True, blank=True)
+    # Set by its first move to COMPLETED, which counts it in its workspace's monthly usage
+    # (runs/quota.py): a retried task run that completes again is not counted twice.
+    quota_counted = models.BooleanField(default=False, editable=False)
     created = models.DateTimeField(default=timezone.now)
     updated = models.DateTimeField(auto_now=True)
 

@@ -37,6 +37,11 @@ def default_event_retention_days():
     return settings.ORCHESTRATOR["EVENT_RETENTION_DAYS"]
 
 
+def default_monthly_task_run_quota():
+    """New workspaces' quota of COMPLETED task runs a month (ORCHESTRATOR_MONTHLY_TASK_RUN_QUOTA; None: none)."""
+    return settings.ORCHESTRATOR["MONTHLY_TASK_RUN_QUOTA"]
+
+
 class Workspace(models.Model):
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="workspaces")
     name = models.CharField(max_length=200)
@@ -47,6 +52,11 @@ class Workspace(models.Model):
     event_retention_days = models.PositiveIntegerField(
         default=default_event_retention_days, validators=[MinValueValidator(1), MaxValueValidator(3650)],
         help_text="Events are deleted after this many days (the partition manager drops whole days).",
+    )
+    monthly_task_run_quota = models.PositiveIntegerField(
+        null=True, blank=True, default=default_monthly_task_run_quota, validators=[MinValueValidator(1)],
+        help_text="Successful (COMPLETED) task runs a calendar month (UTC) may count before agents claim no new "
+                  "runs until the next month; empty: no quota.",
     )
     created = models.DateTimeField(default=timezone.now)
 

@@ -579,7 +579,8 @@ def test_a_poll_with_nothing_due_writes_nothing_once_its_queue_is_recorded_as_po
     # The agent; its SUBMITTED and CANCELLING runs; its queues with their last poll (recent: no
     # UPDATE, no transaction for it); the due runs, in a savepoint for the claim (none: nothing moves).
     with CaptureQueriesContext(connection) as captured, django_assert_max_num_queries(6):
-        assert operator.post(f"{prefix}/agent/claim", poll, format="json").json() == {"runs": [], "cancelling": []}
+        answer = operator.post(f"{prefix}/agent/claim", poll, format="json").json()
+    assert answer == {"runs": [], "cancelling": [], "quota": None}
     statements = [q["sql"].split()[0] for q in captured.captured_queries]
     assert not {"UPDATE", "INSERT", "DELETE"} & set(statements), statements
     assert WorkQueue.objects.get(workspace=ws, name="default").last_polled == polled

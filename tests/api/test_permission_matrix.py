@@ -31,6 +31,7 @@ ENDPOINTS = [
     ("ping", "get", "ping", None, V, 200),
     ("settings read", "get", "settings", None, V, 200),
     ("settings change", "patch", "settings", {"run_retention_days": 60}, A, 200),
+    ("usage read", "get", "usage", None, V, 200),
     ("flows list", "get", "flows/", None, V, 200),
     ("flow detail", "get", "flows/{flow}/", None, V, 200),
     ("flow create", "post", "flows/", {"name": "new-flow"}, O, 201),

@@ -7,6 +7,7 @@ has a twin that succeeds in A, so a refusal cannot come from a bad form.
 Rows outside workspaces (accounts, services, beat, users) are for superusers only.
 """
 
+import datetime
 from html.parser import HTMLParser
 
 import pytest
@@ -33,6 +34,7 @@ from runs.models import (
     State,
     StateChange,
     TaskRun,
+    TaskRunUsage,
     WorkQueue,
     Workspace,
 )
@@ -41,7 +43,7 @@ from tests import factories
 # The models whose rows belong to a workspace, and how the URL names them.
 SCOPED = [Workspace, Membership, ApiKey, Flow, FlowVersion, Schedule, FlowRun, TaskRun, StateChange, Log,
           WorkQueue, Agent, Event, Secret, AuditEntry, Automation, Firing, TriggerBucket, Delivery,
-          IncomingWebhook]
+          IncomingWebhook, TaskRunUsage]
 # Rows a workspace's viewers may not read (members, keys and the audit trail are for its admins,
 # secrets' names for operators, as in the API).
 ADMINS_READ = {Membership, ApiKey, AuditEntry, Secret, IncomingWebhook}
@@ -114,6 +116,7 @@ def world(ws):
         "firing": Firing.objects.create(automation=automation, workspace=ws, reason="silence"),
         "bucket": TriggerBucket.objects.create(automation=automation, key="flow-run:1"),
         "delivery": Delivery.objects.create(workspace=ws, kind="webhook", target="https://example.com/hook"),
+        "usage": TaskRunUsage.objects.create(workspace=ws, month=datetime.date(2026, 12, 1), shard=0, completed=1),
     }
 
 
@@ -125,7 +128,7 @@ def row_of(model, world):
             Agent: world["agent"], Event: world["event"], Secret: world["secret"], AuditEntry: world["audit"],
             Automation: world["automation"], Firing: world["firing"], TriggerBucket: world["bucket"],
             Delivery: world["delivery"],
-            IncomingWebhook: world["webhook"]}[model]
+            IncomingWebhook: world["webhook"], TaskRunUsage: world["usage"]}[model]
 
 
 def snapshot(model, row):

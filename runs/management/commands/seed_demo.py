@@ -73,6 +73,12 @@ class Command(BaseCommand):
         )
         made = schedule_future_runs(list(Schedule.objects.filter(flow=flow).select_related("flow")), timezone.now())
         self.stdout.write(f"Demo workspace demo/demo ready: flow {flow.name}, 2 schedules, {made} new run(s).")
+        # The demo keeps the self-hosted default, no quota (ORCHESTRATOR_MONTHLY_TASK_RUN_QUOTA when set):
+        # its flow completes about 4,500 task runs a day, so the hosted plan's 5,000 would stop it within
+        # two days, which would look like a fault to someone trying the server.
+        limit = workspace.monthly_task_run_quota
+        self.stdout.write("Monthly task-run quota: " + (f"{limit:,}" if limit else "none") +
+                          " (see /dashboard/usage/; an admin changes it there or in the workspace's settings).")
         self._local_agent_key(workspace)
 
     def _local_agent_key(self, workspace):
