@@ -4,7 +4,7 @@ from django.urls import path
 from automations import dashboard as automations
 from automations import delivery_views
 
-from . import events, login, schedules, views
+from . import events, flows, login, schedules, views
 
 app_name = "dashboard"
 
@@ -14,7 +14,11 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(next_page="dashboard:login"), name="logout"),
     path("timeline/", views.timeline, name="timeline"),
     path("runs/<uuid:pk>/", views.run_detail, name="run"),
+    path("flows/", flows.flow_list, name="flows"),
+    path("flows/<int:pk>/", flows.flow_detail, name="flow"),
+    path("flows/<int:pk>/compare/", flows.compare, name="flow-compare"),
     path("schedules/", schedules.schedule_list, name="schedules"),
+    path("schedules/<int:pk>/version/", flows.pin, name="schedule-version"),
     path("schedules/<int:pk>/pause/", schedules.pause, name="schedule-pause"),
     path("schedules/<int:pk>/keep/", schedules.cancel_pause, name="schedule-keep"),
     path("schedules/<int:pk>/resume/", schedules.resume, name="schedule-resume"),
