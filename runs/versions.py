@@ -9,7 +9,7 @@ that changes (a registration, a pin or an unpin), so a waiting run shows what it
 Manual runs without a schedule keep the version they were made with: the person asked for that.
 """
 
-from django.db.models import Case, F, OuterRef, Subquery, When
+from django.db.models import BigIntegerField, Case, F, OuterRef, Subquery, When
 from django.db.models.functions import Coalesce
 
 from runs.models import CLAIMABLE_STATES, FlowRun, FlowVersion, Schedule
@@ -34,9 +34,12 @@ def version_at_claim():
     schedule's pinned version, else the flow's latest; a run without a schedule keeps its own."""
     pinned = Schedule.objects.filter(pk=OuterRef("schedule_id")).values("flow_version_id")[:1]
     latest = FlowVersion.objects.filter(flow_id=OuterRef("flow_id"), is_latest=True).values("id")[:1]
+    as_id = BigIntegerField()
     return Case(
         When(schedule_id__isnull=True, then=F("flow_version_id")),
-        default=Coalesce(Subquery(pinned), Subquery(latest), F("flow_version_id")),
+        default=Coalesce(Subquery(pinned, output_field=as_id), Subquery(latest, output_field=as_id),
+                         F("flow_version_id"), output_field=as_id),
+        output_field=as_id,
     )
 
 
