@@ -2,6 +2,7 @@
 logged-in dashboard clients."""
 
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +45,11 @@ def flow(ws):
 def versions_of(flow):
     """{label: version} of the flow."""
     return {v.version: v for v in flow.versions.all()}
+
+
+@pytest.fixture(scope="session")
+def artifacts():
+    """Where the browser tests put their screenshots."""
+    folder = Path(__file__).resolve().parents[2] / "test-artifacts" / "versions"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
