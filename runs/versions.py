@@ -62,7 +62,8 @@ def repoint_following_runs(flow_id, version_id):
     """After `version_id` became the latest of `flow_id`: unclaimed runs of its following schedules
     show it. One UPDATE; the claim decides anyway, this keeps what a waiting run shows true."""
     following = Schedule.objects.filter(flow_id=flow_id, flow_version__isnull=True)
-    return waiting_runs_of(following).filter(flow_id=flow_id).exclude(flow_version_id=version_id).update(flow_version_id=version_id)
+    stale = waiting_runs_of(following).filter(flow_id=flow_id).exclude(flow_version_id=version_id)
+    return stale.update(flow_version_id=version_id)
 
 
 def _diff_mapping(old, new, *, with_types):

@@ -142,8 +142,8 @@ class ScheduleSerializer(serializers.ModelSerializer):
         fields = [
             "id", "flow", "slug", "description", "kind", "interval_seconds", "anchor", "cron", "rrule",
             "calendar", "timezone", "dst_nonexistent", "dst_ambiguous", "status", "parameters", "work_queue",
-            "flow_version", "catchup_max_runs", "only_newest_when_late", "created", "updated", "description_text", "next_runs",
-            "next_runs_error",
+            "flow_version", "catchup_max_runs", "only_newest_when_late", "created", "updated", "description_text",
+            "next_runs", "next_runs_error",
         ]
         read_only_fields = ["status", "created", "updated"]
         # Uniqueness of (flow, slug) is checked in validate(), so the error names the slug field.

@@ -29,6 +29,7 @@ SCHEDULES_LIMIT = 200
 # How many of the newest versions a schedule's pin menu offers (besides the ones pinned now); an
 # older one is pinned through the API (schedules/{id}/pin) or the admin.
 PIN_CHOICES = 20
+MAX_PAGE = 100_000
 
 
 def _count(model, **outer):
@@ -41,7 +42,7 @@ def _count(model, **outer):
 def flow_list(request):
     latest = FlowVersion.objects.filter(flow_id=OuterRef("pk"), is_latest=True)
     flows = list(
-        scoped(request, Flow.objects.select_related("workspace"), "workspace_id").order_by("name", "pk").annotate(
+        scoped(request, Flow.objects.all(), "workspace_id").order_by("name", "pk").annotate(
             version_count=_count(FlowVersion, flow_id="pk"), schedule_count=_count(Schedule, flow_id="pk"),
             latest_label=Subquery(latest.values("version")[:1]), latest_id=Subquery(latest.values("id")[:1]),
             latest_created=Subquery(latest.values("created")[:1]),
@@ -51,7 +52,7 @@ def flow_list(request):
 
 
 def get_flow(request, pk):
-    flow = scoped(request, Flow.objects.select_related("workspace")).filter(pk=pk).first()
+    flow = scoped(request, Flow.objects.all()).filter(pk=pk).first()
     if flow is None:
         raise Http404("No such flow.")
     return flow
@@ -95,7 +96,9 @@ def flow_page(request, flow, page=1, pin_error=""):
 
 @dashboard_login_required
 def flow_detail(request, pk):
-    return flow_page(request, get_flow(request, pk), max(int_param(request, "page", 1) or 1, 1))
+    # Bounded: an OFFSET past a bigint is the database's error, not an empty page.
+    page = min(max(int_param(request, "page", 1) or 1, 1), MAX_PAGE)
+    return flow_page(request, get_flow(request, pk), page)
 
 
 def _compared_version(flow, request, name):
@@ -107,7 +110,8 @@ def _compared_version(flow, request, name):
         return None, f"{name}: choose a version of {flow.name} to compare."
     version = None
     if 0 < value < 2**63:
-        version = FlowVersion.objects.select_related("flow").filter(pk=value, flow__workspace_id=flow.workspace_id).first()
+        version = FlowVersion.objects.select_related("flow").filter(
+            pk=value, flow__workspace_id=flow.workspace_id).first()
     if version is None:
         return None, f"{name}: no version {value} in this workspace."
     if version.flow_id != flow.pk:

@@ -59,6 +59,7 @@ def test_versions_come_in_pages(as_viewer, ws):
         flow.register_version(entrypoint="m:f", version=str(i))
     first = as_viewer.get(f"/dashboard/flows/{flow.pk}/").content.decode()
     assert first.count('id="version-') == 20 and "Older versions" in first and "(25, newest first)" in first
+    assert as_viewer.get(f"/dashboard/flows/{flow.pk}/?page={10**30}").status_code == 200
     second = as_viewer.get(f"/dashboard/flows/{flow.pk}/?page=2").content.decode()
     assert second.count('id="version-') == 5 and "Newer versions" in second and "Older versions" not in second
     # The last row of page 1 compares with the first row of page 2.
