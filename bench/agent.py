@@ -15,7 +15,7 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from runs.models import Account, Agent, ApiKey, Flow, FlowRun, Role, WorkQueue, Workspace
+from runs.models import Account, Agent, ApiKey, Flow, FlowRun, Role, Schedule, WorkQueue, Workspace
 from runs.run_tokens import token_of
 
 CLIENTS = 16
@@ -126,11 +126,17 @@ def run(table):
               f"{_p(polls, 99) / _p(pings, 99):.1f}x", "p99 < 10 ms")
 
     claims, pings = [], []
+    # Runs of schedules, half following the latest version and half pinned, so the claim decides
+    # each run's version as it does in production (runs/versions.py).
+    following = Schedule.objects.create(flow=flow, slug="following", interval_seconds=3600, status="PAUSED")
+    pinned = Schedule.objects.create(flow=flow, slug="pinned", interval_seconds=3600, status="PAUSED",
+                                     flow_version=flow.latest_version)
     for _ in range(10):
         now = timezone.now()
         FlowRun.objects.bulk_create([
             FlowRun(workspace=workspace, flow=flow, work_queue=queue, name=f"due-{i}",
-                    scheduled_start=now - timedelta(seconds=i)) for i in range(200)
+                    schedule=following if i % 2 else pinned, scheduled_start=now - timedelta(seconds=i))
+            for i in range(200)
         ])
         claim = lambda: api.post(f"{prefix}/claim", {"agent_id": agent.pk, "max_runs": 200}, format="json")  # noqa: E731
         started = time.perf_counter()

@@ -12,6 +12,7 @@ from events.emit import emit, make, resource
 from runs import audit, scheduling
 from runs.api.key_cache import verified_keys
 from runs.models import ApiKey, Membership, Schedule, ScheduleStatus, WorkQueue
+from runs.versions import repoint_waiting_runs
 
 
 def _switch_event(obj, old, new, who, payload=None):
@@ -123,6 +124,24 @@ def delete_schedule(schedule, *, who, now=None):
     with transaction.atomic():
         audit.record(who, "schedule.delete", schedule, before=audit.snapshot(schedule), now=now)
         return scheduling.delete_schedule(schedule, now)
+
+
+def pin_schedule(schedule, version, *, who):
+    """Pin `schedule` to `version` (a FlowVersion of its flow, archived or not), or with None let it
+    follow the latest again; its unclaimed runs are re-pointed in the same transaction. Records
+    `schedule.pin` or `schedule.unpin` with the versions before and after; no change, no entry.
+    Raises ValidationError naming `flow_version` for a version of another flow."""
+    before = audit.snapshot(schedule)
+    schedule.flow_version = version
+    schedule.validate_pin()
+
+    def save():
+        schedule.save(update_fields=["flow_version", "updated"])
+        repoint_waiting_runs(schedule)
+        return schedule
+
+    action = "schedule.pin" if version is not None else "schedule.unpin"
+    return save_with_audit(save, who=who, action=action, before=before)
 
 
 def _switch_schedule(schedule, switch, action, counted, *, who, now):

@@ -24,7 +24,7 @@ AUDITED_FIELDS = {
     Workspace: ["name", "run_retention_days", "event_retention_days", "monthly_task_run_quota"],
     Schedule: ["flow_id", "slug", "kind", "status", "cron", "interval_seconds", "anchor", "rrule", "calendar",
                "timezone", "dst_nonexistent", "dst_ambiguous", "parameters", "work_queue_id", "catchup_max_runs",
-               "only_newest_when_late", "description"],
+               "only_newest_when_late", "description", "flow_version_id"],
     WorkQueue: ["name", "work_pool", "description", "concurrency_limit", "paused", "job_env"],
     Secret: ["name", "updated"],
     Automation: ["name", "description", "enabled", "trigger", "actions"],

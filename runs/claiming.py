@@ -22,6 +22,7 @@ from django.db.models import Count, Q
 from events.emit import emit, make, resource
 from runs.models import ACTIVE_STATES, Actor, FlowRun, State, WorkQueue
 from runs.states import transition_flow_runs
+from runs.versions import version_at_claim
 
 # Listed in the order of the partial index `flowrun_claimable`, so the planner (SQLite's in
 # particular) sees that the poll's predicate implies the index's and uses it.
@@ -143,7 +144,7 @@ def claim_due_runs(agent, *, limit, now):
     """Move up to `limit` due runs of the agent's unpaused queues to SUBMITTED for `agent`.
 
     Returns the claimed runs (oldest scheduled start first) with their flow version and queue
-    loaded. Records the poll on every queue of the agent, paused or not, so queue health can
+    loaded. A run of a schedule takes its version now: the pinned one, or the flow's latest. Records the poll on every queue of the agent, paused or not, so queue health can
     tell a polled-but-paused queue from an abandoned one.
     """
     rows = list(WorkQueue.objects.filter(agents=agent).values_list("pk", "paused", "concurrency_limit", "last_polled"))
@@ -189,7 +190,8 @@ def claim_due_runs(agent, *, limit, now):
         moved = transition_flow_runs(
             FlowRun.objects.filter(pk__in=chosen, state__in=CLAIMABLE), State.SUBMITTED,
             actor=Actor.AGENT, message=f"Claimed by agent {agent.name}.", now=now,
-            updates={"agent_id": agent.pk},
+            # The version is decided here: the schedule's pin, else the flow's latest now.
+            updates={"agent_id": agent.pk, "flow_version_id": version_at_claim()},
         )
     return handed_out(agent, [row["pk"] for row in moved])
 

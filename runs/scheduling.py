@@ -24,6 +24,7 @@ from runs.models import (
 from runs.scheduled_runs import ScheduledRunWriter, missed_fire_times
 from runs.schedules import evaluating
 from runs.states import transition_flow_runs
+from runs.versions import repoint_waiting_runs
 
 DEFAULT_QUEUE = "default"
 # How many recently edited schedules one scheduler pass re-checks for runs of an old definition.
@@ -109,7 +110,9 @@ def schedule_future_runs(schedules, now, count=None, failures=None):
             _skip(failures, schedule, "making its next runs", exc)
             continue
         workspace_id = workspaces[schedule.flow_id]
-        writer.add(schedule, workspace_id=workspace_id, flow_version_id=latest.get(schedule.flow_id),
+        # Made with the version it would run if claimed now; the claim decides (runs/versions.py).
+        writer.add(schedule, workspace_id=workspace_id,
+                   flow_version_id=schedule.flow_version_id or latest.get(schedule.flow_id),
                    work_queue_id=schedule.work_queue_id or queues[workspace_id].id, times=times)
     return writer.insert()
 
@@ -287,7 +290,8 @@ def create_manual_run(flow, *, user=None, api_key=None, parameters=None, work_qu
     (the unique (workspace, idempotency_key) constraint settles a race). Returns (run, created).
     """
     now = timezone.now()
-    version = flow.latest_version
+    # A run of a pinned schedule runs the pinned version; any other, the latest (see runs/versions.py).
+    version = schedule.flow_version if schedule is not None and schedule.flow_version_id else flow.latest_version
     if work_queue is None:
         work_queue = (schedule.work_queue if schedule else None) or default_queues([flow.workspace_id])[flow.workspace_id]
     merged = dict(version.parameters) if version else {}
@@ -326,7 +330,8 @@ def created_message(user, api_key):
 def reschedule_after_edit(schedule, now=None):
     """After an edit: drop future not-started runs that no longer match, keep the rest, fill the gaps.
 
-    Kept runs take the schedule's current parameters and queue. A paused schedule keeps none.
+    Kept runs take the schedule's current parameters and queue, and its unclaimed runs the version
+    it runs now (pinned, or the latest). A paused schedule keeps none.
     One transaction, and the fire times are computed before anything is written: when they cannot
     be (ScheduleComputeError), nothing changes. Callers that save the schedule first do so in the
     same transaction (`transaction.atomic()` around both), so the edit is undone with it.
@@ -344,4 +349,6 @@ def reschedule_after_edit(schedule, now=None):
         queue_id = schedule.work_queue_id or default_queues([schedule.flow.workspace_id])[schedule.flow.workspace_id].id
         # Kept runs follow the edit, and a re-created schedule adopts the runs of its slug.
         future.update(parameters=schedule.parameters, work_queue_id=queue_id, schedule=schedule)
+        # A pin or unpin reaches the runs waiting for an agent, late ones included.
+        repoint_waiting_runs(schedule)
         return schedule_future_runs([schedule], now)

@@ -34,8 +34,8 @@ def run_once(now):
     schedules = list(
         Schedule.objects.filter(status=ScheduleStatus.ACTIVE).select_related("flow").order_by("pk")
         .only("id", "slug", "kind", "interval_seconds", "anchor", "cron", "rrule", "calendar", "timezone",
-              "dst_nonexistent", "dst_ambiguous", "status", "parameters", "work_queue_id", "catchup_max_runs",
-              "created", "updated", "flow__id", "flow__name", "flow__workspace_id")
+              "dst_nonexistent", "dst_ambiguous", "status", "parameters", "work_queue_id", "flow_version_id",
+              "catchup_max_runs", "created", "updated", "flow__id", "flow__name", "flow__workspace_id")
     )
     failures = {}  # schedule id: SkippedSchedule, filled by the steps below
     # Edits of the last few loops are re-checked: a pass racing an edit may have written old times.

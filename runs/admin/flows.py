@@ -62,13 +62,16 @@ class FlowVersionAdmin(WorkspaceScopedAdmin):
 
 @admin.register(Schedule)
 class ScheduleAdmin(WorkspaceScopedAdmin):
-    list_display = ["__str__", "kind", "when", "timezone", "status_badge", "work_queue", "updated"]
+    list_display = ["__str__", "kind", "when", "timezone", "status_badge", "runs_version", "work_queue", "updated"]
     list_filter = ["status", "kind", "flow__workspace"]
     search_fields = ["slug", "flow__name", "cron"]
     readonly_fields = ["next_runs_preview", "created", "updated"]
-    actions = ["pause", "resume", "run_now"]
+    # An id box, not a menu of every version of every flow; the model's clean() refuses another flow's.
+    raw_id_fields = ["flow_version"]
+    list_select_related = ["flow", "flow_version", "work_queue"]
+    actions = ["pause", "resume", "run_now", "follow_latest"]
     fieldsets = [
-        (None, {"fields": ["flow", "slug", "description", "status", "work_queue", "parameters"]}),
+        (None, {"fields": ["flow", "slug", "description", "status", "work_queue", "parameters", "flow_version"]}),
         ("When", {"fields": ["kind", "interval_seconds", "anchor", "cron", "rrule", "calendar", "timezone",
                              "dst_nonexistent", "dst_ambiguous", "next_runs_preview"]}),
         ("Catching up", {"fields": ["catchup_max_runs", "only_newest_when_late"]}),
@@ -78,6 +81,20 @@ class ScheduleAdmin(WorkspaceScopedAdmin):
     @admin.display(description="When")
     def when(self, schedule):
         return schedule.describe()
+
+    @admin.display(description="Runs version")
+    def runs_version(self, schedule):
+        if schedule.flow_version_id is None:
+            return "the latest"
+        return f"pinned: {schedule.flow_version.version or '#' + str(schedule.flow_version_id)}"
+
+    @admin.action(description="Unpin selected schedules (follow the latest version)", permissions=["operate"])
+    def follow_latest(self, request, queryset):
+        who = Who.of(request, "admin")
+        pinned = [s for s in self.split_by_role(request, queryset).select_related("flow") if s.flow_version_id]
+        for schedule in pinned:
+            actions.pin_schedule(schedule, None, who=who)
+        self.message_user(request, f"{len(pinned)} schedule(s) now follow their flow's latest version.")
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, schedule):

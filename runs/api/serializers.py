@@ -59,6 +59,29 @@ class WorkspaceRelatedField(serializers.SlugRelatedField):
         super().__init__(*args, **kwargs)
 
 
+class VersionField(WorkspaceRelatedField):
+    """A flow version of the request's workspace, by id."""
+
+    default_error_messages = {"does_not_exist": "No version {value} in this workspace.",
+                              "invalid": "Give the id of a version (a whole number)."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (int, str)):
+            self.fail("invalid")
+        try:
+            number = int(data)
+        except ValueError:
+            self.fail("invalid")
+        if not 0 < number < 2**63:  # no such id, and the database would refuse to compare it
+            self.fail("does_not_exist", slug_name="id", value=data)
+        return super().to_internal_value(number)
+
+
+def version_field(**kwargs):
+    return VersionField(slug_field="id", queryset=FlowVersion.objects.select_related("flow"),
+                        workspace_lookup="flow__workspace", **kwargs)
+
+
 class ZoneField(TimeZoneSerializerField):
     """An IANA time zone name. zoneinfo refuses keys such as 'Europe/' or '../x' with a ValueError
     that django-timezone-field does not catch; here every refusal is the field's 400."""
@@ -74,7 +97,8 @@ SCHEDULE = {
     "id": 3, "flow": "nightly-etl", "slug": "nightly", "description": "Every night at 02:00, Berlin time",
     "kind": "cron", "interval_seconds": None, "anchor": None, "cron": "0 2 * * *", "rrule": "", "calendar": {},
     "timezone": "Europe/Berlin", "dst_nonexistent": "shift", "dst_ambiguous": "once", "status": "ACTIVE",
-    "parameters": {"full": False}, "work_queue": "default", "catchup_max_runs": 0, "only_newest_when_late": True,
+    "parameters": {"full": False}, "work_queue": "default", "flow_version": None, "catchup_max_runs": 0,
+    "only_newest_when_late": True,
     "created": "2026-11-01T08:00:00Z", "updated": "2026-11-01T08:00:00Z",
     "description_text": "At 02:00 (Europe/Berlin)",
     "next_runs": [{"utc": "2026-11-24T01:00:00Z", "local": "2026-11-24T02:00:00+01:00"},
@@ -101,6 +125,10 @@ class ScheduleSerializer(serializers.ModelSerializer):
                                        allow_null=True)
     timezone = ZoneField(use_pytz=False, required=False, help_text="IANA zone, e.g. Europe/Berlin; default UTC.")
     parameters = serializers.DictField(required=False, help_text="Parameters of its runs, over the version's defaults.")
+    flow_version = version_field(
+        required=False, allow_null=True,
+        help_text="Id of the version its runs run (pinned; any version of its flow, archived too); null: each run "
+                  "runs the flow's latest version when an agent claims it.")
     description_text = serializers.SerializerMethodField(help_text="When it fires, in words.")
     next_runs = serializers.SerializerMethodField(
         help_text="On a single schedule: its next 10 fire times (UTC and local), computed from its definition; "
@@ -114,8 +142,8 @@ class ScheduleSerializer(serializers.ModelSerializer):
         fields = [
             "id", "flow", "slug", "description", "kind", "interval_seconds", "anchor", "cron", "rrule",
             "calendar", "timezone", "dst_nonexistent", "dst_ambiguous", "status", "parameters", "work_queue",
-            "catchup_max_runs", "only_newest_when_late", "created", "updated", "description_text", "next_runs",
-            "next_runs_error",
+            "flow_version", "catchup_max_runs", "only_newest_when_late", "created", "updated", "description_text",
+            "next_runs", "next_runs_error",
         ]
         read_only_fields = ["status", "created", "updated"]
         # Uniqueness of (flow, slug) is checked in validate(), so the error names the slug field.
@@ -156,6 +184,11 @@ class ScheduleSerializer(serializers.ModelSerializer):
             validate_schedule(instance)
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.message_dict) from exc
+        if "flow_version" in attrs or "flow" in attrs:
+            try:
+                instance.validate_pin()
+            except DjangoValidationError as exc:
+                raise serializers.ValidationError(exc.message_dict) from exc
         flow = attrs.get("flow") or (self.instance.flow if self.instance else None)
         slug = attrs.get("slug") or (self.instance.slug if self.instance else None)
         clash = Schedule.objects.filter(flow=flow, slug=slug)
@@ -169,6 +202,11 @@ class ScheduleSerializer(serializers.ModelSerializer):
         if not self.instance:
             return {}
         return {f.name: getattr(self.instance, f.name) for f in Schedule._meta.concrete_fields if f.name != "id"}
+
+
+@extend_schema_serializer(examples=[request_example("Pin to version 11", {"flow_version": 11})])
+class PinRequestSerializer(serializers.Serializer):
+    flow_version = version_field(help_text="Id of a version of the schedule's flow.")
 
 
 class FireTimeSerializer(serializers.Serializer):

@@ -4,10 +4,11 @@ from rest_framework.routers import SimpleRouter
 from automations import api as automations_api
 from automations.delivery_api import DeliveryViewSet
 
-from . import audit, events, flow_runs, flows, logs, members, meta, secrets, task_runs, usage, views, work_queues
+from . import audit, events, flow_runs, flows, logs, members, meta, secrets, task_runs, usage, versions, views, work_queues
 
 router = SimpleRouter()
 router.register("flows", flows.FlowViewSet, basename="flow")
+router.register("flow_versions", versions.FlowVersionViewSet, basename="flow-version")
 router.register("schedules", views.ScheduleViewSet, basename="schedule")
 router.register("flow_runs", flow_runs.FlowRunViewSet, basename="flow-run")
 router.register("task_runs", task_runs.TaskRunViewSet, basename="task-run")

@@ -38,7 +38,8 @@ class ScheduleViewSet(WorkspaceScoped, viewsets.ModelViewSet):
     queryset = Schedule.objects.select_related("flow", "work_queue").order_by("flow__name", "slug")
     serializer_class = serializers.ScheduleSerializer
     workspace_field = "flow__workspace"
-    action_roles = {"pause": Role.OPERATOR, "resume": Role.OPERATOR, "preview": Role.VIEWER}
+    action_roles = {"pause": Role.OPERATOR, "resume": Role.OPERATOR, "preview": Role.VIEWER, "pin": Role.OPERATOR,
+                    "unpin": Role.OPERATOR}
     throttle_classes = [ExpensiveEndpointThrottle]
     expensive_actions = {"preview"}  # up to 100 fire times of any rule: as costly as listing runs
 
@@ -91,3 +92,23 @@ class ScheduleViewSet(WorkspaceScoped, viewsets.ModelViewSet):
         schedule = self.get_object()
         created = actions.resume_schedule(schedule, who=Who.of(request, "api"))
         return Response({**self.get_serializer(schedule).data, "runs_created": created})
+
+    @extend_schema(request=serializers.PinRequestSerializer, responses=serializers.ScheduleSerializer)
+    @action(detail=True, methods=["post"])
+    def pin(self, request, *args, **kwargs):
+        """Pin the schedule to a version of its flow (archived ones too): its runs run that version,
+        whatever is registered later. Its runs not claimed yet are re-pointed at once (operators)."""
+        schedule = self.get_object()
+        incoming = serializers.PinRequestSerializer(data=request.data, context=self.get_serializer_context())
+        incoming.is_valid(raise_exception=True)
+        actions.pin_schedule(schedule, incoming.validated_data["flow_version"], who=Who.of(request, "api"))
+        return Response(self.get_serializer(schedule).data)
+
+    @extend_schema(request=None, responses=serializers.ScheduleSerializer)
+    @action(detail=True, methods=["post"])
+    def unpin(self, request, *args, **kwargs):
+        """Let the schedule follow its flow's latest version again: each run runs the version that is
+        the latest when an agent claims it (operators)."""
+        schedule = self.get_object()
+        actions.pin_schedule(schedule, None, who=Who.of(request, "api"))
+        return Response(self.get_serializer(schedule).data)

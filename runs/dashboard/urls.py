@@ -4,7 +4,7 @@ from django.urls import path
 from automations import dashboard as automations
 from automations import delivery_views
 
-from . import events, login, queues, run_actions, runs_list, schedule_forms, schedules, usage, views
+from . import events, flows, login, queues, run_actions, runs_list, schedule_forms, schedules, usage, views
 
 app_name = "dashboard"
 
@@ -16,10 +16,14 @@ urlpatterns = [
     path("runs/", runs_list.run_list, name="runs"),
     path("runs/act/", run_actions.act, name="runs-act"),
     path("runs/<uuid:pk>/", views.run_detail, name="run"),
+    path("flows/", flows.flow_list, name="flows"),
+    path("flows/<int:pk>/", flows.flow_detail, name="flow"),
+    path("flows/<int:pk>/compare/", flows.compare, name="flow-compare"),
     path("schedules/", schedules.schedule_list, name="schedules"),
     path("schedules/new/", schedule_forms.schedule_new, name="schedule-new"),
     path("schedules/preview/", schedule_forms.schedule_preview, name="schedule-preview"),
     path("schedules/<int:pk>/edit/", schedule_forms.schedule_edit, name="schedule-edit"),
+    path("schedules/<int:pk>/version/", flows.pin, name="schedule-version"),
     path("schedules/<int:pk>/pause/", schedules.pause, name="schedule-pause"),
     path("schedules/<int:pk>/keep/", schedules.cancel_pause, name="schedule-keep"),
     path("schedules/<int:pk>/resume/", schedules.resume, name="schedule-resume"),

@@ -25,13 +25,19 @@ class Flow(models.Model):
         return self.versions.filter(is_latest=True).first()
 
     def register_version(self, *, entrypoint, version="", parameters=None, job_env=None, secrets=None):
-        """Add a version and promote it to latest; earlier versions are archived."""
+        """Add a version and promote it to latest; earlier versions are archived (a schedule pinned to
+        one keeps running it)."""
+        from runs.versions import repoint_following_runs
+
         with transaction.atomic():
             self.versions.filter(is_latest=True).update(is_latest=False, archived=True)
-            return self.versions.create(
+            created = self.versions.create(
                 entrypoint=entrypoint, version=version or "", parameters=parameters or {},
                 job_env=job_env or {}, secrets=list(dict.fromkeys(secrets or [])), is_latest=True,
             )
+            # Waiting runs of the schedules that follow the latest now show (and, claimed, run) this one.
+            repoint_following_runs(self.pk, created.pk)
+            return created
 
 
 class FlowVersion(models.Model):
@@ -58,6 +64,10 @@ class FlowVersion(models.Model):
             models.UniqueConstraint(fields=["flow"], condition=models.Q(is_latest=True), name="one_latest_version"),
         ]
         ordering = ["-created"]
+        indexes = [
+            # A flow's versions newest first, in pages: a flow registered on every deploy has thousands.
+            models.Index(fields=["flow", "-created", "-id"], name="flowversion_flow_newest"),
+        ]
 
     def __str__(self):
         return f"{self.flow.name} {self.version or self.pk}"

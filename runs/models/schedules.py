@@ -1,10 +1,11 @@
 """Schedules: when a flow should run. The kinds themselves live in runs/schedules/."""
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone as dj_timezone
 from timezone_field import TimeZoneField
 
-from .flows import Flow
+from .flows import Flow, FlowVersion
 from .validators import json_object
 from .workers import WorkQueue
 
@@ -65,6 +66,13 @@ class Schedule(models.Model):
         WorkQueue, null=True, blank=True, on_delete=models.SET_NULL, related_name="schedules",
         help_text="Queue its runs go to; empty: the workspace's 'default' queue.",
     )
+    # RESTRICT, not PROTECT: deleting the flow (which deletes its schedules too) still works, while
+    # deleting only the pinned version is refused instead of silently turning the pin into "latest".
+    flow_version = models.ForeignKey(
+        FlowVersion, null=True, blank=True, on_delete=models.RESTRICT, related_name="pinned_schedules",
+        verbose_name="pinned version",
+        help_text="The version its runs run; empty: each run runs the flow's latest version when an agent claims it.",
+    )
     catchup_max_runs = models.PositiveIntegerField(
         default=0, help_text="After downtime or a resume, create up to this many missed past runs (0: none)."
     )
@@ -98,7 +106,21 @@ class Schedule(models.Model):
 
         return describe(self)
 
+    @property
+    def follows_latest(self):
+        return self.flow_version_id is None
+
+    def validate_pin(self):
+        """A pinned version must be one of the schedule's own flow (any of them, archived or not)."""
+        if self.flow_version_id is None or self.flow_id is None:
+            return
+        if self.flow_version.flow_id != self.flow_id:
+            raise ValidationError({"flow_version": [
+                f"Version {self.flow_version_id} belongs to flow {self.flow_version.flow.name}, not to this "
+                f"schedule's flow: pin a version of {self.flow.name}, or leave it empty to follow the latest."]})
+
     def clean(self):
         from runs.schedules import validate_schedule
 
         validate_schedule(self)
+        self.validate_pin()

@@ -39,6 +39,9 @@ ENDPOINTS = [
     ("flow versions", "get", "flows/{flow}/versions/", None, V, 200),
     ("flow register version", "post", "flows/{flow}/versions/", {"entrypoint": "m:f"}, O, 201),
     ("flow delete", "delete", "flows/{flow}/", None, A, 204),
+    ("flow versions of the workspace", "get", "flow_versions/", None, V, 200),
+    ("flow version detail", "get", "flow_versions/{version}/", None, V, 200),
+    ("flow versions compared", "get", "flow_versions/compare/?base={version}&head={version}", None, V, 200),
     ("schedules list", "get", "schedules/", None, V, 200),
     ("schedule detail", "get", "schedules/{schedule}/", None, V, 200),
     ("schedule create", "post", "schedules/",
@@ -49,6 +52,8 @@ ENDPOINTS = [
     ("schedule preview", "post", "schedules/preview/", {"kind": "cron", "cron": "0 2 * * *", "count": 2}, V, 200),
     ("schedule pause", "post", "schedules/{schedule}/pause/", None, O, 200),
     ("schedule resume", "post", "schedules/{schedule}/resume/", None, O, 200),
+    ("schedule pin", "post", "schedules/{schedule}/pin/", {"flow_version": "{version}"}, O, 200),
+    ("schedule unpin", "post", "schedules/{schedule}/unpin/", None, O, 200),
     ("schedule delete", "delete", "schedules/{schedule}/", None, A, 204),
     ("flow runs list", "get", "flow_runs/", None, V, 200),
     ("flow run detail", "get", "flow_runs/{run}/", None, V, 200),
@@ -164,6 +169,7 @@ def world(ws):
     log = Log.objects.create(workspace=ws, flow_run=run, message="Rescheduled", source="lazarus", level=30)
     return {
         "flow": flow.pk, "flow_name": flow.name, "schedule": factories.schedule(flow).pk, "run": run.pk,
+        "version": flow.latest_version.pk,
         "finished_run": finished.pk, "task_run": factories.task_run(run).pk, "queue": queue.pk, "agent": agent.pk,
         "membership": membership.pk, "key": factories.api_key(ws, role=Role.VIEWER)[0].pk,
         "outsider": factories.user().username, "log": log.pk, "secret": factories.secret(ws).name,
@@ -240,12 +246,13 @@ FOREIGN_REFERENCES = [endpoint for endpoint in ENDPOINTS if references(endpoint)
 def test_another_workspaces_objects_are_not_reachable_through_your_own(api, ws, other_ws, endpoint):
     """A caller of `ws` allowed the endpoint (admin; agent key for the agents' endpoints; for a run's
     report, the token of a run of `ws`) naming `other_ws`'s objects under `ws`'s URL: 404 for a
-    path, 400/404 for a body."""
+    path, 400/404 for a body or a query parameter."""
     name, method, path, body, *_ = endpoint
     own = world(ws)  # own objects exist too, so "nothing here" cannot hide a leak
     foreign = world(other_ws)
     authenticate_as_able(api, ws, endpoint, own)
     response = getattr(api, method)(f"{api_prefix(ws)}/{fill(path, foreign)}", fill(body, foreign), format="json")
-    in_path = set(re.findall(r"\{(\w+)\}", path))
+    # An id in the query string is a parameter like a body's field: a 400 naming it, or a 404.
+    in_path = set(re.findall(r"\{(\w+)\}", path.split("?")[0]))
     assert response.status_code == 404 if in_path else response.status_code in (400, 404), response.content
     assert set(response.json()["error"]) == {"code", "message", "fields"}
