@@ -13,6 +13,7 @@ from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from runs import actions
@@ -21,6 +22,7 @@ from runs.audit import Who
 from runs.models import Flow, FlowVersion, Role, Schedule
 from runs.versions import compare_versions
 
+from . import flow_stats
 from .views import dashboard_login_required, int_param
 
 FLOWS_LIMIT = 500
@@ -81,8 +83,11 @@ def flow_page(request, flow, page=1, pin_error=""):
     window = list(ordered[start:start + VERSIONS_PER_PAGE + 1])
     newest = window[:PIN_CHOICES] if page == 1 else list(ordered[:PIN_CHOICES])
     schedules = list(flow.schedules.select_related("flow_version", "work_queue").order_by("slug")[:SCHEDULES_LIMIT])
+    now = timezone.now()
     context = {
         "nav": "flows", "flow": flow, "page": page, "pin_error": pin_error,
+        "days": flow_stats.runs_per_day(flow, now), "record": flow_stats.record(flow, now),
+        "record_sample": flow_stats.DURATION_SAMPLE,
         "versions": [{"version": v, "previous": window[i + 1] if i + 1 < len(window) else None}
                      for i, v in enumerate(window[:VERSIONS_PER_PAGE])],
         "has_next": len(window) > VERSIONS_PER_PAGE, "has_previous": page > 1,

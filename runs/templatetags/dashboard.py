@@ -20,3 +20,11 @@ def run_url(pk):
     """A run's dashboard page, e.g. /dashboard/runs/<id>/: what {% url 'dashboard:run' pk %}
     gives, at a fraction of its cost in a list of hundreds of runs (one reverse per process)."""
     return _run_url_pattern().replace(_PLACEHOLDER, str(pk))
+
+
+@register.filter
+def duration(seconds):
+    """Seconds as a person reads them: 45 s, 3 min 20 s, 2 h 5 min."""
+    from runs.dashboard.display import format_age
+
+    return "—" if seconds is None else format_age(seconds)

@@ -52,3 +52,28 @@ def test_record_gives_success_rate_and_duration_percentiles_of_the_newest_runs(w
     assert result["success_rate"] == 80.0
     assert (result["p50"], result["p90"], result["p99"]) == (50.0, 100.0, 100.0)
     assert result["durations"] == 8
+
+
+def test_the_flow_page_shows_its_record_and_runs_per_day(client, ws, django_assert_max_num_queries):
+    from runs.models import Role
+
+    client.force_login(factories.member(ws, role=Role.VIEWER))
+    flow = factories.flow(ws, name="etl")
+    now = timezone.now()
+    for i in range(4):
+        start = now - timedelta(hours=i + 1)
+        factories.flow_run(flow, State.FAILED if i == 0 else State.COMPLETED, scheduled_start=start, start_time=start,
+                           end_time=start + timedelta(seconds=90))
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as few:
+        page = client.get(f"/dashboard/flows/{flow.pk}/")
+    html = page.content.decode()
+    assert page.context["record"]["success_rate"] == 75.0
+    assert "<strong>75.0 %</strong>" in html and "1 min · 1 min · 1 min" in html
+    assert f'href="/dashboard/runs/?flow={flow.pk}"' in html
+    FlowRun.objects.bulk_create([FlowRun(workspace=ws, flow=flow, state=State.COMPLETED, scheduled_start=now)
+                                 for _ in range(300)])
+    with django_assert_max_num_queries(len(few.captured_queries)):  # the same with 300 more runs
+        assert client.get(f"/dashboard/flows/{flow.pk}/").status_code == 200
