@@ -117,6 +117,7 @@ def form_values(schedule):
         "dst_ambiguous": schedule.dst_ambiguous, "parameters": json.dumps(schedule.parameters or {}, indent=2),
         "work_queue": schedule.work_queue_id or "", "catchup_max_runs": schedule.catchup_max_runs,
         "only_newest_when_late": schedule.only_newest_when_late,
+        "flow_version": schedule.flow_version_id or "",
     }
     rule = schedule.calendar or {}
     base = rule.get("base") or {}
@@ -145,7 +146,7 @@ def post_values(post):
     values = {key: post.get(key, "") for key in post}
     values["cal_months"] = [int(m) for m in post.getlist("cal_months") if m.isdigit()]
     values["cal_weekdays"] = post.getlist("cal_weekdays")
-    for name in ("flow", "work_queue"):
+    for name in ("flow", "work_queue", "flow_version"):
         values[name] = int(values[name]) if str(values.get(name, "")).isdigit() else ""
     values["only_newest_when_late"] = bool(post.get("only_newest_when_late"))
     return values
@@ -204,6 +205,9 @@ def save(request, instance, values):
         if queue is None:
             return None, [("work_queue", "Choose a queue of the flow's workspace, or none.")]
     data["work_queue"] = queue.name if queue else None
+    if "flow_version" in post:  # the edit form offers it: empty follows the latest
+        raw = post.get("flow_version", "").strip()
+        data["flow_version"] = int(raw) if raw.isdigit() and len(raw) < 19 else (raw or None)
     context = {"request": SimpleNamespace(workspace=flow.workspace, user=request.user)}
     serializer = ScheduleSerializer(instance, data=data, context=context)
     if not serializer.is_valid():
@@ -213,9 +217,23 @@ def save(request, instance, values):
     return schedule, []
 
 
+VERSION_CHOICES = 20
+
+
+def version_choices(schedule):
+    """The newest versions of the schedule's flow, and its pinned one when older."""
+    if schedule is None:
+        return []
+    versions = list(schedule.flow.versions.order_by("-created", "-id")[:VERSION_CHOICES])
+    if schedule.flow_version_id and all(v.pk != schedule.flow_version_id for v in versions):
+        versions.append(schedule.flow_version)
+    return versions
+
+
 def render_form(request, values, *, instance=None, errors=(), status=200):
     return render(request, "dashboard/schedule_form.html", {
         "nav": "schedules", "v": values, "schedule": instance, "errors": errors, **choices(request),
+        "versions": version_choices(instance),
     }, status=status)
 
 

@@ -131,3 +131,22 @@ def test_a_flow_of_another_workspace_cannot_be_chosen(as_admin, ws, other_ws):
     answer = as_admin.post("/dashboard/schedules/new/", post_data(flow=theirs.pk, slug="x", kind="cron",
                                                                   cron="0 9 * * *", timezone="UTC"))
     assert answer.status_code == 400 and answer.context["errors"][0][0] == "flow"
+
+
+def test_edit_pins_and_unpins_a_version(as_admin, ws):
+    flow = factories.flow(ws)
+    first = flow.register_version(entrypoint="tests.flows:noop", version="1")
+    flow.register_version(entrypoint="tests.flows:noop", version="2")
+    schedule = factories.schedule(flow, kind="cron", interval_seconds=None, cron="0 9 * * *")
+    page = as_admin.get(f"/dashboard/schedules/{schedule.pk}/edit/").content.decode()
+    assert "follow the latest" in page and f'value="{first.pk}"' in page
+    fields = dict(flow=flow.pk, slug=schedule.slug, kind="cron", cron="0 9 * * *", timezone="UTC",
+                  dst_nonexistent="shift", dst_ambiguous="once", parameters="{}", catchup_max_runs="0")
+    assert as_admin.post(f"/dashboard/schedules/{schedule.pk}/edit/",
+                         post_data(**fields, flow_version=first.pk)).status_code == 302
+    schedule.refresh_from_db()
+    assert schedule.flow_version_id == first.pk
+    assert as_admin.post(f"/dashboard/schedules/{schedule.pk}/edit/",
+                         post_data(**fields, flow_version="")).status_code == 302
+    schedule.refresh_from_db()
+    assert schedule.flow_version_id is None
