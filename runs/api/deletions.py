@@ -1,7 +1,13 @@
 """Background deletions: deleting a flow or a schedule answers 202 with its job at once; the job's
 progress is read here (admins, like the audit trail: it names who deleted what)."""
 
-from drf_spectacular.utils import extend_schema, extend_schema_serializer, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_serializer,
+    extend_schema_view,
+)
 from rest_framework import serializers, status, viewsets
 from rest_framework.response import Response
 
@@ -32,6 +38,12 @@ class DeletionJobSerializer(serializers.ModelSerializer):
             return ""
         kwargs = request.parser_context["kwargs"]
         return f"/api/accounts/{kwargs['account']}/workspaces/{kwargs['workspace']}/deletion_jobs/{job.pk}/"
+
+
+ACCEPTED = OpenApiResponse(DeletionJobSerializer, description="Marked deleted; its rows go in the background.",
+                           examples=[OpenApiExample("Accepted", value={**JOB, "state": "PENDING", "runs_deleted": 0,
+                                                                       "rows_deleted": 0, "started": None},
+                                                    response_only=True)])
 
 
 def accepted(job, request):

@@ -10,7 +10,7 @@ from runs.audit import Who
 from runs.models import Flow, Role
 from runs.models.validators import MAX_SECRETS_PER_VERSION, SECRET_NAME_PATTERN
 
-from .deletions import DeletionJobSerializer, accepted
+from .deletions import ACCEPTED, accepted
 from .schema import request_example
 from .serializers import FlowSerializer, FlowVersionSerializer, environment_field
 from .views import WorkspaceScoped
@@ -52,7 +52,7 @@ class FlowCreateSerializer(serializers.ModelSerializer):
                          description="Register a flow, and with `version` its first version (operators)."),
     retrieve=extend_schema(description="One flow with its latest version."),
     partial_update=extend_schema(description="Change a flow's name or description (operators)."),
-    destroy=extend_schema(responses={202: DeletionJobSerializer}, description=(
+    destroy=extend_schema(responses={202: ACCEPTED}, description=(
         "Delete the flow with its versions, schedules, runs and logs (admins). It is gone from every list at once "
         "and its name is free; the rows are deleted in the background: the answer (202) is the deletion job, "
         "whose `url` shows its progress.")),

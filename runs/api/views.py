@@ -11,7 +11,7 @@ from runs.audit import Who, snapshot
 from runs.models import Role, Schedule
 
 from . import serializers
-from .deletions import DeletionJobSerializer, accepted
+from .deletions import ACCEPTED, accepted
 from .throttles import ExpensiveEndpointThrottle
 
 
@@ -33,7 +33,7 @@ class WorkspaceScoped:
                                      "kept; the others are replaced."),
     partial_update=extend_schema(description="Change some of a schedule's fields (admins). Future runs that still "
                                              "match are kept; the others are replaced."),
-    destroy=extend_schema(responses={202: DeletionJobSerializer}, description=(
+    destroy=extend_schema(responses={202: ACCEPTED}, description=(
         "Delete the schedule with its runs (admins). It stops and is gone from every list at once, and its slug is "
         "free; its runs are deleted in the background: the answer (202) is the deletion job.")),
 )
