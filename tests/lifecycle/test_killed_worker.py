@@ -21,13 +21,14 @@ RUNS = 3000
 
 
 @pytest.fixture
-def environment(tmp_path, request):
-    """The environment of the processes, and a reader of the job's progress."""
+def environment(tmp_path, transactional_db):
+    """The environment of the processes, and a reader of the job's progress. On PostgreSQL they
+    share the test database (committed data: a transactional test); on SQLite, whose test database
+    lives in this process's memory, they share a file of their own."""
     env = {**os.environ, "DEBUG": "true", "ORCHESTRATOR_VAR_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1",
            "LOG_LEVEL": "WARNING", "ORCHESTRATOR_DELETION_BATCH_SIZE": "5"}
     if connection.vendor == "postgresql":
-        request.getfixturevalue("transactional_db")  # the processes share the test database
-        db = settings.DATABASES["default"]
+        db = connection.settings_dict  # the test database's name, not the configured one
         env["DATABASE_URL"] = (f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST'] or '127.0.0.1'}:"
                                f"{db['PORT'] or 5432}/{db['NAME']}")
 
