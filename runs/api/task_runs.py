@@ -36,7 +36,9 @@ class TaskRunViewSet(WorkspaceScoped, viewsets.ReadOnlyModelViewSet):
     workspace_field = "flow_run__workspace"
 
     def get_queryset(self):
-        queryset = super().get_queryset()
+        # Task runs of listed runs only: not of runs hidden by retention or of a flow being deleted.
+        queryset = super().get_queryset().filter(flow_run__deleted_at__isnull=True,
+                                                 flow_run__flow__deleted_at__isnull=True)
         params = self.request.query_params
         flow_run, states = uuid_param(params, "flow_run"), states_param(params)
         if flow_run:

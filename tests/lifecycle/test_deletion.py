@@ -290,3 +290,12 @@ def test_only_a_platform_admin_deletes_a_workspace_in_the_admin(client, admin_us
     assert client.post(f"/admin/runs/workspace/{ws.pk}/delete/", {"post": "yes"}).status_code == 302
     assert DeletionJob.objects.filter(target_type="workspace", target_id=str(ws.pk)).exists()
     assert not Workspace.objects.filter(pk=ws.pk).exists()
+
+
+def test_task_runs_of_a_deleted_flow_leave_the_task_run_list(admin_client, ws, flow):
+    run, = finished_runs(flow, 1, ended=NOW)
+    kept, = finished_runs(factories.flow(ws), 1, ended=NOW)
+    assert len(admin_client.get(f"{prefix(ws)}/task_runs/").json()["results"]) == 4
+    actions.delete_flow(flow, who=WHO)
+    listed = admin_client.get(f"{prefix(ws)}/task_runs/").json()["results"]
+    assert {row["flow_run"] for row in listed} == {str(kept.pk)}
