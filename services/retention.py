@@ -4,9 +4,9 @@ services, one pass here), hourly by default.
 For each workspace, with its `run_retention_days` (and the optional, shorter `log_retention_days`):
 
 1. **set expiry**: finished runs that ended more than the retention ago get `expires_at` (their end
-   plus the retention);
-2. **hide**: runs past `expires_at` that are still finished are soft-deleted (`deleted_at`): gone
-   from every list and from the API at once;
+   plus the retention), past already, so the same UPDATE soft-deletes them (`deleted_at`): gone from
+   every list and from the API at once;
+2. **hide**: any other run past `expires_at` and still finished is soft-deleted;
 3. **logs**: with a log retention, logs older than it of runs that finished before it are deleted;
 4. **reap**: soft-deleted runs are deleted with their task runs, history and logs (runs/purge.py).
 
@@ -52,14 +52,17 @@ def _in_batches(step, size, batches):
 
 
 def set_expiry(workspace_id, run_days, now, size, batches):
-    """Finished runs that ended before `now - run_days` get expires_at = end + run_days."""
+    """Finished runs that ended before `now - run_days` get expires_at = end + run_days, which is
+    past already: the same UPDATE hides them (deleted_at), since a second UPDATE of every row (the
+    processor's) would cost as much again on a table with this many indexes. The processor step
+    (`hide_expired`) still hides any run whose expiry came to pass otherwise."""
     due = FlowRun.objects.filter(workspace_id=workspace_id, state__in=FINISHED, expires_at__isnull=True,
                                  deleted_at__isnull=True, end_time__lt=now - timedelta(days=run_days))
 
     def step():
         return FlowRun.objects.filter(pk__in=Subquery(due.order_by().values("pk")[:size]),
-                                      expires_at__isnull=True).update(
-            expires_at=F("end_time") + timedelta(days=run_days))
+                                      expires_at__isnull=True, deleted_at__isnull=True).update(
+            expires_at=F("end_time") + timedelta(days=run_days), deleted_at=now)
 
     return _in_batches(step, size, batches)
 
@@ -104,8 +107,9 @@ def retain_workspace(workspace, now):
     """One workspace's share of a pass: `workspace` is a dict of its id and retentions."""
     size, batches = _limits()
     counts = Counter()
-    counts["runs_expiring"] = set_expiry(workspace["pk"], workspace["run_retention_days"], now, size, batches)
-    counts["runs_hidden"] = hide_expired(workspace["pk"], now, size, batches)
+    expired = set_expiry(workspace["pk"], workspace["run_retention_days"], now, size, batches)
+    counts["runs_expiring"] = expired
+    counts["runs_hidden"] = expired + hide_expired(workspace["pk"], now, size, batches)
     log_days = workspace["log_retention_days"]
     if log_days and log_days < workspace["run_retention_days"]:
         counts["logs_deleted"] = delete_old_logs(workspace["pk"], log_days, now, size, batches)

@@ -46,19 +46,26 @@ def test_each_workspace_keeps_runs_as_long_as_its_own_retention(ws, other_ws, fl
     assert FlowRun.objects.filter(pk=theirs[0].pk).exists()
 
 
-def test_the_steps_are_separate_an_expired_run_is_hidden_before_it_is_deleted(ws, flow):
+def test_an_expired_run_is_hidden_before_it_is_deleted(ws, flow):
     run, = finished_runs(flow, 1, ended=NOW - timedelta(days=31))
     assert retention.set_expiry(ws.pk, 30, NOW, 100, 1) == 1
     run.refresh_from_db()
-    assert run.expires_at == run.end_time + timedelta(days=30) and run.deleted_at is None
-    assert retention.hide_expired(ws.pk, NOW, 100, 1) == 1
+    assert run.expires_at == run.end_time + timedelta(days=30) and run.deleted_at == NOW
     assert not FlowRun.objects.alive().filter(pk=run.pk).exists()  # hidden from every list
     assert FlowRun.objects.filter(pk=run.pk).exists()  # still there until the reaper
+    assert retention.reap(ws.pk, 100, 1)["runs"] == 1
+
+
+def test_a_run_whose_expiry_came_to_pass_otherwise_is_hidden(ws, flow):
+    run, = finished_runs(flow, 1, ended=NOW - timedelta(days=2))
+    FlowRun.objects.filter(pk=run.pk).update(expires_at=NOW - timedelta(hours=1))
+    assert retention.hide_expired(ws.pk, NOW, 100, 1) == 1
+    assert not FlowRun.objects.alive().filter(pk=run.pk).exists()
 
 
 def test_a_retried_run_is_no_longer_due_for_retention(ws, flow):
-    run, = finished_runs(flow, 1, ended=NOW - timedelta(days=31), state=State.FAILED)
-    retention.set_expiry(ws.pk, 30, NOW, 100, 1)
+    run, = finished_runs(flow, 1, ended=NOW - timedelta(days=2), state=State.FAILED)
+    FlowRun.objects.filter(pk=run.pk).update(expires_at=NOW + timedelta(hours=1))  # due soon
     set_flow_run_state(FlowRun.objects.get(pk=run.pk), State.SCHEDULED, actor=Actor.USER, retry=True)
     assert retention.run_once(NOW + timedelta(days=1))["runs_hidden"] == 0
     run.refresh_from_db()
