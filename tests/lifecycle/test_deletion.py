@@ -20,11 +20,9 @@ from runs.models import (
     Flow,
     FlowRun,
     FlowVersion,
-    Log,
     Role,
     Schedule,
     State,
-    StateChange,
     TaskRun,
     Workspace,
 )

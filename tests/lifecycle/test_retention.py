@@ -7,9 +7,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from runs.models import FlowRun, Log, Role, State, Workspace
+from runs.models import Actor, FlowRun, Log, Role, State, Workspace
 from runs.states import set_flow_run_state
-from runs.models import Actor
 from services import retention
 from tests import factories
 
