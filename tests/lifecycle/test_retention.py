@@ -115,9 +115,9 @@ def test_the_queries_of_a_pass_do_not_grow_with_rows(ws, other_ws, flow, django_
     finished_runs(other, 200, ended=NOW - timedelta(days=31))
     with django_assert_max_num_queries(small):
         assert retention.run_once(NOW)["runs_deleted"] == 400
-    # Pinned: one query for the workspaces, then per workspace the four steps' statements with
-    # their savepoints; a regression that loops per run shows here.
-    assert small <= 45
+    # Pinned: one query for the workspaces, then per workspace 17: three UPDATE/DELETE steps and a reaper batch
+    # (pick, unlink, four DELETEs) with their savepoints; a regression that loops per run shows here.
+    assert small <= 35
 
 
 def test_one_failing_workspace_does_not_stop_the_others(ws, other_ws, flow, monkeypatch, caplog):
