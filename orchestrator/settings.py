@@ -371,6 +371,17 @@ ORCHESTRATOR = {
     # Default monthly quota of successful (COMPLETED) task runs for new workspaces; None (empty):
     # no quota, the self-hosted default (runs/quota.py).
     "MONTHLY_TASK_RUN_QUOTA": env_limit("ORCHESTRATOR_MONTHLY_TASK_RUN_QUOTA"),
+    # Retention (services/retention.py): how often a pass runs, how many runs one batch marks, hides
+    # or deletes, and at most how many batches of each step one workspace gets per pass.
+    "RETENTION_LOOP_SECONDS": env_int("ORCHESTRATOR_RETENTION_LOOP_SECONDS", 3600),
+    "RETENTION_BATCH_SIZE": env_int("ORCHESTRATOR_RETENTION_BATCH_SIZE", 1000),
+    "RETENTION_MAX_BATCHES": env_int("ORCHESTRATOR_RETENTION_MAX_BATCHES", 20),
+    # Background deletion (runs/deletion.py): runs deleted per batch (with everything under them),
+    # how long a worker's hold on a job lasts without progress before the deletion-jobs service
+    # hands the job to another worker (seconds), and how often that service looks.
+    "DELETION_BATCH_SIZE": env_int("ORCHESTRATOR_DELETION_BATCH_SIZE", 1000),
+    "DELETION_LEASE_SECONDS": env_int("ORCHESTRATOR_DELETION_LEASE_SECONDS", 300),
+    "DELETION_JOBS_LOOP_SECONDS": env_int("ORCHESTRATOR_DELETION_JOBS_LOOP_SECONDS", 60),
     # Fernet keys that encrypt workspaces' secrets, the encrypting one first (runs/vault.py); none:
     # one derived from SECRET_KEY (development only; production sets its own).
     "SECRETS_KEYS": env_list("ORCHESTRATOR_SECRETS_KEY", []),

@@ -25,6 +25,7 @@ from runs.models import (
     Agent,
     ApiKey,
     AuditEntry,
+    DeletionJob,
     Flow,
     FlowRun,
     FlowVersion,
@@ -149,6 +150,7 @@ WORKSPACE_PATHS = {
     Event: "workspace_id",
     Secret: "workspace_id",
     AuditEntry: "workspace_id",
+    DeletionJob: "workspace_id",
     Automation: "workspace_id",
     TriggerBucket: "automation__workspace_id",
     Firing: "workspace_id",
@@ -161,8 +163,9 @@ WORKSPACE_PATHS = {
 # What a viewer may not read: a workspace's members and API keys are for its admins.
 # Secrets' names are for operators (their values for nobody); the audit trail for admins.
 # Incoming webhooks' URLs are credentials: for admins.
+# Deletion jobs name who deleted what, like the audit trail: for admins.
 READ_ROLES = {Membership: Role.ADMIN, ApiKey: Role.ADMIN, Secret: Role.OPERATOR, AuditEntry: Role.ADMIN,
-              IncomingWebhook: Role.ADMIN}
+              IncomingWebhook: Role.ADMIN, DeletionJob: Role.ADMIN}
 
 
 def read_role(model):

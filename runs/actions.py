@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from events.emit import emit, make, resource
-from runs import audit, scheduling
+from runs import audit, deletion, scheduling
 from runs.api.key_cache import verified_keys
 from runs.models import ApiKey, Membership, Schedule, ScheduleStatus, WorkQueue
 from runs.versions import repoint_waiting_runs
@@ -120,10 +120,37 @@ def save_schedule(save, *, who, before=None):
     return save_with_audit(save_and_reschedule, who=who, action=action, before=before)
 
 
-def delete_schedule(schedule, *, who, now=None):
+def delete_in_background(obj, *, who, now=None):
+    """Delete a flow, a schedule with its runs, or a workspace: marked deleted at once (gone from
+    every list, its schedules stopped, its waiting runs unclaimable), its rows deleted by a Celery
+    task in batches (runs/deletion.py). Returns the DeletionJob; None when it was already deleted."""
+    now = now or timezone.now()
+    kind = deletion.target_of(obj)
     with transaction.atomic():
-        audit.record(who, "schedule.delete", schedule, before=audit.snapshot(schedule), now=now)
-        return scheduling.delete_schedule(schedule, now)
+        before = audit.snapshot(obj)
+        job = deletion.mark_deleted(obj, who=who, now=now)
+        if job is None:
+            return None
+        audit.record(who, f"{kind}.delete", obj, before=before, after={"deletion_job": str(job.pk)}, now=now)
+        deletion.enqueue(job)
+    return job
+
+
+def delete_flow(flow, *, who, now=None):
+    """The flow with its versions, schedules, runs, task runs, history and logs (in the background)."""
+    return delete_in_background(flow, who=who, now=now)
+
+
+def delete_schedule(schedule, *, who, now=None):
+    """The schedule with its runs (in the background); its future slots are free at once."""
+    return delete_in_background(schedule, who=who, now=now)
+
+
+def delete_workspace(workspace, *, who, now=None):
+    """The workspace with everything in it (in the background); its API keys stop at once."""
+    job = delete_in_background(workspace, who=who, now=now)
+    verified_keys.forget_all()  # this process at once; the others within API_KEY_CACHE_SECONDS
+    return job
 
 
 def pin_schedule(schedule, version, *, who):

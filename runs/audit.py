@@ -14,14 +14,15 @@ from django.utils import timezone
 from automations.models import Automation, Delivery
 from events.models import IncomingWebhook
 from runs import access
-from runs.models import ApiKey, AuditEntry, Membership, Schedule, Secret, WorkQueue, Workspace
+from runs.models import ApiKey, AuditEntry, Flow, Membership, Schedule, Secret, WorkQueue, Workspace
 
 # The fields whose before/after an entry keeps, per audited model. Anything not listed (a key's
 # hash, a secret's ciphertext) never enters the trail.
 AUDITED_FIELDS = {
     Membership: ["user_id", "role"],
     ApiKey: ["name", "role", "user_id", "expires_at", "revoked_at", "prefix"],
-    Workspace: ["name", "run_retention_days", "event_retention_days", "monthly_task_run_quota"],
+    Workspace: ["name", "run_retention_days", "log_retention_days", "event_retention_days", "monthly_task_run_quota"],
+    Flow: ["name", "description"],
     Schedule: ["flow_id", "slug", "kind", "status", "cron", "interval_seconds", "anchor", "rrule", "calendar",
                "timezone", "dst_nonexistent", "dst_ambiguous", "parameters", "work_queue_id", "catchup_max_runs",
                "only_newest_when_late", "description", "flow_version_id"],
@@ -32,7 +33,7 @@ AUDITED_FIELDS = {
     # Not the slug: the URL's secret part stays out of the trail (a rotation is its own entry).
     IncomingWebhook: ["name", "enabled", "secret_name", "template"],
 }
-TYPE_NAMES = {Membership: "membership", ApiKey: "api_key", Workspace: "workspace", Schedule: "schedule",
+TYPE_NAMES = {Membership: "membership", ApiKey: "api_key", Workspace: "workspace", Schedule: "schedule", Flow: "flow",
               WorkQueue: "work_queue", Secret: "secret", Automation: "automation", Delivery: "delivery",
               IncomingWebhook: "incoming_webhook"}
 

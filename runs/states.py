@@ -145,6 +145,8 @@ def _time_updates(kind, from_state, to_state, now):
         updates["end_time"] = now
     elif from_state in TERMINAL_STATES:
         updates["end_time"] = None  # a retried run is open again
+        if kind is FLOW:
+            updates["expires_at"] = None  # and no longer due for retention
     return updates
 
 

@@ -8,7 +8,7 @@ own is refused. The run and schedule actions need operator. Accounts and new wor
 superusers.
 """
 
-from . import flow_runs, flows, tenancy, workers  # noqa: F401  (each registers its models)
+from . import flow_runs, flows, lifecycle, tenancy, workers  # noqa: F401  (each registers its models)
 from .base import PlatformOnly, ReadOnlyInline, WorkspaceScopedAdmin, WorkspaceScopedForm
 
 __all__ = ["PlatformOnly", "ReadOnlyInline", "WorkspaceScopedAdmin", "WorkspaceScopedForm"]

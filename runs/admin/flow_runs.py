@@ -35,6 +35,10 @@ class FlowRunAdmin(WorkspaceScopedAdmin):
                     "lazarus_count"]
     list_filter = ["state", "auto_scheduled", "work_queue", "flow__workspace", "flow"]
     search_fields = ["name", "id", "flow__name"]
+
+    def get_queryset(self, request):
+        # Soft-deleted runs (retention) and runs of a flow or schedule being deleted are gone from every list.
+        return super().get_queryset(request).listed()
     date_hierarchy = "scheduled_start"
     list_select_related = ["flow", "agent", "work_queue"]
     readonly_fields = ["state", "state_message", "state_changed", "start_time", "end_time", "last_heartbeat",

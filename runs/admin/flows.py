@@ -14,6 +14,7 @@ from runs.models import Flow, FlowRun, FlowVersion, Schedule
 from runs.schedules import ScheduleComputeError
 
 from .base import ReadOnlyInline, WorkspaceScopedAdmin
+from .lifecycle import DeletesInBackground
 
 
 class FlowVersionInline(ReadOnlyInline):
@@ -30,7 +31,7 @@ class ScheduleInline(ReadOnlyInline):
 
 
 @admin.register(Flow)
-class FlowAdmin(WorkspaceScopedAdmin):
+class FlowAdmin(DeletesInBackground, WorkspaceScopedAdmin):
     list_display = ["name", "workspace", "created"]
     list_filter = ["workspace"]
     search_fields = ["name"]
@@ -61,7 +62,7 @@ class FlowVersionAdmin(WorkspaceScopedAdmin):
 
 
 @admin.register(Schedule)
-class ScheduleAdmin(WorkspaceScopedAdmin):
+class ScheduleAdmin(DeletesInBackground, WorkspaceScopedAdmin):
     list_display = ["__str__", "kind", "when", "timezone", "status_badge", "runs_version", "work_queue", "updated"]
     list_filter = ["status", "kind", "flow__workspace"]
     search_fields = ["slug", "flow__name", "cron"]
@@ -116,14 +117,6 @@ class ScheduleAdmin(WorkspaceScopedAdmin):
         # audit entry) with it.
         super().save_model(request, obj, form, change)
         scheduling.reschedule_after_edit(obj, timezone.now())
-
-    def delete_model(self, request, obj):
-        actions.delete_schedule(obj, who=Who.of(request, "admin"))  # with its future runs, as over the API
-
-    def delete_queryset(self, request, queryset):
-        who = Who.of(request, "admin")
-        for schedule in queryset.select_related("flow"):
-            actions.delete_schedule(schedule, who=who)
 
     def changeform_view(self, request, *args, **kwargs):
         # The form validated the rule, so its runs are made almost always; when they cannot be

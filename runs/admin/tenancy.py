@@ -8,6 +8,7 @@ from runs.audit import Who
 from runs.models import Account, ApiKey, AuditEntry, Membership, Role, Secret, TaskRunUsage, Workspace
 
 from .base import PlatformOnly, WorkspaceScopedAdmin, WorkspaceScopedForm
+from .lifecycle import DeletesInBackground
 
 
 class MembershipInline(admin.TabularInline):
@@ -54,8 +55,9 @@ class AccountAdmin(PlatformOnly, admin.ModelAdmin):
 
 
 @admin.register(Workspace)
-class WorkspaceAdmin(WorkspaceScopedAdmin):
-    list_display = ["name", "account", "slug", "run_retention_days", "event_retention_days", "monthly_task_run_quota",
+class WorkspaceAdmin(DeletesInBackground, WorkspaceScopedAdmin):
+    list_display = ["name", "account", "slug", "run_retention_days", "log_retention_days", "event_retention_days",
+                    "monthly_task_run_quota",
                     "created"]
     list_filter = ["account"]
     search_fields = ["name", "slug"]
@@ -63,6 +65,10 @@ class WorkspaceAdmin(WorkspaceScopedAdmin):
 
     def has_add_permission(self, request):
         return access.is_platform_admin(request.user)  # a new workspace has no admin to manage it yet
+
+    def has_delete_permission(self, request, obj=None):
+        # Like making one: a workspace's own admins manage what is in it, not whether it exists.
+        return access.is_platform_admin(request.user)
 
     def get_readonly_fields(self, request, obj=None):
         # Moving a workspace into another account would hand it to another tenant.

@@ -111,7 +111,8 @@ FILTERS = [
 class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Runs of the workspace. Viewers read; operators run, set states, cancel and retry."""
 
-    queryset = FlowRun.objects.alive().select_related("flow", "work_queue", "agent", "created_by", "created_by_key")
+    # Listed: not soft-deleted, and not of a flow or schedule being deleted in the background.
+    queryset = FlowRun.objects.listed().select_related("flow", "work_queue", "agent", "created_by", "created_by_key")
     pagination_class = RunPages
     filter_backends = [FilterBackend]
     filterset_class = FlowRunFilter

@@ -5,9 +5,12 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from runs import actions
+from runs.audit import Who
 from runs.models import Flow, Role
 from runs.models.validators import MAX_SECRETS_PER_VERSION, SECRET_NAME_PATTERN
 
+from .deletions import ACCEPTED, accepted
 from .schema import request_example
 from .serializers import FlowSerializer, FlowVersionSerializer, environment_field
 from .views import WorkspaceScoped
@@ -49,7 +52,10 @@ class FlowCreateSerializer(serializers.ModelSerializer):
                          description="Register a flow, and with `version` its first version (operators)."),
     retrieve=extend_schema(description="One flow with its latest version."),
     partial_update=extend_schema(description="Change a flow's name or description (operators)."),
-    destroy=extend_schema(description="Delete the flow with its versions, schedules, runs and logs (admins)."),
+    destroy=extend_schema(responses={202: ACCEPTED}, description=(
+        "Delete the flow with its versions, schedules, runs and logs (admins). It is gone from every list at once "
+        "and its name is free; the rows are deleted in the background: the answer (202) is the deletion job, "
+        "whose `url` shows its progress.")),
 )
 class FlowViewSet(WorkspaceScoped, mixins.CreateModelMixin, mixins.UpdateModelMixin, mixins.DestroyModelMixin,
                   viewsets.ReadOnlyModelViewSet):
@@ -74,6 +80,9 @@ class FlowViewSet(WorkspaceScoped, mixins.CreateModelMixin, mixins.UpdateModelMi
             flow.register_version(**version)
         flow = self.get_queryset().get(pk=flow.pk)
         return Response(FlowSerializer(flow).data, status=status.HTTP_201_CREATED)
+
+    def destroy(self, request, *args, **kwargs):
+        return accepted(actions.delete_flow(self.get_object(), who=Who.of(request, "api")), request)
 
     @extend_schema(responses=FlowVersionSerializer(many=True))
     @action(detail=True, methods=["get"])

@@ -166,7 +166,8 @@ class ApiKeyViewSet(WorkspaceScoped, mixins.CreateModelMixin, mixins.DestroyMode
 
 @extend_schema_serializer(examples=[
     response_example("Settings", {"account": "acme", "slug": "prod", "name": "Production",
-                                  "run_retention_days": 30, "event_retention_days": 30,
+                                  "run_retention_days": 30, "log_retention_days": 7, "event_retention_days": 30,
+                                  "history_kept": "Finished runs are kept 30 days; their logs 7 days.",
                                   "monthly_task_run_quota": None, "created": "2026-11-01T08:00:00Z"}),
     request_example("Keep runs for 90 days", {"run_retention_days": 90}),
     request_example("At most 5,000 successful task runs a month", {"monthly_task_run_quota": 5000}),
@@ -176,10 +177,15 @@ class WorkspaceSettingsSerializer(serializers.ModelSerializer):
     account = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     run_retention_days = serializers.IntegerField(
         min_value=1, max_value=36500, required=False,
-        help_text="Days a finished run, its logs and events are kept (stored for the retention services).")
+        help_text="Days a finished run is kept after it ended; then the retention service deletes it with its task "
+                  "runs, history and logs.")
+    log_retention_days = serializers.IntegerField(
+        min_value=1, max_value=36500, required=False, allow_null=True,
+        help_text="Days the logs of finished runs are kept, at most the run retention; null: as long as their run.")
     event_retention_days = serializers.IntegerField(
         min_value=1, max_value=3650, required=False,
         help_text="Days the workspace's events are kept; the partition manager deletes older ones daily.")
+    history_kept = serializers.SerializerMethodField(help_text="How long history is kept, in words.")
 
     monthly_task_run_quota = serializers.IntegerField(
         min_value=1, max_value=2_000_000_000, required=False, allow_null=True,
@@ -188,15 +194,28 @@ class WorkspaceSettingsSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Workspace
-        fields = ["account", "slug", "name", "run_retention_days", "event_retention_days", "monthly_task_run_quota",
-                  "created"]
+        fields = ["account", "slug", "name", "run_retention_days", "log_retention_days", "event_retention_days",
+                  "history_kept", "monthly_task_run_quota", "created"]
         read_only_fields = ["account", "slug", "created"]
+
+    def get_history_kept(self, workspace) -> str:
+        return workspace.retention_sentence()
+
+    def validate(self, data):
+        runs = data.get("run_retention_days", getattr(self.instance, "run_retention_days", None))
+        logs = data.get("log_retention_days", getattr(self.instance, "log_retention_days", None))
+        if logs is not None and runs is not None and logs > runs:
+            field = "log_retention_days" if "log_retention_days" in data else "run_retention_days"
+            raise serializers.ValidationError({field: [
+                f"Logs cannot be kept longer than their runs: log retention {logs} days is more than run retention "
+                f"{runs} days."]})
+        return data
 
 
 @extend_schema_view(
     get=extend_schema(description="The workspace's settings; every member may read them."),
-    patch=extend_schema(description="Change the workspace's name, run retention, event retention or monthly "
-                                    "task-run quota (admins)."),
+        fields = ["account", "slug", "name", "run_retention_days", "log_retention_days", "event_retention_days",
+                  "history_kept", "monthly_task_run_quota", "created"]
 )
 class WorkspaceSettingsView(generics.RetrieveUpdateAPIView):
     """The workspace's own settings: every member reads them, admins change them (PATCH)."""

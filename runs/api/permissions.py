@@ -23,6 +23,8 @@ def workspace_in_url(request, account_slug, workspace_slug):
     both), which matters on the hottest paths: heartbeats, claims, state reports."""
     key = request.auth
     if isinstance(key, ApiKey) and key.workspace.slug == workspace_slug and key.workspace.account.slug == account_slug:
+        if key.workspace.deleted_at is not None:  # being deleted: gone, as for any other caller
+            raise exceptions.NotFound("No such workspace.")
         return key.workspace
     return resolve_workspace(account_slug, workspace_slug)
 

@@ -37,3 +37,7 @@ class TaskRunViewSet(WorkspaceScoped, viewsets.ReadOnlyModelViewSet):
     filter_backends = [FilterBackend]
     filterset_class = TaskRunFilter
 
+    def get_queryset(self):
+        # Task runs of listed runs only: not of runs hidden by retention or of a flow being deleted.
+        # The list's own filters: TaskRunFilter (runs/api/filtersets.py).
+        return super().get_queryset().filter(flow_run__deleted_at__isnull=True, flow_run__flow__deleted_at__isnull=True)

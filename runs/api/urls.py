@@ -4,7 +4,8 @@ from rest_framework.routers import SimpleRouter
 from automations import api as automations_api
 from automations.delivery_api import DeliveryViewSet
 
-from . import audit, events, flow_runs, flows, logs, members, meta, secrets, task_runs, usage, versions, views, work_queues
+from . import (audit, deletions, events, flow_runs, flows, logs, members, meta, secrets, task_runs, usage, versions,
+               views, work_queues)
 
 router = SimpleRouter()
 router.register("flows", flows.FlowViewSet, basename="flow")
@@ -19,6 +20,7 @@ router.register("members", members.MemberViewSet, basename="member")
 router.register("api_keys", members.ApiKeyViewSet, basename="api-key")
 router.register("secrets", secrets.SecretViewSet, basename="secret")
 router.register("audit", audit.AuditEntryViewSet, basename="audit-entry")
+router.register("deletion_jobs", deletions.DeletionJobViewSet, basename="deletion-job")
 router.register("automations", automations_api.AutomationViewSet, basename="automation")
 router.register("deliveries", DeliveryViewSet, basename="delivery")
 

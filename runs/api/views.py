@@ -11,6 +11,7 @@ from runs.audit import Who, snapshot
 from runs.models import Role, Schedule
 
 from . import serializers
+from .deletions import ACCEPTED, accepted
 from .throttles import ExpensiveEndpointThrottle
 
 
@@ -32,7 +33,9 @@ class WorkspaceScoped:
                                      "kept; the others are replaced."),
     partial_update=extend_schema(description="Change some of a schedule's fields (admins). Future runs that still "
                                              "match are kept; the others are replaced."),
-    destroy=extend_schema(description="Delete the schedule and its future runs (admins); started runs stay."),
+    destroy=extend_schema(responses={202: ACCEPTED}, description=(
+        "Delete the schedule with its runs (admins). It stops and is gone from every list at once, and its slug is "
+        "free; its runs are deleted in the background: the answer (202) is the deletion job.")),
 )
 class ScheduleViewSet(WorkspaceScoped, viewsets.ModelViewSet):
     queryset = Schedule.objects.select_related("flow", "work_queue").order_by("flow__name", "slug")
@@ -56,8 +59,9 @@ class ScheduleViewSet(WorkspaceScoped, viewsets.ModelViewSet):
     def perform_update(self, serializer):
         actions.save_schedule(serializer.save, who=Who.of(self.request, "api"), before=snapshot(serializer.instance))
 
-    def perform_destroy(self, schedule):
-        actions.delete_schedule(schedule, who=Who.of(self.request, "api"), now=timezone.now())
+    def destroy(self, request, *args, **kwargs):
+        return accepted(actions.delete_schedule(self.get_object(), who=Who.of(request, "api"), now=timezone.now()),
+                        request)
 
     @extend_schema(request=serializers.SchedulePreviewRequestSerializer,
                    responses=serializers.SchedulePreviewSerializer)

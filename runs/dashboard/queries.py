@@ -7,7 +7,18 @@ from django.db.models import Count, Q
 from django.db.models.functions import Coalesce
 
 from runs.access import scoped
-from runs.models import TERMINAL_STATES, Agent, AgentStatus, FlowRun, Log, State, StateChange, TaskRun, WorkQueue
+from runs.models import (
+    TERMINAL_STATES,
+    Agent,
+    AgentStatus,
+    FlowRun,
+    Log,
+    State,
+    StateChange,
+    TaskRun,
+    WorkQueue,
+    Workspace,
+)
 
 from . import display
 
@@ -18,7 +29,14 @@ RECOVERY_SOURCES = ("lazarus", "zombie-killer")
 
 
 def alive_runs(request):
-    return scoped(request, FlowRun.objects.alive())
+    """Runs the dashboard lists: not soft-deleted, not of a flow or schedule being deleted."""
+    return scoped(request, FlowRun.objects.listed())
+
+
+def history_kept(request, limit=20):
+    """[(workspace, how long its history is kept, in words)] for the workspaces the person sees."""
+    workspaces = scoped(request, Workspace.objects.select_related("account").order_by("account__slug", "slug"), "id")
+    return [(str(w), w.retention_sentence()) for w in workspaces[:limit]]
 
 
 def runs_by_state(request, since, now):

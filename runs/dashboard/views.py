@@ -67,6 +67,7 @@ def overview(request):
         "agents": queries.agent_counts(request),
         "services": service_health(now),
         "threshold": display.format_age(display.zombie_threshold_seconds()),
+        "history_kept": queries.history_kept(request),
         "stream_url": stream_url(PART_EVENTS["overview"], since=now),
     }
     return render_live(request, "dashboard/overview.html", "dashboard/_overview_live.html", context)
@@ -213,7 +214,7 @@ def run_detail(request, pk):
     from . import run_actions  # it imports this module's login decorator
 
     now = timezone.now()
-    run = scoped(request, FlowRun.objects.alive().select_related(
+    run = scoped(request, FlowRun.objects.listed().select_related(
         "flow", "agent", "work_queue", "created_by", "created_by_key")).filter(pk=pk).first()
     if run is None:
         raise Http404("No such run.")

@@ -36,6 +36,12 @@ class FlowRunQuerySet(models.QuerySet):
         """Runs not soft-deleted."""
         return self.filter(deleted_at__isnull=True)
 
+    def listed(self):
+        """Runs a list shows: not soft-deleted, and not of a flow or schedule marked deleted (whose
+        runs the background deletion is still removing)."""
+        return self.alive().filter(flow__deleted_at__isnull=True).filter(
+            models.Q(schedule__isnull=True) | models.Q(schedule__deleted_at__isnull=True))
+
     def future_auto_scheduled(self, now):
         """Auto-scheduled runs still waiting for a future start: the ones a pause deletes."""
         return self.filter(auto_scheduled=True, state=State.SCHEDULED, scheduled_start__gt=now, start_time__isnull=True)
@@ -138,6 +144,19 @@ class FlowRun(models.Model):
             # a scheduler pass gives its runs one `created`, many schedules fire at 02:00).
             models.Index(fields=["workspace", "state", "scheduled_start", "id"], name="flowrun_ws_state_time_id"),
             models.Index(fields=["workspace", "created", "id"], name="flowrun_ws_created_id"),
+            # Retention (services/retention.py), one index per step so each pass is an index scan:
+            # finished runs not yet given an expiry, by end; expired runs not yet hidden; hidden runs.
+            models.Index(
+                fields=["workspace", "end_time"],
+                condition=models.Q(state__in=["COMPLETED", "FAILED", "CANCELLED", "CRASHED"],
+                                   expires_at__isnull=True, deleted_at__isnull=True),
+                name="flowrun_retention_due",
+            ),
+            models.Index(fields=["workspace", "expires_at"],
+                         condition=models.Q(expires_at__isnull=False, deleted_at__isnull=True),
+                         name="flowrun_expired"),
+            models.Index(fields=["workspace", "deleted_at"], condition=models.Q(deleted_at__isnull=False),
+                         name="flowrun_soft_deleted"),
         ]
 
     def __str__(self):

@@ -4,7 +4,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from .validators import environment, json_object, secret_names
-from .workspaces import Workspace
+from .workspaces import LiveManager, Workspace
 
 
 class Flow(models.Model):
@@ -12,10 +12,18 @@ class Flow(models.Model):
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
     created = models.DateTimeField(default=timezone.now)
+    deleted_at = models.DateTimeField(null=True, blank=True, editable=False,
+                                      help_text="Marked deleted; its rows are being deleted in the background.")
+
+    objects = LiveManager()
+    all_objects = models.Manager()
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["workspace", "name"], name="flow_name_unique")]
+        # A deleted flow's name is free at once: its rows may take minutes to go.
+        constraints = [models.UniqueConstraint(fields=["workspace", "name"], condition=models.Q(deleted_at__isnull=True),
+                                               name="flow_name_unique")]
         ordering = ["name"]
+        base_manager_name = "all_objects"
 
     def __str__(self):
         return self.name

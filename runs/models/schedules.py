@@ -8,6 +8,7 @@ from timezone_field import TimeZoneField
 from .flows import Flow, FlowVersion
 from .validators import json_object
 from .workers import WorkQueue
+from .workspaces import LiveManager
 
 
 class ScheduleKind(models.TextChoices):
@@ -81,11 +82,19 @@ class Schedule(models.Model):
     )
     created = models.DateTimeField(default=dj_timezone.now)
     updated = models.DateTimeField(auto_now=True)
+    deleted_at = models.DateTimeField(null=True, blank=True, editable=False,
+                                      help_text="Marked deleted; its runs are being deleted in the background.")
+
+    objects = LiveManager()
+    all_objects = models.Manager()
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["flow", "slug"], name="schedule_slug_unique")]
+        # A deleted schedule's slug is free at once: its runs may take minutes to go.
+        constraints = [models.UniqueConstraint(fields=["flow", "slug"], condition=models.Q(deleted_at__isnull=True),
+                                               name="schedule_slug_unique")]
         indexes = [models.Index(fields=["status"], name="schedule_status")]
         ordering = ["flow__name", "slug"]
+        base_manager_name = "all_objects"
 
     def __str__(self):
         return f"{self.flow.name}/{self.slug}"

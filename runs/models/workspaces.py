@@ -32,6 +32,20 @@ class Account(models.Model):
         return self.name
 
 
+def default_run_retention_days():
+    """New workspaces keep finished runs this many days (ORCHESTRATOR_RUN_RETENTION_DAYS)."""
+    return settings.ORCHESTRATOR["RUN_RETENTION_DAYS"]
+
+
+class LiveManager(models.Manager):
+    """The rows not marked deleted: a deleted flow, schedule or workspace is gone from every list
+    (API, dashboard, admin, services) at once, while runs/deletion.py removes its rows in batches.
+    `all_objects` still sees them; foreign keys (`run.flow`) still reach them."""
+
+    def get_queryset(self):
+        return super().get_queryset().filter(deleted_at__isnull=True)
+
+
 def default_event_retention_days():
     """New workspaces keep events this many days (ORCHESTRATOR_EVENT_RETENTION_DAYS)."""
     return settings.ORCHESTRATOR["EVENT_RETENTION_DAYS"]
@@ -47,7 +61,13 @@ class Workspace(models.Model):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100)
     run_retention_days = models.PositiveIntegerField(
-        default=30, help_text="Finished runs, their logs and events are deleted after this many days."
+        default=default_run_retention_days, validators=[MinValueValidator(1), MaxValueValidator(36500)],
+        help_text="Finished runs are deleted with their task runs, history and logs this many days after they ended.",
+    )
+    log_retention_days = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(36500)],
+        help_text="Logs of finished runs are deleted this many days after they were written (empty: with their run). "
+                  "At most the run retention.",
     )
     event_retention_days = models.PositiveIntegerField(
         default=default_event_retention_days, validators=[MinValueValidator(1), MaxValueValidator(3650)],
@@ -59,12 +79,31 @@ class Workspace(models.Model):
                   "runs until the next month; empty: no quota.",
     )
     created = models.DateTimeField(default=timezone.now)
+    deleted_at = models.DateTimeField(null=True, blank=True, editable=False,
+                                      help_text="Marked deleted; its rows are being deleted in the background.")
+
+    objects = LiveManager()
+    all_objects = models.Manager()
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["account", "slug"], name="workspace_slug_unique")]
+        constraints = [models.UniqueConstraint(fields=["account", "slug"], condition=models.Q(deleted_at__isnull=True),
+                                               name="workspace_slug_unique")]
+        base_manager_name = "all_objects"
 
     def __str__(self):
         return f"{self.account.slug}/{self.slug}"
+
+    def clean(self):
+        if self.log_retention_days and self.run_retention_days and self.log_retention_days > self.run_retention_days:
+            raise ValidationError({"log_retention_days": "Logs cannot be kept longer than their runs: pick at most "
+                                                         f"{self.run_retention_days} days, or leave it empty."})
+
+    def retention_sentence(self):
+        """How long history is kept, in words (the dashboard and the API say it)."""
+        runs = f"Finished runs are kept {self.run_retention_days} days"
+        if self.log_retention_days and self.log_retention_days < self.run_retention_days:
+            return f"{runs}; their logs {self.log_retention_days} days."
+        return f"{runs}, with their logs."
 
 
 class Membership(models.Model):

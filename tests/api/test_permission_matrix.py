@@ -17,7 +17,7 @@ from drf_spectacular.generators import SchemaGenerator
 from automations.models import Automation, Delivery
 from events.models import IncomingWebhook
 from runs.api.schema import WORKSPACE_PREFIX
-from runs.models import AuditEntry, FlowRun, Log, Membership, Role
+from runs.models import AuditEntry, DeletionJob, FlowRun, Log, Membership, Role
 from runs.run_tokens import token_of
 from tests import factories
 from tests.conftest import api_prefix
@@ -38,7 +38,7 @@ ENDPOINTS = [
     ("flow edit", "patch", "flows/{flow}/", {"description": "d"}, O, 200),
     ("flow versions", "get", "flows/{flow}/versions/", None, V, 200),
     ("flow register version", "post", "flows/{flow}/versions/", {"entrypoint": "m:f"}, O, 201),
-    ("flow delete", "delete", "flows/{flow}/", None, A, 204),
+    ("flow delete", "delete", "flows/{flow}/", None, A, 202),
     ("flow versions of the workspace", "get", "flow_versions/", None, V, 200),
     ("flow version detail", "get", "flow_versions/{version}/", None, V, 200),
     ("flow versions compared", "get", "flow_versions/compare/?base={version}&head={version}", None, V, 200),
@@ -54,7 +54,7 @@ ENDPOINTS = [
     ("schedule resume", "post", "schedules/{schedule}/resume/", None, O, 200),
     ("schedule pin", "post", "schedules/{schedule}/pin/", {"flow_version": "{version}"}, O, 200),
     ("schedule unpin", "post", "schedules/{schedule}/unpin/", None, O, 200),
-    ("schedule delete", "delete", "schedules/{schedule}/", None, A, 204),
+    ("schedule delete", "delete", "schedules/{schedule}/", None, A, 202),
     ("flow runs list", "get", "flow_runs/", None, V, 200),
     ("flow run detail", "get", "flow_runs/{run}/", None, V, 200),
     ("flow run create", "post", "flow_runs/", {"flow": "{flow_name}"}, O, 201),
@@ -80,6 +80,8 @@ ENDPOINTS = [
     ("secret delete", "delete", "secrets/{secret}/", None, A, 204),
     ("audit list", "get", "audit/", None, A, 200),
     ("audit entry", "get", "audit/{audit}/", None, A, 200),
+    ("deletion jobs", "get", "deletion_jobs/", None, A, 200),
+    ("deletion job", "get", "deletion_jobs/{deletion_job}/", None, A, 200),
     ("deliveries list", "get", "deliveries/", None, V, 200),
     ("delivery detail", "get", "deliveries/{delivery}/", None, V, 200),
     ("delivery retry", "post", "deliveries/{delivery}/retry/", None, O, 200),
@@ -177,6 +179,9 @@ def world(ws):
         "webhook": IncomingWebhook.objects.create(workspace=ws, name=f"hook-{factories.n()}").pk,
         "audit": AuditEntry.objects.create(workspace=ws, actor="ada", via="api", action="schedule.pause",
                                            target_type="schedule").pk,
+        "deletion_job": DeletionJob.objects.create(workspace=ws, workspace_name=str(ws), target_type="flow",
+                                                   target_id="1", target_name="gone", requested_by="ada",
+                                                   via="api").pk,
         "delivery": Delivery.objects.create(workspace=ws, kind="webhook", target="https://example.com/hook",
                                             status="failed", attempts=8).pk,
     }

@@ -160,10 +160,10 @@ def test_a_stopped_beat_shows_as_unhealthy_services_once_their_windows_pass(fres
     assert (report["zombie-killer"]["healthy"], report["zombie-killer"]["reason"]) == (
         False, "no success for 29 min (expected every 60 s)")
     later = towel.health_report(T0 + timedelta(minutes=31))
-    # Past 3 windows of every 10-minute-or-faster service; audit-retention runs hourly, the
-    # partition manager daily.
+    # Past 3 windows of every 10-minute-or-faster service; audit-retention and retention run
+    # hourly, the partition manager daily.
     assert [name for name, service in later.items() if service["healthy"]] == ["audit-retention",
-                                                                               "partition-manager"]
+                                                                               "partition-manager", "retention"]
     assert [name for name, service in towel.health_report(T0 + timedelta(hours=3, minutes=1)).items()
             if service["healthy"]] == ["partition-manager"]
     assert [name for name, service in towel.health_report(T0 + timedelta(days=3, minutes=1)).items()
