@@ -77,7 +77,7 @@ def agent_detail(request, pk):
     agent = scoped(request, Agent.objects.prefetch_related("queues")).filter(pk=pk).first()
     if agent is None:
         raise Http404("No such agent.")
-    runs = FlowRun.objects.alive().filter(agent=agent).select_related("flow", "work_queue")
+    runs = FlowRun.objects.listed().filter(agent=agent).select_related("flow", "work_queue")
     current = list(runs.exclude(state__in=TERMINAL_STATES).order_by("-scheduled_start", "-id")[:RECENT_RUNS])
     recent = list(runs.filter(state__in=TERMINAL_STATES, scheduled_start__gte=now - RECENT_WINDOW)
                   .order_by("-scheduled_start", "-id")[:RECENT_RUNS])

@@ -110,8 +110,8 @@ def act(request):
         ids = list(dict.fromkeys(str(FlowRun._meta.pk.to_python(value)) for value in ids))
     except Exception:  # noqa: BLE001 - a malformed id from a hand-made form
         return render(request, "dashboard/run_action_error.html", {"error": "A run id is not a valid id."}, status=400)
-    readable = scoped(request, FlowRun.objects.alive().filter(pk__in=ids))
-    operable = scoped(request, FlowRun.objects.alive().filter(pk__in=ids), required=Role.OPERATOR)
+    readable = scoped(request, FlowRun.objects.listed().filter(pk__in=ids))
+    operable = scoped(request, FlowRun.objects.listed().filter(pk__in=ids), required=Role.OPERATOR)
     if not operable.exists():
         if readable.exists():
             raise PermissionDenied(f"{ACTIONS[action].verb} needs the operator role in the runs' workspace.")

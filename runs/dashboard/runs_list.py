@@ -118,7 +118,7 @@ def page_of(runs, cursor):
 @dashboard_login_required
 def run_list(request):
     filters = Filters(request.GET)
-    visible = scoped(request, FlowRun.objects.alive())
+    visible = scoped(request, FlowRun.objects.listed())
     matching = filters.apply(visible)
     cursor_raw = request.GET.get("cursor", "")
     cursor = decode_cursor(cursor_raw)
