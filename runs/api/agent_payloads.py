@@ -251,8 +251,23 @@ class LogLine(serializers.Serializer):
     flow_run_id = serializers.UUIDField()
     task_run_id = serializers.UUIDField(required=False, allow_null=True)
     level = serializers.ChoiceField(choices=LogLevel.choices, required=False, default=LogLevel.INFO)
-    message = serializers.CharField(allow_blank=True, trim_whitespace=False)
-    timestamp = serializers.DateTimeField(required=False, help_text="Default: when the server stores it.")
+    message = serializers.CharField(allow_blank=True, trim_whitespace=False, help_text=(
+        "At most ORCHESTRATOR_AGENT_LOG_LINE_MAX_CHARS characters (default 32,768; a longer line is refused "
+        "alone, naming `message`)."))
+    timestamp = serializers.DateTimeField(required=False, help_text="Default: when the server accepts it.")
+
+    def validate_message(self, message):
+        most = settings.ORCHESTRATOR["AGENT_LOG_LINE_MAX_CHARS"]
+        if len(message) > most:
+            raise serializers.ValidationError(f"At most {most} characters (ORCHESTRATOR_AGENT_LOG_LINE_MAX_CHARS); "
+                                              f"this line has {len(message)}: split it.")
+        if not message.isascii():
+            try:
+                message.encode("utf-8")
+            except UnicodeEncodeError:
+                # A lone surrogate (JSON's "\ud800") is no text a database stores: U+FFFD instead.
+                message = message.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return message
 
 
 @extend_schema_serializer(examples=[request_example("Two lines", {"logs": [
