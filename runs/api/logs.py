@@ -1,13 +1,16 @@
-"""Logs of the workspace's runs, filtered by run, level, source and time.
+"""Logs of the workspace's runs, filtered by run, level, source, time and text; a run's download.
 
 `source=lazarus` (or zombie-killer, …) is the recovery review: what the services did and why.
 """
 
+from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, extend_schema_view
-from rest_framework import serializers, viewsets
+from rest_framework import exceptions, serializers, viewsets
+from rest_framework.decorators import action
 
-from runs.models import Log, LogLevel
+from runs.logs import reading
+from runs.models import FlowRun, Log, LogLevel
 
 from .filters import uuid_param, within_time_window
 from .pagination import KeysetPagination
@@ -46,6 +49,23 @@ def level_param(raw):
     raise serializers.ValidationError({"level": [f"Use a level name ({', '.join(names)}) or a number."]})
 
 
+def search_param(params, within_run):
+    """The `q` text, or None. Across runs it needs LOG_SEARCH_MIN_CHARS characters (shorter cannot
+    use the trigram index); within one run any length is bounded by that run's lines."""
+    text = params.get("q")
+    if text is None or text == "":
+        return None
+    if len(text) > reading.SEARCH_MAX_CHARS:
+        raise serializers.ValidationError({"q": [f"At most {reading.SEARCH_MAX_CHARS} characters."]})
+    if "\x00" in text:
+        raise serializers.ValidationError({"q": ["Null characters are not allowed."]})
+    shortest = settings.ORCHESTRATOR["LOG_SEARCH_MIN_CHARS"]
+    if not within_run and len(text) < shortest:
+        raise serializers.ValidationError({"q": [
+            f"Search for at least {shortest} characters, or name a run (flow_run) to search its logs for less."]})
+    return text
+
+
 @extend_schema_view(retrieve=extend_schema(description="One log line."), list=extend_schema(
     description="Log lines of the workspace's runs, oldest first in cursor pages. `source=lazarus` or "
                 "`source=zombie-killer` is the recovery review: what those services did to which run, and why.",
@@ -55,7 +75,21 @@ def level_param(raw):
     OpenApiParameter("source", str, description="agent, lazarus, zombie-killer, …"),
     OpenApiParameter("since", OpenApiTypes.DATETIME, description="timestamp ≥ this."),
     OpenApiParameter("until", OpenApiTypes.DATETIME, description="timestamp < this."),
-]))
+    OpenApiParameter("q", str, description="Only lines whose message contains this text, ignoring case (at most "
+                                           "200 characters; at least ORCHESTRATOR_LOG_SEARCH_MIN_CHARS, default 3, "
+                                           "unless flow_run is given). Indexed on PostgreSQL (pg_trgm)."),
+]), download=extend_schema(
+    description="A run's log lines as a file, oldest first, streamed (any number of lines, in bounded memory). "
+                "Takes the list's filters (level, source, since, until, q); `flow_run` is required.",
+    parameters=[
+        OpenApiParameter("flow_run", str, required=True, description="The run whose logs to download (its id)."),
+        OpenApiParameter("as", str, enum=list(reading.FORMATS), description="text (default): one line per log "
+                         "line, `<UTC time> <LEVEL> <source> [task=<id>] <message>`; ndjson: one JSON object per "
+                         "line, the list's fields."),
+        OpenApiParameter("level", str), OpenApiParameter("source", str), OpenApiParameter("q", str),
+        OpenApiParameter("since", OpenApiTypes.DATETIME), OpenApiParameter("until", OpenApiTypes.DATETIME),
+    ],
+    responses={(200, "text/plain"): OpenApiTypes.STR, (200, "application/x-ndjson"): OpenApiTypes.STR}))
 class LogViewSet(WorkspaceScoped, viewsets.ReadOnlyModelViewSet):
     queryset = Log.objects.all()
     serializer_class = LogSerializer
@@ -72,4 +106,19 @@ class LogViewSet(WorkspaceScoped, viewsets.ReadOnlyModelViewSet):
             queryset = queryset.filter(level__gte=level_param(params["level"]))
         if params.get("source"):
             queryset = queryset.filter(source=params["source"])
+        text = search_param(params, within_run=bool(flow_run))
+        if text:
+            queryset = reading.search(queryset, text)
         return within_time_window(queryset, params, "timestamp")
+
+    @action(detail=False, methods=["get"], pagination_class=None)
+    def download(self, request, *args, **kwargs):
+        kind = request.query_params.get("as") or "text"
+        if kind not in reading.FORMATS:
+            raise serializers.ValidationError({"as": [f"Choose one of {', '.join(reading.FORMATS)}."]})
+        run_id = uuid_param(request.query_params, "flow_run")
+        if run_id is None:
+            raise serializers.ValidationError({"flow_run": ["Name the run whose logs to download (its id)."]})
+        if not FlowRun.objects.filter(pk=run_id, workspace=request.workspace).exists():
+            raise exceptions.NotFound("No such flow run in this workspace.")
+        return reading.download_response(self.filter_queryset(self.get_queryset()), kind, run_id)
