@@ -261,12 +261,6 @@ class LogLine(serializers.Serializer):
         if len(message) > most:
             raise serializers.ValidationError(f"At most {most} characters (ORCHESTRATOR_AGENT_LOG_LINE_MAX_CHARS); "
                                               f"this line has {len(message)}: split it.")
-        if not message.isascii():
-            try:
-                message.encode("utf-8")
-            except UnicodeEncodeError:
-                # A lone surrogate (JSON's "\ud800") is no text a database stores: U+FFFD instead.
-                message = message.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
         return message
 
 
