@@ -4,7 +4,7 @@ from django.urls import path
 from automations import dashboard as automations
 from automations import delivery_views
 
-from . import events, login, schedules, views
+from . import events, login, logs, schedules, views
 
 app_name = "dashboard"
 
@@ -14,6 +14,8 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(next_page="dashboard:login"), name="logout"),
     path("timeline/", views.timeline, name="timeline"),
     path("runs/<uuid:pk>/", views.run_detail, name="run"),
+    path("runs/<uuid:pk>/logs/", logs.run_logs, name="run-logs"),
+    path("runs/<uuid:pk>/logs/download", logs.download, name="run-logs-download"),
     path("schedules/", schedules.schedule_list, name="schedules"),
     path("schedules/<int:pk>/pause/", schedules.pause, name="schedule-pause"),
     path("schedules/<int:pk>/keep/", schedules.cancel_pause, name="schedule-keep"),
