@@ -52,7 +52,6 @@ from .agent_payloads import (
     FlowRunHeartbeatAnswerSerializer,
     LogBatchEnvelope,
     LogBatchInput,
-    LogLine,
     RegisteredAgentSerializer,
     RegisterInput,
     ReportedFlowRunSerializer,
@@ -62,6 +61,7 @@ from .agent_payloads import (
     TaskRunInput,
     TaskRunStateInput,
     log_batch_max_lines,
+    valid_log_line,
 )
 from .errors import error_body
 from .schema import CONFLICT, error_response
@@ -480,11 +480,10 @@ class LogBatchView(RunReportEndpoint):
             raise PayloadTooLarge(f"A log batch may be at most {limit} bytes; send smaller batches.")
         refused, lines = [], []
         for index, raw in enumerate(self.valid(LogBatchEnvelope)["logs"]):
-            line = LogLine(data=raw)
-            if line.is_valid():
-                lines.append((index, line.validated_data))
+            data, problems = valid_log_line(raw)
+            if data is not None:
+                lines.append((index, data))
                 continue
-            problems = line.errors if isinstance(line.errors, dict) else {"input": line.errors}
             refused.append({"index": index, "reason": "; ".join(f"{field}: {errors[0]}"
                                                                for field, errors in problems.items())})
         malformed = [f"line {r['index']}: {r['reason']}" for r in refused]

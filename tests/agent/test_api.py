@@ -301,13 +301,13 @@ def test_the_line_limit_is_judged_before_any_line_is(reporter, prefix, ws, monke
     from runs.api import agents
 
     judged = []
+    real = agents.valid_log_line
 
-    class CountingLogLine(agents.LogLine):
-        def __init__(self, *args, **kwargs):
-            judged.append(1)
-            super().__init__(*args, **kwargs)
+    def counting(raw):
+        judged.append(1)
+        return real(raw)
 
-    monkeypatch.setattr(agents, "LogLine", CountingLogLine)
+    monkeypatch.setattr(agents, "valid_log_line", counting)
     answer = reporter.post(f"{prefix}/agent/logs", {"logs": [{}] * 1001}, format="json")  # the default limit: 1000
     assert answer.status_code == 400 and "1000" in answer.json()["error"]["message"]
     assert judged == []

@@ -48,3 +48,45 @@ def test_a_body_over_the_byte_limit_is_a_413(reporter, prefix, run, settings):
                            format="json")
     assert answer.status_code == 413
     assert "1000 bytes" in answer.json()["error"]["message"]
+
+
+RUN_ID = "6f1c8a52-3d1e-4c59-9b8e-0e6a1f0b7c11"
+
+
+@pytest.mark.parametrize("raw", [
+    {"flow_run_id": RUN_ID, "message": "plain"},
+    {"flow_run_id": RUN_ID, "message": "", "level": 50, "task_run_id": None},
+    {"flow_run_id": RUN_ID, "message": "t", "task_run_id": RUN_ID, "timestamp": "2026-12-01T10:00:05.123456+02:00"},
+    {"flow_run_id": RUN_ID, "message": "z", "timestamp": "2026-12-01T10:00:05Z", "extra": [1]},
+    {"flow_run_id": RUN_ID.upper().replace("-", ""), "message": "hex"},
+    {"flow_run_id": RUN_ID, "message": "naive time", "timestamp": "2026-12-01T10:00:05"},
+    {"flow_run_id": RUN_ID, "message": "level as text", "level": "30"},
+    {"flow_run_id": RUN_ID, "message": 42},
+    {"flow_run_id": RUN_ID, "message": True},
+    {"flow_run_id": RUN_ID, "message": None},
+    {"flow_run_id": RUN_ID, "message": "bad level", "level": 25},
+    {"flow_run_id": RUN_ID, "message": "bool level", "level": True},
+    {"flow_run_id": RUN_ID, "message": "bad time", "timestamp": "yesterday"},
+    {"flow_run_id": RUN_ID, "message": "bad time", "timestamp": "2026-13-01T10:00:05Z"},
+    {"flow_run_id": "nope", "message": "x"},
+    {"flow_run_id": 12, "message": "x"},
+    {"message": "no run"},
+    {"flow_run_id": RUN_ID},
+    {"flow_run_id": RUN_ID, "message": "x", "task_run_id": "nope"},
+    "not a line",
+    None,
+])
+def test_the_fast_line_check_takes_and_refuses_exactly_what_the_serializer_does(raw, settings):
+    """valid_log_line's fast path must agree with LogLine on every line: same values, same refusals."""
+    from runs.api.agent_payloads import LogLine, valid_log_line
+
+    data, problems = valid_log_line(raw)
+    line = LogLine(data=raw)
+    if line.is_valid():
+        assert problems is None
+        expected = dict(line.validated_data)
+        assert {k: v for k, v in data.items() if k != "timestamp"} == \
+            {k: v for k, v in expected.items() if k != "timestamp"}
+        assert data.get("timestamp") == expected.get("timestamp")  # the same instant
+    else:
+        assert data is None and problems
