@@ -11,7 +11,11 @@ would (services/log_persister.py).
 Phases alternate (quiet, flood, flood, quiet) so that drift on a shared machine hits both alike.
 The row compares the p50 of a transition with and without the flood (aim: within 20 %), and says
 what the flood really was: lines the API accepted per second, and lines the persister stored.
-BENCH_LOG_TRANSITIONS (default 1,000 per phase) sets the size. PostgreSQL and Redis only.
+BENCH_LOG_TRANSITIONS (default 1,000 per phase) sets the size.
+
+A second row: the log persister alone over BENCH_LOG_PERSIST_LINES (default 100,000) lines waiting in
+the stream, beside a raw `COPY` of the same rows into a table like the logs table (its indexes, the
+trigram one included). PostgreSQL and Redis only.
 """
 
 import os
@@ -26,6 +30,7 @@ from django.conf import settings
 from django.db import connection, connections
 from django.utils import timezone
 
+from runs.logs import ingest
 from runs.models import Account, ApiKey, Flow, FlowRun, Log, Role, State, WorkQueue, Workspace
 from runs.run_tokens import token_of
 
@@ -35,6 +40,8 @@ TRANSITIONS = int(os.environ.get("BENCH_LOG_TRANSITIONS", "1000"))
 LINES_PER_SECOND = int(os.environ.get("BENCH_LOG_LINES_PER_SECOND", "10000"))
 BATCH = int(os.environ.get("BENCH_LOG_BATCH", "500"))
 WRITERS = int(os.environ.get("BENCH_LOG_WRITERS", "4"))
+PERSIST_LINES = int(os.environ.get("BENCH_LOG_PERSIST_LINES", "100000"))
+COPY_COLUMNS = 'ingest_id, workspace_id, flow_run_id, task_run_id, level, message, "timestamp", source'
 
 
 class Flood:
@@ -187,3 +194,39 @@ def run(table):
               f"no logs: p50 {p50_quiet:.1f} / p99 {p99(quiet):.1f} ms",
               f"{p50_flood / p50_quiet:.2f}", "≤ 1.20")
     assert settings_stored == flood.accepted, f"accepted {flood.accepted} lines, stored {settings_stored}"
+    bench_persister(table, ws, writers[0])
+
+
+def bench_persister(table, ws, run_):
+    from services import log_persister
+
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE runs_log")
+    now = timezone.now()
+    rows = []
+    for start in range(0, PERSIST_LINES, 1000):
+        count = min(1000, PERSIST_LINES - start)
+        ids = ingest.ingest_ids(count)
+        rows += [ingest.row(ids[i], ws.pk, run_.pk, None, 20, f"line {start + i}: processed 1,000 rows of partition "
+                            f"{i % 64}", now) for i in range(count)]
+    for start in range(0, len(rows), 1000):
+        assert ingest.accept(rows[start:start + 1000]) == "redis"
+    began = time.perf_counter()
+    while ingest.stream_length():
+        log_persister.run_once()
+    persisted = time.perf_counter() - began
+    assert Log.objects.count() == PERSIST_LINES
+    values = [[r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]] for r in rows]
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS bench_logs_copy")
+        cursor.execute("CREATE TABLE bench_logs_copy (LIKE runs_log INCLUDING ALL)")
+        began = time.perf_counter()
+        with cursor.cursor.copy(f"COPY bench_logs_copy ({COPY_COLUMNS}) FROM STDIN") as copy:
+            for value in values:
+                copy.write_row(value)
+        copied = time.perf_counter() - began
+        cursor.execute("DROP TABLE bench_logs_copy")
+    table.add(f"log persister, {PERSIST_LINES:,} lines from the Redis stream (COPY, dedup, trigram index)",
+              f"{PERSIST_LINES / persisted:,.0f} lines/s ({persisted:.2f} s)",
+              f"raw COPY of the same rows into a table like runs_log {PERSIST_LINES / copied:,.0f} rows/s",
+              f"{copied / persisted:.2f}", "")
