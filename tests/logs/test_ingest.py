@@ -253,3 +253,13 @@ def test_a_poison_entry_is_dropped_alone(logs_in_redis, reporter, prefix, run):
     post(reporter, prefix, run, "fine", 2)
     assert log_persister.run_once()["stored"] == 2
     assert ingest.stream_length() == 0
+
+
+def test_metrics_show_the_log_batches_waiting(logs_in_redis, reporter, prefix, run, client):
+    from tests.platform.test_metrics import scrape
+
+    post(reporter, prefix, run, "waiting", 3)
+    post(reporter, prefix, run, "waiting too", 3)
+    assert scrape(client)[("orchestrator_log_batches_buffered", ())] == 2
+    drain()
+    assert scrape(client)[("orchestrator_log_batches_buffered", ())] == 0
