@@ -5,7 +5,8 @@
 
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer, extend_schema_view)
 from rest_framework import exceptions, serializers, viewsets
 from rest_framework.decorators import action
 
@@ -89,7 +90,17 @@ def search_param(params, within_run):
         OpenApiParameter("level", str), OpenApiParameter("source", str), OpenApiParameter("q", str),
         OpenApiParameter("since", OpenApiTypes.DATETIME), OpenApiParameter("until", OpenApiTypes.DATETIME),
     ],
-    responses={(200, "text/plain"): OpenApiTypes.STR, (200, "application/x-ndjson"): OpenApiTypes.STR}))
+    responses={
+        (200, "text/plain"): OpenApiResponse(OpenApiTypes.STR, description="as=text", examples=[OpenApiExample(
+            "Text", media_type="text/plain", value="2026-11-23T02:00:01.000000Z INFO agent Extracting 2026-11-22\n"
+                                                   "2026-11-23T02:00:03.120000Z WARNING agent task=3c1f0b7e-9d2a-4e55-"
+                                                   "8f0c-2b8d6a1e4f90 Slow source; retrying\n")]),
+        (200, "application/x-ndjson"): OpenApiResponse(OpenApiTypes.STR, description="as=ndjson", examples=[
+            OpenApiExample("NDJSON", media_type="application/x-ndjson", value=(
+                '{"id": 90211, "timestamp": "2026-11-23T02:00:01.000000Z", "level": 20, "level_name": "INFO", '
+                '"source": "agent", "flow_run": "' + EXAMPLE_RUN_ID + '", "task_run": null, '
+                '"message": "Extracting 2026-11-22"}\n'))]),
+    }))
 class LogViewSet(WorkspaceScoped, viewsets.ReadOnlyModelViewSet):
     queryset = Log.objects.all()
     serializer_class = LogSerializer
