@@ -530,7 +530,7 @@ def fails_with_a_nul():
     raise ValueError("bad byte \x00 in the input")
 
 
-def test_what_the_agent_sends_is_stored_whatever_the_flow_printed_or_raised(prefix, ws):
+def test_what_the_agent_sends_is_stored_whatever_the_flow_printed_or_raised(prefix, ws, flush_logs):
     import json
 
     from agent.client import ApiError
@@ -555,6 +555,7 @@ def test_what_the_agent_sends_is_stored_whatever_the_flow_printed_or_raised(pref
     for message in ("binary \x00 output", "a file name \udcff", "plain"):
         shipper.add(str(run.pk), message)
     assert shipper.flush()
+    flush_logs()
     assert Log.objects.filter(flow_run=run).count() == 3
     runner = Runner({"ORCHESTRATOR_FLOW_RUN_ID": str(run.pk), "ORCHESTRATOR_API_URL": "http://x",
                      "ORCHESTRATOR_RUN_TOKEN": "k", "ORCHESTRATOR_ENTRYPOINT": f"{__name__}:fails_with_a_nul"})
