@@ -16,10 +16,11 @@ Redis costs at most one short timeout per interval, never one per change.
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
+
+from orchestrator.streams import Batch, ConsumerGroupStream
 
 logger = logging.getLogger(__name__)
 
@@ -61,20 +62,30 @@ def reset():
     _client, _client_url, _redis_down_until = None, None, 0.0
 
 
-def push(events):
-    """Buffer `events`: the Redis stream when it takes them, else the table."""
-    global _redis_down_until
+def usable_redis_client():
+    """The Redis client, unless there is none or it failed less than REDIS_RETRY_SECONDS ago."""
     client = redis_client()
     if client is not None and time.monotonic() >= _redis_down_until:
+        return client
+    return None
+
+
+def redis_failed():
+    """Skip Redis in this process for REDIS_RETRY_SECONDS (every stream of it: events and logs)."""
+    global _redis_down_until
+    _redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
+
+
+def push(events):
+    """Buffer `events`: the Redis stream when it takes them, else the table."""
+    client = usable_redis_client()
+    if client is not None:
         try:
-            pipe = client.pipeline(transaction=False)
-            cap = settings.ORCHESTRATOR["EVENTS_STREAM_MAX_LENGTH"]
-            for event in events:
-                pipe.xadd(stream_key(), {"e": json.dumps(event, separators=(",", ":"))}, maxlen=cap, approximate=True)
-            pipe.execute()
+            _stream().add(client, [json.dumps(event, separators=(",", ":")) for event in events],
+                          maxlen=settings.ORCHESTRATOR["EVENTS_STREAM_MAX_LENGTH"])
             return "redis"
         except Exception as exc:
-            _redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
+            redis_failed()
             logger.warning("Redis did not take %d events (%s); they wait in the database instead.", len(events), exc)
     push_to_table(events)
     return "table"
@@ -118,11 +129,8 @@ def push_to_table(events):
                          exc)
 
 
-@dataclass
-class Batch:
-    source: str
-    events: list
-    ids: list = field(default_factory=list)  # stream entry ids, or PendingEvent pks
+def _stream():
+    return ConsumerGroupStream(stream_key, GROUP, CONSUMER)
 
 
 def read_table(limit):
@@ -140,67 +148,14 @@ def ack_table(batch):
     PendingEvent.objects.filter(pk__in=batch.ids).delete()
 
 
-def _ensure_group(client):
-    import redis
-
-    try:
-        # From 0: entries added before the group existed (a Redis restarted from its AOF without
-        # the group, a stream made by emitters first) are read too; duplicates are dropped on store.
-        client.xgroup_create(stream_key(), GROUP, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
 def read_stream(limit):
     """The next entries for the persister: its unacknowledged ones first, then new ones."""
-    import redis
-
-    client = redis_client()
-    for attempt in range(2):
-        try:
-            for start in ("0", ">"):
-                answer = client.xreadgroup(GROUP, CONSUMER, {stream_key(): start}, count=limit)
-                entries = answer[0][1] if answer else []
-                gone = [entry_id for entry_id, fields in entries if not fields]  # deleted while pending
-                if gone:
-                    client.xack(stream_key(), GROUP, *gone)
-                entries = [(entry_id, fields) for entry_id, fields in entries if fields]
-                if entries:
-                    break
-            break
-        except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc) or attempt:
-                raise
-            _ensure_group(client)
-    ids = [entry_id for entry_id, _ in entries]
-    bodies = [fields.get(b"e") for _, fields in entries]
-    if bodies and all(bodies):
-        # One parse for the batch (a third faster than one per entry); any doubt, one by one.
-        try:
-            events = json.loads(b"[" + b",".join(bodies) + b"]")
-            if len(events) == len(bodies):
-                return Batch("redis", events, ids)
-        except ValueError:
-            pass
-    events = []
-    for entry_id, body in zip(ids, bodies):
-        try:
-            events.append(json.loads(body))
-        except (TypeError, ValueError) as exc:
-            logger.error("Dropped stream entry %s: not an event (%s).", entry_id, exc)
-    return Batch("redis", events, ids)
+    return _stream().read(redis_client(), limit)
 
 
 def ack_stream(batch):
     """Acknowledge and delete the entries (after their transaction committed)."""
-    if not batch.ids:
-        return
-    client = redis_client()
-    pipe = client.pipeline(transaction=False)
-    pipe.xack(stream_key(), GROUP, *batch.ids)
-    pipe.xdel(stream_key(), *batch.ids)
-    pipe.execute()
+    _stream().ack(redis_client(), batch.ids)
 
 
 def stream_length():

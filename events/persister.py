@@ -53,7 +53,7 @@ def drain_table(summary, batches):
             batch = buffer.read_table(_config("EVENT_PERSISTER_BATCH_SIZE"))
             if not batch.ids:
                 return
-            stored, skipped = _store(batch.events)
+            stored, skipped = _store(batch.items)
             buffer.ack_table(batch)
         summary["stored"] += stored
         summary["skipped"] += skipped
@@ -65,7 +65,7 @@ def drain_stream(summary, batches):
         if not batch.ids:
             return
         with transaction.atomic():
-            stored, skipped = _store(batch.events)
+            stored, skipped = _store(batch.items)
         buffer.ack_stream(batch)
         summary["stored"] += stored
         summary["skipped"] += skipped

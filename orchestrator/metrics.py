@@ -112,6 +112,16 @@ class DatabaseCollector:
             logger.warning("Could not read the event stream's length: %s", exc)
         yield buffered
 
+        waiting = GaugeMetricFamily("orchestrator_log_batches_buffered",
+                                    "Accepted log batches waiting in the Redis stream for the log persister.")
+        try:
+            from runs.logs import ingest
+
+            waiting.add_metric([], ingest.stream_length())
+        except Exception as exc:  # Redis down: the other figures still answer
+            logger.warning("Could not read the log stream's length: %s", exc)
+        yield waiting
+
 
 def _allowed(request):
     token = settings.ORCHESTRATOR["METRICS_TOKEN"]

@@ -503,6 +503,22 @@ ORCHESTRATOR = {
     # and the most runs one poll may claim.
     "AGENT_LOG_BATCH_MAX_BYTES": env_int("ORCHESTRATOR_AGENT_LOG_BATCH_MAX_BYTES", 1_048_576),
     "AGENT_LOG_BATCH_MAX_LINES": env_int("ORCHESTRATOR_AGENT_LOG_BATCH_MAX_LINES", 1000),
+    # The longest message one log line may carry (characters; longer → that line is refused, naming
+    # `message`).
+    "AGENT_LOG_LINE_MAX_CHARS": env_int("ORCHESTRATOR_AGENT_LOG_LINE_MAX_CHARS", 32_768),
+    # Logs apart from orchestration (runs/logs/): with Redis, accepted log batches wait in this
+    # stream (one entry per batch) for the log persister; past LOG_STREAM_MAX_LENGTH entries (the
+    # persister far behind) batches are written to the database in the request instead, never
+    # trimmed. The persister: every LOOP_SECONDS, at most MAX_BATCHES transactions of BATCH_SIZE
+    # stream entries each.
+    "LOG_STREAM_KEY": os.environ.get("ORCHESTRATOR_LOG_STREAM_KEY", "orchestrator:logs"),
+    "LOG_STREAM_MAX_LENGTH": env_int("ORCHESTRATOR_LOG_STREAM_MAX_LENGTH", 100_000),
+    "LOG_PERSISTER_LOOP_SECONDS": env_int("ORCHESTRATOR_LOG_PERSISTER_LOOP_SECONDS", 1),
+    "LOG_PERSISTER_BATCH_SIZE": env_int("ORCHESTRATOR_LOG_PERSISTER_BATCH_SIZE", 20),
+    "LOG_PERSISTER_MAX_BATCHES": env_int("ORCHESTRATOR_LOG_PERSISTER_MAX_BATCHES", 25),
+    # The shortest `q` a log search across runs takes (characters): shorter ones cannot use the
+    # trigram index. Within one run (`flow_run=`) any length is taken.
+    "LOG_SEARCH_MIN_CHARS": env_int("ORCHESTRATOR_LOG_SEARCH_MIN_CHARS", 3),
     "AGENT_CLAIM_MAX_RUNS": env_int("ORCHESTRATOR_AGENT_CLAIM_MAX_RUNS", 200),
     # A run its runner handed back (agent gone, heartbeats off) is due again this long after the
     # report (seconds), not at once: the old runner may still be stopping. Agents learn it when they

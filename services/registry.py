@@ -61,8 +61,8 @@ def load_all():
     """Import every service module so that its @register runs."""
     from services import scheduler  # noqa: F401
     from services import (  # noqa: F401
-        agent_monitor, audit_retention, cancellation_cleanup, deletion_jobs, late_runs, lazarus, pause_expirer,
-        retention, work_queue_monitor, zombie_killer,
+        agent_monitor, audit_retention, cancellation_cleanup, deletion_jobs, late_runs, lazarus, log_persister,
+        pause_expirer, retention, work_queue_monitor, zombie_killer,
     )
     from events import partitions, persister  # noqa: F401
     from automations import proactive  # noqa: F401

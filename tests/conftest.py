@@ -23,13 +23,14 @@ from tests import factories  # noqa: E402
 # tests/events/test_sender.py tests the thread. The environment is for the processes tests start;
 # this process read its settings before this file, so they are set here too.
 _TEST_EVENT_SETTINGS = {"EVENTS_STREAM_KEY": f"orchestrator:test-events:{uuid.uuid4().hex}",
+                        "LOG_STREAM_KEY": f"orchestrator:test-logs:{uuid.uuid4().hex}",
                         "EVENTS_SEND_IN_BACKGROUND": "false"}
 for _name, _value in _TEST_EVENT_SETTINGS.items():
     if f"ORCHESTRATOR_{_name}" not in os.environ:
         os.environ[f"ORCHESTRATOR_{_name}"] = _value
         from django.conf import settings as _settings  # noqa: E402
 
-        _settings.ORCHESTRATOR[_name] = _value if _name == "EVENTS_STREAM_KEY" else False
+        _settings.ORCHESTRATOR[_name] = _value if _name.endswith("STREAM_KEY") else False
 
 
 @pytest.fixture(autouse=True)
@@ -38,15 +39,27 @@ def fresh_event_buffer():
     from django.conf import settings
 
     from events import buffer
+    from runs.logs import ingest
 
     buffer.reset()
+    ingest.reset()
     if settings.REDIS_URL:
         try:
-            buffer.redis_client().delete(buffer.stream_key())
+            buffer.redis_client().delete(buffer.stream_key(), ingest.STREAM.key)
         except Exception:  # a test of a stopped Redis may have left it stopped; emitters fall back
             pass
     yield
     buffer.reset()
+    ingest.reset()
+
+
+@pytest.fixture
+def flush_logs():
+    """flush_logs() -> one log-persister pass: accepted log lines waiting in Redis are stored (without
+    Redis they were stored in the request)."""
+    from services import log_persister
+
+    return log_persister.run_once
 
 
 @pytest.fixture

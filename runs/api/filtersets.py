@@ -144,9 +144,10 @@ class AuditFilter(django_filters.FilterSet):
 
 
 class FilterBackend(DjangoFilterBackend):
-    """django-filter's backend, only where a view names its FilterSet, and only on lists."""
+    """django-filter's backend, only where a view names its FilterSet, and only on its lists (or
+    the actions it names in `filtered_actions`, e.g. a download of what the list shows)."""
 
     def get_filterset_class(self, view, queryset=None):
-        if getattr(view, "action", "list") != "list":
+        if getattr(view, "action", "list") not in getattr(view, "filtered_actions", {"list"}):
             return None
         return super().get_filterset_class(view, queryset)

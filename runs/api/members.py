@@ -214,8 +214,8 @@ class WorkspaceSettingsSerializer(serializers.ModelSerializer):
 
 @extend_schema_view(
     get=extend_schema(description="The workspace's settings; every member may read them."),
-        fields = ["account", "slug", "name", "run_retention_days", "log_retention_days", "event_retention_days",
-                  "history_kept", "monthly_task_run_quota", "created"]
+    patch=extend_schema(description="Change the workspace's name, run, log or event retention, or its monthly "
+                                    "task-run quota (admins)."),
 )
 class WorkspaceSettingsView(generics.RetrieveUpdateAPIView):
     """The workspace's own settings: every member reads them, admins change them (PATCH)."""

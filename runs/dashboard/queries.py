@@ -115,12 +115,6 @@ def run_task_runs(run, limit=200):
     return list(TaskRun.objects.filter(flow_run=run).order_by("start_time", "created")[:limit])
 
 
-def run_logs(run, min_level, limit=200):
-    """The newest `limit` logs at `min_level` or above, oldest first (a tail)."""
-    newest = list(run.logs.filter(level__gte=min_level).order_by("-timestamp", "-id")[:limit])
-    return newest[::-1]
-
-
 def queues_with_load(request, now):
     """Work queues with their runs in use (SUBMITTED/RUNNING) and late runs, counted in SQL over
     the active and late runs only (partial indexes), not over every run a queue ever had."""

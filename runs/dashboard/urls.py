@@ -4,7 +4,7 @@ from django.urls import path
 from automations import dashboard as automations
 from automations import delivery_views
 
-from . import events, flows, login, queues, run_actions, runs_list, schedule_forms, schedules, task_runs, usage, views
+from . import events, flows, login, logs, queues, run_actions, runs_list, schedule_forms, schedules, task_runs, usage, views
 
 app_name = "dashboard"
 
@@ -16,6 +16,8 @@ urlpatterns = [
     path("runs/", runs_list.run_list, name="runs"),
     path("runs/act/", run_actions.act, name="runs-act"),
     path("runs/<uuid:pk>/", views.run_detail, name="run"),
+    path("runs/<uuid:pk>/logs/", logs.run_logs, name="run-logs"),
+    path("runs/<uuid:pk>/logs/download", logs.download, name="run-logs-download"),
     path("task-runs/<uuid:pk>/", task_runs.task_run_detail, name="task-run"),
     path("flows/", flows.flow_list, name="flows"),
     path("flows/<int:pk>/", flows.flow_detail, name="flow"),

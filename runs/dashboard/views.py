@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from runs.access import may, scoped, workspace_ids_for
-from runs.models import AuditEntry, Flow, FlowRun, LogLevel, Role, WorkQueue
+from runs.models import AuditEntry, Flow, FlowRun, Role, WorkQueue
 
 from . import display, queries
 from .live import PART_EVENTS, stream_url
@@ -218,7 +218,6 @@ def run_detail(request, pk):
         "flow", "agent", "work_queue", "created_by", "created_by_key")).filter(pk=pk).first()
     if run is None:
         raise Http404("No such run.")
-    level = int_param(request, "level", LogLevel.DEBUG, set(LogLevel.values))
     task_runs = queries.run_task_runs(run)
     # The Gantt spans the run (or its task runs, when they reach further).
     moments = [m for t in task_runs for m in (t.start_time, t.end_time) if m] + [
@@ -237,12 +236,15 @@ def run_detail(request, pk):
         "nav": "timeline", "now": now, "run": run, "css": display.state_css(run.state),
         "heartbeat": display.heartbeat_of(run, now), "history": queries.run_history(run), "gantt": gantt,
         "gantt_start": gantt_start, "gantt_end": gantt_end,
-        "logs": queries.run_logs(run, level), "level": level, "levels": LogLevel.choices,
         "threshold": display.format_age(display.zombie_threshold_seconds()),
         # The run's own events and its task runs' (heartbeats included: the page shows the last one).
         "stream_url": stream_url(items=[("about", str(run.pk))], since=now),
         "run_actions": run_actions.allowed_actions(run.state) if may(request, Role.OPERATOR, run.workspace_id) else [],
     }
+    if not (request.htmx and not request.htmx.boosted):
+        from .logs import log_context  # the log section is the page's own, outside the live part
+
+        context.update(log_context(request, run))
     return render_live(request, "dashboard/run_detail.html", "dashboard/_run_live.html", context)
 
 

@@ -72,8 +72,12 @@ class Log(models.Model):
     message = models.TextField()
     timestamp = models.DateTimeField(default=timezone.now)
     source = models.CharField(max_length=24, default="agent", help_text="agent, lazarus, zombie-killer, …")
+    # Set by the log ingestion path (runs/logs/ingest.py) on every line an agent sent: a line
+    # delivered twice (a persister crash between its store and its acknowledgement) is stored once.
+    ingest_id = models.UUIDField(null=True, blank=True, unique=True, editable=False)
 
     class Meta:
+        # On PostgreSQL also a trigram index on upper(message) for `q` searches (migration 0014).
         indexes = [
             models.Index(fields=["flow_run", "timestamp"], name="log_run_time"),
             models.Index(fields=["workspace", "source", "timestamp"], name="log_workspace_source_time"),

@@ -133,5 +133,55 @@ def start_agent(tmp_path):
 
 
 @pytest.fixture
-def workspace_url(live_server, ws):
+def workspace_url(live_server, ws, log_persister_running):
     return live_server.url + api_prefix(ws)
+
+
+def drain_logs():
+    """Store every log line accepted so far (with Redis they wait for the log persister)."""
+    from django.conf import settings
+
+    if not settings.REDIS_URL:
+        return
+    from runs.logs import ingest
+    from services import log_persister
+
+    for _ in range(50):
+        log_persister.run_once()
+        if ingest.stream_length() == 0:
+            return
+    raise AssertionError("the log stream did not drain")
+
+
+@pytest.fixture
+def log_persister_running(settings):
+    """With Redis, accepted log lines wait in a stream until the log persister stores them: a thread
+    runs its passes beside the live server, as a Celery worker would (without Redis they are stored
+    by the request)."""
+    import threading
+
+    from django.db import connections
+
+    if not settings.REDIS_URL:
+        yield
+        return
+    from services import log_persister
+
+    stop = threading.Event()
+
+    def passes():
+        try:
+            while not stop.is_set():
+                try:
+                    log_persister.run_once()
+                except Exception:  # noqa: BLE001 - a test that stops Redis: the next pass retries
+                    pass
+                stop.wait(0.2)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=passes, daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(10)

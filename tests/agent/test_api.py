@@ -203,13 +203,14 @@ def test_agent_and_task_run_heartbeats_are_one_update_each(operator, prefix, ws,
         assert not {"INSERT", "DELETE"} & set(statements)
 
 
-def test_logs_are_stored_in_one_batch(operator, prefix, ws, reporter):
+def test_logs_are_stored_in_one_batch(operator, prefix, ws, reporter, flush_logs):
     run = due_run(ws, state=State.RUNNING)
     task = factories.task_run(run)
     lines = [{"flow_run_id": str(run.pk), "message": f"line {i}", "level": 20} for i in range(50)]
     lines.append({"flow_run_id": str(run.pk), "task_run_id": str(task.pk), "message": "boom", "level": 40})
     answer = reporter.post(f"{prefix}/agent/logs", {"logs": lines}, format="json")
     assert answer.status_code == 201 and answer.json() == {"stored": 51, "refused": []}
+    flush_logs()
     assert Log.objects.filter(flow_run=run).count() == 51
     assert Log.objects.get(task_run=task).level == 40
 
@@ -300,13 +301,13 @@ def test_the_line_limit_is_judged_before_any_line_is(reporter, prefix, ws, monke
     from runs.api import agents
 
     judged = []
+    real = agents.valid_log_line
 
-    class CountingLogLine(agents.LogLine):
-        def __init__(self, *args, **kwargs):
-            judged.append(1)
-            super().__init__(*args, **kwargs)
+    def counting(raw):
+        judged.append(1)
+        return real(raw)
 
-    monkeypatch.setattr(agents, "LogLine", CountingLogLine)
+    monkeypatch.setattr(agents, "valid_log_line", counting)
     answer = reporter.post(f"{prefix}/agent/logs", {"logs": [{}] * 1001}, format="json")  # the default limit: 1000
     assert answer.status_code == 400 and "1000" in answer.json()["error"]["message"]
     assert judged == []
@@ -502,7 +503,8 @@ def test_a_handback_delay_too_short_for_a_runners_handback_is_refused_at_setting
 
 # --- One bad log line does not cost its batch ---------------------------------------------------
 
-def test_a_log_batch_stores_the_good_lines_and_names_the_refused_ones(operator, prefix, ws, other_ws, reporter):
+def test_a_log_batch_stores_the_good_lines_and_names_the_refused_ones(operator, prefix, ws, other_ws, reporter,
+                                                                     flush_logs):
     run, foreign = due_run(ws, state=State.RUNNING), due_run(other_ws, state=State.RUNNING)
     elsewhere = factories.task_run(due_run(ws, state=State.RUNNING))
     lines = [
@@ -520,6 +522,7 @@ def test_a_log_batch_stores_the_good_lines_and_names_the_refused_ones(operator, 
     reasons = [r["reason"] for r in body["refused"]]
     assert reasons[0] == f"flow_run_id: this token reports for flow run {run.pk} only."
     assert reasons[1].startswith("level: ") and reasons[2].startswith("task_run_id: ")
+    flush_logs()
     assert sorted(Log.objects.filter(flow_run=run).values_list("message", flat=True)) == ["good", "good too"]
 
 
@@ -527,7 +530,7 @@ def fails_with_a_nul():
     raise ValueError("bad byte \x00 in the input")
 
 
-def test_what_the_agent_sends_is_stored_whatever_the_flow_printed_or_raised(prefix, ws):
+def test_what_the_agent_sends_is_stored_whatever_the_flow_printed_or_raised(prefix, ws, flush_logs):
     import json
 
     from agent.client import ApiError
@@ -552,6 +555,7 @@ def test_what_the_agent_sends_is_stored_whatever_the_flow_printed_or_raised(pref
     for message in ("binary \x00 output", "a file name \udcff", "plain"):
         shipper.add(str(run.pk), message)
     assert shipper.flush()
+    flush_logs()
     assert Log.objects.filter(flow_run=run).count() == 3
     runner = Runner({"ORCHESTRATOR_FLOW_RUN_ID": str(run.pk), "ORCHESTRATOR_API_URL": "http://x",
                      "ORCHESTRATOR_RUN_TOKEN": "k", "ORCHESTRATOR_ENTRYPOINT": f"{__name__}:fails_with_a_nul"})

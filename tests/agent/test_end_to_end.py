@@ -17,7 +17,7 @@ from runs.run_tokens import read_token
 from runs.scheduling import schedule_future_runs
 from tests import factories
 
-from .conftest import wait_for
+from .conftest import drain_logs, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -65,6 +65,7 @@ def test_a_scheduled_run_goes_through_the_agent_to_completed(ws, workspace_url, 
     flaky_history = list(StateChange.objects.filter(task_run=tasks["flaky"]).values_list("to_state", flat=True))
     assert flaky_history == ["RUNNING", "SCHEDULED", "RUNNING", "COMPLETED"]
 
+    drain_logs()
     messages = list(Log.objects.filter(flow_run=run).values_list("message", "level", "task_run_id"))
     assert any("waited 1.2, flaky took 2 attempts" in m for m, _, _ in messages)
     assert ("tests.flows: shouting done", 30, tasks["shout"].pk) in messages
@@ -81,6 +82,7 @@ def test_a_failing_flow_is_failed_with_its_traceback_in_the_logs(ws, workspace_u
     run.refresh_from_db()
     # Reported by the runner itself, with the exception as the message.
     assert (run.state, run.state_message) == (State.FAILED, "ValueError: this flow is broken on purpose")
+    drain_logs()
     assert Log.objects.filter(flow_run=run, message__contains="this flow is broken on purpose").exists()
 
 
@@ -185,6 +187,7 @@ def test_a_secret_reaches_the_flow_and_nothing_the_server_keeps_or_shows_holds_i
     run.refresh_from_db()
     assert got.read_text() == value  # the flow had it
     assert run.state == State.FAILED and run.state_message == "RuntimeError: login refused for password ***"
+    drain_logs()
     messages = list(Log.objects.filter(flow_run=run).values_list("message", flat=True))
     assert any("stdout: connecting with ***" in m for m in messages), messages
     assert any("logged: connecting with ***" in m for m in messages), messages

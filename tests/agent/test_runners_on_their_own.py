@@ -17,7 +17,7 @@ import pytest
 from runs.models import Actor, FlowRun, Log, Role, State, StateChange, TaskRun
 from tests import factories
 
-from .conftest import alive, runner_pids, wait_for
+from .conftest import alive, drain_logs, runner_pids, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -51,6 +51,7 @@ def kill_only(agent):
 
 
 def logs_of(run):
+    drain_logs()
     return list(Log.objects.filter(flow_run=run).values_list("message", flat=True))
 
 

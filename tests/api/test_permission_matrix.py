@@ -65,6 +65,7 @@ ENDPOINTS = [
     ("task run detail", "get", "task_runs/{task_run}/", None, V, 200),
     ("logs list", "get", "logs/?source=lazarus", None, V, 200),
     ("log detail", "get", "logs/{log}/", None, V, 200),
+    ("logs download", "get", "logs/download/?flow_run={run}", None, V, 200),
     ("work queues list", "get", "work_queues/", None, V, 200),
     ("work queue detail", "get", "work_queues/{queue}/", None, V, 200),
     ("work queue create", "post", "work_queues/", {"name": "new-queue"}, A, 201),

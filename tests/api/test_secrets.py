@@ -141,7 +141,7 @@ def test_only_the_claim_of_a_run_whose_version_names_a_secret_carries_it(api, ke
     assert VALUE not in api.as_key(key_for(Role.OPERATOR)).get(f"{prefix}/flow_runs/{needs.pk}/").content.decode()
 
 
-def test_the_server_redacts_a_runs_secrets_from_its_logs_messages_and_results(reporter, prefix, ws):
+def test_the_server_redacts_a_runs_secrets_from_its_logs_messages_and_results(reporter, prefix, ws, flush_logs):
     secret_in(ws)
     run = claimable(ws, ["DB_PASSWORD"])
     run.state = State.RUNNING
@@ -158,6 +158,7 @@ def test_the_server_redacts_a_runs_secrets_from_its_logs_messages_and_results(re
     failed = reporter.post(f"{prefix}/agent/flow_runs/{run.pk}/state",
                            {"state": "FAILED", "message": f"RuntimeError: login as x/{VALUE} refused"}, format="json")
     assert failed.status_code == 200
+    flush_logs()
     assert list(Log.objects.values_list("message", flat=True)) == ["connecting with ***!"]
     assert FlowRun.objects.get(pk=run.pk).state_message == "RuntimeError: login as x/*** refused"
     assert TaskRun.objects.get(pk=task["id"]).state_message == "used ***"

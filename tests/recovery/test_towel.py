@@ -115,12 +115,13 @@ T0 = datetime(2026, 11, 29, 10, 0, tzinfo=dt_timezone.utc)
 def test_a_fresh_install_is_healthy_until_a_service_is_overdue(fresh_install):
     fresh_install(T0)
     # Every service is healthy until the first are overdue: mark-late-runs, automations-proactive and
-    # deliveries, every 5 s, after 15 s, and the event persister, every second, after the shortest
+    # deliveries, every 5 s, after 15 s, and the event and log persisters, every second, after the shortest
     # window of all (TOWEL_UNHEALTHY_MIN_SECONDS).
     report = towel.health_report(T0 + timedelta(seconds=15))
     assert [name for name, service in report.items() if not service["healthy"]] == []
     assert [name for name, service in towel.health_report(T0 + timedelta(seconds=16)).items()
-            if not service["healthy"]] == ["automations-proactive", "deliveries", "event-persister", "mark-late-runs"]
+            if not service["healthy"]] == ["automations-proactive", "deliveries", "event-persister", "log-persister",
+                                               "mark-late-runs"]
     # Lazarus runs every 10 min: beat's first pass comes 10 min after it starts; overdue after 3 intervals.
     report = towel.health_report(T0 + timedelta(minutes=10))
     assert report["lazarus"] | {"interval_seconds": 600} == {

@@ -1,0 +1,74 @@
+"""A run's logs on its dashboard page: text search, level, keyset pages, and a download.
+
+The page's log section (templates/dashboard/_run_logs.html) is one partial with two uses: the run
+page includes it, and the search box and page links fetch it alone with htmx (without JavaScript
+they reload the run page with the same query string).
+"""
+
+from django.http import Http404
+from django.shortcuts import render
+from django.utils.http import urlencode
+
+from runs.access import scoped
+from runs.logs import reading
+from runs.models import FlowRun, LogLevel
+
+from .views import dashboard_login_required, int_param
+
+PAGE_SIZE = 100
+
+
+def _run(request, pk):
+    run = scoped(request, FlowRun.objects.alive()).filter(pk=pk).select_related("workspace").first()
+    if run is None:
+        raise Http404("No such run.")
+    return run
+
+
+def _filters(request):
+    """(level, text) from the query string; a text past SEARCH_MAX_CHARS is cut, not refused (a page)."""
+    level = int_param(request, "level", LogLevel.DEBUG, set(LogLevel.values))
+    text = request.GET.get("q", "").replace("\x00", "")[:reading.SEARCH_MAX_CHARS].strip()
+    return level, text
+
+
+def _lines(run, level, text):
+    queryset = run.logs.filter(level__gte=level)
+    return reading.search(queryset, text) if text else queryset
+
+
+def log_context(request, run):
+    """What _run_logs.html shows: one page of the run's lines and the links around it."""
+    level, text = _filters(request)
+    older = reading.decode_cursor(request.GET.get("before", ""))
+    newer = None if older else reading.decode_cursor(request.GET.get("after", ""))
+    page = reading.run_page(_lines(run, level, text), older_than=older, newer_than=newer, size=PAGE_SIZE)
+    base = {"level": level} if level != LogLevel.DEBUG else {}
+    if text:
+        base["q"] = text
+    return {
+        "logs": page["logs"], "level": level, "levels": LogLevel.choices, "q": text,
+        "older_query": urlencode({**base, "before": page["older"]}) if page["older"] else None,
+        "newer_query": urlencode({**base, "after": page["newer"]}) if page["newer"] else None,
+        "newest_query": urlencode(base) if (older or newer) else None,
+        "filter_query": urlencode(base),
+        "tail": not (older or newer),  # the newest page follows new lines; a page further back stays put
+    }
+
+
+@dashboard_login_required
+def run_logs(request, pk):
+    """The log section alone (htmx: search, level, pages)."""
+    run = _run(request, pk)
+    return render(request, "dashboard/_run_logs.html", {"run": run, **log_context(request, run)})
+
+
+@dashboard_login_required
+def download(request, pk):
+    """The run's lines (with the page's level and search) as a file, streamed."""
+    run = _run(request, pk)
+    kind = request.GET.get("as", "text")
+    if kind not in reading.FORMATS:
+        kind = "text"
+    level, text = _filters(request)
+    return reading.download_response(_lines(run, level, text), kind, run.pk)

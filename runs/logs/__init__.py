@@ -1,0 +1,1 @@
+"""Logs apart from orchestration: their own ingestion path (ingest.py) and how they are read (reading.py)."""
