@@ -32,18 +32,39 @@ def _filters(request):
     return level, text
 
 
-def _lines(run, level, text):
+def _lines(run, level, text, window=None):
     queryset = run.logs.filter(level__gte=level)
+    if window:  # one attempt's lines: written from its start until the next attempt began
+        start, end = window
+        queryset = queryset.filter(timestamp__gte=start)
+        if end is not None:
+            queryset = queryset.filter(timestamp__lt=end)
     return reading.search(queryset, text) if text else queryset
 
 
+def attempt_window(request, run):
+    """(attempt number, (start, end)) of the attempt the query string names, or (None, None)."""
+    number = int_param(request, "attempt")
+    if not number:
+        return None, None
+    from .attempts import attempts_of
+    from .queries import run_history
+
+    attempt = next((a for a in attempts_of(run, run_history(run)) if a.number == number), None)
+    return (number, (attempt.start, attempt.end)) if attempt else (None, None)
+
+
 def log_context(request, run):
-    """What _run_logs.html shows: one page of the run's lines and the links around it."""
+    """What _run_logs.html shows: one page of the run's lines (of one attempt's, with `attempt`)
+    and the links around it."""
     level, text = _filters(request)
+    attempt, window = attempt_window(request, run)
     older = reading.decode_cursor(request.GET.get("before", ""))
     newer = None if older else reading.decode_cursor(request.GET.get("after", ""))
-    page = reading.run_page(_lines(run, level, text), older_than=older, newer_than=newer, size=PAGE_SIZE)
+    page = reading.run_page(_lines(run, level, text, window), older_than=older, newer_than=newer, size=PAGE_SIZE)
     base = {"level": level} if level != LogLevel.DEBUG else {}
+    if attempt:
+        base["attempt"] = attempt
     if text:
         base["q"] = text
     return {
@@ -71,4 +92,4 @@ def download(request, pk):
     if kind not in reading.FORMATS:
         kind = "text"
     level, text = _filters(request)
-    return reading.download_response(_lines(run, level, text), kind, run.pk)
+    return reading.download_response(_lines(run, level, text, attempt_window(request, run)[1]), kind, run.pk)

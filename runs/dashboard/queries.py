@@ -199,3 +199,18 @@ def number_attempts(rows):
 
 def period_start(now, hours):
     return now - timedelta(hours=hours)
+
+
+STORY_LIMIT = 200
+
+
+def recovery_story_of(run):
+    """What the services did to `run` (runs/dashboard/attempts.py): their state changes of the run
+    and its task runs, and their log lines, the first STORY_LIMIT of each."""
+    from .attempts import RECOVERY_ACTORS, recovery_story
+
+    changes = list(StateChange.objects.filter(flow_run=run, actor__in=RECOVERY_ACTORS)
+                   .order_by("timestamp", "id")[:STORY_LIMIT])
+    logs = list(Log.objects.filter(flow_run=run, source__in=[str(a) for a in RECOVERY_ACTORS])
+                .order_by("timestamp", "id")[:STORY_LIMIT])
+    return recovery_story(changes, logs)

@@ -14,6 +14,7 @@ from runs.access import may, scoped, workspace_ids_for
 from runs.models import AuditEntry, Flow, FlowRun, Role, WorkQueue
 
 from . import display, queries
+from .attempts import attempts_of
 from .live import PART_EVENTS, stream_url
 
 # Choices the filters offer, in hours.
@@ -218,7 +219,11 @@ def run_detail(request, pk):
         "flow", "agent", "work_queue", "created_by", "created_by_key")).filter(pk=pk).first()
     if run is None:
         raise Http404("No such run.")
-    task_runs = queries.run_task_runs(run)
+    history = queries.run_history(run)
+    attempts = attempts_of(run, history, queries.run_task_runs(run))
+    chosen = int_param(request, "attempt", None, {a.number for a in attempts}) if len(attempts) > 1 else None
+    task_runs = [t for a in attempts for t in a.task_runs if chosen is None or a.number == chosen]
+    task_runs.sort(key=lambda t: (t.start_time is None, t.start_time or t.created))
     # The Gantt spans the run (or its task runs, when they reach further).
     moments = [m for t in task_runs for m in (t.start_time, t.end_time) if m] + [
         m for m in (run.start_time, run.end_time) if m]
@@ -234,7 +239,8 @@ def run_detail(request, pk):
     } for t in task_runs]
     context = {
         "nav": "timeline", "now": now, "run": run, "css": display.state_css(run.state),
-        "heartbeat": display.heartbeat_of(run, now), "history": queries.run_history(run), "gantt": gantt,
+        "heartbeat": display.heartbeat_of(run, now), "history": history, "gantt": gantt,
+        "attempts": attempts, "attempt": chosen, "story": queries.recovery_story_of(run),
         "gantt_start": gantt_start, "gantt_end": gantt_end,
         "threshold": display.format_age(display.zombie_threshold_seconds()),
         # The run's own events and its task runs' (heartbeats included: the page shows the last one).

@@ -144,6 +144,8 @@ class FlowRun(models.Model):
             # a scheduler pass gives its runs one `created`, many schedules fire at 02:00).
             models.Index(fields=["workspace", "state", "scheduled_start", "id"], name="flowrun_ws_state_time_id"),
             models.Index(fields=["workspace", "created", "id"], name="flowrun_ws_created_id"),
+            # The dashboard's runs list: newest due first in keyset pages, whatever the state.
+            models.Index(fields=["workspace", "-scheduled_start", "-id"], name="flowrun_ws_due_id"),
             # Retention (services/retention.py), one index per step so each pass is an index scan:
             # finished runs not yet given an expiry, by end; expired runs not yet hidden; hidden runs.
             models.Index(

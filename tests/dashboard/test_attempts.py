@@ -67,3 +67,22 @@ def test_the_recovery_story_tells_each_act_once_with_its_reason(rescheduled_run,
     assert [(who, transition) for _, who, transition, _ in story] == [
         ("Lazarus", "RUNNING → SCHEDULED"), ("Zombie Killer", "")]
     assert story[0][3].startswith("Rescheduled by Lazarus (attempt 1 of 10)")
+
+
+def test_the_run_page_shows_each_attempt_apart_and_the_story(as_viewer, rescheduled_run, ws):
+    run, t0, (first, second) = rescheduled_run
+    Log.objects.create(workspace=ws, flow_run=run, message="first attempt line", timestamp=t0 + timedelta(minutes=5))
+    Log.objects.create(workspace=ws, flow_run=run, message="second attempt line", timestamp=t0 + timedelta(minutes=25))
+    page = as_viewer.get(f"/dashboard/runs/{run.pk}/")
+    html = page.content.decode()
+    assert len(page.context["attempts"]) == 2 and page.context["attempt"] is None
+    assert "Recovery story" in html and "Rescheduled by Lazarus (attempt 1 of 10)" in html
+    assert "first attempt line" in html and "second attempt line" in html
+    one = as_viewer.get(f"/dashboard/runs/{run.pk}/?attempt=1")
+    assert [row["task"].task_key for row in one.context["gantt"]] == ["extract"]
+    lines = one.content.decode()
+    assert "first attempt line" in lines and "second attempt line" not in lines
+    assert "attempt=1" in one.context["filter_query"]
+    paged = as_viewer.get(f"/dashboard/runs/{run.pk}/logs/?attempt=2").content.decode()
+    assert "second attempt line" in paged and "first attempt line" not in paged
+    assert as_viewer.get(f"/dashboard/runs/{run.pk}/?attempt=9").context["attempt"] is None  # no such attempt
