@@ -125,7 +125,7 @@ def store(raw_rows):
 
 
 _COLUMNS = "ingest_id, workspace_id, flow_run_id, task_run_id, level, message, \"timestamp\", source"
-_TEMP = f"""
+_TEMP = """
 CREATE TEMP TABLE IF NOT EXISTS log_ingest (
     ord integer, ingest_id uuid, workspace_id bigint, flow_run_id uuid, task_run_id uuid, level smallint,
     message text, "timestamp" timestamptz, source varchar(24)
