@@ -23,7 +23,7 @@ from runs.scheduling import pause_schedule, schedule_future_runs
 from services import towel
 from services.models import ServicePass
 from tests import factories
-from tests.agent.conftest import REPO, free_port, process_tree, runner_pids, wait_for
+from tests.agent.conftest import REPO, drain_logs, free_port, process_tree, runner_pids, wait_for
 from tests.conftest import api_prefix
 
 # PostgreSQL only: on SQLite the live server and the test share one in-memory connection across
@@ -159,6 +159,7 @@ def test_a_new_attempt_keeps_the_results_of_tasks_that_completed_before_the_mach
     assert list(StateChange.objects.filter(task_run=steps["1"]).values_list("to_state", "actor")) == [
         (State.RUNNING, Actor.AGENT), (State.FAILED, Actor.ZOMBIE_KILLER), (State.SCHEDULED, Actor.AGENT),
         (State.RUNNING, Actor.AGENT), (State.COMPLETED, Actor.AGENT)]
+    drain_logs()  # with Redis, the agent's lines wait in the stream for the log persister
     assert run.logs.filter(message__contains="Task step completed in an earlier attempt; its result stands").count() == 1
 
 

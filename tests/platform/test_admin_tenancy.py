@@ -22,6 +22,7 @@ from runs.models import (
     Agent,
     ApiKey,
     AuditEntry,
+    DeletionJob,
     Flow,
     FlowRun,
     FlowVersion,
@@ -43,10 +44,10 @@ from tests import factories
 # The models whose rows belong to a workspace, and how the URL names them.
 SCOPED = [Workspace, Membership, ApiKey, Flow, FlowVersion, Schedule, FlowRun, TaskRun, StateChange, Log,
           WorkQueue, Agent, Event, Secret, AuditEntry, Automation, Firing, TriggerBucket, Delivery,
-          IncomingWebhook, TaskRunUsage]
+          IncomingWebhook, TaskRunUsage, DeletionJob]
 # Rows a workspace's viewers may not read (members, keys and the audit trail are for its admins,
 # secrets' names for operators, as in the API).
-ADMINS_READ = {Membership, ApiKey, AuditEntry, Secret, IncomingWebhook}
+ADMINS_READ = {Membership, ApiKey, AuditEntry, Secret, IncomingWebhook, DeletionJob}
 # The models a workspace admin may add rows of in the admin.
 ADDABLE = [Membership, ApiKey, Flow, FlowVersion, Schedule, FlowRun, TaskRun, WorkQueue, Agent, Secret, Automation,
            IncomingWebhook]
@@ -117,6 +118,8 @@ def world(ws):
         "bucket": TriggerBucket.objects.create(automation=automation, key="flow-run:1"),
         "delivery": Delivery.objects.create(workspace=ws, kind="webhook", target="https://example.com/hook"),
         "usage": TaskRunUsage.objects.create(workspace=ws, month=datetime.date(2026, 12, 1), shard=0, completed=1),
+        "deletion": DeletionJob.objects.create(workspace=ws, workspace_name=str(ws), target_type="flow",
+                                               target_id="1", target_name="gone", requested_by="ada", via="api"),
     }
 
 
@@ -128,7 +131,7 @@ def row_of(model, world):
             Agent: world["agent"], Event: world["event"], Secret: world["secret"], AuditEntry: world["audit"],
             Automation: world["automation"], Firing: world["firing"], TriggerBucket: world["bucket"],
             Delivery: world["delivery"],
-            IncomingWebhook: world["webhook"], TaskRunUsage: world["usage"]}[model]
+            IncomingWebhook: world["webhook"], TaskRunUsage: world["usage"], DeletionJob: world["deletion"]}[model]
 
 
 def snapshot(model, row):

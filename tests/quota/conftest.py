@@ -6,7 +6,7 @@ import pytest
 
 from runs.models import Role, State
 from tests import factories
-from tests.agent.conftest import start_agent, workspace_url  # noqa: F401 - real agents against a live server
+from tests.agent.conftest import log_persister_running, start_agent, workspace_url  # noqa: F401 - real agents against a live server
 from tests.dashboard.conftest import (  # noqa: F401 - fixtures shared with the dashboard's tests
     artifacts, browser_context_args)
 

@@ -4,7 +4,7 @@ import pytest
 
 from runs.models import FlowRun, Role, State
 from tests import factories
-from tests.agent.conftest import start_agent, wait_for, workspace_url  # noqa: F401 - fixtures
+from tests.agent.conftest import log_persister_running, start_agent, wait_for, workspace_url  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
