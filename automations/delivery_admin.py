@@ -7,12 +7,14 @@ from django.utils import timezone
 from automations import deliveries
 from automations.messages import shown_target
 from automations.models import Delivery
-from runs.admin.base import WorkspaceScopedAdmin
+from runs.admin.base import WorkspaceScopedAdmin, WrittenByTheSystem
 from runs.audit import Who
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(WorkspaceScopedAdmin):
+class DeliveryAdmin(WrittenByTheSystem, WorkspaceScopedAdmin):
+    """A log: rows are written by automations and the deliveries service, never by hand."""
+
     list_display = ["created", "workspace", "kind", "shown", "status", "attempts", "next_attempt", "last_status_code",
                     "error"]
     list_filter = ["status", "kind"]
@@ -31,15 +33,6 @@ class DeliveryAdmin(WorkspaceScopedAdmin):
     def error(self, delivery):
         return delivery.last_error[:120]
 
-    # A log: rows are written by automations and the deliveries service, never by hand.
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.action(description="Retry selected deliveries now", permissions=["operate"])
     def retry(self, request, queryset):

@@ -212,6 +212,20 @@ class PlatformOnly:
         return access.is_platform_admin(request.user)
 
 
+class WrittenByTheSystem:
+    """For a ModelAdmin of records the system writes (a log, counters, jobs, the audit trail):
+    listed and read, never added, changed or deleted by hand."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 class ReadOnlyInline(admin.TabularInline):
     """Rows of the object on the page, shown to whoever may see that object."""
 

@@ -9,7 +9,7 @@ from runs import actions
 from runs.audit import Who
 from runs.models import DeletionJob
 
-from .base import WorkspaceScopedAdmin
+from .base import WorkspaceScopedAdmin, WrittenByTheSystem
 
 
 class DeletesInBackground:
@@ -38,7 +38,7 @@ class DeletesInBackground:
 
 
 @admin.register(DeletionJob)
-class DeletionJobAdmin(WorkspaceScopedAdmin):
+class DeletionJobAdmin(WrittenByTheSystem, WorkspaceScopedAdmin):
     list_display = ["target_name", "target_type", "workspace_name", "state", "runs_deleted", "rows_deleted",
                     "requested_by", "created", "started", "finished", "attempts", "short_error"]
     list_filter = ["state", "target_type"]
@@ -48,12 +48,3 @@ class DeletionJobAdmin(WorkspaceScopedAdmin):
     @admin.display(description="error")
     def short_error(self, job):
         return format_html("{}", job.error[:120]) if job.error else ""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -7,7 +7,7 @@ from runs import access, actions, vault
 from runs.audit import Who
 from runs.models import Account, ApiKey, AuditEntry, Membership, Role, Secret, TaskRunUsage, Workspace
 
-from .base import PlatformOnly, WorkspaceScopedAdmin, WorkspaceScopedForm
+from .base import PlatformOnly, WorkspaceScopedAdmin, WorkspaceScopedForm, WrittenByTheSystem
 from .lifecycle import DeletesInBackground
 
 
@@ -152,7 +152,7 @@ class SecretAdmin(WorkspaceScopedAdmin):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(WorkspaceScopedAdmin):
+class AuditEntryAdmin(WrittenByTheSystem, WorkspaceScopedAdmin):
     """The audit trail, read-only: for the workspace's admins (runs/audit.py)."""
 
     list_display = ["occurred", "workspace", "actor", "via", "action", "target_name", "before", "after"]
@@ -160,30 +160,12 @@ class AuditEntryAdmin(WorkspaceScopedAdmin):
     search_fields = ["actor", "action", "target_name"]
     date_hierarchy = "occurred"
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(TaskRunUsage)
-class TaskRunUsageAdmin(WorkspaceScopedAdmin):
+class TaskRunUsageAdmin(WrittenByTheSystem, WorkspaceScopedAdmin):
     """The monthly quota's counters, read-only: written only by task runs completing (runs/quota.py). A
     month's count is the sum of its rows (shards); the dashboard's usage page shows it whole."""
 
     list_display = ["workspace", "month", "shard", "completed"]
     list_filter = ["workspace", "month"]
     ordering = ["-month", "workspace", "shard"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
