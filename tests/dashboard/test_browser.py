@@ -22,7 +22,7 @@ AXE = Path(__file__).resolve().parents[2] / "static" / "vendor" / "axe-core" / "
 @pytest.fixture
 def seeded(live_browser_server):
     ws = factories.workspace(name="Production")
-    user = factories.member(ws, role=Role.OPERATOR, username="ops")
+    user = factories.member(ws, role=Role.ADMIN, username="ops")  # admin: every page, the forms too
     return {"ws": ws, "user": user, **seed_window(ws, timezone.now())}
 
 
@@ -47,10 +47,18 @@ def axe_violations(page):
 def test_log_in_and_every_page_renders_accessibly(page, live_server, seeded, artifacts):
     log_in(page, live_server)
     run = next(r for r in seeded["runs"] if r.state == "FAILED")
+    task_run = run.task_runs.first()
+    agent = seeded["ws"].agents.first()
     pages = {
         "overview": "/dashboard/", "timeline": "/dashboard/timeline/", "run-detail": f"/dashboard/runs/{run.pk}/",
         "schedules": "/dashboard/schedules/", "agents": "/dashboard/agents/", "recovery": "/dashboard/recovery/",
         "events": "/dashboard/events/", "runs": "/dashboard/runs/",
+        "runs-failed": "/dashboard/runs/?state=FAILED", "flows": "/dashboard/flows/",
+        "flow": f"/dashboard/flows/{run.flow_id}/", "agent": f"/dashboard/agents/{agent.pk}/",
+        "task-run": f"/dashboard/task-runs/{task_run.pk}/", "schedule-new": "/dashboard/schedules/new/",
+        "schedule-edit": f"/dashboard/schedules/{seeded['schedule'].pk}/edit/", "usage": "/dashboard/usage/",
+        "automations": "/dashboard/automations/", "deliveries": "/dashboard/deliveries/", "audit": "/dashboard/audit/",
+        "timeline-7d-by-queue": "/dashboard/timeline/?window=10080&group=queue",
     }
     problems = {}
     for name, path in pages.items():
