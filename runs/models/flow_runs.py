@@ -38,9 +38,14 @@ class FlowRunQuerySet(models.QuerySet):
 
     def listed(self):
         """Runs a list shows: not soft-deleted, and not of a flow or schedule marked deleted (whose
-        runs the background deletion is still removing)."""
-        return self.alive().filter(flow__deleted_at__isnull=True).filter(
-            models.Q(schedule__isnull=True) | models.Q(schedule__deleted_at__isnull=True))
+        runs the background deletion is still removing).
+
+        As NOT IN over the few deleted flows and schedules, not as joins: joining every run to its
+        flow and (outer) to its schedule made PostgreSQL read all of a workspace's runs for a
+        count of its RUNNING ones (150 ms at 100,000 runs instead of an index range read)."""
+        deleted_flows = Flow.all_objects.filter(deleted_at__isnull=False).values("pk")
+        deleted_schedules = Schedule.all_objects.filter(deleted_at__isnull=False).values("pk")
+        return self.alive().exclude(flow_id__in=deleted_flows).exclude(schedule_id__in=deleted_schedules)
 
     def future_auto_scheduled(self, now):
         """Auto-scheduled runs still waiting for a future start: the ones a pause deletes."""
