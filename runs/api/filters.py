@@ -12,16 +12,30 @@ from runs.models import State
 TRUE, FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
 
 
-def boolean_param(params, name):
-    """True/False from 'true'/'false' (or 1/0, yes/no); None when absent."""
-    raw = params.get(name)
-    if raw is None or raw == "":
-        return None
+def parse_boolean(raw):
+    """True/False from 'true'/'false' (or 1/0, yes/no); ValueError with the client's message."""
     if raw.lower() in TRUE:
         return True
     if raw.lower() in FALSE:
         return False
-    raise serializers.ValidationError({name: ["Use true or false."]})
+    raise ValueError("Use true or false.")
+
+
+def parse_states(raw):
+    """Run states from a comma-separated list, in any case; None when it names none."""
+    states = [s.strip().upper() for s in raw.split(",") if s.strip()]
+    unknown = sorted(set(states) - set(State.values))
+    if unknown:
+        raise ValueError(f"Unknown state(s): {', '.join(unknown)}; use {', '.join(State.values)}.")
+    return states or None
+
+
+def parse_uuid(raw):
+    """A run's or task run's id."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise ValueError("Use the id (a UUID) of a run.") from None
 
 
 def utc_time(raw):
@@ -48,34 +62,15 @@ def utc_time(raw):
         raise ValueError("This date-time is out of range in UTC.") from None
 
 
-def time_param(params, name):
-    """utc_time of the parameter `name`; a 400 naming it when it is not one."""
-    try:
-        return utc_time(params.get(name))
-    except ValueError as exc:
-        raise serializers.ValidationError({name: [str(exc)]}) from None
-
-
-def states_param(params, name="state"):
-    """Run states from a comma-separated list, in any case; None when absent or empty."""
-    states = [s.strip().upper() for s in (params.get(name) or "").split(",") if s.strip()]
-    unknown = sorted(set(states) - set(State.values))
-    if unknown:
-        raise serializers.ValidationError(
-            {name: [f"Unknown state(s): {', '.join(unknown)}; use {', '.join(State.values)}."]})
-    return states or None
-
-
 def uuid_param(params, name):
-    """A run's or task run's id; None when absent."""
+    """parse_uuid of the parameter `name`; None when absent; a 400 naming it when it is not one."""
     raw = params.get(name)
     if not raw:
         return None
     try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise serializers.ValidationError({name: ["Use the id (a UUID) of a run."]}) from None
-
+        return parse_uuid(raw)
+    except ValueError as exc:
+        raise serializers.ValidationError({name: [str(exc)]}) from None
 
 def int_param(params, name, *, minimum=None):
     """An integer; None when absent."""
@@ -89,13 +84,3 @@ def int_param(params, name, *, minimum=None):
     if minimum is not None and value < minimum:
         raise serializers.ValidationError({name: [f"Use a number of at least {minimum}."]})
     return value
-
-
-def within_time_window(queryset, params, field):
-    """`queryset` with `field` ≥ `since` and < `until` where the query string gives them."""
-    since, until = time_param(params, "since"), time_param(params, "until")
-    if since:
-        queryset = queryset.filter(**{f"{field}__gte": since})
-    if until:
-        queryset = queryset.filter(**{f"{field}__lt": until})
-    return queryset

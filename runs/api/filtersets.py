@@ -10,7 +10,7 @@ import django_filters
 from django import forms
 from django_filters.rest_framework import DjangoFilterBackend
 
-from runs.models import AuditEntry, FlowRun, State, TaskRun
+from runs.models import AuditEntry, FlowRun, TaskRun
 
 from . import filters as parse
 
@@ -35,31 +35,6 @@ class ParsedField(forms.Field):
             raise forms.ValidationError(str(exc).replace("%", "%%")) from None
 
 
-def _states(raw):
-    states = [s.strip().upper() for s in raw.split(",") if s.strip()]
-    unknown = sorted(set(states) - set(State.values))
-    if unknown:
-        raise ValueError(f"Unknown state(s): {', '.join(unknown)}; use {', '.join(State.values)}.")
-    return states or None
-
-
-def _boolean(raw):
-    if raw.lower() in parse.TRUE:
-        return True
-    if raw.lower() in parse.FALSE:
-        return False
-    raise ValueError("Use true or false.")
-
-
-def _uuid(raw):
-    import uuid
-
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise ValueError("Use the id (a UUID) of a run.") from None
-
-
 class ParsedFilter(django_filters.Filter):
     parser = None
 
@@ -76,7 +51,7 @@ class ParsedFilter(django_filters.Filter):
 
 
 class StatesFilter(ParsedFilter):
-    parser = staticmethod(_states)
+    parser = staticmethod(parse.parse_states)
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("lookup_expr", "in")
@@ -88,11 +63,11 @@ class TimeFilter(ParsedFilter):
 
 
 class BooleanFilter(ParsedFilter):
-    parser = staticmethod(_boolean)
+    parser = staticmethod(parse.parse_boolean)
 
 
 class UUIDFilter(ParsedFilter):
-    parser = staticmethod(_uuid)
+    parser = staticmethod(parse.parse_uuid)
 
 
 class TextFilter(django_filters.CharFilter):

@@ -42,23 +42,26 @@ def _lines(run, level, text, window=None):
     return reading.search(queryset, text) if text else queryset
 
 
-def attempt_window(request, run):
-    """(attempt number, (start, end)) of the attempt the query string names, or (None, None)."""
+def attempt_window(request, run, attempts=None):
+    """(attempt number, (start, end)) of the attempt the query string names, or (None, None).
+    `attempts`: the run's, when the caller has them already (the run page)."""
     number = int_param(request, "attempt")
     if not number:
         return None, None
-    from .attempts import attempts_of
-    from .queries import run_history
+    if attempts is None:
+        from .attempts import attempts_of
+        from .queries import run_history
 
-    attempt = next((a for a in attempts_of(run, run_history(run)) if a.number == number), None)
+        attempts = attempts_of(run, run_history(run))
+    attempt = next((a for a in attempts if a.number == number), None)
     return (number, (attempt.start, attempt.end)) if attempt else (None, None)
 
 
-def log_context(request, run):
+def log_context(request, run, attempts=None):
     """What _run_logs.html shows: one page of the run's lines (of one attempt's, with `attempt`)
     and the links around it."""
     level, text = _filters(request)
-    attempt, window = attempt_window(request, run)
+    attempt, window = attempt_window(request, run, attempts)
     older = reading.decode_cursor(request.GET.get("before", ""))
     newer = None if older else reading.decode_cursor(request.GET.get("after", ""))
     page = reading.run_page(_lines(run, level, text, window), older_than=older, newer_than=newer, size=PAGE_SIZE)

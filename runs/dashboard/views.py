@@ -250,7 +250,7 @@ def run_detail(request, pk):
     if not (request.htmx and not request.htmx.boosted):
         from .logs import log_context  # the log section is the page's own, outside the live part
 
-        context.update(log_context(request, run))
+        context.update(log_context(request, run, attempts))
     return render_live(request, "dashboard/run_detail.html", "dashboard/_run_live.html", context)
 
 

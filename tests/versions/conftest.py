@@ -1,35 +1,12 @@
 """Version tests: API clients per role (a private throttle cache, as the API tests use) and
 logged-in dashboard clients."""
 
-import uuid
 from pathlib import Path
 
 import pytest
 
-from runs.models import Role
 from tests import factories
-
-
-@pytest.fixture(autouse=True)
-def private_cache(settings):
-    # Never clear the shared Redis db (other suites' data lives there): a fresh local cache.
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-                                   "LOCATION": f"version-tests-{uuid.uuid4()}"}}
-
-
-@pytest.fixture
-def viewer(api, key_for):
-    return api.as_key(key_for(Role.VIEWER))
-
-
-@pytest.fixture
-def operator(api, key_for):
-    return api.as_key(key_for(Role.OPERATOR))
-
-
-@pytest.fixture
-def admin(api, key_for):
-    return api.as_key(key_for(Role.ADMIN))
+from tests.api.conftest import admin, operator, private_cache, viewer  # noqa: F401 - the API tests' clients
 
 
 @pytest.fixture
