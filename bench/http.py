@@ -78,14 +78,19 @@ def _database_url():
            f"{db.get('PORT') or 5432}/{db['NAME']}"
 
 
+def production_env():
+    """The environment of a production process on the bench's throw-away database and REDIS_URL."""
+    return {**os.environ, "DEBUG": "false", "SECRET_KEY": settings.SECRET_KEY,  # the run tokens are signed with it
+            "ALLOWED_HOSTS": "127.0.0.1", "ORCHESTRATOR_SECURE_SSL_REDIRECT": "false",
+            "DATABASE_URL": _database_url(), "REDIS_URL": settings.REDIS_URL, "LOG_LEVEL": "WARNING",
+            "ORCHESTRATOR_THROTTLE_EXPENSIVE_RATE": "", "WHITENOISE_USE_FINDERS": "true"}
+
+
 class Server:
     def __init__(self):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "DEBUG": "false", "SECRET_KEY": settings.SECRET_KEY,  # the run tokens are signed with it
-               "ALLOWED_HOSTS": "127.0.0.1", "ORCHESTRATOR_SECURE_SSL_REDIRECT": "false",
-               "DATABASE_URL": _database_url(), "REDIS_URL": settings.REDIS_URL, "LOG_LEVEL": "WARNING",
-               "ORCHESTRATOR_THROTTLE_EXPENSIVE_RATE": "", "WHITENOISE_USE_FINDERS": "true"}
+        env = production_env()
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "gunicorn"), "orchestrator.wsgi", "-w", "2", "-k", "gthread",
              "--threads", "8", "-b", f"127.0.0.1:{self.port}", "--log-level", "warning"],

@@ -38,7 +38,17 @@ def empty_run_tables():
 
 def load_runs(flow, count, *, ended, tasks=1, logs=2):
     """`count` finished runs of `flow` with `tasks` task runs each, a history row per run and task
-    run, and `logs` log lines per task run; bulk-loaded in chunks."""
+    run, and `logs` log lines per task run; bulk-loaded in chunks. On PostgreSQL the first chunk is
+    made through the ORM and the others are copies of it made in SQL (`replicate`): a million runs
+    with their rows in minutes instead of most of an hour."""
+    if connection.vendor == "postgresql" and count >= 2 * CHUNK:
+        load_runs(flow, CHUNK, ended=ended, tasks=tasks, logs=logs)
+        template = list(FlowRun.objects.filter(flow=flow).values_list("pk", flat=True))
+        replicate(template, count // CHUNK - 1)
+        load_runs(flow, count % CHUNK, ended=ended, tasks=tasks, logs=logs)
+        with connection.cursor() as cursor:
+            cursor.execute(f"ANALYZE {', '.join(m._meta.db_table for m in (FlowRun, TaskRun, StateChange, Log))}")
+        return
     for start in range(0, count, CHUNK):
         with transaction.atomic():
             runs = FlowRun.objects.bulk_create([
@@ -55,6 +65,32 @@ def load_runs(flow, count, *, ended, tasks=1, logs=2):
             Log.objects.bulk_create([Log(workspace_id=flow.workspace_id, flow_run_id=t.flow_run_id, task_run=t,
                                          message=f"line {k}", timestamp=ended)
                                      for t in task_runs for k in range(logs)])
+
+
+# Columns that hold a run's or task run's id (or a log line's ingest id): a copy gets new ones,
+# derived from the old id and the copy's number, so that children follow their parents.
+_RENUMBERED = {"id", "flow_run_id", "task_run_id", "parent_task_run_id", "ingest_id"}
+
+
+def replicate(template, copies, per_statement=20):
+    """`copies` copies of the runs `template` (ids) with their task runs, history and logs, in SQL,
+    `per_statement` copies per statement and transaction."""
+    for first in range(1, copies + 1, per_statement):
+        last = min(copies, first + per_statement - 1)
+        with transaction.atomic(), connection.cursor() as cursor:
+            for model in (FlowRun, TaskRun, StateChange, Log):  # parents first; the FKs are checked at commit
+                columns, values = [], []
+                for field in model._meta.concrete_fields:
+                    if field.primary_key and field.get_internal_type() in ("AutoField", "BigAutoField"):
+                        continue  # the sequence numbers the copies
+                    columns.append(field.column)
+                    values.append(f"md5({field.column}::text || '-' || g)::uuid" if field.column in _RENUMBERED
+                                  else field.column)
+                key = "id" if model is FlowRun else "flow_run_id"
+                cursor.execute(f"INSERT INTO {model._meta.db_table} ({', '.join(columns)}) "
+                               f"SELECT {', '.join(values)} FROM {model._meta.db_table} "
+                               f"CROSS JOIN generate_series(%s, %s) AS g WHERE {key} = ANY(%s)",
+                               [first, last, template])
 
 
 def raw_delete(workspace_id):

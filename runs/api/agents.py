@@ -482,8 +482,9 @@ class LogBatchView(RunReportEndpoint):
         if int(request.META.get("CONTENT_LENGTH") or 0) > limit:
             raise PayloadTooLarge(f"A log batch may be at most {limit} bytes; send smaller batches.")
         refused, lines = [], []
+        max_chars = settings.ORCHESTRATOR["AGENT_LOG_LINE_MAX_CHARS"]
         for index, raw in enumerate(self.valid(LogBatchEnvelope)["logs"]):
-            data, problems = valid_log_line(raw)
+            data, problems = valid_log_line(raw, max_chars)
             if data is not None:
                 lines.append((index, data))
                 continue
@@ -519,10 +520,10 @@ class LogBatchView(RunReportEndpoint):
             raise exceptions.NotFound("No line of the batch names the token's flow run (and a task run of it) "
                                       "in this workspace.")
         # Their own path (runs/logs/ingest.py): with Redis, one XADD and no database write here.
-        ids = ingest.ingest_ids(len(accepted))
-        ingest.accept([ingest.row(ids[i], request.workspace.pk, line["flow_run_id"], line.get("task_run_id"),
-                                  line["level"], redact(line["message"], secrets), line.get("timestamp") or now)
-                       for i, line in enumerate(accepted)])
+        if secrets:
+            for line in accepted:
+                line["message"] = redact(line["message"], secrets)
+        ingest.accept(ingest.batch_rows(request.workspace.pk, grant.run_id, accepted, now))
         return Response({"stored": len(accepted), "refused": sorted(refused, key=lambda r: r["index"])},
                         status=status.HTTP_201_CREATED)
 

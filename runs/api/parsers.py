@@ -63,6 +63,27 @@ def refusal(value, where="The request body"):
     return None
 
 
+# In JSON text a NUL or a lone surrogate can only arrive as an escape (raw control characters are
+# invalid JSON, and the text was decoded from UTF-8, which cannot carry surrogates). Text with no such
+# escape needs no look at its strings; one that has the letters (even inside an escaped backslash)
+# gets the whole walk.
+SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _too_deep(value):
+    """Does `value` (parsed JSON) nest past the limit? Walks its containers only, without recursion."""
+    limit = settings.ORCHESTRATOR["API_MAX_JSON_DEPTH"]
+    containers = (dict, list)
+    pending = [(value, 1)] if type(value) in containers else []
+    while pending:
+        item, depth = pending.pop()
+        if depth > limit:
+            return True
+        inner = [part for part in (item.values() if type(item) is dict else item) if type(part) in containers]
+        pending.extend((part, depth + 1) for part in inner)
+    return False
+
+
 def _refuse_constant(name):
     raise exceptions.ParseError(NOT_FINITE_MESSAGE)
 
@@ -88,7 +109,12 @@ def loads(text, where="The request body"):
         value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int)
     except RecursionError:  # the C scanner stops cleanly at Python's recursion limit
         raise exceptions.ParseError(too_deep_message(where)) from None
-    problem = refusal(value, where)
+    if SUSPECT_ESCAPE.search(text):
+        problem = refusal(value, where)  # every string looked at, and the depth
+    else:
+        # Strings are fine (above) and numbers were judged while parsing: only the depth is left,
+        # a walk over the containers alone (a 500-line log batch: ~0.3 ms instead of ~10).
+        problem = too_deep_message(where) if _too_deep(value) else None
     if problem:
         raise exceptions.ParseError(problem)
     return value

@@ -54,13 +54,28 @@ def ingest_ids(count):
     rand = int.from_bytes(os.urandom(10), "big")
     base = (millis << 80) | (0x7 << 76) | ((rand >> 64) & 0xFFF) << 64 | (0b10 << 62) | (rand & ((1 << 62) - 1))
     base &= ~0xFFFF  # room for the line's index (batches are far below 65,536 lines)
-    return [str(uuid.UUID(int=base + i)) for i in range(count)]
+    if count > 0xFFFF:
+        raise ValueError(f"a batch of {count} lines is over the 65,535 that one base numbers")
+    # The index is the last four hex digits: one UUID formatted, the others are its prefix and a count.
+    prefix = str(uuid.UUID(int=base))[:-4]
+    return [f"{prefix}{i:04x}" for i in range(count)]
 
 
 def row(ingest_id, workspace_id, flow_run_id, task_run_id, level, message, timestamp, source="agent"):
     """One accepted line as the stream carries it."""
     return [ingest_id, int(workspace_id), str(flow_run_id), str(task_run_id) if task_run_id else None, int(level),
             message, timestamp.isoformat(), source]
+
+
+def batch_rows(workspace_id, flow_run_id, lines, now, source="agent"):
+    """`row`s of one run's accepted lines (dicts with level, message, and maybe task_run_id and
+    timestamp; a line without a timestamp gets `now`), with what they share formatted once."""
+    ids = ingest_ids(len(lines))
+    workspace_id, flow_run_id, stamp = int(workspace_id), str(flow_run_id), now.isoformat()
+    return [[ids[i], workspace_id, flow_run_id, str(task) if (task := line.get("task_run_id")) else None,
+             int(line["level"]), line["message"], moment.isoformat() if (moment := line.get("timestamp")) else stamp,
+             source]
+            for i, line in enumerate(lines)]
 
 
 def accept(rows):

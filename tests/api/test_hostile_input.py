@@ -13,7 +13,7 @@ import pytest
 from drf_spectacular.generators import SchemaGenerator
 
 from runs.api.schema import WORKSPACE_PREFIX
-from runs.models import FlowRun, Role
+from runs.models import FlowRun
 from tests import factories
 from tests.conftest import api_prefix
 
@@ -125,6 +125,39 @@ def test_the_body_checks_walk_any_depth_without_recursion(settings):
     assert "more than 500 levels" in refusal(nested(100_000))
     assert refusal(nested(499, leaf="fine")) is None
     assert "NUL" in refusal(nested(499, leaf="bad\x00"))
+
+
+@pytest.mark.parametrize("text, refused", [
+    ('{"a": "\\u0000"}', True), ('{"a": "\\uD800"}', True), ('{"a": "x\\udfff"}', True),
+    ('{"\\u0000": 1}', True),  # in a key
+    ('{"a": "\\\\u0000"}', False),  # an escaped backslash, then the letters u0000: storable text
+    ('{"a": "\\u00e9 \\ud7ff \\ue000"}', False),  # escapes of characters that are fine
+])
+def test_json_strings_are_judged_by_their_escapes_and_the_doubtful_walked(text, refused):
+    """`loads` looks at strings only when the text has an escape that could be a NUL or a surrogate;
+    a backslash that merely looks like one gets the whole walk, which finds the text fine."""
+    from rest_framework.exceptions import ParseError
+
+    from runs.api.parsers import loads
+
+    if refused:
+        with pytest.raises(ParseError, match="NUL"):
+            loads(text)
+    else:
+        assert loads(text) == json.loads(text)
+
+
+def test_without_escapes_the_depth_is_still_judged(settings):
+    from rest_framework.exceptions import ParseError
+
+    from runs.api.parsers import loads
+
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "API_MAX_JSON_DEPTH": 5}
+    assert loads(json.dumps({"a": [{"b": [1]}]})) == {"a": [{"b": [1]}]}  # 4 levels
+    with pytest.raises(ParseError, match="more than 5 levels"):
+        loads(json.dumps({"a": [{"b": [{"c": []}]}]}))  # 6 levels
+    with pytest.raises(ParseError, match="more than 5 levels"):
+        loads(json.dumps([[[[[[]]]]]]))
 
 
 # --- numbers ---------------------------------------------------------------------------------------

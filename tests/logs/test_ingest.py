@@ -263,3 +263,28 @@ def test_metrics_show_the_log_batches_waiting(logs_in_redis, reporter, prefix, r
     assert scrape(client)[("orchestrator_log_batches_buffered", ())] == 2
     drain()
     assert scrape(client)[("orchestrator_log_batches_buffered", ())] == 0
+
+
+def test_a_batch_of_ingest_ids_is_distinct_time_ordered_uuids():
+    import uuid
+
+    first, second = ingest.ingest_ids(3000), ingest.ingest_ids(10)
+    assert len(set(first)) == 3000
+    assert first == sorted(first) and [str(uuid.UUID(i)) for i in first] == first  # canonical form
+    assert all(uuid.UUID(i).version == 7 for i in first + second)
+    assert uuid.UUID(second[0]).int >> 80 >= uuid.UUID(first[0]).int >> 80  # milliseconds first
+    with pytest.raises(ValueError):
+        ingest.ingest_ids(70_000)
+
+
+def test_batch_rows_are_the_rows_row_makes(ws, run):
+    from datetime import datetime, timedelta
+    from datetime import timezone as dt_timezone
+
+    now = datetime(2026, 12, 7, 4, 0, tzinfo=dt_timezone.utc)
+    task = factories.task_run(run)
+    lines = [{"level": 20, "message": "plain"},
+             {"level": 40, "message": "a task's", "task_run_id": task.pk, "timestamp": now - timedelta(seconds=3)}]
+    rows = ingest.batch_rows(ws.pk, run.pk, lines, now)
+    assert rows == [ingest.row(rows[0][0], ws.pk, run.pk, None, 20, "plain", now),
+                    ingest.row(rows[1][0], ws.pk, run.pk, task.pk, 40, "a task's", now - timedelta(seconds=3))]
