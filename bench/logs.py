@@ -20,8 +20,8 @@ on a shared machine hits both alike; each row says what the flood really was (li
 accepted per second while the transitions were timed). BENCH_LOG_TRANSITIONS (default 1,000) per
 phase.
 
-Then the flood alone for 10 s: the CPU per 1,000 lines of the web server, the persister and the
-agents' process. And the log persister alone over BENCH_LOG_PERSIST_LINES (default 100,000) lines
+Then the flood alone for 10 s: the CPU per 1,000 lines of the web server, the persister, PostgreSQL's
+processes serving the bench's database and the agents' process. And the log persister alone over BENCH_LOG_PERSIST_LINES (default 100,000) lines
 waiting in the stream, beside a raw `COPY` of the same rows into a table like the logs table (its
 indexes, the trigram one included). PostgreSQL and Redis only.
 """
@@ -96,6 +96,22 @@ class Writers(Helper):
 
     def failures(self):
         return [line for line in self.lines if line.startswith("failed ")]
+
+
+def database_cpu():
+    """{backend pid: CPU seconds} of PostgreSQL's processes serving the bench's database (the web
+    server's, the persister's, autovacuum's), this process's own connection excepted."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        pids = [pid for (pid,) in cursor.fetchall()]
+    figures = {}
+    for pid in pids:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone, or PostgreSQL on another host: its share stays uncounted
+        figures[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return figures
 
 
 def _p99(values):
@@ -219,12 +235,14 @@ def run(table):
         server_before, persister_before = cpu_seconds(server.process.pid), persister.cpu()
         alone = Writers(base + "/agent/logs", log_runs)
         began = time.monotonic()
+        database_before = database_cpu()
         time.sleep(10)
         writers_cpu = alone.cpu()
         alone.stop()
         seconds = time.monotonic() - began
         server_cpu = cpu_seconds(server.process.pid) - server_before
         persister_cpu = persister.cpu() - persister_before
+        database_cpu_ = sum(cpu - database_before.get(pid, 0.0) for pid, cpu in database_cpu().items())
         if alone.failures():
             raise RuntimeError(f"log batches failed, e.g. {alone.failures()[0]}")
     finally:
@@ -243,7 +261,8 @@ def run(table):
     per_1000 = lambda cpu: cpu * 1000 / max(lines, 1) * 1000  # noqa: E731 - ms per 1,000 lines
     table.add(f"log flood alone, {WRITERS} agents posting {BATCH}-line batches for {seconds:.0f} s",
               f"{lines / seconds:,.0f} lines/s accepted; CPU per 1,000 lines: web server {per_1000(server_cpu):.0f} ms, "
-              f"log persister {per_1000(persister_cpu):.0f} ms, the agents {per_1000(writers_cpu):.0f} ms")
+              f"log persister {per_1000(persister_cpu):.0f} ms, PostgreSQL {per_1000(database_cpu_):.0f} ms, the agents "
+              f"{per_1000(writers_cpu):.0f} ms")
     accepted = lines + sum(result[3] for result in results.values())
     stored = Log.objects.filter(workspace=ws).count()
     assert stored == accepted, f"the API accepted {accepted} lines, {stored} were stored"

@@ -22,6 +22,10 @@ class Batch:
     source: str
     items: list  # decoded entry bodies
     ids: list = field(default_factory=list)  # stream entry ids (or table pks, for a table batch)
+    # Read again (this consumer's unacknowledged entries): a store may have kept them already. New
+    # entries are delivered once, so they cannot have been stored before (save for a group made
+    # again from 0; a store still refuses a duplicate id).
+    redelivered: bool = False
 
 
 class ConsumerGroupStream:
@@ -64,7 +68,7 @@ class ConsumerGroupStream:
         JSON list and the batch's items are their concatenation."""
         import redis
 
-        entries = []
+        entries, start = [], ">"
         for attempt in range(2):
             try:
                 for start in ("0", ">"):
@@ -88,7 +92,8 @@ class ConsumerGroupStream:
             try:
                 items = json.loads(b"[" + b",".join(bodies) + b"]")
                 if len(items) == len(bodies) and (not flatten or all(isinstance(i, list) for i in items)):
-                    return Batch("redis", [x for i in items for x in i] if flatten else items, ids)
+                    return Batch("redis", [x for i in items for x in i] if flatten else items, ids,
+                                 redelivered=start == "0")
             except ValueError:
                 pass
         items = []
@@ -105,7 +110,7 @@ class ConsumerGroupStream:
                     logger.error("Dropped stream entry %s of %s: not a list.", entry_id, self.key)
             else:
                 items.append(item)
-        return Batch("redis", items, ids)
+        return Batch("redis", items, ids, redelivered=start == "0")
 
     def ack(self, client, ids):
         """Acknowledge and delete the entries (after their transaction committed)."""

@@ -2,7 +2,8 @@
 
 Each transaction stores up to LOG_PERSISTER_BATCH_SIZE stream entries (one per accepted batch, up
 to AGENT_LOG_BATCH_MAX_LINES lines each) with one `COPY` (runs/logs/ingest.py), deduplicated by the
-lines' ingest ids; the entries are acknowledged only after it committed. A pass is bounded:
+lines' ingest ids (entries read for the first time are copied straight in: they cannot be there
+yet); the entries are acknowledged only after it committed. A pass is bounded:
 at most LOG_PERSISTER_MAX_BATCHES transactions. Two copies at once read the same pending entries
 and store them once (ON CONFLICT on ingest_id). Without REDIS_URL there is nothing to move: logs
 are written in the request (embedded mode).
@@ -28,7 +29,7 @@ def run_once(now=None):
         if not batch.ids:
             break
         with transaction.atomic():
-            stored = ingest.store(batch.items)
+            stored = ingest.store(batch.items, fresh=not batch.redelivered)
         ingest.STREAM.ack(client, batch.ids)
         summary["stored"] += stored
         summary["skipped"] += len(batch.items) - stored

@@ -128,8 +128,8 @@ def test_a_crash_before_the_commit_keeps_the_lines_for_the_next_pass(logs_in_red
     post(reporter, prefix, run, "kept", 12)
     real_store = ingest.store
 
-    def crash(rows):
-        real_store(rows)
+    def crash(rows, **kwargs):
+        real_store(rows, **kwargs)
         raise SystemExit("killed inside the transaction")
 
     monkeypatch.setattr(ingest, "store", crash)
@@ -288,3 +288,57 @@ def test_batch_rows_are_the_rows_row_makes(ws, run):
     rows = ingest.batch_rows(ws.pk, run.pk, lines, now)
     assert rows == [ingest.row(rows[0][0], ws.pk, run.pk, None, 20, "plain", now),
                     ingest.row(rows[1][0], ws.pk, run.pk, task.pk, 40, "a task's", now - timedelta(seconds=3))]
+
+
+@pytest.mark.postgres
+def test_the_recovery_reviews_lines_and_a_task_runs_lines_are_read_by_their_partial_indexes(ws, run):
+    """The partial indexes serve the reads they were made for (PostgreSQL proves the condition from
+    the query), and the agents' lines are not in them."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's planner")
+    task = factories.task_run(run)
+    Log.objects.bulk_create([Log(workspace=ws, flow_run=run, message=f"agent {i}") for i in range(2000)]
+                            + [Log(workspace=ws, flow_run=run, task_run=task, message="task", source="agent"),
+                               Log(workspace=ws, flow_run=run, message="rescheduled", source="lazarus")])
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE runs_log")
+        cursor.execute("SET enable_seqscan = off")
+    try:
+        recovery = Log.objects.filter(workspace=ws, source__in=("lazarus", "zombie-killer"),
+                                      timestamp__gte="2000-01-01T00:00:00Z").explain()
+        of_task = Log.objects.filter(task_run=task).explain()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET enable_seqscan")
+    assert "log_service_source_time" in recovery, recovery
+    assert "log_task_run" in of_task, of_task
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_relation_size('log_task_run'), pg_relation_size('log_ws_time_id')")
+        partial, full = cursor.fetchone()
+    assert partial < full / 4, (partial, full)
+
+
+@pytest.mark.postgres
+def test_fresh_lines_are_copied_straight_and_a_line_stored_already_takes_the_careful_path(ws, run):
+    if connection.vendor != "postgresql":
+        pytest.skip("the COPY paths are PostgreSQL's")
+    from django.db import transaction
+    from django.utils import timezone
+
+    rows = ingest.batch_rows(ws.pk, run.pk, [{"level": 20, "message": f"line {i}"} for i in range(5)], timezone.now())
+    with CaptureQueriesContext(connection) as straight, transaction.atomic():
+        assert ingest.store(rows[:3], fresh=True) == 3
+    assert not any("log_ingest" in q["sql"] for q in straight.captured_queries), straight.captured_queries
+    # Entries new to the stream whose lines are stored already (a group made again from 0): the
+    # unique ingest id refuses the straight copy, and the careful path keeps the two new lines.
+    with CaptureQueriesContext(connection) as careful, transaction.atomic():
+        assert ingest.store(rows, fresh=True) == 2
+    assert any("log_ingest" in q["sql"] for q in careful.captured_queries)
+    assert sorted(Log.objects.values_list("message", flat=True)) == [f"line {i}" for i in range(5)]
+    # A run deleted meanwhile: the foreign key refuses the copy inside the savepoint, not at commit.
+    gone = factories.flow_run(factories.flow(ws), state=State.RUNNING)
+    late = ingest.batch_rows(ws.pk, gone.pk, [{"level": 20, "message": "too late"}], timezone.now())
+    gone.delete()
+    with transaction.atomic():
+        assert ingest.store(late, fresh=True) == 0
+    assert not Log.objects.filter(message="too late").exists()
