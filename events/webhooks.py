@@ -237,6 +237,11 @@ def _body(request, raw):
         raise TemplateError(f"The body is not JSON: {exc}") from None
 
 
+def too_large_detail():
+    limit = settings.ORCHESTRATOR["WEBHOOK_MAX_BODY_BYTES"]
+    return f"The body is larger than {limit} bytes (ORCHESTRATOR_WEBHOOK_MAX_BODY_BYTES)."
+
+
 def _answer(status, detail, **extra):
     return JsonResponse({"detail": detail, **extra}, status=status)
 
@@ -256,7 +261,7 @@ def receive(request, slug):
     if webhook is None:
         return _answer(404, "No such webhook.")
     limit = settings.ORCHESTRATOR["WEBHOOK_MAX_BODY_BYTES"]
-    too_big = _answer(413, f"The body is larger than {limit} bytes (ORCHESTRATOR_WEBHOOK_MAX_BODY_BYTES).")
+    too_big = _answer(413, too_large_detail())
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:

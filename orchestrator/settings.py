@@ -162,6 +162,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: a body too large or without a length is refused before anything reads it (WSGI; under
+    # ASGI orchestrator/asgi.py's wrapper has answered already).
+    "orchestrator.bodies.BoundedBodiesMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
