@@ -109,7 +109,9 @@ def loads(text, where="The request body"):
         value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int)
     except RecursionError:  # the C scanner stops cleanly at Python's recursion limit
         raise exceptions.ParseError(too_deep_message(where)) from None
-    if SUSPECT_ESCAPE.search(text):
+    if SUSPECT_ESCAPE.search(text) or UNSTORABLE.search(text):
+        # (The raw characters too: a body sent as charset=unicode_escape, a codec Django accepts,
+        # arrives with its escapes already turned into characters.)
         problem = refusal(value, where)  # every string looked at, and the depth
     else:
         # Strings are fine (above) and numbers were judged while parsing: only the depth is left,

@@ -147,6 +147,19 @@ def test_json_strings_are_judged_by_their_escapes_and_the_doubtful_walked(text, 
         assert loads(text) == json.loads(text)
 
 
+@pytest.mark.parametrize("escaped, problem", [(b"\\ud800", "surrogates"), (b"\\u0000", "NUL")])
+def test_a_body_whose_charset_turns_escapes_into_characters_is_still_judged(operator, prefix, ws, escaped, problem):
+    """Django takes any codec Python knows from the Content-Type's charset; unicode_escape turns the
+    text's escapes into the characters themselves before JSON sees them."""
+    flow = factories.flow(ws)
+    body = b'{"flow": "%s", "parameters": {"x": "a%sb"}}' % (flow.name.encode(), escaped)
+    response = operator.generic("POST", f"{prefix}/flow_runs/", body,
+                                content_type="application/json; charset=unicode_escape")
+    assert response.status_code == 400, response.content[:300]
+    assert problem in response.json()["error"]["message"] or "JSON parse error" in response.json()["error"]["message"]
+    assert not FlowRun.objects.filter(flow=flow).exists()
+
+
 def test_without_escapes_the_depth_is_still_judged(settings):
     from rest_framework.exceptions import ParseError
 
