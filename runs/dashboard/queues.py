@@ -14,7 +14,7 @@ from django.views.decorators.http import require_POST
 from runs import actions
 from runs.access import may, scoped
 from runs.audit import Who
-from runs.models import TERMINAL_STATES, Agent, FlowRun, Role, WorkQueue
+from runs.models import TERMINAL_STATES, Agent, FlowRun, Role, State, WorkQueue
 
 from . import display
 from .views import dashboard_login_required
@@ -78,7 +78,10 @@ def agent_detail(request, pk):
     if agent is None:
         raise Http404("No such agent.")
     runs = FlowRun.objects.listed().filter(agent=agent).select_related("flow", "work_queue")
-    current = list(runs.exclude(state__in=TERMINAL_STATES).order_by("-scheduled_start", "-id")[:RECENT_RUNS])
+    # The unfinished states named, not "not finished": the agent's partial index of unfinished runs
+    # answers only a query that names its states (flowrun_agent_unfinished).
+    unfinished = [state for state in State if state not in TERMINAL_STATES]
+    current = list(runs.filter(state__in=unfinished).order_by("-scheduled_start", "-id")[:RECENT_RUNS])
     recent = list(runs.filter(state__in=TERMINAL_STATES, scheduled_start__gte=now - RECENT_WINDOW)
                   .order_by("-scheduled_start", "-id")[:RECENT_RUNS])
     seen = (now - agent.last_heartbeat).total_seconds() if agent.last_heartbeat else None

@@ -44,6 +44,7 @@ class Filters:
         self.since = self._time(params, "since")
         self.until = self._time(params, "until")
         self.q = params.get("q", "").strip()[:200]
+        self._scope_edges = {}  # with a state filter or not: the oldest (due time, id) of the text search's scope
 
     def _int(self, params, name):
         raw = params.get(name, "").strip()
@@ -79,10 +80,26 @@ class Filters:
             try:
                 runs = runs.filter(pk=uuid.UUID(self.q))
             except ValueError:
-                newest = runs.order_by("-scheduled_start", "-id").values("pk")[:TEXT_SEARCH_SCOPE]
-                runs = runs.filter(pk__in=newest).filter(
+                runs = self._in_text_scope(runs, with_state).filter(
                     Q(name__icontains=self.q) | Q(flow__name__icontains=self.q) | Q(state_message__icontains=self.q))
         return runs
+
+    def _in_text_scope(self, runs, with_state):
+        """`runs` cut to the newest TEXT_SEARCH_SCOPE of them, as a range of due times.
+
+        The oldest run of the scope is looked up first (one query, remembered for the counts when
+        they have the same filters), so the search is an index range read of the scope: as `pk IN
+        (the newest ids)` PostgreSQL read the whole table and joined it to the ids (0.6 s a query
+        at a million runs)."""
+        key = with_state and bool(self.states)
+        if key not in self._scope_edges:
+            oldest = runs.order_by("-scheduled_start", "-id").values_list("scheduled_start", "id")
+            self._scope_edges[key] = next(iter(oldest[TEXT_SEARCH_SCOPE - 1:TEXT_SEARCH_SCOPE]), None)
+        edge = self._scope_edges[key]
+        if edge is None:  # fewer runs than the scope: all of them
+            return runs
+        moment, pk = edge
+        return runs.filter(scheduled_start__gte=moment).filter(Q(scheduled_start__gt=moment) | Q(id__gte=pk))
 
     def as_form(self):
         return {"states": self.states, **{k: v for k, v in self.ids.items()}, "q": self.q,

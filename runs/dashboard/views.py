@@ -13,7 +13,7 @@ from django.utils.dateparse import parse_datetime
 from runs.access import may, scoped, workspace_ids_for
 from runs.models import AuditEntry, Flow, FlowRun, Role, WorkQueue
 
-from . import display, queries
+from . import display, markup, queries
 from .attempts import attempts_of
 from .live import PART_EVENTS, stream_url
 
@@ -75,7 +75,8 @@ def overview(request):
 
 
 def timeline_bars(runs, start, end, now):
-    """Geometry of each run's bar in percent of the window, and the marks a person looks for."""
+    """Geometry of each run's bar in percent of the window, the marks a person looks for, and its row's
+    markup (markup.py)."""
     span = (end - start).total_seconds()
     bars = []
     for run in runs:
@@ -91,6 +92,9 @@ def timeline_bars(runs, start, end, now):
             "css": display.state_css(run.state), "open": run.end_time is None and begin <= now,
             "alarm": run.state in ("LATE", "CRASHED", "FAILED"),
         })
+    now_left = display.percent(now, start, span) if start <= now <= end else None
+    for bar in bars:
+        bar["html"] = markup.bar_row(bar, now_left)
     return bars
 
 
@@ -179,6 +183,7 @@ def duration_scatter(runs, start, end, width=1000, height=160):
             "x": round((run.start_time - start).total_seconds() / span * width, 1),
             "y": round(height - (seconds / longest) ** 0.5 * (height - 8) - 4, 1),
         })
+        points[-1]["html"] = markup.scatter_dot(points[-1])
     return {"points": points, "longest": display.format_age(longest), "width": width, "height": height}
 
 
@@ -237,6 +242,8 @@ def run_detail(request, pk):
         "width": max(display.percent(t.end_time or now, gantt_start, span)
                      - display.percent(t.start_time, gantt_start, span), 0.5) if t.start_time else 0,
     } for t in task_runs]
+    for row in gantt:
+        row["html"] = markup.gantt_row(row)
     context = {
         "nav": "timeline", "now": now, "run": run, "css": display.state_css(run.state),
         "heartbeat": display.heartbeat_of(run, now), "history": history, "gantt": gantt,
@@ -302,7 +309,8 @@ def recovery(request):
     context = {
         "nav": "recovery", "now": now, "period": hours, "periods": RECOVERY_PERIODS, "flow_id": flow_id,
         "flows": scoped(request, Flow.objects.order_by("name")).only("id", "name")[:500],
-        "rows": queries.recovery_interventions(request, queries.period_start(now, hours), flow_id),
+        "rows": [{**row, "html": markup.recovery_row(row)}
+                 for row in queries.recovery_interventions(request, queries.period_start(now, hours), flow_id)],
         "failing": recovery_services_failing(now),
         "stream_url": stream_url(PART_EVENTS["recovery"], since=now),
     }

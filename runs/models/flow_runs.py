@@ -4,6 +4,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from .flows import Flow, FlowVersion
@@ -151,6 +152,37 @@ class FlowRun(models.Model):
             models.Index(fields=["workspace", "created", "id"], name="flowrun_ws_created_id"),
             # The dashboard's runs list: newest due first in keyset pages, whatever the state.
             models.Index(fields=["workspace", "-scheduled_start", "-id"], name="flowrun_ws_due_id"),
+            # The dashboard's budgets at a million runs (issue 15; runs/dashboard/). Partial on
+            # deleted_at IS NULL and covering flow and schedule, so the counts of listed runs
+            # (FlowRun.objects.listed()) are index-only scans: the overview's runs by state, the
+            # runs list's capped counts per state, with and without a flow, the queues' loads.
+            models.Index(fields=["workspace", "state", "scheduled_start"], include=["flow", "schedule", "work_queue"],
+                         condition=models.Q(deleted_at__isnull=True), name="flowrun_listed_state_time"),
+            models.Index(fields=["flow", "state", "-scheduled_start", "-id"], include=["workspace", "schedule"],
+                         condition=models.Q(deleted_at__isnull=True), name="flowrun_listed_flow_state"),
+            # The overview's runs in flight, the most silent first: the first 50 in index order.
+            models.Index(models.F("workspace"), Coalesce("last_heartbeat", "start_time", "state_changed"),
+                         include=["flow", "schedule"],
+                         condition=models.Q(state__in=["SUBMITTED", "RUNNING", "CANCELLING"], deleted_at__isnull=True),
+                         name="flowrun_in_flight_beat"),
+            # The timeline's bars in order of their start (start time, else due time): unfinished runs
+            # read in index order; finished ones index-only (their end time included) to skip the
+            # runs of the look-back day that ended before the window without reading the table.
+            models.Index(models.F("workspace"), Coalesce("start_time", "scheduled_start"), models.F("id"),
+                         condition=models.Q(state__in=["SCHEDULED", "LATE", "SUBMITTED", "RUNNING", "PAUSED",
+                                                       "CANCELLING"]),
+                         name="flowrun_bar_unfinished"),
+            models.Index(models.F("workspace"), Coalesce("start_time", "scheduled_start"), models.F("id"),
+                         include=["start_time", "scheduled_start", "end_time", "flow", "schedule", "work_queue"],
+                         condition=models.Q(state__in=["COMPLETED", "FAILED", "CANCELLED", "CRASHED"],
+                                            deleted_at__isnull=True),
+                         name="flowrun_bar_finished"),
+            # An agent's page: its unfinished runs, and its runs newest first (the finished of a week).
+            models.Index(fields=["agent", "-scheduled_start", "-id"],
+                         condition=models.Q(state__in=["SCHEDULED", "LATE", "SUBMITTED", "RUNNING", "PAUSED",
+                                                       "CANCELLING"]),
+                         name="flowrun_agent_unfinished"),
+            models.Index(fields=["agent", "-scheduled_start", "-id"], name="flowrun_agent_due_id"),
             # Retention (services/retention.py), one index per step so each pass is an index scan:
             # finished runs not yet given an expiry, by end; expired runs not yet hidden; hidden runs.
             models.Index(

@@ -49,6 +49,10 @@ class StateChange(models.Model):
         indexes = [
             models.Index(fields=["flow_run", "timestamp"], name="statechange_run_time"),
             models.Index(fields=["task_run", "timestamp"], name="statechange_task_time"),
+            # The dashboard's recovery review: the recovery services' acts, newest first, read in
+            # index order until a page is full (every other actor's changes are most of the table).
+            models.Index(fields=["-timestamp", "-id"], condition=models.Q(actor__in=["lazarus", "zombie-killer"]),
+                         name="statechange_recovery_time"),
         ]
         ordering = ["timestamp", "id"]
 
