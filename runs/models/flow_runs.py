@@ -55,13 +55,16 @@ class FlowRunQuerySet(models.QuerySet):
 
 class FlowRun(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="flow_runs")
-    flow = models.ForeignKey(Flow, on_delete=models.CASCADE, related_name="runs")
+    # A state change rewrites every index of its row, so the foreign keys whose columns lead a
+    # composite index below (workspace, flow, schedule, agent) have no index of their own.
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="flow_runs", db_index=False)
+    flow = models.ForeignKey(Flow, on_delete=models.CASCADE, related_name="runs", db_index=False)
     flow_version = models.ForeignKey(FlowVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
-    schedule = models.ForeignKey(Schedule, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
+    schedule = models.ForeignKey(Schedule, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs",
+                                 db_index=False)
     # Kept apart from the schedule FK: (flow, schedule_slug, slot) identifies an auto-scheduled run
     # even after its schedule is deleted and re-created with the same slug.
-    schedule_slug = models.SlugField(max_length=100, blank=True)
+    schedule_slug = models.SlugField(max_length=100, blank=True, db_index=False)  # indexed below, without LIKE's
     parent_task_run = models.ForeignKey(
         "runs.TaskRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="child_flow_runs"
     )
@@ -90,7 +93,8 @@ class FlowRun(models.Model):
         help_text="The API key a manual run was made with (also a person's own key); empty otherwise.",
     )
     work_queue = models.ForeignKey(WorkQueue, null=True, blank=True, on_delete=models.SET_NULL, related_name="flow_runs")
-    agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="flow_runs")
+    agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="flow_runs",
+                              db_index=False)
     start_time = models.DateTimeField(null=True, blank=True)
     end_time = models.DateTimeField(null=True, blank=True)
     last_heartbeat = models.DateTimeField(null=True, blank=True)
@@ -145,6 +149,7 @@ class FlowRun(models.Model):
                 fields=["scheduled_start"], condition=models.Q(state="SCHEDULED"), name="flowrun_scheduled_due"
             ),
             models.Index(fields=["flow", "scheduled_start"], name="flowrun_flow_time"),
+            models.Index(fields=["schedule_slug"], name="flowrun_schedule_slug"),  # the API's schedule= filter
             models.Index(fields=["schedule", "scheduled_start"], name="flowrun_schedule_time"),
             # The API's run pages: keyset cursors on (time, id), so id ends each index (ties are common:
             # a scheduler pass gives its runs one `created`, many schedules fire at 02:00).
