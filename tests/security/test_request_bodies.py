@@ -5,7 +5,6 @@ spooled to an unnamed temporary file by Django's ASGI handler, 1.7 GB in 15 s, a
 under gunicorn the same body was read as empty and answered with a 400 about missing fields.
 """
 
-import asyncio
 import json
 import os
 import socket
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.test import RequestFactory
 
 from orchestrator.bodies import BoundedBodies, BoundedBodiesMiddleware
@@ -44,7 +44,8 @@ def call_asgi(app, path, headers, messages):
         sent.append(message)
 
     scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
-    asyncio.run(app(scope, receive, send))
+    # async_to_sync, not asyncio.run: the browser tests leave an event loop running in this thread.
+    async_to_sync(app)(scope, receive, send)
     return sent, received
 
 
