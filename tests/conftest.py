@@ -79,6 +79,31 @@ def no_verified_keys_remembered():
     verified_keys.forget_all()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def static_files_found_once():
+    """WhiteNoise finds and stats every static file when Django builds the middleware, which the test
+    client does for every test: 0.1 s a test (tests run with DEBUG off, as Django's test runner sets
+    it, so WhiteNoise does not autorefresh; production builds it once a process). The files do not
+    change during a run: each configuration finds them once, and every later middleware gets the same."""
+    from django.conf import settings
+    from whitenoise.middleware import WhiteNoiseMiddleware
+
+    find_every_file = WhiteNoiseMiddleware.add_files_from_finders
+    found = {}  # (static URL prefix, apps, static dirs) -> {url: whitenoise StaticFile}
+
+    def add_files_from_finders(self):
+        key = (self.static_prefix, tuple(settings.INSTALLED_APPS), tuple(map(str, settings.STATICFILES_DIRS)))
+        if key not in found:
+            before = dict(self.files)
+            find_every_file(self)
+            found[key] = {url: file for url, file in self.files.items() if before.get(url) is not file}
+        self.files.update(found[key])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(WhiteNoiseMiddleware, "add_files_from_finders", add_files_from_finders)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     """Django's default hasher takes about 0.35 s a password here, by design; tests create
