@@ -35,8 +35,12 @@ run: seed
 	  --ready-file var/admin-login.txt
 
 # The whole suite: against PostgreSQL and Redis when DATABASE_URL / REDIS_URL are set, else SQLite.
+# In PYTEST_WORKERS pytest-xdist processes: 3 on CI's 2 cores, as many tests wait for processes they
+# started; each worker has its own test database and Redis database (tests/conftest.py).
+# PYTEST_WORKERS=0 runs the suite in this one process.
+PYTEST_WORKERS ?= 3
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 bench: migrate
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -10,6 +10,40 @@ os.environ.setdefault("DEBUG", "true")
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 import pytest  # noqa: E402
+
+
+def worker_redis_url(url, index):
+    """`url` with its database number moved up by `index` (from 0 when the URL names none)."""
+    match = re.fullmatch(r"(?P<server>rediss?://[^/?#]*)(?:/(?P<db>\d*))?(?P<query>[?#].*)?", url)
+    if match is None:
+        raise ValueError(f"REDIS_URL {url!r} is not redis://host:port/db: cannot give each xdist worker a database")
+    return f"{match['server']}/{(int(match['db'] or 0) + index) % 16}{match['query'] or ''}"  # 16: Redis's default
+
+
+def _own_redis_database_per_xdist_worker():
+    """Under pytest-xdist (`make test`), worker gwN uses Redis database REDIS_URL's + N (a suite run
+    with redis://…/6 and three workers uses 6, 7 and 8) and a file cache of its own without Redis.
+
+    pytest-django already gives each worker a test database of its own; without this the workers
+    would share throttle counters, webhook rate limits and Celery queues, and one worker's test
+    would count the other's requests. The environment is for the processes tests start; this
+    process read its settings before this file, so the settings derived from REDIS_URL are set
+    here too (nothing has opened the cache or the broker yet)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not re.fullmatch(r"gw\d+", worker):
+        return
+    from django.conf import settings
+
+    cache = settings.CACHES["default"]
+    if settings.REDIS_URL:
+        url = worker_redis_url(settings.REDIS_URL, int(worker[2:]))
+        os.environ["REDIS_URL"] = settings.REDIS_URL = settings.CELERY_BROKER_URL = cache["LOCATION"] = url
+    elif cache["BACKEND"].endswith("FileBasedCache"):
+        cache["LOCATION"] = f"{cache['LOCATION']}-{worker}"
+
+
+_own_redis_database_per_xdist_worker()
+
 from django.core.exceptions import ValidationError  # noqa: E402
 from rest_framework.test import APIClient  # noqa: E402
 
@@ -77,6 +111,31 @@ def no_verified_keys_remembered():
     from runs.api.key_cache import verified_keys
 
     verified_keys.forget_all()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def static_files_found_once():
+    """WhiteNoise finds and stats every static file when Django builds the middleware, which the test
+    client does for every test: 0.1 s a test (tests run with DEBUG off, as Django's test runner sets
+    it, so WhiteNoise does not autorefresh; production builds it once a process). The files do not
+    change during a run: each configuration finds them once, and every later middleware gets the same."""
+    from django.conf import settings
+    from whitenoise.middleware import WhiteNoiseMiddleware
+
+    find_every_file = WhiteNoiseMiddleware.add_files_from_finders
+    found = {}  # (static URL prefix, apps, static dirs) -> {url: whitenoise StaticFile}
+
+    def add_files_from_finders(self):
+        key = (self.static_prefix, tuple(settings.INSTALLED_APPS), tuple(map(str, settings.STATICFILES_DIRS)))
+        if key not in found:
+            before = dict(self.files)
+            find_every_file(self)
+            found[key] = {url: file for url, file in self.files.items() if before.get(url) is not file}
+        self.files.update(found[key])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(WhiteNoiseMiddleware, "add_files_from_finders", add_files_from_finders)
+        yield
 
 
 @pytest.fixture(autouse=True)

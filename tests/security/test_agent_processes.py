@@ -4,7 +4,7 @@ import pytest
 
 from runs.models import FlowRun, Log, Role, State
 from tests import factories
-from tests.agent.conftest import log_persister_running, start_agent, wait_for, workspace_url  # noqa: F401 - fixtures
+from tests.agent.conftest import drain_logs, log_persister_running, start_agent, wait_for, workspace_url  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -38,7 +38,16 @@ def test_the_runners_flow_returned_line_never_holds_a_secret(ws, workspace_url, 
     run = factories.flow_run(flow, work_queue=queue, flow_version=flow.latest_version)
     agent = start_agent(workspace_url, factories.api_key(ws, role=Role.AGENT)[1], "e2e", "returner")
     wait_for(lambda: finished(run.pk), what=lambda: f"the run to finish\n{agent.output()}")
-    messages = "\n".join(Log.objects.filter(flow_run=run).values_list("message", flat=True))
-    assert "Flow returned" in messages, messages
+    # The runner's last log batch may reach the server after its final state, and an accepted line
+    # waits in the Redis stream for the log persister: wait for the line, then read what is stored.
+    wait_for(lambda: "Flow returned" in stored_messages(run), timeout=15,
+             what=lambda: f"the 'Flow returned' line\n{stored_messages(run)}\n{agent.output()}")
+    messages = stored_messages(run)
     assert "w0rd-Qx9" not in messages, messages
+
+
+def stored_messages(run):
+    """The run's log lines as the server stored them, after storing every accepted line."""
+    drain_logs()
+    return "\n".join(Log.objects.filter(flow_run=run).values_list("message", flat=True))
 
