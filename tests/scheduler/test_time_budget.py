@@ -111,3 +111,16 @@ def test_a_computation_within_its_budget_returns_its_result_and_leaves_no_trace(
     results = []
     in_a_thread(lambda: results.append(quick()))
     assert results == ["0"]
+
+
+def test_waiting_is_not_charged_only_the_threads_own_cpu_time():
+    """A loaded server (other threads holding the GIL, other processes the cores) must judge a rule as
+    a quiet one does: the budget counts the thread's CPU time, so a wait does not use it up."""
+    def waits_then_works():
+        with time_budget(0.2):
+            time.sleep(0.5)  # what a busy machine does to a request: wall-clock time passes
+            return sorted(str(i) for i in range(20_000))[0]
+
+    results = []
+    outcome = in_a_thread(lambda: results.append(waits_then_works()))
+    assert results == ["0"] and "raised" not in outcome and outcome["seconds"] >= 0.5
