@@ -5,16 +5,17 @@ spooled to an unnamed temporary file by Django's ASGI handler, 1.7 GB in 15 s, a
 under gunicorn the same body was read as empty and answered with a 400 about missing fields.
 """
 
+import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from asgiref.sync import async_to_sync
 from django.test import RequestFactory
 
 from orchestrator.bodies import BoundedBodies, BoundedBodiesMiddleware
@@ -44,8 +45,10 @@ def call_asgi(app, path, headers, messages):
         sent.append(message)
 
     scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
-    # async_to_sync, not asyncio.run: the browser tests leave an event loop running in this thread.
-    async_to_sync(app)(scope, receive, send)
+    # In a thread of its own: the browser tests (sometimes, by worker and order) leave an event loop
+    # running in this one, where asyncio.run and async_to_sync both refuse.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, app(scope, receive, send)).result()
     return sent, received
 
 
