@@ -59,16 +59,19 @@ def _tree(pid):
     return found
 
 
+def process_cpu_seconds(pid):
+    """User + system CPU seconds of the process `pid` alone, as /proc says now; None when it is gone
+    (or on another host)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
 def cpu_seconds(pid):
     """User + system CPU seconds of `pid` and every descendant, as /proc says now."""
-    total = 0
-    for each in _tree(pid):
-        try:
-            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICK
+    return sum(seconds for seconds in map(process_cpu_seconds, _tree(pid)) if seconds is not None)
 
 
 def _database_url():

@@ -44,7 +44,7 @@ from runs.logs import ingest
 from runs.models import Account, ApiKey, Flow, FlowRun, Log, Role, State, WorkQueue, Workspace
 from runs.run_tokens import token_of
 
-from .http import CLIENTS, ROOT, Server, cpu_seconds, production_env
+from .http import CLIENTS, ROOT, Server, cpu_seconds, process_cpu_seconds, production_env
 
 TRANSITIONS = int(os.environ.get("BENCH_LOG_TRANSITIONS", "1000"))
 STEADY_RATE = float(os.environ.get("BENCH_LOG_STEADY_RATE", "30"))
@@ -104,14 +104,8 @@ def database_cpu():
     with connection.cursor() as cursor:
         cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
         pids = [pid for (pid,) in cursor.fetchall()]
-    figures = {}
-    for pid in pids:
-        try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone, or PostgreSQL on another host: its share stays uncounted
-        figures[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return figures
+    # A backend gone, or PostgreSQL on another host: its share stays uncounted.
+    return {pid: seconds for pid in pids if (seconds := process_cpu_seconds(pid)) is not None}
 
 
 def _p99(values):

@@ -41,15 +41,12 @@ def answer(path, status):
 
         detail = LENGTH_REQUIRED if status == 411 else too_large_detail()
         return status, "application/json", json.dumps({"detail": detail}).encode()
-    if status == 411:
-        code, message = "length_required", LENGTH_REQUIRED
-    else:
-        from runs.api.errors import too_large_body  # the API's own 413, word for word
+    from runs.api.errors import error_body, too_large_body  # the API's own error form and 413, word for word
 
-        code, message = too_large_body()["error"]["code"], too_large_body()["error"]["message"]
+    error = error_body("length_required", LENGTH_REQUIRED) if status == 411 else too_large_body()
     if path.startswith("/api/"):
-        return status, "application/json", json.dumps({"error": {"code": code, "message": message, "fields": {}}}).encode()
-    return status, "text/plain; charset=utf-8", message.encode()
+        return status, "application/json", json.dumps(error).encode()
+    return status, "text/plain; charset=utf-8", error["error"]["message"].encode()
 
 
 def refusal(path, content_length, transfer_encoding):

@@ -168,12 +168,18 @@ ON CONFLICT (ingest_id) DO NOTHING
 """
 
 
+def _copy_in(cursor, target, rows):
+    """COPY `rows` into `target` (a table and its columns) through psycopg's own cursor: Django's has
+    no COPY. Call under connection.wrap_database_errors, which makes psycopg's errors Django's."""
+    with cursor.cursor.copy(f"COPY {target} FROM STDIN") as copy:
+        for values in rows:
+            copy.write_row(values)
+
+
 def _copy(rows):
     with connection.cursor() as cursor, connection.wrap_database_errors:
         cursor.execute(_TEMP)
-        with cursor.cursor.copy(f"COPY log_ingest (ord, {_COLUMNS}) FROM STDIN") as copy:  # psycopg's own cursor
-            for index, values in enumerate(rows):
-                copy.write_row([index, *values])
+        _copy_in(cursor, f"log_ingest (ord, {_COLUMNS})", ([index, *values] for index, values in enumerate(rows)))
         cursor.execute(_INSERT)
         stored = cursor.rowcount
         # Emptied at once, not only at commit: one transaction may store several times (a refused
@@ -183,11 +189,8 @@ def _copy(rows):
 
 
 def _copy_straight(rows):
-    # psycopg's own cursor (Django's has no COPY): its errors are turned into Django's by the wrapper.
     with connection.cursor() as cursor, connection.wrap_database_errors:
-        with cursor.cursor.copy(f"COPY runs_log ({_COLUMNS}) FROM STDIN") as copy:
-            for values in rows:
-                copy.write_row(values)
+        _copy_in(cursor, f"runs_log ({_COLUMNS})", rows)
         # The foreign keys are deferred to the commit: check them here, inside the savepoint.
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         cursor.execute("SET CONSTRAINTS ALL DEFERRED")

@@ -13,14 +13,13 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from django.test import RequestFactory
 
 from orchestrator.bodies import BoundedBodies, BoundedBodiesMiddleware
+from tests.agent.conftest import REPO, free_port, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 4096
 
 
@@ -138,12 +137,6 @@ def test_wsgi_a_body_declared_too_large_is_a_413_and_one_within_passes(small_lim
 
 # --- from the outside: both servers, a socket that never stops sending ---------------------------
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 SERVERS = {
     "uvicorn": lambda port: [sys.executable, "-m", "uvicorn", "orchestrator.asgi:application", "--host", "127.0.0.1",
                              "--port", str(port), "--log-level", "warning"],
@@ -154,19 +147,21 @@ SERVERS = {
 
 @pytest.fixture(params=sorted(SERVERS))
 def live_server_process(request, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DEBUG": "true", "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "REDIS_URL": "",
            "ORCHESTRATOR_API_MAX_BODY_BYTES": str(64 * 1024)}
-    process = subprocess.Popen(SERVERS[request.param](port), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(SERVERS[request.param](port), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def listening():
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+            return True
         except OSError:
-            assert process.poll() is None, process.stderr.read().decode()[-2000:]
-            time.sleep(0.2)
+            return False
+
+    wait_for(listening, timeout=60, what=f"{request.param} to listen")
     yield port
     process.terminate()
     process.wait(timeout=20)
