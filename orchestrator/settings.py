@@ -166,6 +166,8 @@ MIDDLEWARE = [
     # ASGI orchestrator/asgi.py's wrapper has answered already).
     "orchestrator.bodies.BoundedBodiesMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # A flow run's heartbeat that is in order is answered here, before the rest (runs/api/hot_lane.py).
+    "runs.api.hot_lane.HotLaneMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

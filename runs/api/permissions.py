@@ -22,10 +22,11 @@ def resolve_workspace(account_slug, workspace_slug):
         raise exceptions.NotFound("No such workspace.") from None
 
 
-def granted_workspace(workspace_id, account_slug, workspace_slug):
+def known_workspace(workspace_id, account_slug, workspace_slug):
     """The workspace a flow run's report token names (`workspace_id`), when it is the one the URL
-    names and is not being deleted; else 404. Kept in the process as verified keys are
-    (runs/api/key_cache.py): a report needs no query to find its workspace."""
+    names and is not being deleted; else NotFound. Kept in the process as verified keys are
+    (runs/api/key_cache.py), so a report needs no query to find its workspace. Shared by the
+    process's requests: read it, or take `granted_workspace`'s copy."""
     workspace = known_workspaces.get(workspace_id)
     if workspace is None:
         workspace = Workspace.objects.select_related("account").filter(pk=workspace_id).first()
@@ -34,7 +35,13 @@ def granted_workspace(workspace_id, account_slug, workspace_slug):
         known_workspaces.remember(workspace_id, workspace)
     if workspace.slug != workspace_slug or workspace.account.slug != account_slug:
         raise exceptions.NotFound("No such workspace.")
-    mine = copy.copy(workspace)  # what one request changes on it never reaches another
+    return workspace
+
+
+def granted_workspace(workspace_id, account_slug, workspace_slug):
+    """known_workspace's, copied for one request to hold: what it changes never reaches another."""
+    workspace = known_workspace(workspace_id, account_slug, workspace_slug)
+    mine = copy.copy(workspace)
     mine.account = copy.copy(workspace.account)
     return mine
 
