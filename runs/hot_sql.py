@@ -6,6 +6,8 @@ that pins what it does; everything else stays with the ORM. Column and table nam
 models' `_meta`, so a renamed field breaks loudly here instead of silently elsewhere.
 """
 
+import json
+
 from django.db import connection, transaction
 
 
@@ -53,3 +55,55 @@ def beat_flow_run(run_id, workspace_id, now, generation):
             return None
     return FlowRun.objects.filter(pk=run_id).values_list(*(f"{name}_id" if name != "state" else name
                                                            for name in BEAT_FIELDS)).first()
+
+
+# --- agent poll ---
+
+def poll_snapshot(agent_id, workspace_id, now, stale_before):
+    """What an agent's poll needs to know before claiming, in one query (PostgreSQL only): None when
+    the workspace has no such agent, else (name, status, [(queue id, polled before `stale_before`)],
+    [(id, state) of its SUBMITTED and CANCELLING runs, oldest scheduled start first], whether any
+    run is due in one of its unpaused queues).
+
+    Each of its queues is probed for a due run through the partial index `flowrun_claimable`
+    (queue, start) of SCHEDULED and LATE runs, in that order of states so that the planner sees the
+    index's predicate; the runs due in other workspaces are never read.
+
+    A poll that finds nothing due and nothing to hand out again needs no more than this (see
+    runs/api/agents.py `quiet_poll`); the claim itself, with its locks, runs only when it has work.
+    """
+    from runs.models import Agent, FlowRun, State, WorkQueue
+
+    quote = connection.ops.quote_name
+    runs, queues, agents = (quote(m._meta.db_table) for m in (FlowRun, WorkQueue, Agent))
+    through = Agent.queues.through._meta
+    link = quote(through.db_table)
+    link_agent = quote(through.get_field("agent").column)
+    link_queue = quote(through.get_field("workqueue").column)
+    run_agent, run_state, run_start = (_column(FlowRun, n) for n in ("agent", "state", "scheduled_start"))
+    run_deleted, run_queue, run_id = (_column(FlowRun, n) for n in ("deleted_at", "work_queue", "id"))
+    queue_id, paused, polled = (_column(WorkQueue, n) for n in ("id", "paused", "last_polled"))
+    prep = FlowRun._meta.get_field("scheduled_start").get_db_prep_value
+    sql = f"""
+        SELECT a.{_column(Agent, 'name')}, a.{_column(Agent, 'status')},
+          (SELECT COALESCE(json_agg(json_build_array(q.{queue_id}, q.{polled} IS NULL OR q.{polled} < %s)
+                                    ORDER BY q.{queue_id}), '[]')
+             FROM {queues} q JOIN {link} l ON l.{link_queue} = q.{queue_id} WHERE l.{link_agent} = a.{_column(Agent, 'id')}),
+          (SELECT COALESCE(json_agg(json_build_array(r.{run_id}, r.{run_state}) ORDER BY r.{run_start}), '[]')
+             FROM {runs} r WHERE r.{run_agent} = a.{_column(Agent, 'id')} AND r.{run_state} IN (%s, %s)
+              AND r.{run_deleted} IS NULL),
+          EXISTS (SELECT 1 FROM {link} l JOIN {queues} q ON q.{queue_id} = l.{link_queue}
+                   WHERE l.{link_agent} = a.{_column(Agent, 'id')} AND NOT q.{paused}
+                     AND EXISTS (SELECT 1 FROM {runs} r WHERE r.{run_queue} = q.{queue_id}
+                                    AND r.{run_state} IN (%s, %s) AND r.{run_start} <= %s AND r.{run_deleted} IS NULL))
+          FROM {agents} a WHERE a.{_column(Agent, 'id')} = %s AND a.{_column(Agent, 'workspace')} = %s
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [prep(stale_before, connection), State.SUBMITTED, State.CANCELLING,
+                             State.SCHEDULED, State.LATE, prep(now, connection), agent_id, workspace_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    name, status, queue_rows, mine, due = row
+    queue_rows, mine = (json.loads(v) if isinstance(v, str) else v for v in (queue_rows, mine))  # json, or its text
+    return name, status, [tuple(q) for q in queue_rows], [tuple(r) for r in mine], due

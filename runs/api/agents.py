@@ -32,7 +32,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from events.emit import emit, make, resource
-from runs.claiming import cancelling_run_ids, claim_for_agent
+from runs.claiming import cancelling_run_ids, claim_for_agent, record_poll
 from runs.logs import ingest
 from runs.models import (
     Actor, Agent, AgentStatus, FlowRun, Log, LogLevel, Role, State, TaskRun, secret_values)
@@ -246,6 +246,27 @@ def _claimed(run, secrets):
     }
 
 
+def quiet_poll(workspace, agent_id, now):
+    """The answer to a poll that finds nothing due and no run to hand out again, from one query
+    (PostgreSQL: runs/hot_sql.py poll_snapshot), as ClaimView's claim would answer it: no runs, the
+    agent's CANCELLING runs, the quota's refusal if any; the poll recorded on its stale queues.
+    None when the poll has more to do (or the agent is unknown, or OFFLINE and back now): then the
+    claim does it. Most polls of a healthy server find nothing; the claim's locks wait for work.
+    """
+    if connection.vendor != "postgresql":
+        return None
+    stale_before = now - timedelta(seconds=settings.ORCHESTRATOR["EVENTS_QUEUE_POLLED_EVERY_SECONDS"])
+    snapshot = hot_sql.poll_snapshot(agent_id, workspace.pk, now, stale_before)
+    if snapshot is None:
+        return None
+    name, status, queues, mine, due = snapshot
+    if due or status == AgentStatus.OFFLINE or any(state == State.SUBMITTED for _, state in mine):
+        return None
+    record_poll([pk for pk, stale in queues if stale], now, Agent(pk=agent_id, name=name, workspace_id=workspace.pk))
+    return {"runs": [], "cancelling": [pk for pk, state in mine if state == State.CANCELLING],
+            "quota": quota.claim_refusal(workspace, now)}
+
+
 class ClaimView(AgentEndpoint):
     @extend_schema(request=ClaimInput, responses={200: ClaimAnswerSerializer})
     def post(self, request, **kwargs):
@@ -257,8 +278,11 @@ class ClaimView(AgentEndpoint):
         may raise it) and no new run is claimed: due runs wait, SCHEDULED or LATE.
         """
         data = self.valid(ClaimInput)
-        agent = self.agent_of(data["agent_id"])
         now = timezone.now()
+        quiet = quiet_poll(request.workspace, data["agent_id"], now)
+        if quiet is not None:
+            return Response(quiet)
+        agent = self.agent_of(data["agent_id"])
         mark_online_on_poll(agent, now)
         refusal = quota.claim_refusal(request.workspace, now)
         runs, cancelling = claim_for_agent(agent, limit=data["max_runs"], now=now, new_runs=refusal is None)
