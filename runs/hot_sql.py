@@ -6,9 +6,10 @@ that pins what it does; everything else stays with the ORM. Column and table nam
 models' `_meta`, so a renamed field breaks loudly here instead of silently elsewhere.
 """
 
+import functools
 import json
 
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 
 
 def _column(model, name):
@@ -30,24 +31,22 @@ def beat_flow_run(run_id, workspace_id, now, generation):
     one query string runs as one implicit transaction (outside an atomic block), so the commit does
     not wait for the WAL flush (a beat lost in a database crash is replaced by the next one, and the
     flush was most of its cost). Elsewhere: the UPDATE in a transaction, RETURNING where SQLite has
-    it (≥ 3.35), else one read by primary key.
+    it (≥ 3.35), else one read by primary key. The statement is built once per process.
     """
     from runs.models import FlowRun
 
-    table = connection.ops.quote_name(FlowRun._meta.db_table)
-    returning = ", ".join(_column(FlowRun, name) for name in BEAT_FIELDS)
-    update = (f"UPDATE {table} SET {_column(FlowRun, 'last_heartbeat')} = %s "
-              f"WHERE {_column(FlowRun, 'id')} = %s AND {_column(FlowRun, 'workspace')} = %s "
-              f"AND {_column(FlowRun, 'token_generation')} = %s")
-    params = [FlowRun._meta.get_field("last_heartbeat").get_db_prep_value(now, connection),
-              FlowRun._meta.pk.get_db_prep_value(run_id, connection), workspace_id, generation]
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(f"SET LOCAL synchronous_commit TO OFF; {update} RETURNING {returning}", params)
+    db = connections[DEFAULT_DB_ALIAS]  # once: each use of the `connection` proxy is a thread-local lookup
+    update, returning = _beat_sql(db.vendor)
+    if db.vendor == "postgresql":
+        with db.cursor() as cursor:
+            cursor.execute(f"SET LOCAL synchronous_commit TO OFF; {update} RETURNING {returning}",
+                           [now, run_id, workspace_id, generation])
             cursor.nextset()  # past the SET's result to the UPDATE's
             return cursor.fetchone()
-    with transaction.atomic(), connection.cursor() as cursor:
-        if connection.features.can_return_columns_from_insert:
+    params = [FlowRun._meta.get_field("last_heartbeat").get_db_prep_value(now, db),
+              FlowRun._meta.pk.get_db_prep_value(run_id, db), workspace_id, generation]
+    with transaction.atomic(), db.cursor() as cursor:
+        if db.features.can_return_columns_from_insert:
             cursor.execute(f"{update} RETURNING {returning}", params)
             return cursor.fetchone()
         cursor.execute(update, params)
@@ -55,6 +54,18 @@ def beat_flow_run(run_id, workspace_id, now, generation):
             return None
     return FlowRun.objects.filter(pk=run_id).values_list(*(f"{name}_id" if name != "state" else name
                                                            for name in BEAT_FIELDS)).first()
+
+
+@functools.cache
+def _beat_sql(vendor):
+    """(the beat's UPDATE, its RETURNING list) for the database `vendor`."""
+    from runs.models import FlowRun
+
+    table = connection.ops.quote_name(FlowRun._meta.db_table)
+    update = (f"UPDATE {table} SET {_column(FlowRun, 'last_heartbeat')} = %s "
+              f"WHERE {_column(FlowRun, 'id')} = %s AND {_column(FlowRun, 'workspace')} = %s "
+              f"AND {_column(FlowRun, 'token_generation')} = %s")
+    return update, ", ".join(_column(FlowRun, name) for name in BEAT_FIELDS)
 
 
 # --- agent poll ---
