@@ -83,7 +83,23 @@ def poll_snapshot(agent_id, workspace_id, now, stale_before):
     A poll that finds nothing due and nothing to hand out again needs no more than this (see
     runs/api/agents.py `quiet_poll`); the claim itself, with its locks, runs only when it has work.
     """
-    from runs.models import Agent, FlowRun, State, WorkQueue
+    from runs.models import State
+
+    db = connections[DEFAULT_DB_ALIAS]
+    with db.cursor() as cursor:
+        cursor.execute(_poll_sql(), [stale_before, State.SUBMITTED, State.CANCELLING, State.SCHEDULED, State.LATE,
+                                     now, agent_id, workspace_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    name, status, queue_rows, mine, due = row
+    queue_rows, mine = (json.loads(v) if isinstance(v, str) else v for v in (queue_rows, mine))  # json, or its text
+    return name, status, [tuple(q) for q in queue_rows], [tuple(r) for r in mine], due
+
+
+@functools.cache
+def _poll_sql():
+    from runs.models import Agent, FlowRun, WorkQueue
 
     quote = connection.ops.quote_name
     runs, queues, agents = (quote(m._meta.db_table) for m in (FlowRun, WorkQueue, Agent))
@@ -94,27 +110,18 @@ def poll_snapshot(agent_id, workspace_id, now, stale_before):
     run_agent, run_state, run_start = (_column(FlowRun, n) for n in ("agent", "state", "scheduled_start"))
     run_deleted, run_queue, run_id = (_column(FlowRun, n) for n in ("deleted_at", "work_queue", "id"))
     queue_id, paused, polled = (_column(WorkQueue, n) for n in ("id", "paused", "last_polled"))
-    prep = FlowRun._meta.get_field("scheduled_start").get_db_prep_value
-    sql = f"""
+    agent_id = _column(Agent, "id")
+    return f"""
         SELECT a.{_column(Agent, 'name')}, a.{_column(Agent, 'status')},
           (SELECT COALESCE(json_agg(json_build_array(q.{queue_id}, q.{polled} IS NULL OR q.{polled} < %s)
                                     ORDER BY q.{queue_id}), '[]')
-             FROM {queues} q JOIN {link} l ON l.{link_queue} = q.{queue_id} WHERE l.{link_agent} = a.{_column(Agent, 'id')}),
+             FROM {queues} q JOIN {link} l ON l.{link_queue} = q.{queue_id} WHERE l.{link_agent} = a.{agent_id}),
           (SELECT COALESCE(json_agg(json_build_array(r.{run_id}, r.{run_state}) ORDER BY r.{run_start}), '[]')
-             FROM {runs} r WHERE r.{run_agent} = a.{_column(Agent, 'id')} AND r.{run_state} IN (%s, %s)
+             FROM {runs} r WHERE r.{run_agent} = a.{agent_id} AND r.{run_state} IN (%s, %s)
               AND r.{run_deleted} IS NULL),
           EXISTS (SELECT 1 FROM {link} l JOIN {queues} q ON q.{queue_id} = l.{link_queue}
-                   WHERE l.{link_agent} = a.{_column(Agent, 'id')} AND NOT q.{paused}
+                   WHERE l.{link_agent} = a.{agent_id} AND NOT q.{paused}
                      AND EXISTS (SELECT 1 FROM {runs} r WHERE r.{run_queue} = q.{queue_id}
                                     AND r.{run_state} IN (%s, %s) AND r.{run_start} <= %s AND r.{run_deleted} IS NULL))
-          FROM {agents} a WHERE a.{_column(Agent, 'id')} = %s AND a.{_column(Agent, 'workspace')} = %s
+          FROM {agents} a WHERE a.{agent_id} = %s AND a.{_column(Agent, 'workspace')} = %s
     """
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [prep(stale_before, connection), State.SUBMITTED, State.CANCELLING,
-                             State.SCHEDULED, State.LATE, prep(now, connection), agent_id, workspace_id])
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    name, status, queue_rows, mine, due = row
-    queue_rows, mine = (json.loads(v) if isinstance(v, str) else v for v in (queue_rows, mine))  # json, or its text
-    return name, status, [tuple(q) for q in queue_rows], [tuple(r) for r in mine], due
