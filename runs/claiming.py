@@ -20,7 +20,7 @@ from django.db import connection, transaction
 from django.db.models import Count, Q
 
 from events.emit import emit, make, resource
-from runs.models import ACTIVE_STATES, Actor, FlowRun, State, WorkQueue
+from runs.models import ACTIVE_STATES, Actor, FlowRun, FlowVersion, State, WorkQueue
 from runs.states import transition_flow_runs
 from runs.versions import version_at_claim
 
@@ -122,17 +122,38 @@ def claim_for_agent(agent, *, limit, now, new_runs=True):
     return Claim(runs, [pk for pk, state in mine if state == State.CANCELLING])
 
 
+class ClaimedRun(namedtuple("ClaimedRun", [
+        "pk", "name", "state", "scheduled_start", "parameters", "workspace_id", "token_generation", "agent_id",
+        "work_queue_id", "flow_version_id", "flow_name", "entrypoint", "version_parameters", "version_job_env",
+        "version_secrets", "queue_name", "queue_job_env"])):
+    """A claimed run as its agent gets it: the run's own fields and what the answer takes from its
+    flow, its version and its queue (those of a run without a version or a queue are None)."""
+
+    __slots__ = ()
+
+    @property
+    def flow_version(self):
+        """The FlowVersion the claim gave the run, read on access as a model's relation would be."""
+        return FlowVersion.objects.filter(pk=self.flow_version_id).first() if self.flow_version_id else None
+
+_CLAIMED_RUN_FIELDS = (
+    "pk", "name", "state", "scheduled_start", "parameters", "workspace_id", "token_generation", "agent_id",
+    "work_queue_id", "flow_version_id", "flow__name", "flow_version__entrypoint", "flow_version__parameters",
+    "flow_version__job_env", "flow_version__secrets", "work_queue__name", "work_queue__job_env")
+
+
 def handed_out(agent, run_ids):
-    """The runs of `run_ids` that are still SUBMITTED to `agent`, ready to hand to it (oldest first).
+    """The runs of `run_ids` that are still SUBMITTED to `agent`, ready to hand to it (oldest first),
+    as ClaimedRun rows.
 
     Read after the claim's UPDATE committed (or after the read of the agent's runs), so each run is
     checked again: one cancelled, deleted, started or claimed by another agent meanwhile is not
     handed out. Claiming itself never changes state here, so leaving one out is always safe.
+    Rows, not model instances: four instances per run cost a claim of 200 runs about a third of its CPU.
     """
-    return list(
-        FlowRun.objects.alive().filter(pk__in=run_ids, agent=agent, state=State.SUBMITTED)
-        .select_related("flow", "flow_version", "work_queue").order_by("scheduled_start")
-    )
+    return [ClaimedRun._make(row) for row in
+            FlowRun.objects.alive().filter(pk__in=run_ids, agent=agent, state=State.SUBMITTED)
+            .order_by("scheduled_start").values_list(*_CLAIMED_RUN_FIELDS)]
 
 
 def cancelling_run_ids(agent_id):
@@ -143,8 +164,7 @@ def cancelling_run_ids(agent_id):
 def claim_due_runs(agent, *, limit, now):
     """Move up to `limit` due runs of the agent's unpaused queues to SUBMITTED for `agent`.
 
-    Returns the claimed runs (oldest scheduled start first) with their flow version and queue
-    loaded. A run of a schedule takes its version now: the pinned one, or the flow's latest. Records the poll on every queue of the agent, paused or not, so queue health can
+    Returns the claimed runs (oldest scheduled start first) as ClaimedRun rows. A run of a schedule takes its version now: the pinned one, or the flow's latest. Records the poll on every queue of the agent, paused or not, so queue health can
     tell a polled-but-paused queue from an abandoned one.
     """
     rows = list(WorkQueue.objects.filter(agents=agent).values_list("pk", "paused", "concurrency_limit", "last_polled"))

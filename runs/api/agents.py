@@ -228,17 +228,19 @@ def mark_online_on_poll(agent, now):
 
 
 def _claimed(run, secrets):
-    """A claimed run as the agent gets it. `secrets`: {name: value} of the workspace's secrets the
-    runs of this claim need; this run gets those its version names, and the names of any missing."""
-    version = run.flow_version
-    env = {**(run.work_queue.job_env if run.work_queue else {}), **(version.job_env if version else {})}
-    needed = version.secrets if version else []
+    """A claimed run (a ClaimedRun of runs/claiming.py) as the agent gets it. `secrets`: {name: value}
+    of the workspace's secrets the runs of this claim need; this run gets those its version names,
+    and the names of any missing."""
+    has_version = run.flow_version_id is not None
+    env = {**(run.queue_job_env if run.work_queue_id is not None else {}),
+           **(run.version_job_env if has_version else {})}
+    needed = run.version_secrets if has_version else []
     return {
-        "id": str(run.pk), "name": run.name, "flow": run.flow.name, "state": run.state,
-        "entrypoint": version.entrypoint if version else None,
-        "parameters": {**(version.parameters if version else {}), **run.parameters},
+        "id": str(run.pk), "name": run.name, "flow": run.flow_name, "state": run.state,
+        "entrypoint": run.entrypoint if has_version else None,
+        "parameters": {**(run.version_parameters if has_version else {}), **run.parameters},
         "env": {str(k): str(v) for k, v in env.items()},
-        "work_queue": run.work_queue.name if run.work_queue else None,
+        "work_queue": run.queue_name if run.work_queue_id is not None else None,
         "scheduled_start": run.scheduled_start.isoformat(),
         "token": token_of(run),
         "secrets": {name: secrets[name] for name in needed if name in secrets},
@@ -262,8 +264,8 @@ class ClaimView(AgentEndpoint):
         mark_online_on_poll(agent, now)
         refusal = quota.claim_refusal(request.workspace, now)
         runs, cancelling = claim_for_agent(agent, limit=data["max_runs"], now=now, new_runs=refusal is None)
-        secrets = secret_values(request.workspace.pk, {name for run in runs if run.flow_version
-                                                       for name in run.flow_version.secrets})
+        secrets = secret_values(request.workspace.pk, {name for run in runs if run.flow_version_id is not None
+                                                       for name in run.version_secrets})
         return Response({"runs": [_claimed(run, secrets) for run in runs],
                          "cancelling": [str(pk) for pk in cancelling], "quota": refusal})
 
