@@ -379,7 +379,7 @@ def _move(kind, to_state, message, rows, *, actor, now, updates, user, event_pay
         if kind is TASK and to_state == S.COMPLETED:
             values["quota_counted"] = True
         values.update(updates or {})
-        kind.model.objects.filter(pk__in=ids, state=from_state).update(**values)
+        kind.model.objects.filter(hot_sql.pk_in(ids), state=from_state).update(**values)
     if kind is TASK and to_state == S.COMPLETED:
         # The rows are locked (select_for_update by the caller), so the flag read with them is current.
         quota.count_completions([(row[kind.workspace_path], row["pk"]) for row in rows if not row["quota_counted"]],
