@@ -151,9 +151,14 @@ def handed_out(agent, run_ids):
     handed out. Claiming itself never changes state here, so leaving one out is always safe.
     Rows, not model instances: four instances per run cost a claim of 200 runs about a third of its CPU.
     """
-    return [ClaimedRun._make(row) for row in
-            FlowRun.objects.alive().filter(hot_sql.pk_in(run_ids), agent=agent, state=State.SUBMITTED)
-            .order_by("scheduled_start").values_list(*_CLAIMED_RUN_FIELDS)]
+    if not run_ids:
+        return []
+    if connection.vendor == "postgresql":
+        rows = hot_sql.claimed_run_rows(agent.pk, run_ids)
+    else:
+        rows = (FlowRun.objects.alive().filter(pk__in=run_ids, agent=agent, state=State.SUBMITTED)
+                .order_by("scheduled_start").values_list(*_CLAIMED_RUN_FIELDS))
+    return [ClaimedRun._make(row) for row in rows]
 
 
 def cancelling_run_ids(agent_id):
