@@ -169,8 +169,9 @@ def cancelling_run_ids(agent_id):
 def claim_due_runs(agent, *, limit, now):
     """Move up to `limit` due runs of the agent's unpaused queues to SUBMITTED for `agent`.
 
-    Returns the claimed runs (oldest scheduled start first) as ClaimedRun rows. A run of a schedule takes its version now: the pinned one, or the flow's latest. Records the poll on every queue of the agent, paused or not, so queue health can
-    tell a polled-but-paused queue from an abandoned one.
+    Returns the claimed runs (oldest scheduled start first) as ClaimedRun rows. A run of a schedule
+    takes its version now: the pinned one, or the flow's latest. Records the poll on every queue of
+    the agent, paused or not, so queue health can tell a polled-but-paused queue from an abandoned one.
     """
     rows = list(WorkQueue.objects.filter(agents=agent).values_list("pk", "paused", "concurrency_limit", "last_polled"))
     # Most polls find every queue polled within the interval: then record_poll's transaction and
@@ -182,24 +183,23 @@ def claim_due_runs(agent, *, limit, now):
     open_ids = [pk for pk, paused, _ in queues if not paused]
     if not open_ids or limit <= 0:
         return []
+    if not any(cap is not None for _, paused, cap in queues if not paused):
+        # Every open queue is unlimited: one pick, which the move's own locking read takes as a
+        # subquery (`… IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`) in the move's transaction. The
+        # same rows as picking first, without reading their ids back and sending them again.
+        moved = _submit_to(agent, Q(pk__in=_due(now).filter(work_queue_id__in=open_ids).values("pk")[:limit]), now)
+        return handed_out(agent, [row["pk"] for row in moved])
     with transaction.atomic():
         # Only limited queues are locked (and counted) here, which serialises claims where a
         # count decides; unlimited queues are claimed concurrently, SKIP LOCKED keeping agents apart.
-        limited = []
-        if any(cap is not None for _, paused, cap in queues if not paused):
-            limited = list(WorkQueue.objects.filter(pk__in=open_ids, concurrency_limit__isnull=False)
-                           .select_for_update())
+        limited = list(WorkQueue.objects.filter(pk__in=open_ids, concurrency_limit__isnull=False)
+                       .select_for_update())
         slots = _free_slots(limited)
         slots.update({pk: None for pk in open_ids if pk not in slots})
         open_queues = [qid for qid, free in slots.items() if free is None or free > 0]
         if not open_queues:
             return []
-        due = (
-            FlowRun.objects.alive()
-            .filter(state__in=CLAIMABLE, scheduled_start__lte=now)
-            .order_by("scheduled_start")
-            .select_for_update(skip_locked=True, of=("self",))
-        )
+        due = _due(now)
         # One pick for all unlimited queues, one per limited queue capped at its free slots;
         # then the oldest `limit` of them.
         picks = []
@@ -212,12 +212,23 @@ def claim_due_runs(agent, *, limit, now):
         chosen = [pk for pk, _ in sorted(picks, key=lambda p: p[1])[:limit]]
         if not chosen:
             return []
-        moved = transition_flow_runs(
-            FlowRun.objects.filter(hot_sql.pk_in(chosen), state__in=CLAIMABLE), State.SUBMITTED,
-            actor=Actor.AGENT, message=f"Claimed by agent {agent.name}.", now=now,
-            # The version is decided here: the schedule's pin, else the flow's latest now
-            # (runs.versions.version_at_claim, written out).
-            updates={"agent_id": agent.pk, "flow_version_id": hot_sql.version_at_claim()},
-        )
+        moved = _submit_to(agent, hot_sql.pk_in(chosen), now)
     return handed_out(agent, [row["pk"] for row in moved])
 
+
+def _due(now):
+    """Due runs, oldest first, locked as they are read; rows another claim holds are skipped."""
+    return (FlowRun.objects.alive().filter(state__in=CLAIMABLE, scheduled_start__lte=now).order_by("scheduled_start")
+            .select_for_update(skip_locked=True, of=("self",)))
+
+
+def _submit_to(agent, chosen, now):
+    """Move the runs `chosen` (a filter() condition) that are still claimable to SUBMITTED for `agent`;
+    returns the rows moved (runs.states.transition_flow_runs)."""
+    return transition_flow_runs(
+        FlowRun.objects.filter(chosen, state__in=CLAIMABLE), State.SUBMITTED,
+        actor=Actor.AGENT, message=f"Claimed by agent {agent.name}.", now=now,
+        # The version is decided here: the schedule's pin, else the flow's latest now
+        # (runs.versions.version_at_claim, written out).
+        updates={"agent_id": agent.pk, "flow_version_id": hot_sql.version_at_claim()},
+    )
