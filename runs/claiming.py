@@ -136,6 +136,7 @@ class ClaimedRun(namedtuple("ClaimedRun", [
         """The FlowVersion the claim gave the run, read on access as a model's relation would be."""
         return FlowVersion.objects.filter(pk=self.flow_version_id).first() if self.flow_version_id else None
 
+
 _CLAIMED_RUN_FIELDS = (
     "pk", "name", "state", "scheduled_start", "parameters", "workspace_id", "token_generation", "agent_id",
     "work_queue_id", "flow_version_id", "flow__name", "flow_version__entrypoint", "flow_version__parameters",

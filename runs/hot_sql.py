@@ -84,7 +84,7 @@ def pk_in(ids):
 def version_at_claim():
     """runs.versions.version_at_claim() written out: the same CASE, as one RawSQL the UPDATE takes as it
     is. Django resolving the ORM's Case, Coalesce and two Subqueries cost 1.4 ms of a claim's CPU per
-    UPDATE; tests/versions pins the two to the same versions."""
+    UPDATE; tests/agent/test_claiming.py pins the two to the same versions."""
     quote = connection.ops.quote_name
     run, schedule, version = FlowRun._meta, Schedule._meta, FlowVersion._meta
 
@@ -92,9 +92,10 @@ def version_at_claim():
         field = meta.pk if name == "pk" else meta.get_field(name)
         return f"{quote(table or meta.db_table)}.{quote(field.column)}"
 
+    # Schedule.objects: schedules not deleted; at most one latest version per flow (one_latest_version).
     pinned = (f"SELECT {col(schedule, 'flow_version', 'pin')} FROM {quote(schedule.db_table)} {quote('pin')} "
-              f"WHERE {col(schedule, 'pk', 'pin')} = {col(run, 'schedule')} AND {col(schedule, 'deleted_at', 'pin')} IS NULL "
-              f"LIMIT 1")
+              f"WHERE {col(schedule, 'pk', 'pin')} = {col(run, 'schedule')} "
+              f"AND {col(schedule, 'deleted_at', 'pin')} IS NULL LIMIT 1")
     latest = (f"SELECT {col(version, 'pk', 'latest')} FROM {quote(version.db_table)} {quote('latest')} "
               f"WHERE {col(version, 'flow', 'latest')} = {col(run, 'flow')} AND {col(version, 'is_latest', 'latest')} "
               f"LIMIT 1")
@@ -130,7 +131,8 @@ def claimed_run_rows(agent_id, run_ids):
             f"INNER JOIN {quote(flow.db_table)} {quote('f')} ON {col(run, 'r', 'flow')} = {col(flow, 'f', 'pk')} "
             f"LEFT OUTER JOIN {quote(version.db_table)} {quote('v')} "
             f"ON {col(run, 'r', 'flow_version')} = {col(version, 'v', 'pk')} "
-            f"LEFT OUTER JOIN {quote(queue.db_table)} {quote('q')} ON {col(run, 'r', 'work_queue')} = {col(queue, 'q', 'pk')} "
+            f"LEFT OUTER JOIN {quote(queue.db_table)} {quote('q')} "
+            f"ON {col(run, 'r', 'work_queue')} = {col(queue, 'q', 'pk')} "
             f"WHERE {col(run, 'r', 'pk')} = ANY(%s::{run.pk.db_type(connection)}[]) AND {col(run, 'r', 'agent')} = %s "
             f"AND {col(run, 'r', 'state')} = %s AND {col(run, 'r', 'deleted_at')} IS NULL "
             f"ORDER BY {col(run, 'r', 'scheduled_start')} ASC",

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.utils.crypto import constant_time_compare
+from django.utils.encoding import force_bytes
 
 PREFIX = "orr_"
 _SALT = "orchestrator.run-token.v1"
@@ -50,7 +51,7 @@ class InvalidRunToken(Exception):
 def _keyed(secret_key):
     """Django's salted_hmac(_SALT, …, algorithm="sha256") with its key derived once per SECRET_KEY,
     not once per token: a claim makes a token for each of up to hundreds of runs."""
-    key = hashlib.sha256(f"{_SALT}{secret_key}".encode()).digest()
+    key = hashlib.sha256(force_bytes(_SALT) + force_bytes(secret_key)).digest()
     return hmac.new(key, digestmod=hashlib.sha256)
 
 

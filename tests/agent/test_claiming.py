@@ -207,8 +207,8 @@ def test_claim_reads_the_handed_out_runs_by_hand_as_the_orm_would(ws, flow, now)
     from runs.models import FlowVersion
 
     queue = factories.work_queue(ws, job_env={"REGION": "eu"})
-    flow.latest_version.__class__.objects.filter(pk=flow.latest_version.pk).update(
-        parameters={"a": 1}, job_env={"TIER": "flow"}, secrets=["DB"])
+    FlowVersion.objects.filter(pk=flow.latest_version.pk).update(parameters={"a": 1}, job_env={"TIER": "flow"},
+                                                                 secrets=["DB"])
     agent, other = agent_on(ws, queue), agent_on(ws, queue)
     runs = [factories.flow_run(flow, state=State.SUBMITTED, agent=agent, work_queue=queue, parameters={"b": 2},
                                scheduled_start=now - timedelta(seconds=5)),
