@@ -17,11 +17,16 @@ SECRET_KEY, checked without a query. Rotating SECRET_KEY ends the tokens of runs
 and the runs are recovered like those of a dead node).
 """
 
+import functools
+import hashlib
+import hmac
 import re
 import uuid
 from dataclasses import dataclass
 
-from django.utils.crypto import constant_time_compare, salted_hmac
+from django.conf import settings
+from django.utils.crypto import constant_time_compare
+from django.utils.encoding import force_bytes
 
 PREFIX = "orr_"
 _SALT = "orchestrator.run-token.v1"
@@ -42,8 +47,18 @@ class InvalidRunToken(Exception):
     """The value looks like a run token (its prefix) but is malformed or was not made here."""
 
 
+@functools.lru_cache(maxsize=4)
+def _keyed(secret_key):
+    """Django's salted_hmac(_SALT, …, algorithm="sha256") with its key derived once per SECRET_KEY,
+    not once per token: a claim makes a token for each of up to hundreds of runs."""
+    key = hashlib.sha256(force_bytes(_SALT) + force_bytes(secret_key)).digest()
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
 def _mac(run_id, workspace_id, generation):
-    return salted_hmac(_SALT, f"{run_id.hex}:{workspace_id}:{generation}", algorithm="sha256").hexdigest()
+    mac = _keyed(settings.SECRET_KEY).copy()
+    mac.update(f"{run_id.hex}:{workspace_id}:{generation}".encode())
+    return mac.hexdigest()
 
 
 def token_for(run_id, workspace_id, generation):

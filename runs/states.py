@@ -20,7 +20,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from events.emit import emit, make
-from runs import quota
+from runs import hot_sql, quota
 from runs.models import (
     RECOVERY_ACTORS,
     TERMINAL_STATES,
@@ -360,6 +360,16 @@ def _move(kind, to_state, message, rows, *, actor, now, updates, user, event_pay
                                     default=models.Value(""), output_field=models.TextField())
     else:
         state_message = message
+    if callable(message):
+        StateChange.objects.bulk_create([
+            _history_row(kind, row["pk"], row[kind.flow_run_path], row["state"], to_state, texts[row["pk"]], actor,
+                         user, None, now) for row in rows])
+    else:
+        # One INSERT … SELECT, before the UPDATE, reading each locked row's from-state (a claim's 200
+        # history rows cost 4.4 ms of CPU as model instances).
+        hot_sql.insert_history_of_locked_rows(kind.model, [row["pk"] for row in rows], to_state=to_state,
+                                              message=message, actor=actor, user_id=getattr(user, "pk", None),
+                                              now=now)
     by_from = {}
     for row in rows:
         by_from.setdefault(row["state"], []).append(row["pk"])
@@ -369,10 +379,7 @@ def _move(kind, to_state, message, rows, *, actor, now, updates, user, event_pay
         if kind is TASK and to_state == S.COMPLETED:
             values["quota_counted"] = True
         values.update(updates or {})
-        kind.model.objects.filter(pk__in=ids, state=from_state).update(**values)
-    history = [_history_row(kind, row["pk"], row[kind.flow_run_path], row["state"], to_state, texts[row["pk"]],
-                            actor, user, None, now) for row in rows]
-    StateChange.objects.bulk_create(history)
+        kind.model.objects.filter(hot_sql.pk_in(ids), state=from_state).update(**values)
     if kind is TASK and to_state == S.COMPLETED:
         # The rows are locked (select_for_update by the caller), so the flag read with them is current.
         quota.count_completions([(row[kind.workspace_path], row["pk"]) for row in rows if not row["quota_counted"]],

@@ -227,23 +227,39 @@ def mark_online_on_poll(agent, now):
     agent.status = AgentStatus.ONLINE
 
 
-def _claimed(run, secrets):
-    """A claimed run as the agent gets it. `secrets`: {name: value} of the workspace's secrets the
-    runs of this claim need; this run gets those its version names, and the names of any missing."""
-    version = run.flow_version
-    env = {**(run.work_queue.job_env if run.work_queue else {}), **(version.job_env if version else {})}
-    needed = version.secrets if version else []
-    return {
-        "id": str(run.pk), "name": run.name, "flow": run.flow.name, "state": run.state,
-        "entrypoint": version.entrypoint if version else None,
-        "parameters": {**(version.parameters if version else {}), **run.parameters},
-        "env": {str(k): str(v) for k, v in env.items()},
-        "work_queue": run.work_queue.name if run.work_queue else None,
-        "scheduled_start": run.scheduled_start.isoformat(),
-        "token": token_of(run),
-        "secrets": {name: secrets[name] for name in needed if name in secrets},
-        "missing_secrets": [name for name in needed if name not in secrets],
-    }
+def _claimed_runs(runs, secrets):
+    """The claimed runs (ClaimedRun rows of runs/claiming.py) as the agent gets them. `secrets`:
+    {name: value} of the workspace's secrets the runs of this claim need; each run gets those its
+    version names, and the names of any missing.
+
+    What a run takes from its queue and version (its environment, its secrets) is made once per
+    queue and version, not once per run: a claim of 200 runs usually has one of each."""
+    envs, granted = {}, {}
+    answers = []
+    for run in runs:
+        has_version = run.flow_version_id is not None
+        env_key = (run.work_queue_id, run.flow_version_id)
+        if env_key not in envs:
+            env = {**(run.queue_job_env if run.work_queue_id is not None else {}),
+                   **(run.version_job_env if has_version else {})}
+            envs[env_key] = {str(k): str(v) for k, v in env.items()}
+        if run.flow_version_id not in granted:
+            needed = run.version_secrets if has_version else []
+            granted[run.flow_version_id] = ({name: secrets[name] for name in needed if name in secrets},
+                                            [name for name in needed if name not in secrets])
+        run_secrets, missing = granted[run.flow_version_id]
+        answers.append({
+            "id": str(run.pk), "name": run.name, "flow": run.flow_name, "state": run.state,
+            "entrypoint": run.entrypoint if has_version else None,
+            "parameters": {**(run.version_parameters if has_version else {}), **run.parameters},
+            "env": envs[env_key],
+            "work_queue": run.queue_name if run.work_queue_id is not None else None,
+            "scheduled_start": run.scheduled_start.isoformat(),
+            "token": token_of(run),
+            "secrets": run_secrets,
+            "missing_secrets": missing,
+        })
+    return answers
 
 
 def quiet_poll(workspace, agent_id, now):
@@ -286,9 +302,9 @@ class ClaimView(AgentEndpoint):
         mark_online_on_poll(agent, now)
         refusal = quota.claim_refusal(request.workspace, now)
         runs, cancelling = claim_for_agent(agent, limit=data["max_runs"], now=now, new_runs=refusal is None)
-        secrets = secret_values(request.workspace.pk, {name for run in runs if run.flow_version
-                                                       for name in run.flow_version.secrets})
-        return Response({"runs": [_claimed(run, secrets) for run in runs],
+        secrets = secret_values(request.workspace.pk, {name for run in runs if run.flow_version_id is not None
+                                                       for name in run.version_secrets})
+        return Response({"runs": _claimed_runs(runs, secrets),
                          "cancelling": [str(pk) for pk in cancelling], "quota": refusal})
 
 

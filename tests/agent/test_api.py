@@ -593,3 +593,23 @@ def test_a_poll_with_nothing_due_writes_nothing_once_its_queue_is_recorded_as_po
     statements = [q["sql"].split()[0] for q in captured.captured_queries]
     assert not {"UPDATE", "INSERT", "DELETE"} & set(statements), statements
     assert WorkQueue.objects.get(workspace=ws, name="default").last_polled == polled
+
+
+def test_a_claim_takes_the_same_few_queries_for_three_runs_as_for_forty(operator, prefix, ws, registered,
+                                                                        django_assert_max_num_queries):
+    """Set-based: the claim's statements do not grow with the runs it hands out (issue 16)."""
+    claim = {"agent_id": registered, "max_runs": 200}
+    operator.post(f"{prefix}/agent/claim", claim, format="json")  # records the poll
+    counts = []
+    for size in (3, 40):
+        for _ in range(size):
+            due_run(ws)
+        # The agent; its SUBMITTED and CANCELLING runs; its queues; the move in a savepoint (the locking
+        # read with the pick as its subquery, the history, the UPDATE, the events' buffer rows without
+        # Redis); the runs handed out.
+        with CaptureQueriesContext(connection) as captured, django_assert_max_num_queries(10):
+            answer = operator.post(f"{prefix}/agent/claim", claim, format="json").json()
+        assert len(answer["runs"]) == size
+        FlowRun.objects.filter(state=State.SUBMITTED).update(state=State.RUNNING)
+        counts.append(len(captured.captured_queries))
+    assert counts[0] == counts[1], counts

@@ -10,7 +10,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from runs.claiming import claim_due_runs
-from runs.models import Actor, FlowRun, Role, State, StateChange
+from runs.models import Actor, FlowRun, Role, State, StateChange, TaskRun
 from tests import factories
 
 
@@ -197,3 +197,77 @@ def test_two_agents_claiming_at_once_over_the_api_get_every_run_exactly_once():
     assert FlowRun.objects.filter(state=State.COMPLETED).count() == 200
     assert StateChange.objects.filter(to_state=State.SUBMITTED).count() == 200
     assert StateChange.objects.filter(to_state=State.COMPLETED).count() == 200
+
+
+def test_claim_reads_the_handed_out_runs_by_hand_as_the_orm_would(ws, flow, now):
+    """runs/hot_sql.py claimed_run_rows (PostgreSQL) against its ORM twin: a run with a version, queue
+    environments and parameters, one without a version, one without a queue, one deleted, one of
+    another agent."""
+    from runs import claiming, hot_sql
+    from runs.models import FlowVersion
+
+    queue = factories.work_queue(ws, job_env={"REGION": "eu"})
+    FlowVersion.objects.filter(pk=flow.latest_version.pk).update(parameters={"a": 1}, job_env={"TIER": "flow"},
+                                                                 secrets=["DB"])
+    agent, other = agent_on(ws, queue), agent_on(ws, queue)
+    runs = [factories.flow_run(flow, state=State.SUBMITTED, agent=agent, work_queue=queue, parameters={"b": 2},
+                               scheduled_start=now - timedelta(seconds=5)),
+            factories.flow_run(flow, state=State.SUBMITTED, agent=agent, work_queue=queue, flow_version=None,
+                               scheduled_start=now - timedelta(seconds=4)),
+            factories.flow_run(flow, state=State.SUBMITTED, agent=agent, work_queue=None,
+                               scheduled_start=now - timedelta(seconds=3)),
+            factories.flow_run(flow, state=State.SUBMITTED, agent=agent, work_queue=queue, deleted_at=now),
+            factories.flow_run(flow, state=State.SUBMITTED, agent=other, work_queue=queue)]
+    ids = [run.pk for run in runs]
+    twin = list(FlowRun.objects.alive().filter(pk__in=ids, agent=agent, state=State.SUBMITTED)
+                .order_by("scheduled_start").values_list(*claiming._CLAIMED_RUN_FIELDS))
+    assert [row[0] for row in twin] == ids[:3]
+    assert FlowVersion.objects.filter(pk=twin[0][9]).exists()
+    if connection.vendor != "postgresql":
+        pytest.skip("the hand-written read is PostgreSQL's; SQLite reads with the ORM")
+    assert hot_sql.claimed_run_rows(agent.pk, ids) == twin
+
+
+def test_the_claims_version_is_the_orm_version_at_claim(ws, flow, now):
+    """runs/hot_sql.py version_at_claim against runs.versions.version_at_claim: a run without a
+    schedule, of a following schedule, of a pinned one, of a deleted one, of a flow without a latest."""
+    from runs import hot_sql
+    from runs.versions import version_at_claim
+
+    first = flow.latest_version
+    flow.register_version(entrypoint="tests.flows:noop", version="2")
+    following, pinned, deleted = (factories.schedule(flow), factories.schedule(flow, flow_version=first),
+                                  factories.schedule(flow, flow_version=first))
+    deleted.deleted_at = now
+    deleted.save()
+    bare = factories.flow(ws)
+    bare.versions.update(is_latest=False)
+    runs = [factories.flow_run(flow, flow_version=first),
+            *(factories.flow_run(flow, schedule=s, flow_version=first) for s in (following, pinned, deleted)),
+            factories.flow_run(bare, schedule=factories.schedule(bare))]
+    ids = [run.pk for run in runs]
+    by_orm = dict(FlowRun.objects.filter(pk__in=ids).annotate(v=version_at_claim()).values_list("pk", "v"))
+    by_hand = dict(FlowRun.objects.filter(pk__in=ids).annotate(v=hot_sql.version_at_claim()).values_list("pk", "v"))
+    assert by_hand == by_orm
+    assert [by_orm[pk] for pk in ids] == [first.pk, flow.latest_version.pk, first.pk, flow.latest_version.pk,
+                                          runs[4].flow_version_id]
+
+
+def test_a_bulk_transition_writes_one_history_row_per_row_moved_with_its_own_from_state(ws, flow, now):
+    """The history's INSERT … SELECT (runs/hot_sql.py) reads each row's from-state before the UPDATE,
+    for flow runs and for task runs."""
+    from runs.states import transition_flow_runs, transition_task_runs
+
+    scheduled, late = factories.flow_run(flow), factories.flow_run(flow, state=State.LATE)
+    moved = transition_flow_runs(FlowRun.objects.filter(pk__in=[scheduled.pk, late.pk]), State.CANCELLED,
+                                 actor=Actor.USER, message="Stop.", now=now)
+    assert len(moved) == 2
+    assert set(StateChange.objects.filter(flow_run__in=[scheduled, late]).values_list(
+        "flow_run_id", "task_run_id", "from_state", "to_state", "message", "actor", "user_id", "agent_id",
+        "timestamp")) == {(scheduled.pk, None, "SCHEDULED", "CANCELLED", "Stop.", Actor.USER, None, None, now),
+                          (late.pk, None, "LATE", "CANCELLED", "Stop.", Actor.USER, None, None, now)}
+    running = factories.flow_run(flow, state=State.RUNNING)
+    task = factories.task_run(running)
+    transition_task_runs(TaskRun.objects.filter(pk=task.pk), State.CRASHED, actor=Actor.USER, message="Gone.", now=now)
+    assert list(StateChange.objects.filter(task_run=task).values_list("flow_run_id", "from_state", "to_state")) == [
+        (running.pk, "RUNNING", "CRASHED")]
