@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Exists, Max, OuterRef, Q
 from django.utils import timezone
 
+from runs import hot_sql
 from runs.models import (
     Actor,
     FlowRun,
@@ -21,7 +22,6 @@ from runs.models import (
     StateChange,
     WorkQueue,
 )
-from runs import hot_sql
 from runs.scheduled_runs import ScheduledRunWriter, missed_fire_times
 from runs.schedules import evaluating
 from runs.states import transition_flow_runs
@@ -305,7 +305,7 @@ def create_manual_run(flow, *, user=None, api_key=None, parameters=None, work_qu
     merged.update(schedule.parameters if schedule else {})
     merged.update(parameters or {})
     run = FlowRun(
-        workspace_id=flow.workspace_id, idempotency_key=idempotency_key,
+        workspace_id=flow.workspace_id, idempotency_key=idempotency_key or None,  # "": no key, as None
         flow=flow, flow_version=version, schedule=schedule, name=name or f"{flow.name}-manual",
         parameters=merged, state=State.SCHEDULED, scheduled_start=scheduled_start or now,
         auto_scheduled=False, created_by=user, created_by_key=api_key, work_queue=work_queue, created=now,

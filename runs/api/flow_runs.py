@@ -17,7 +17,7 @@ from rest_framework.response import Response
 
 from runs import hot_sql
 from runs.models import TERMINAL_STATES, Actor, ApiKey, Flow, FlowRun, Role, State, StateChange, WorkQueue
-from runs.scheduling import DEFAULT_QUEUE, create_manual_run
+from runs.scheduling import DEFAULT_QUEUE, LATEST, create_manual_run
 from runs.states import IllegalTransition, set_flow_run_state
 
 from .filtersets import FilterBackend, FlowRunFilter
@@ -174,20 +174,19 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
         # flow or a workspace without its default queue yet goes through the serializer, which
         # words the errors and makes the queue.
         found = asked and hot_sql.manual_run_target(request.workspace.pk, asked["flow"], DEFAULT_QUEUE)
-        flow, version, queue = found or (None, None, None)
-        if queue is not None:
-            data = {**asked, "flow": flow, "work_queue": queue}
-            extra = {"version": version}
-        else:
+        flow, version, queue = found or (None, LATEST, None)
+        if queue is None:
             incoming = FlowRunCreateSerializer(data=request.data, context=self.get_serializer_context())
             incoming.is_valid(raise_exception=True)
-            data, extra = incoming.validated_data, {}
+            data, version = incoming.validated_data, LATEST
+        else:
+            data = {**asked, "flow": flow, "work_queue": queue}
         try:
             run, created = create_manual_run(
                 data["flow"], user=acting_person(request), api_key=acting_key(request),
                 parameters=data.get("parameters"), work_queue=data.get("work_queue"),
                 scheduled_start=data.get("scheduled_start"),
-                idempotency_key=data.get("idempotency_key"), name=data.get("name", ""), **extra,
+                idempotency_key=data.get("idempotency_key"), name=data.get("name", ""), version=version,
             )
         except IntegrityError:
             # The key's run was taken and then vanished before it was read (create_manual_run), or

@@ -99,6 +99,14 @@ def test_a_repeat_makes_no_second_history_row(operator, prefix, ws):
     assert FlowRun.objects.get().history.count() == 1
 
 
+def test_an_empty_key_from_another_door_is_no_key(ws):
+    """The API refuses a blank key; the other callers of create_manual_run get two runs, as before."""
+    flow = factories.flow(ws)
+    runs = [create_manual_run(flow, idempotency_key="") for _ in range(2)]
+    assert [created for _, created in runs] == [True, True]
+    assert list(FlowRun.objects.values_list("idempotency_key", flat=True)) == [None, None]
+
+
 # --- the short way reads a request as the serializer does -----------------------------------------
 
 BODIES = [
