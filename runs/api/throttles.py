@@ -5,7 +5,8 @@ The client address is orchestrator.client_address's: X-Forwarded-For only throug
 Rates are read from `settings.ORCHESTRATOR` on every request (not frozen at import like DRF's
 defaults), so an operator changes them in the environment and a test with `settings`.
 Counters live in Django's cache: Redis when REDIS_URL is set, else a file cache every process
-of the host shares (see CACHES in orchestrator/settings.py).
+of the host shares (see CACHES in orchestrator/settings.py). On Redis the expensive endpoints' log
+is a Redis list one script keeps (SLIDING_LOG), one round trip per request.
 
 Throttling fails open (DESIGN: "degrade, don't fail"): when the cache errs, requests are served
 unthrottled rather than refused, and for CACHE_RETRY_SECONDS the cache is not asked at all, so a
