@@ -7,10 +7,11 @@ behaves the same whichever door it was touched through.
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Count, Exists, Max, OuterRef, Q
 from django.utils import timezone
 
+from runs import hot_sql
 from runs.models import (
     Actor,
     FlowRun,
@@ -280,42 +281,48 @@ def resume_schedule(schedule, now=None):
         raise
 
 
+# create_manual_run's `version` when the caller has not read it: the schedule's pin, else the flow's latest.
+LATEST = object()
+
+
 def create_manual_run(flow, *, user=None, api_key=None, parameters=None, work_queue=None, scheduled_start=None,
-                      idempotency_key=None, schedule=None, name="", actor=Actor.USER, message=None):
+                      idempotency_key=None, schedule=None, name="", actor=Actor.USER, message=None, version=LATEST):
     """A run made by a person or a program ("run now"), recording who asked for it: the person,
     the API key it came with, or both (a person's own key); or another `actor` (an automation)
-    with its own history `message`.
+    with its own history `message`. A caller that read the version the run runs (the API's create
+    reads it with the flow) passes it as `version` (None: the flow has none).
 
     With an `idempotency_key`, asking twice returns the first run instead of making a second
     (the unique (workspace, idempotency_key) constraint settles a race). Returns (run, created).
     """
     now = timezone.now()
-    # A run of a pinned schedule runs the pinned version; any other, the latest (see runs/versions.py).
-    version = schedule.flow_version if schedule is not None and schedule.flow_version_id else flow.latest_version
+    if version is LATEST:
+        # A run of a pinned schedule runs the pinned version; any other, the latest (see runs/versions.py).
+        version = schedule.flow_version if schedule is not None and schedule.flow_version_id else flow.latest_version
     if work_queue is None:
         work_queue = (schedule.work_queue if schedule else None) or default_queues([flow.workspace_id])[flow.workspace_id]
     merged = dict(version.parameters) if version else {}
     merged.update(schedule.parameters if schedule else {})
     merged.update(parameters or {})
-    fields = dict(
+    run = FlowRun(
+        workspace_id=flow.workspace_id, idempotency_key=idempotency_key or None,  # "": no key, as None
         flow=flow, flow_version=version, schedule=schedule, name=name or f"{flow.name}-manual",
         parameters=merged, state=State.SCHEDULED, scheduled_start=scheduled_start or now,
         auto_scheduled=False, created_by=user, created_by_key=api_key, work_queue=work_queue, created=now,
         state_changed=now,
     )
-    with transaction.atomic():
-        if idempotency_key:
-            run, created = FlowRun.objects.get_or_create(
-                workspace_id=flow.workspace_id, idempotency_key=idempotency_key, defaults=fields
-            )
-        else:
-            run, created = FlowRun.objects.create(workspace_id=flow.workspace_id, **fields), True
-        if created:
-            StateChange.objects.create(
-                flow_run=run, to_state=State.SCHEDULED, actor=actor, user=user, timestamp=now,
-                message=message or created_message(user, api_key),
-            )
-    return run, created
+    history = StateChange(flow_run=run, to_state=State.SCHEDULED, actor=actor, user=user, timestamp=now,
+                          message=message or created_message(user, api_key))
+    # Run and history in one statement that does nothing when the key is taken (runs/hot_sql.py),
+    # not get_or_create's SELECT, SAVEPOINT, INSERT and RELEASE and a second INSERT in a transaction.
+    if hot_sql.insert_manual_run(run, history):
+        return run, True
+    # The key's run, made earlier or by a request that raced this one (its INSERT committed before ours
+    # went on). Gone since (a purge between the two statements): the conflict, as get_or_create's.
+    existing = FlowRun.objects.filter(workspace_id=flow.workspace_id, idempotency_key=idempotency_key).first()
+    if existing is None:
+        raise IntegrityError(f"The run of idempotency key {idempotency_key!r} was deleted while it was read.")
+    return existing, False
 
 
 def created_message(user, api_key):

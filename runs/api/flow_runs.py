@@ -15,15 +15,17 @@ from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from runs import hot_sql
 from runs.models import TERMINAL_STATES, Actor, ApiKey, Flow, FlowRun, Role, State, StateChange, WorkQueue
-from runs.scheduling import create_manual_run
+from runs.scheduling import DEFAULT_QUEUE, LATEST, create_manual_run
 from runs.states import IllegalTransition, set_flow_run_state
 
 from .filtersets import FilterBackend, FlowRunFilter
 from .pagination import KeysetPagination
 from .errors import error_body
+from .parsers import UNSTORABLE
 from .schema import CONFLICT, error_response, request_example
-from .serializers import FlowRunDetailSerializer, FlowRunSerializer, WorkspaceRelatedField
+from .serializers import FlowRunDetailSerializer, FlowRunSerializer, WorkspaceRelatedField, flow_run_data
 from .throttles import ExpensiveEndpointThrottle
 from .views import WorkspaceScoped
 
@@ -62,6 +64,36 @@ class FlowRunCreateSerializer(serializers.Serializer):
         max_length=200, required=False, allow_null=True,
         help_text="Sending the same key again returns the first run (200) instead of a new one (201).",
     )
+
+
+def _plain_text(value, max_length):
+    """Whether FlowRunCreateSerializer's CharField takes `value` as it is: a string, not longer than
+    `max_length`, that trimming would not change and its validators would not refuse (NUL, lone
+    surrogates: refused by the JSON parser already, checked again for any other parser)."""
+    return type(value) is str and len(value) <= max_length and value == value.strip() and not UNSTORABLE.search(value)
+
+
+def plain_create_request(data):
+    """A create request's validated fields without the serializer, for its common JSON shape: `flow` a
+    name, `parameters` an object, `name` and `idempotency_key` text the CharFields take as they are,
+    no `work_queue` (or null) and no `scheduled_start`. The fields then are exactly the serializer's
+    validated_data but for `flow`, still a name. None for anything else: the serializer judges it."""
+    if type(data) is not dict:
+        return None
+    flow, key, parameters = data.get("flow"), data.get("idempotency_key"), data.get("parameters")
+    if (type(flow) is not str or not flow or "scheduled_start" in data or data.get("work_queue") is not None
+            or (key is not None and not (key and _plain_text(key, 200)))
+            or ("parameters" in data and type(parameters) is not dict)
+            or ("name" in data and not _plain_text(data["name"], 200))):
+        return None
+    asked = {"flow": flow}
+    if "parameters" in data:
+        asked["parameters"] = parameters
+    if "name" in data:
+        asked["name"] = data["name"]
+    if "idempotency_key" in data:
+        asked["idempotency_key"] = key
+    return asked
 
 
 @extend_schema_serializer(examples=[request_example("Fail it", {
@@ -136,19 +168,30 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
 
     def create(self, request, *args, **kwargs):
         """Create a manual run; with an idempotency key, a repeat returns the first run."""
-        incoming = FlowRunCreateSerializer(data=request.data, context=self.get_serializer_context())
-        incoming.is_valid(raise_exception=True)
-        data = incoming.validated_data
+        asked = plain_create_request(request.data)
+        # The common request (a flow by name, perhaps parameters, a name and a key) is read with the
+        # flow's latest version and the default queue in one query; any other request, an unknown
+        # flow or a workspace without its default queue yet goes through the serializer, which
+        # words the errors and makes the queue.
+        found = asked and hot_sql.manual_run_target(request.workspace.pk, asked["flow"], DEFAULT_QUEUE)
+        flow, version, queue = found or (None, LATEST, None)
+        if queue is None:
+            incoming = FlowRunCreateSerializer(data=request.data, context=self.get_serializer_context())
+            incoming.is_valid(raise_exception=True)
+            data, version = incoming.validated_data, LATEST
+        else:
+            data = {**asked, "flow": flow, "work_queue": queue}
         try:
             run, created = create_manual_run(
                 data["flow"], user=acting_person(request), api_key=acting_key(request),
                 parameters=data.get("parameters"), work_queue=data.get("work_queue"),
                 scheduled_start=data.get("scheduled_start"),
-                idempotency_key=data.get("idempotency_key"), name=data.get("name", ""),
+                idempotency_key=data.get("idempotency_key"), name=data.get("name", ""), version=version,
             )
         except IntegrityError:
-            # Two requests with one key raced past get_or_create's retry: the winner's run exists now.
-            # Any other conflict (no key, or not about the key) is the error handler's 400.
+            # The key's run was taken and then vanished before it was read (create_manual_run), or
+            # another constraint refused: when a run has the key now, it is the answer. Any other
+            # conflict (no key, or not about the key) is the error handler's 400.
             key = data.get("idempotency_key")
             run = FlowRun.objects.filter(workspace=request.workspace, idempotency_key=key).first() if key else None
             if run is None:
@@ -160,7 +203,7 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
             if run is None:
                 raise IdempotencyKeyUsed()
         # A new run already holds its flow, queue and creator: answering needs no query.
-        return Response(FlowRunSerializer(run).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        return Response(flow_run_data(run), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     def change_state(self, run, to_state, **kwargs):
         """set_flow_run_state(run, to_state, **kwargs), answered as the detail page shows the run

@@ -5,7 +5,8 @@ The client address is orchestrator.client_address's: X-Forwarded-For only throug
 Rates are read from `settings.ORCHESTRATOR` on every request (not frozen at import like DRF's
 defaults), so an operator changes them in the environment and a test with `settings`.
 Counters live in Django's cache: Redis when REDIS_URL is set, else a file cache every process
-of the host shares (see CACHES in orchestrator/settings.py).
+of the host shares (see CACHES in orchestrator/settings.py). On Redis the expensive endpoints' log
+is a Redis list one script keeps (SLIDING_LOG), one round trip per request.
 
 Throttling fails open (DESIGN: "degrade, don't fail"): when the cache errs, requests are served
 unthrottled rather than refused, and for CACHE_RETRY_SECONDS the cache is not asked at all, so a
@@ -20,7 +21,8 @@ import threading
 import time
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import cache, caches
+from django.core.cache.backends.redis import RedisCache
 from rest_framework import exceptions
 from rest_framework.throttling import SimpleRateThrottle
 
@@ -88,10 +90,35 @@ def _parse_rate(rate):
     return int(count), {"s": 1, "m": 60, "h": 3600, "d": 86400}[period[0]]
 
 
+# An expensive endpoint's requests within the window, newest first, as a Redis list that one script
+# trims, counts and appends to: SimpleRateThrottle's own decision, but DRF keeps the log as one pickled
+# list that every request reads and writes back whole, two round trips whose cost grows with the log
+# (at 1,500 requests in the window, 0.6 ms of a run creation's 1.2 ms; issue 16). Here: one round trip
+# and O(1) work per request, and two requests at once no longer overwrite each other's entry.
+# ARGV: now, the cutoff (entries at or before it have left the window), the rate's count, its seconds.
+SLIDING_LOG = """
+local key, cutoff, limit = KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+while true do
+  local last = redis.call('LINDEX', key, -1)
+  if not last or tonumber(last) > cutoff then break end
+  redis.call('RPOP', key)
+end
+local count = redis.call('LLEN', key)
+if count >= limit then
+  return {0, count, redis.call('LINDEX', key, -1)}
+end
+redis.call('LPUSH', key, ARGV[1])
+redis.call('EXPIRE', key, ARGV[4])
+return {1, count + 1}
+"""
+_sliding_log = []  # the script, registered once per process
+
+
 class ExpensiveEndpointThrottle(SimpleRateThrottle):
     """Limits the endpoints that scan many rows or create runs, per API key (or user, or address).
 
     A view lists it in `throttle_classes`; with `expensive_actions` only those of its actions count.
+    On Redis the log of requests is a list kept by SLIDING_LOG; on another cache, DRF's pickled list.
     """
 
     scope = "expensive"
@@ -101,8 +128,40 @@ class ExpensiveEndpointThrottle(SimpleRateThrottle):
         actions = getattr(view, "expensive_actions", None)
         if actions is not None and getattr(view, "action", None) not in actions:
             return True
+        backend = caches["default"]
+        if isinstance(backend, RedisCache):
+            return counter_cache.call(lambda: self._count_on_redis(backend, request, view), fallback=True)
         count_and_decide = super().allow_request
         return counter_cache.call(lambda: count_and_decide(request, view), fallback=True)
+
+    def _count_on_redis(self, backend, request, view):
+        """SimpleRateThrottle.allow_request's decision, on the log SLIDING_LOG keeps."""
+        if self.rate is None:
+            return True
+        self.key = self.get_cache_key(request, view)
+        if self.key is None:
+            return True
+        self.now = self.timer()
+        # One client per cache backend (each thread has its own): get_client builds a new one, with
+        # its ~150 response callbacks, on every call.
+        client = backend.__dict__.get("_sliding_log_client")
+        if client is None:
+            client = backend.__dict__["_sliding_log_client"] = backend._cache.get_client(write=True)
+        if not _sliding_log:
+            _sliding_log.append(client.register_script(SLIDING_LOG))
+        allowed, self.count, *oldest = _sliding_log[0](
+            keys=[backend.make_and_validate_key(f"{self.key}_log")],
+            args=[repr(self.now), repr(self.now - self.duration), self.num_requests, self.duration], client=client)
+        self.oldest = float(oldest[0]) if oldest and oldest[0] is not None else None
+        return bool(allowed)
+
+    def wait(self):
+        """SimpleRateThrottle.wait, from the count and the oldest entry the script answered."""
+        if not hasattr(self, "count"):
+            return super().wait()
+        remaining = self.duration - (self.now - self.oldest) if self.oldest is not None else self.duration
+        available = self.num_requests - self.count + 1
+        return None if available <= 0 else remaining / float(available)
 
     def get_rate(self):
         return settings.ORCHESTRATOR[self.setting] or None
