@@ -13,7 +13,7 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models import BigIntegerField, F, Lookup, Q
 from django.db.models.expressions import RawSQL
 
-from runs.models import Flow, FlowRun, FlowVersion, Schedule, State, StateChange, TaskRun, WorkQueue
+from runs.models import Agent, Flow, FlowRun, FlowVersion, Schedule, State, StateChange, TaskRun, WorkQueue
 
 
 def _column(model, name):
@@ -37,8 +37,6 @@ def beat_flow_run(run_id, workspace_id, now, generation):
     flush was most of its cost). Elsewhere: the UPDATE in a transaction, RETURNING where SQLite has
     it (≥ 3.35), else one read by primary key. The statement is built once per process.
     """
-    from runs.models import FlowRun
-
     db = connections[DEFAULT_DB_ALIAS]  # once: each use of the `connection` proxy is a thread-local lookup
     update, returning = _beat_sql(db.vendor)
     if db.vendor == "postgresql":
@@ -63,8 +61,6 @@ def beat_flow_run(run_id, workspace_id, now, generation):
 @functools.cache
 def _beat_sql(vendor):
     """(the beat's UPDATE, its RETURNING list) for the database `vendor`."""
-    from runs.models import FlowRun
-
     table = connection.ops.quote_name(FlowRun._meta.db_table)
     update = (f"UPDATE {table} SET {_column(FlowRun, 'last_heartbeat')} = %s "
               f"WHERE {_column(FlowRun, 'id')} = %s AND {_column(FlowRun, 'workspace')} = %s "
@@ -87,8 +83,6 @@ def poll_snapshot(agent_id, workspace_id, now, stale_before):
     A poll that finds nothing due and nothing to hand out again needs no more than this (see
     runs/api/agents.py `quiet_poll`); the claim itself, with its locks, runs only when it has work.
     """
-    from runs.models import State
-
     db = connections[DEFAULT_DB_ALIAS]
     with db.cursor() as cursor:
         cursor.execute(_poll_sql(), [stale_before, State.SUBMITTED, State.CANCELLING, State.SCHEDULED, State.LATE,
@@ -103,8 +97,6 @@ def poll_snapshot(agent_id, workspace_id, now, stale_before):
 
 @functools.cache
 def _poll_sql():
-    from runs.models import Agent, FlowRun, WorkQueue
-
     quote = connection.ops.quote_name
     runs, queues, agents = (quote(m._meta.db_table) for m in (FlowRun, WorkQueue, Agent))
     through = Agent.queues.through._meta
