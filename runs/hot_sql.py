@@ -5,3 +5,182 @@ Each function here has a measured reason in `make bench BENCH_ARGS=http` and an 
 that pins what it does; everything else stays with the ORM. Column and table names come from the
 models' `_meta`, so a renamed field breaks loudly here instead of silently elsewhere.
 """
+
+import functools
+
+from django.contrib.auth import get_user_model
+from django.db import connection
+
+from runs.models import Agent, Flow, FlowRun, Schedule, StateChange
+
+
+def _quote(name):
+    return connection.ops.quote_name(name)
+
+
+def _table(model):
+    return _quote(model._meta.db_table)
+
+
+def _column(model, name):
+    return _quote(model._meta.get_field(name).column)
+
+
+# Converters from a database value to the field's Python value, as the ORM applies them (SQLite
+# hands back datetimes as text and UUIDs as hex, JSON comes as text): built once per vendor.
+_CONVERTERS = {}
+
+
+def _converters(model, names):
+    key = (connection.vendor, model, names)
+    if key not in _CONVERTERS:
+        fields = [model._meta.get_field(name) for name in names]
+        _CONVERTERS[key] = [
+            [(converter, field.get_col(model._meta.db_table)) for converter in
+             connection.ops.get_db_converters(field.get_col(model._meta.db_table)) + field.get_db_converters(connection)]
+            for field in fields
+        ]
+    return _CONVERTERS[key]
+
+
+def _convert(model, names, values):
+    converted = []
+    for value, converters in zip(values, _converters(model, names)):
+        for converter, expression in converters:
+            value = converter(value, expression, connection)
+        converted.append(value)
+    return converted
+
+
+# --- state change ---
+# A user's state change (FlowRunViewSet.set_state, cancel, retry): the ORM's query building for the
+# run's five joins, the conditional UPDATE, the refresh after it and the history with its people and
+# agents was most of the request's CPU (issue 16: 5.4 of 5.6 ms in-process). The ORM twins are
+# FlowRunViewSet.get_object with the viewset's select_related, _set_state's ORM branch with
+# refresh_from_db, and FlowRunDetailSerializer; tests/api/test_flow_runs.py pins that the answers agree.
+
+# What a run's answer names, by the name of its foreign key.
+RUN_NAMES = ("flow", "work_queue", "agent", "created_by", "created_by_key")
+
+
+def _shown(model):
+    """The column a run's answer shows of what it names; a person: the username (str() of Django's user)."""
+    return model.USERNAME_FIELD if model is get_user_model() else "name"
+
+
+@functools.cache
+def run_fields():
+    """The attnames of a flow run's columns, in the order the functions here return them."""
+    return tuple(field.attname for field in FlowRun._meta.concrete_fields)
+
+
+def run_to_change(run_id, workspace_id):
+    """The listed run `run_id` of the workspace (FlowRun.objects.listed()) with the names its answer
+    shows, as (run, {foreign key name: name or None}); None when there is no such run.
+
+    `created_by` is the person's username: str() of Django's user (the serializer's StringRelatedField)."""
+    fields = run_fields()
+    with connection.cursor() as cursor:
+        cursor.execute(_run_to_change_sql(connection.vendor),
+                       [FlowRun._meta.pk.get_db_prep_value(run_id, connection), workspace_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    run = FlowRun.from_db(connection.alias, fields, _convert(FlowRun, fields, row[:len(fields)]))
+    return run, dict(zip(RUN_NAMES, row[len(fields):]))
+
+
+@functools.cache
+def _run_to_change_sql(vendor):
+    fields = run_fields()
+    run_table = _table(FlowRun)
+    joins, names = [], []
+    for i, name in enumerate(RUN_NAMES):
+        model = FlowRun._meta.get_field(name).related_model
+        alias = f"n{i}"
+        joins.append(f"LEFT JOIN {_table(model)} {alias} ON {alias}.{_quote(model._meta.pk.column)} = "
+                     f"{run_table}.{_column(FlowRun, name)}")
+        names.append(f"{alias}.{_column(model, _shown(model))}")
+    deleted = _column(Flow, "deleted_at")
+    return (
+        f"SELECT {', '.join(f'{run_table}.{_column(FlowRun, f)}' for f in fields)}, {', '.join(names)} "
+        f"FROM {run_table} {' '.join(joins)} "
+        f"WHERE {run_table}.{_quote(FlowRun._meta.pk.column)} = %s AND {run_table}.{_column(FlowRun, 'workspace')} = %s "
+        f"AND {run_table}.{_column(FlowRun, 'deleted_at')} IS NULL AND n0.{deleted} IS NULL "
+        # listed(): not of a schedule marked deleted (a run of no schedule is listed).
+        f"AND NOT EXISTS (SELECT 1 FROM {_table(Schedule)} s WHERE s.{_quote(Schedule._meta.pk.column)} = "
+        f"{run_table}.{_column(FlowRun, 'schedule')} AND s.{_column(Schedule, 'deleted_at')} IS NOT NULL)"
+    )
+
+
+def move_flow_run(run_id, from_state, values):
+    """UPDATE the run to `values` ({attname: plain value}) if it is still in `from_state`; returns
+    the run's columns as the UPDATE left them (run_fields() order), None if it moved meanwhile.
+
+    _set_state's conditional update without a fence or SQL expressions, with RETURNING in place of
+    the refresh after it (PostgreSQL, SQLite ≥ 3.35: connection.features.can_return_columns_from_insert)."""
+    meta = FlowRun._meta
+    params = [meta.get_field(name).get_db_prep_save(value, connection) for name, value in values.items()]
+    with connection.cursor() as cursor:
+        cursor.execute(_move_flow_run_sql(connection.vendor, tuple(values)),
+                       [*params, meta.pk.get_db_prep_value(run_id, connection), from_state])
+        row = cursor.fetchone()
+    return None if row is None else _convert(FlowRun, run_fields(), row)
+
+
+@functools.lru_cache(maxsize=64)
+def _move_flow_run_sql(vendor, names):
+    meta = FlowRun._meta
+    assignments = ", ".join(f"{_quote(meta.get_field(name).column)} = %s" for name in names)
+    return (f"UPDATE {_table(FlowRun)} SET {assignments} WHERE {_quote(meta.pk.column)} = %s "
+            f"AND {_column(FlowRun, 'state')} = %s RETURNING {', '.join(_column(FlowRun, f) for f in run_fields())}")
+
+
+_HISTORY_FIELDS = ("flow_run", "task_run", "from_state", "to_state", "message", "actor", "user", "agent", "timestamp")
+
+
+def add_history_row(change):
+    """INSERT the StateChange `change` (unsaved) without reading its id back: what .save() does,
+    for a row nobody reads again in the request."""
+    fields = [StateChange._meta.get_field(name) for name in _HISTORY_FIELDS]
+    with connection.cursor() as cursor:
+        cursor.execute(_add_history_row_sql(connection.vendor),
+                       [f.get_db_prep_save(getattr(change, f.attname), connection) for f in fields])
+
+
+@functools.cache
+def _add_history_row_sql(vendor):
+    fields = [StateChange._meta.get_field(name) for name in _HISTORY_FIELDS]
+    return (f"INSERT INTO {_table(StateChange)} ({', '.join(_quote(f.column) for f in fields)}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))})")
+
+
+_SHOWN_HISTORY = ("from_state", "to_state", "message", "actor", "timestamp")
+
+
+def run_history(run_id):
+    """The run's history as its answer shows it (StateChange's ordering): each row a dict of
+    from_state, to_state, message, actor, timestamp, and user / agent as their names (or None)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_run_history_sql(connection.vendor), [FlowRun._meta.pk.get_db_prep_value(run_id, connection)])
+        rows = cursor.fetchall()
+    history = []
+    for row in rows:
+        entry = dict(zip(_SHOWN_HISTORY, _convert(StateChange, _SHOWN_HISTORY, row[:5])))
+        entry["user"], entry["agent"] = row[5], row[6]
+        history.append(entry)
+    return history
+
+
+@functools.cache
+def _run_history_sql(vendor):
+    table, user_model = _table(StateChange), get_user_model()
+    return (
+        f"SELECT {', '.join(f'{table}.{_column(StateChange, f)}' for f in _SHOWN_HISTORY)}, "
+        f"u.{_column(user_model, _shown(user_model))}, a.{_column(Agent, _shown(Agent))} FROM {table} "
+        f"LEFT JOIN {_table(user_model)} u ON u.{_quote(user_model._meta.pk.column)} = "
+        f"{table}.{_column(StateChange, 'user')} "
+        f"LEFT JOIN {_table(Agent)} a ON a.{_quote(Agent._meta.pk.column)} = {table}.{_column(StateChange, 'agent')} "
+        f"WHERE {table}.{_column(StateChange, 'flow_run')} = %s "
+        f"ORDER BY {table}.{_column(StateChange, 'timestamp')}, {table}.{_quote(StateChange._meta.pk.column)}"
+    )
