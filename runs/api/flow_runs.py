@@ -84,6 +84,34 @@ class SetStateSerializer(serializers.Serializer):
         help_text="Refuse (409) unless the run is still in this state; default: the state it has now.",
     )
 
+    @classmethod
+    def validated(cls, data):
+        """The body's validated data. A plain body (known states, a short ASCII message: what DRF
+        would accept unchanged but for the message's trimmed whitespace) is read directly, since
+        building the serializer (a deep copy of its fields) was a fifth of a state change's CPU;
+        any other body goes through the serializer, which answers its 400s."""
+        if isinstance(data, dict) and data.keys() <= _SET_STATE_KEYS and _is_state(data.get("state")) and (
+                "expected_state" not in data or _is_state(data["expected_state"])):
+            message = data.get("message", "")
+            if type(message) is str and message.isascii() and "\x00" not in message:
+                message = message.strip()
+                if len(message) <= cls._declared_fields["message"].max_length:
+                    plain = {"state": data["state"], "message": message}
+                    if "expected_state" in data:
+                        plain["expected_state"] = data["expected_state"]
+                    return plain
+        incoming = cls(data=data)
+        incoming.is_valid(raise_exception=True)
+        return incoming.validated_data
+
+
+_SET_STATE_KEYS = frozenset(SetStateSerializer._declared_fields)
+_STATES = frozenset(State.values)
+
+
+def _is_state(value):
+    return type(value) is str and value in _STATES
+
 
 class RunPages(KeysetPagination):
     """`ordering` picks the key; `-scheduled_start` pairs with the (workspace, state,
@@ -202,9 +230,7 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
     def set_state(self, request, *args, **kwargs):
         """Move the run to a state; an illegal or stale transition is a 409 naming the current state."""
         found = self.run_to_change()
-        incoming = SetStateSerializer(data=request.data)
-        incoming.is_valid(raise_exception=True)
-        data = incoming.validated_data
+        data = SetStateSerializer.validated(request.data)
         return self.change_state(found, data["state"], actor=Actor.USER, user=acting_person(request),
                                  message=data["message"], expected_state=data.get("expected_state"))
 
