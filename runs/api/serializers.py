@@ -268,9 +268,16 @@ class ResumedScheduleSerializer(ScheduleSerializer):
         fields = ScheduleSerializer.Meta.fields + ["runs_created"]
 
 
-# A time as DRF's DateTimeField shows it (ISO 8601 in the current zone, UTC as Z), for the answers
-# built as plain dicts below.
-_time = serializers.DateTimeField().to_representation
+_drf_time = serializers.DateTimeField().to_representation
+
+
+def _time(value):
+    """A time as DRF's DateTimeField shows it (ISO 8601 in the current zone, UTC as Z), for the
+    answers built as plain dicts below; what is not an aware datetime goes to DRF's own."""
+    if getattr(value, "tzinfo", None) is None:
+        return _drf_time(value)
+    value = value.astimezone(timezone.get_current_timezone()).isoformat()
+    return value[:-6] + "Z" if value.endswith("+00:00") else value
 
 
 def _shown(obj, attr=None):
