@@ -9,7 +9,7 @@ models' `_meta`, so a renamed field breaks loudly here instead of silently elsew
 import functools
 
 from django.contrib.auth import get_user_model
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 from runs.models import Agent, Flow, FlowRun, Schedule, StateChange
 
@@ -31,23 +31,23 @@ def _column(model, name):
 _CONVERTERS = {}
 
 
-def _converters(model, names):
-    key = (connection.vendor, model, names)
+def _converters(db, model, names):
+    key = (db.vendor, model, names)
     if key not in _CONVERTERS:
         fields = [model._meta.get_field(name) for name in names]
         _CONVERTERS[key] = [
             [(converter, field.get_col(model._meta.db_table)) for converter in
-             connection.ops.get_db_converters(field.get_col(model._meta.db_table)) + field.get_db_converters(connection)]
+             db.ops.get_db_converters(field.get_col(model._meta.db_table)) + field.get_db_converters(db)]
             for field in fields
         ]
     return _CONVERTERS[key]
 
 
-def _convert(model, names, values):
+def _convert(db, model, names, values):
     converted = []
-    for value, converters in zip(values, _converters(model, names)):
+    for value, converters in zip(values, _converters(db, model, names)):
         for converter, expression in converters:
-            value = converter(value, expression, connection)
+            value = converter(value, expression, db)
         converted.append(value)
     return converted
 
@@ -79,14 +79,13 @@ def run_to_change(run_id, workspace_id):
     shows, as (run, {foreign key name: name or None}); None when there is no such run.
 
     `created_by` is the person's username: str() of Django's user (the serializer's StringRelatedField)."""
-    fields = run_fields()
-    with connection.cursor() as cursor:
-        cursor.execute(_run_to_change_sql(connection.vendor),
-                       [FlowRun._meta.pk.get_db_prep_value(run_id, connection), workspace_id])
+    fields, db = run_fields(), connections[DEFAULT_DB_ALIAS]
+    with db.cursor() as cursor:
+        cursor.execute(_run_to_change_sql(db.vendor), [FlowRun._meta.pk.get_db_prep_value(run_id, db), workspace_id])
         row = cursor.fetchone()
     if row is None:
         return None
-    run = FlowRun.from_db(connection.alias, fields, _convert(FlowRun, fields, row[:len(fields)]))
+    run = FlowRun.from_db(db.alias, fields, _convert(db, FlowRun, fields, row[:len(fields)]))
     return run, dict(zip(RUN_NAMES, row[len(fields):]))
 
 
@@ -119,13 +118,13 @@ def move_flow_run(run_id, from_state, values):
 
     _set_state's conditional update without a fence or SQL expressions, with RETURNING in place of
     the refresh after it (PostgreSQL, SQLite ≥ 3.35: connection.features.can_return_columns_from_insert)."""
-    meta = FlowRun._meta
-    params = [meta.get_field(name).get_db_prep_save(value, connection) for name, value in values.items()]
-    with connection.cursor() as cursor:
-        cursor.execute(_move_flow_run_sql(connection.vendor, tuple(values)),
-                       [*params, meta.pk.get_db_prep_value(run_id, connection), from_state])
+    meta, db = FlowRun._meta, connections[DEFAULT_DB_ALIAS]
+    params = [meta.get_field(name).get_db_prep_save(value, db) for name, value in values.items()]
+    with db.cursor() as cursor:
+        cursor.execute(_move_flow_run_sql(db.vendor, tuple(values)),
+                       [*params, meta.pk.get_db_prep_value(run_id, db), from_state])
         row = cursor.fetchone()
-    return None if row is None else _convert(FlowRun, run_fields(), row)
+    return None if row is None else _convert(db, FlowRun, run_fields(), row)
 
 
 @functools.lru_cache(maxsize=64)
@@ -142,15 +141,20 @@ _HISTORY_FIELDS = ("flow_run", "task_run", "from_state", "to_state", "message", 
 def add_history_row(change):
     """INSERT the StateChange `change` (unsaved) without reading its id back: what .save() does,
     for a row nobody reads again in the request."""
-    fields = [StateChange._meta.get_field(name) for name in _HISTORY_FIELDS]
-    with connection.cursor() as cursor:
-        cursor.execute(_add_history_row_sql(connection.vendor),
-                       [f.get_db_prep_save(getattr(change, f.attname), connection) for f in fields])
+    db = connections[DEFAULT_DB_ALIAS]
+    with db.cursor() as cursor:
+        cursor.execute(_add_history_row_sql(db.vendor),
+                       [f.get_db_prep_save(getattr(change, f.attname), db) for f in _history_fields()])
+
+
+@functools.cache
+def _history_fields():
+    return [StateChange._meta.get_field(name) for name in _HISTORY_FIELDS]
 
 
 @functools.cache
 def _add_history_row_sql(vendor):
-    fields = [StateChange._meta.get_field(name) for name in _HISTORY_FIELDS]
+    fields = _history_fields()
     return (f"INSERT INTO {_table(StateChange)} ({', '.join(_quote(f.column) for f in fields)}) "
             f"VALUES ({', '.join(['%s'] * len(fields))})")
 
@@ -161,12 +165,13 @@ _SHOWN_HISTORY = ("from_state", "to_state", "message", "actor", "timestamp")
 def run_history(run_id):
     """The run's history as its answer shows it (StateChange's ordering): each row a dict of
     from_state, to_state, message, actor, timestamp, and user / agent as their names (or None)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_run_history_sql(connection.vendor), [FlowRun._meta.pk.get_db_prep_value(run_id, connection)])
+    db = connections[DEFAULT_DB_ALIAS]
+    with db.cursor() as cursor:
+        cursor.execute(_run_history_sql(db.vendor), [FlowRun._meta.pk.get_db_prep_value(run_id, db)])
         rows = cursor.fetchall()
     history = []
     for row in rows:
-        entry = dict(zip(_SHOWN_HISTORY, _convert(StateChange, _SHOWN_HISTORY, row[:5])))
+        entry = dict(zip(_SHOWN_HISTORY, _convert(db, StateChange, _SHOWN_HISTORY, row[:5])))
         entry["user"], entry["agent"] = row[5], row[6]
         history.append(entry)
     return history
