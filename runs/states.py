@@ -117,8 +117,11 @@ def is_legal(kind_label, from_state, to_state, *, retry=False):
     return to_state in kind.transitions[from_state]
 
 
+_STATE_VALUES = frozenset(S.values)  # State.values builds its list anew on every access
+
+
 def _check(kind, obj_id, from_state, to_state, retry):
-    if to_state not in S.values:
+    if to_state not in _STATE_VALUES:
         raise IllegalTransition(f"{to_state!r} is not a state", current=from_state, requested=to_state)
     if not is_legal(kind.label, from_state, to_state, retry=retry):
         hint = " (a finished run moves again only through an explicit retry)" if from_state in TERMINAL_STATES else ""

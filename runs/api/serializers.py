@@ -271,12 +271,14 @@ class ResumedScheduleSerializer(ScheduleSerializer):
 _drf_time = serializers.DateTimeField().to_representation
 
 
-def _time(value):
-    """A time as DRF's DateTimeField shows it (ISO 8601 in the current zone, UTC as Z), for the
+def _time(value, zone):
+    """A time as DRF's DateTimeField shows it (ISO 8601 in the current `zone`, UTC as Z), for the
     answers built as plain dicts below; what is not an aware datetime goes to DRF's own."""
+    if value is None:
+        return None
     if getattr(value, "tzinfo", None) is None:
         return _drf_time(value)
-    value = value.astimezone(timezone.get_current_timezone()).isoformat()
+    value = value.astimezone(zone).isoformat()
     return value[:-6] + "Z" if value.endswith("+00:00") else value
 
 
@@ -293,7 +295,7 @@ def state_change_data(change):
     from_state, to_state, message, actor, timestamp, and user / agent as shown (their str(), or None)."""
     return {"from_state": str(change["from_state"]), "to_state": str(change["to_state"]),
             "message": str(change["message"]), "actor": str(change["actor"]), "user": change["user"],
-            "agent": change["agent"], "timestamp": _time(change["timestamp"])}
+            "agent": change["agent"], "timestamp": _time(change["timestamp"], timezone.get_current_timezone())}
 
 
 class StateChangeSerializer(serializers.ModelSerializer):
@@ -341,17 +343,19 @@ def flow_run_data(run, names):
     """A run as the API shows it: FlowRunSerializer's fields in their order, built directly (DRF's
     field by field rendering was a fifth of a state change's CPU). `names`: run_names(run), or the
     same names read with the run in SQL (runs/hot_sql.py)."""
+    zone = timezone.get_current_timezone()
     return {
         "id": str(run.pk), "name": str(run.name), "flow": names["flow"], "flow_version": run.flow_version_id,
         "schedule": run.schedule_id, "schedule_slug": str(run.schedule_slug), "parameters": run.parameters,
-        "state": str(run.state), "state_message": str(run.state_message), "state_changed": _time(run.state_changed),
-        "scheduled_start": _time(run.scheduled_start), "slot": _time(run.slot), "auto_scheduled": bool(run.auto_scheduled),
-        "created_by": names["created_by"], "created_by_key": names["created_by_key"], "work_queue": names["work_queue"],
-        "agent": names["agent"], "start_time": _time(run.start_time), "end_time": _time(run.end_time),
-        "last_heartbeat": _time(run.last_heartbeat), "run_count": int(run.run_count),
+        "state": str(run.state), "state_message": str(run.state_message),
+        "state_changed": _time(run.state_changed, zone), "scheduled_start": _time(run.scheduled_start, zone),
+        "slot": _time(run.slot, zone), "auto_scheduled": bool(run.auto_scheduled), "created_by": names["created_by"],
+        "created_by_key": names["created_by_key"], "work_queue": names["work_queue"], "agent": names["agent"],
+        "start_time": _time(run.start_time, zone), "end_time": _time(run.end_time, zone),
+        "last_heartbeat": _time(run.last_heartbeat, zone), "run_count": int(run.run_count),
         "lazarus_count": int(run.lazarus_count),
         "idempotency_key": None if run.idempotency_key is None else str(run.idempotency_key),
-        "created": _time(run.created),
+        "created": _time(run.created, zone),
     }
 
 
