@@ -112,18 +112,28 @@ def _run_to_change_sql(vendor):
     )
 
 
-def move_flow_run(run_id, from_state, values):
-    """UPDATE the run to `values` ({attname: plain value}) if it is still in `from_state`; returns
-    the run's columns as the UPDATE left them (run_fields() order), None if it moved meanwhile.
+def move_flow_run(run_id, from_state, values, change):
+    """UPDATE the run to `values` ({attname: plain value}) if it is still in `from_state`, and then
+    INSERT its history row `change` (an unsaved StateChange); returns the run's columns as the
+    UPDATE left them (run_fields() order), or None, with no row written, if it moved meanwhile.
 
     _set_state's conditional update without a fence or SQL expressions, with RETURNING in place of
-    the refresh after it (PostgreSQL, SQLite ≥ 3.35: connection.features.can_return_columns_from_insert)."""
+    the refresh after it (PostgreSQL, SQLite ≥ 3.35: connection.features.can_return_columns_from_insert).
+    On PostgreSQL one statement does both (the INSERT reads the UPDATE's row), a round trip fewer;
+    the caller's transaction holds them together either way."""
     meta, db = FlowRun._meta, connections[DEFAULT_DB_ALIAS]
-    params = [meta.get_field(name).get_db_prep_save(value, db) for name, value in values.items()]
+    moving = [meta.get_field(name).get_db_prep_save(value, db) for name, value in values.items()]
+    moving += [meta.pk.get_db_prep_value(run_id, db), from_state]
+    adding = [field.get_db_prep_save(getattr(change, field.attname), db) for field in _history_fields()]
     with db.cursor() as cursor:
-        cursor.execute(_move_flow_run_sql(db.vendor, tuple(values)),
-                       [*params, meta.pk.get_db_prep_value(run_id, db), from_state])
-        row = cursor.fetchone()
+        if db.vendor == "postgresql":
+            cursor.execute(_move_and_add_sql(db.vendor, tuple(values)), moving + adding[1:])
+            row = cursor.fetchone()
+        else:
+            cursor.execute(_move_flow_run_sql(db.vendor, tuple(values)), moving)
+            row = cursor.fetchone()
+            if row is not None:
+                cursor.execute(_add_history_row_sql(db.vendor), adding)
     return None if row is None else _convert(db, FlowRun, run_fields(), row)
 
 
@@ -135,16 +145,19 @@ def _move_flow_run_sql(vendor, names):
             f"AND {_column(FlowRun, 'state')} = %s RETURNING {', '.join(_column(FlowRun, f) for f in run_fields())}")
 
 
+@functools.lru_cache(maxsize=64)
+def _move_and_add_sql(vendor, names):
+    """The UPDATE, and the INSERT of the history row for the run it returned (none if it returned
+    none): a data-modifying WITH runs exactly once, whether or not the outer SELECT reads it."""
+    fields = _history_fields()
+    assert fields[0].name == "flow_run"  # taken from the moved row, not from a parameter
+    return (f"WITH moved AS ({_move_flow_run_sql(vendor, names)}), "
+            f"added AS (INSERT INTO {_table(StateChange)} ({', '.join(_quote(f.column) for f in fields)}) "
+            f"SELECT moved.{_quote(FlowRun._meta.pk.column)}, {', '.join(['%s'] * (len(fields) - 1))} FROM moved) "
+            f"SELECT * FROM moved")
+
+
 _HISTORY_FIELDS = ("flow_run", "task_run", "from_state", "to_state", "message", "actor", "user", "agent", "timestamp")
-
-
-def add_history_row(change):
-    """INSERT the StateChange `change` (unsaved) without reading its id back: what .save() does,
-    for a row nobody reads again in the request."""
-    db = connections[DEFAULT_DB_ALIAS]
-    with db.cursor() as cursor:
-        cursor.execute(_add_history_row_sql(db.vendor),
-                       [f.get_db_prep_save(getattr(change, f.attname), db) for f in _history_fields()])
 
 
 @functools.cache

@@ -248,8 +248,9 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
              and all(name in _PLAIN_RUN_FIELDS and not hasattr(value, "resolve_expression")
                      for name, value in values.items()))
     with transaction.atomic():
-        if plain:
-            row = hot_sql.move_flow_run(obj.pk, from_state, values)
+        if plain:  # the history row goes with the move (one statement on PostgreSQL)
+            history_row = _history_row(kind, obj.pk, obj.pk, from_state, to_state, message, actor, user, agent, now)
+            row = hot_sql.move_flow_run(obj.pk, from_state, values, history_row)
             changed = 0 if row is None else 1
         else:
             moving = kind.model.objects.filter(pk=obj.pk, state=from_state, **_direct(kind.model, fence or {}))
@@ -269,8 +270,8 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
             )
         flow_run_id = obj.pk if kind is FLOW else obj.flow_run_id
         workspace_id = obj.workspace_id if kind is FLOW else obj.flow_run.workspace_id
-        history_row = _history_row(kind, obj.pk, flow_run_id, from_state, to_state, message, actor, user, agent, now)
-        hot_sql.add_history_row(history_row) if plain else history_row.save()
+        if not plain:
+            _history_row(kind, obj.pk, flow_run_id, from_state, to_state, message, actor, user, agent, now).save()
         if counting:
             quota.count_completions([(workspace_id, obj.pk)], now)
         # Sent after the commit (the embedded mode writes its buffer row in this transaction).
