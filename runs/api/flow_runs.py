@@ -221,7 +221,7 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
         run = set_flow_run_state(run, to_state, **kwargs)
         moved = [name for name, id_ in ids.items() if getattr(run, f"{name}_id") != id_]
         if moved:  # e.g. claimed by an agent between the load and the update
-            names = {**names, **{name: value for name, value in run_names(run).items() if name in moved}}
+            names = {**names, **run_names(run, moved)}
         return Response({**flow_run_data(run, names),
                          "history": [state_change_data(change) for change in hot_sql.run_history(run.pk)]})
 

@@ -331,12 +331,13 @@ HISTORY = [
 ]
 
 
-def run_names(run):
-    """What a run's answer names of its related objects (flow_run_data's `names`), from the run's
-    loaded relations: the flow, queue, agent and key by name, the person as str()."""
-    return {"flow": _shown(run.flow, "name"), "work_queue": _shown(run.work_queue, "name"),
-            "agent": _shown(run.agent, "name"), "created_by": _shown(run.created_by),
-            "created_by_key": _shown(run.created_by_key, "name")}
+# What a run's answer names of its related objects, and how: by name, or (a person) as str().
+RUN_NAMES = {"flow": "name", "work_queue": "name", "agent": "name", "created_by": None, "created_by_key": "name"}
+
+
+def run_names(run, only=RUN_NAMES):
+    """flow_run_data's `names` (those in `only`) from the run's relations, loading those not loaded."""
+    return {name: _shown(getattr(run, name), RUN_NAMES[name]) for name in only}
 
 
 def flow_run_data(run, names):
