@@ -104,7 +104,8 @@ def _run_to_change_sql(vendor):
     return (
         f"SELECT {', '.join(f'{run_table}.{_column(FlowRun, f)}' for f in fields)}, {', '.join(names)} "
         f"FROM {run_table} {' '.join(joins)} "
-        f"WHERE {run_table}.{_quote(FlowRun._meta.pk.column)} = %s AND {run_table}.{_column(FlowRun, 'workspace')} = %s "
+        f"WHERE {run_table}.{_quote(FlowRun._meta.pk.column)} = %s "
+        f"AND {run_table}.{_column(FlowRun, 'workspace')} = %s "
         f"AND {run_table}.{_column(FlowRun, 'deleted_at')} IS NULL AND n0.{deleted} IS NULL "
         # listed(): not of a schedule marked deleted (a run of no schedule is listed).
         f"AND NOT EXISTS (SELECT 1 FROM {_table(Schedule)} s WHERE s.{_quote(Schedule._meta.pk.column)} = "

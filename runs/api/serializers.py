@@ -397,4 +397,5 @@ class FlowRunDetailSerializer(FlowRunSerializer):
         read_only_fields = fields
 
     def to_representation(self, run):
-        return {**super().to_representation(run), "history": StateChangeSerializer(run.history.all(), many=True).data}
+        history = StateChangeSerializer(run.history.all(), many=True).data
+        return {**super().to_representation(run), "history": history}
