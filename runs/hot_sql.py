@@ -14,6 +14,15 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections
 from runs.models import Agent, Flow, FlowRun, Schedule, StateChange
 
 
+# --- state change ---
+# A user's state change (FlowRunViewSet.set_state, cancel, retry): the ORM's query building for the
+# run's five joins, the conditional UPDATE, the refresh after it and the history with its people and
+# agents were most of the request's CPU (issue 16: 5.6 ms in-process, 0.25 of it a ping's). The ORM
+# twins are FlowRunViewSet.get_object with the viewset's select_related, _set_state's ORM branch
+# with refresh_from_db, and FlowRunDetailSerializer; tests/api/test_flow_runs.py pins that the
+# answers agree.
+
+
 def _quote(name):
     return connection.ops.quote_name(name)
 
@@ -51,13 +60,6 @@ def _convert(db, model, names, values):
         converted.append(value)
     return converted
 
-
-# --- state change ---
-# A user's state change (FlowRunViewSet.set_state, cancel, retry): the ORM's query building for the
-# run's five joins, the conditional UPDATE, the refresh after it and the history with its people and
-# agents was most of the request's CPU (issue 16: 5.4 of 5.6 ms in-process). The ORM twins are
-# FlowRunViewSet.get_object with the viewset's select_related, _set_state's ORM branch with
-# refresh_from_db, and FlowRunDetailSerializer; tests/api/test_flow_runs.py pins that the answers agree.
 
 # What a run's answer names, by the name of its foreign key.
 RUN_NAMES = ("flow", "work_queue", "agent", "created_by", "created_by_key")
