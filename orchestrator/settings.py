@@ -166,6 +166,8 @@ MIDDLEWARE = [
     # ASGI orchestrator/asgi.py's wrapper has answered already).
     "orchestrator.bodies.BoundedBodiesMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # A flow run's heartbeat that is in order is answered here, before the rest (runs/api/hot_lane.py).
+    "runs.api.hot_lane.HotLaneMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -210,6 +212,9 @@ if DATABASE_URL:
             DATABASE_URL, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60), conn_health_checks=True
         )
     }
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # Django's, with a health check that polls the socket instead of a round trip per request.
+        DATABASES["default"]["ENGINE"] = "orchestrator.db.postgresql"
 else:
     DATABASES = {
         "default": {

@@ -22,6 +22,8 @@ def favicon(request):
 
 
 urlpatterns = [
+    # First: the API is what programs and agents call many times a second.
+    path("api/", include("runs.api.urls")),
     path("favicon.ico", favicon),
     path("", RedirectView.as_view(url="/dashboard/", permanent=False)),
     path("dashboard/", include("runs.dashboard.urls")),
@@ -30,8 +32,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(permission_classes=[]), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema", permission_classes=[]), name="api-docs"),
-    path("api/", include("runs.api.urls")),
-    path("api/accounts/<slug:account>/workspaces/<slug:workspace>/", include("events.api")),
     # Incoming webhooks: outside the API (no key, no session, no CSRF); the slug is the credential.
     path("hooks/<str:slug>", receive_webhook, name="incoming-webhook"),
     # Last: an /api/ URL that no route matched answers in the API's JSON error form.

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from events.emit import emit, make, resource
 from runs import audit, deletion, scheduling
-from runs.api.key_cache import verified_keys
+from runs.api.key_cache import forget_everything
 from runs.models import ApiKey, Membership, Schedule, ScheduleStatus, WorkQueue
 from runs.versions import repoint_waiting_runs
 
@@ -71,7 +71,7 @@ def revoke_keys(keys, *, who, now=None):
         audit.record_many(who, "api_key.revoke", revoking, before=lambda key: {"revoked_at": None},
                           after=lambda key: {"revoked_at": now.isoformat()}, now=now)
     # This process stops accepting them at once; the others within API_KEY_CACHE_SECONDS.
-    verified_keys.forget_all()
+    forget_everything()
     return len(revoking)
 
 
@@ -149,7 +149,7 @@ def delete_schedule(schedule, *, who, now=None):
 def delete_workspace(workspace, *, who, now=None):
     """The workspace with everything in it (in the background); its API keys stop at once."""
     job = delete_in_background(workspace, who=who, now=now)
-    verified_keys.forget_all()  # this process at once; the others within API_KEY_CACHE_SECONDS
+    forget_everything()  # this process at once; the others within API_KEY_CACHE_SECONDS
     return job
 
 

@@ -16,14 +16,14 @@ class RunsConfig(AppConfig):
     @staticmethod
     def forget_verified_keys_on_changes():
         """A change to a key, its workspace or account, a membership or a person in this process
-        empties the cache of verified API keys at once (other processes: within its time to live)."""
+        empties the caches of verified API keys and known workspaces at once (other processes: within its time to live)."""
         from django.contrib.auth import get_user_model
         from django.db.models.signals import post_delete, post_save
 
-        from runs.api.key_cache import verified_keys
+        from runs.api.key_cache import forget_everything
         from runs.models import Account, ApiKey, Membership, Workspace
 
         for model in (ApiKey, Workspace, Account, Membership, get_user_model()):
             for signal in (post_save, post_delete):
-                signal.connect(verified_keys.forget_all, sender=model, weak=False,
+                signal.connect(forget_everything, sender=model, weak=False,
                                dispatch_uid=f"forget-verified-keys-{signal is post_save}-{model._meta.label}")

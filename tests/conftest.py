@@ -106,11 +106,12 @@ def flush_events():
 
 @pytest.fixture(autouse=True)
 def no_verified_keys_remembered():
-    """Each test starts with an empty cache of verified API keys (runs/api/key_cache.py): a key a
-    test made has the same hash only by chance, but its ids do repeat on SQLite."""
-    from runs.api.key_cache import verified_keys
+    """Each test starts with empty caches of verified API keys and known workspaces
+    (runs/api/key_cache.py): a key a test made has the same hash only by chance, but ids do repeat
+    on SQLite."""
+    from runs.api.key_cache import forget_everything
 
-    verified_keys.forget_all()
+    forget_everything()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -32,11 +32,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from events.emit import emit, make, resource
-from runs.claiming import cancelling_run_ids, claim_for_agent
+from runs.claiming import cancelling_run_ids, claim_for_agent, record_poll
 from runs.logs import ingest
 from runs.models import (
     Actor, Agent, AgentStatus, FlowRun, Log, LogLevel, Role, State, TaskRun, secret_values)
-from runs import actions, quota
+from runs import actions, hot_sql, quota
 from runs.audit import Who
 from runs.models import TERMINAL_STATES
 from runs.run_tokens import token_of
@@ -246,6 +246,27 @@ def _claimed(run, secrets):
     }
 
 
+def quiet_poll(workspace, agent_id, now):
+    """The answer to a poll that finds nothing due and no run to hand out again, from one query
+    (PostgreSQL: runs/hot_sql.py poll_snapshot), as ClaimView's claim would answer it: no runs, the
+    agent's CANCELLING runs, the quota's refusal if any; the poll recorded on its stale queues.
+    None when the poll has more to do (or the agent is unknown, or OFFLINE and back now): then the
+    claim does it. Most polls of a healthy server find nothing; the claim's locks wait for work.
+    """
+    if connection.vendor != "postgresql":
+        return None
+    stale_before = now - timedelta(seconds=settings.ORCHESTRATOR["EVENTS_QUEUE_POLLED_EVERY_SECONDS"])
+    snapshot = hot_sql.poll_snapshot(agent_id, workspace.pk, now, stale_before)
+    if snapshot is None:
+        return None
+    name, status, queues, mine, due = snapshot
+    if due or status == AgentStatus.OFFLINE or any(state == State.SUBMITTED for _, state in mine):
+        return None
+    record_poll([pk for pk, stale in queues if stale], now, Agent(pk=agent_id, name=name, workspace_id=workspace.pk))
+    return {"runs": [], "cancelling": [pk for pk, state in mine if state == State.CANCELLING],
+            "quota": quota.claim_refusal(workspace, now)}
+
+
 class ClaimView(AgentEndpoint):
     @extend_schema(request=ClaimInput, responses={200: ClaimAnswerSerializer})
     def post(self, request, **kwargs):
@@ -257,8 +278,11 @@ class ClaimView(AgentEndpoint):
         may raise it) and no new run is claimed: due runs wait, SCHEDULED or LATE.
         """
         data = self.valid(ClaimInput)
-        agent = self.agent_of(data["agent_id"])
         now = timezone.now()
+        quiet = quiet_poll(request.workspace, data["agent_id"], now)
+        if quiet is not None:
+            return Response(quiet)
+        agent = self.agent_of(data["agent_id"])
         mark_online_on_poll(agent, now)
         refusal = quota.claim_refusal(request.workspace, now)
         runs, cancelling = claim_for_agent(agent, limit=data["max_runs"], now=now, new_runs=refusal is None)
@@ -296,40 +320,15 @@ class FlowRunStateView(RunReportEndpoint):
         return Response({"id": str(run.pk), "state": run.state, "state_message": run.state_message})
 
 
-# What a flow run's heartbeat reads back from its UPDATE: the answer (state) and its event's related resources.
-_BEAT_FIELDS = ("state", "flow", "work_queue", "agent")
-
-
 def record_flow_run_heartbeat(run_id, workspace_id, now, generation):
     """Move the run's last heartbeat to `now` if `generation` is its current attempt; returns its
     state, or None if no such run of that attempt in the workspace. Emits flow-run.heartbeat.
 
     The heartbeat is the server's hottest path, and its answer tells a runner to stop (CANCELLING),
-    so the state (and the ids its event names) come back from the UPDATE itself (RETURNING:
-    PostgreSQL, SQLite ≥ 3.35).
+    so the state (and the ids its event names) come back from the UPDATE itself
+    (runs/hot_sql.py beat_flow_run: one round trip on PostgreSQL).
     """
-    meta = FlowRun._meta
-    quote = connection.ops.quote_name
-    row = None
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                cursor.execute("SET LOCAL synchronous_commit TO OFF")  # see record_heartbeat
-            if connection.features.can_return_columns_from_insert:
-                returning = ", ".join(quote(meta.get_field(name).column) for name in _BEAT_FIELDS)
-                cursor.execute(
-                    f"UPDATE {quote(meta.db_table)} SET {quote(meta.get_field('last_heartbeat').column)} = %s "
-                    f"WHERE {quote(meta.pk.column)} = %s AND {quote(meta.get_field('workspace').column)} = %s "
-                    f"AND {quote(meta.get_field('token_generation').column)} = %s "
-                    f"RETURNING {returning}",
-                    [meta.get_field("last_heartbeat").get_db_prep_value(now, connection),
-                     meta.pk.get_db_prep_value(run_id, connection), workspace_id, generation])
-                row = cursor.fetchone()
-            # An SQLite without RETURNING: the UPDATE, then one read by primary key.
-            elif FlowRun.objects.filter(pk=run_id, workspace_id=workspace_id,
-                                        token_generation=generation).update(last_heartbeat=now):
-                row = FlowRun.objects.filter(pk=run_id).values_list("state", "flow_id", "work_queue_id",
-                                                                    "agent_id").first()
+    row = hot_sql.beat_flow_run(run_id, workspace_id, now, generation)
     if row is None:
         return None
     state, flow_id, queue_id, agent_id = row

@@ -5,9 +5,11 @@ An entry holds what a request needs: the key (its id, role, user id, expiry and 
 workspace and account, the person it acts for, and the role it acts with. It lives
 API_KEY_CACHE_SECONDS (0: no cache), so a revocation, a demotion or a removed member made by
 another process is honoured within that many seconds; in this process any save or delete of a key,
-workspace, account, membership or person forgets every entry at once (see `forget_all`). The
+workspace, account, membership or person forgets every entry at once (`forget_everything`). The
 expiry is checked against the clock on every request by the authentication, not here. At most
 API_KEY_CACHE_SIZE entries: the least recently used goes first.
+
+The workspaces that flow runs' report tokens name are kept the same way (`known_workspaces`).
 """
 
 import copy
@@ -41,45 +43,45 @@ class VerifiedKey:
         return key
 
 
-class VerifiedKeys:
-    """An LRU of VerifiedKey by the key's hash, with a time to live; safe across threads."""
+class Remembered:
+    """An LRU of values by key, each forgotten API_KEY_CACHE_SECONDS after it was remembered (0:
+    nothing is remembered); at most API_KEY_CACHE_SIZE entries; safe across threads."""
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock  # seconds; a parameter so that tests move time instead of sleeping
-        self._entries = OrderedDict()
+        self._entries = OrderedDict()  # key -> (value, remembered at)
         self._lock = threading.Lock()
 
-    def get(self, hashed):
-        """The VerifiedKey of `hashed` when it was verified less than API_KEY_CACHE_SECONDS ago, else None."""
+    def get(self, key):
+        """The value remembered for `key` less than API_KEY_CACHE_SECONDS ago, else None."""
         ttl = settings.ORCHESTRATOR["API_KEY_CACHE_SECONDS"]
         if ttl <= 0:
             return None
         with self._lock:
-            entry = self._entries.get(hashed)
+            entry = self._entries.get(key)
             if entry is None:
                 return None
-            if self.clock() - entry.verified_at >= ttl:
-                del self._entries[hashed]
+            if self.clock() - entry[1] >= ttl:
+                del self._entries[key]
                 return None
-            self._entries.move_to_end(hashed)
-            return entry
+            self._entries.move_to_end(key)
+            return entry[0]
 
-    def put(self, hashed, key, role):
-        """Remember `key` (loaded with workspace, account and user), acting as `role`; returns the entry."""
-        entry = VerifiedKey(key, role, self.clock())
+    def remember(self, key, value):
+        """Remember `value` for `key`; returns `value`."""
         if settings.ORCHESTRATOR["API_KEY_CACHE_SECONDS"] <= 0:
-            return entry
+            return value
         size = max(1, settings.ORCHESTRATOR["API_KEY_CACHE_SIZE"])
         with self._lock:
-            self._entries[hashed] = entry
-            self._entries.move_to_end(hashed)
+            self._entries[key] = (value, self.clock())
+            self._entries.move_to_end(key)
             while len(self._entries) > size:
                 self._entries.popitem(last=False)
-        return entry
+        return value
 
-    def forget(self, hashed):
+    def forget(self, key):
         with self._lock:
-            self._entries.pop(hashed, None)
+            self._entries.pop(key, None)
 
     def forget_all(self, **_signal_arguments):
         """Forget every entry (a receiver of the model signals wired in runs/apps.py)."""
@@ -90,4 +92,24 @@ class VerifiedKeys:
         return len(self._entries)
 
 
+class VerifiedKeys(Remembered):
+    """VerifiedKey entries by the key's hash."""
+
+    def put(self, hashed, key, role):
+        """Remember `key` (loaded with workspace, account and user), acting as `role`; returns the entry."""
+        return self.remember(hashed, VerifiedKey(key, role, self.clock()))
+
+
 verified_keys = VerifiedKeys()
+
+# Workspaces by id, with their account: what a request authenticated by a flow run's report token
+# (which names its workspace's id) checks the URL's names against, without a query each time. A
+# workspace renamed or being deleted by another process is seen within API_KEY_CACHE_SECONDS, as keys are.
+known_workspaces = Remembered()
+
+
+def forget_everything(**_signal_arguments):
+    """Forget every verified key and known workspace (this process at once; the others within
+    API_KEY_CACHE_SECONDS)."""
+    verified_keys.forget_all()
+    known_workspaces.forget_all()

@@ -1,11 +1,15 @@
 """Roles per workspace: the workspace comes from the URL, the role from the key or the membership,
 and runs/access.py decides what the role may do."""
 
+import copy
+
 from rest_framework import exceptions, permissions
 
 from runs import access
 from runs.models import ApiKey, Role, Workspace
 from runs.run_tokens import RunGrant
+
+from .key_cache import known_workspaces
 
 # request.role of a caller authenticated by a flow run's report token.
 RUN_TOKEN_ROLE = "run"
@@ -16,6 +20,30 @@ def resolve_workspace(account_slug, workspace_slug):
         return Workspace.objects.select_related("account").get(account__slug=account_slug, slug=workspace_slug)
     except Workspace.DoesNotExist:
         raise exceptions.NotFound("No such workspace.") from None
+
+
+def known_workspace(workspace_id, account_slug, workspace_slug):
+    """The workspace a flow run's report token names (`workspace_id`), when it is the one the URL
+    names and is not being deleted; else NotFound. Kept in the process as verified keys are
+    (runs/api/key_cache.py), so a report needs no query to find its workspace. Shared by the
+    process's requests: read it, or take `granted_workspace`'s copy."""
+    workspace = known_workspaces.get(workspace_id)
+    if workspace is None:
+        workspace = Workspace.objects.select_related("account").filter(pk=workspace_id).first()
+        if workspace is None:
+            raise exceptions.NotFound("No such workspace.")
+        known_workspaces.remember(workspace_id, workspace)
+    if workspace.slug != workspace_slug or workspace.account.slug != account_slug:
+        raise exceptions.NotFound("No such workspace.")
+    return workspace
+
+
+def granted_workspace(workspace_id, account_slug, workspace_slug):
+    """known_workspace's, copied for one request to hold: what it changes never reaches another."""
+    workspace = known_workspace(workspace_id, account_slug, workspace_slug)
+    mine = copy.copy(workspace)
+    mine.account = copy.copy(workspace.account)
+    return mine
 
 
 def workspace_in_url(request, account_slug, workspace_slug):
@@ -57,9 +85,7 @@ class WorkspaceRolePermission(permissions.BasePermission):
             if not run_scoped:
                 raise exceptions.PermissionDenied(
                     "A run's report token reports for its run only; this endpoint needs an API key.")
-            workspace = resolve_workspace(view.kwargs["account"], view.kwargs["workspace"])
-            if workspace.pk != request.auth.workspace_id:
-                raise exceptions.NotFound("No such workspace.")
+            workspace = granted_workspace(request.auth.workspace_id, view.kwargs["account"], view.kwargs["workspace"])
             request.workspace, request.role = workspace, RUN_TOKEN_ROLE
             return True
         if run_scoped:

@@ -24,15 +24,19 @@ router.register("deletion_jobs", deletions.DeletionJobViewSet, basename="deletio
 router.register("automations", automations_api.AutomationViewSet, basename="automation")
 router.register("deliveries", DeliveryViewSet, basename="delivery")
 
+# The workspace's prefix is matched once and the agents' endpoints (heartbeats, claims, reports: the
+# hottest) are tried first: Django tries the patterns in order, and every pattern tried costs CPU.
+workspace_patterns = [
+    path("agent/", include("runs.api.agents")),
+    path("ping", meta.PingView.as_view(), name="ping"),
+    path("settings", members.WorkspaceSettingsView.as_view(), name="workspace-settings"),
+    path("usage", usage.UsageView.as_view(), name="workspace-usage"),
+    path("events/", events.EventListView.as_view(), name="event-list"),
+    path("events/stream", events.EventStreamView.as_view(), name="event-stream"),
+    path("", include(router.urls)),
+    path("", include("events.api")),
+]
+
 urlpatterns = [
-    path("accounts/<slug:account>/workspaces/<slug:workspace>/", include(router.urls)),
-    path("accounts/<slug:account>/workspaces/<slug:workspace>/ping", meta.PingView.as_view(), name="ping"),
-    path("accounts/<slug:account>/workspaces/<slug:workspace>/settings", members.WorkspaceSettingsView.as_view(),
-         name="workspace-settings"),
-    path("accounts/<slug:account>/workspaces/<slug:workspace>/usage", usage.UsageView.as_view(), name="workspace-usage"),
-    path("accounts/<slug:account>/workspaces/<slug:workspace>/events/", events.EventListView.as_view(),
-         name="event-list"),
-    path("accounts/<slug:account>/workspaces/<slug:workspace>/events/stream", events.EventStreamView.as_view(),
-         name="event-stream"),
-    path("accounts/<slug:account>/workspaces/<slug:workspace>/agent/", include("runs.api.agents")),
+    path("accounts/<slug:account>/workspaces/<slug:workspace>/", include(workspace_patterns)),
 ]

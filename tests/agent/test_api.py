@@ -174,16 +174,21 @@ def test_an_agent_shutting_down_reports_itself_offline(operator, prefix, registe
 
 def test_a_flow_run_heartbeat_is_a_single_update(operator, prefix, ws, reporter):
     run = due_run(ws, state=State.RUNNING)
-    operator.get(f"{prefix}/agent/ping")  # the key's last_used_at is written at most once a minute
     url = f"{prefix}/agent/flow_runs/{run.pk}/heartbeat"
     reporter.client.credentials(HTTP_AUTHORIZATION=f"Bearer {reporter.token_for_request(url, None)}")
+    with CaptureQueriesContext(connection) as first:
+        assert reporter.client.post(url).json() == {"state": "RUNNING"}
     with CaptureQueriesContext(connection) as captured:
         assert reporter.client.post(url).json() == {"state": "RUNNING"}
-    statements = [q["sql"].split()[0] for q in captured.captured_queries]
-    # The run's token is checked without a query; one read of the workspace, then one UPDATE that
-    # also returns the run's state (in a transaction, see record_flow_run_heartbeat).
-    assert statements.count("SELECT") == 1 and statements.count("UPDATE") == 1
-    assert not {"INSERT", "DELETE"} & set(statements)
+    # The run's token is checked without a query; its workspace is read once and then known to the
+    # process (runs/api/key_cache.py), so a beat is one UPDATE that also returns the run's state.
+    assert [q["sql"].split()[0] for q in first.captured_queries].count("SELECT") == 1
+    statements = [q["sql"] for q in captured.captured_queries]
+    assert sum("UPDATE" in sql for sql in statements) == 1
+    assert not any(sql.split()[0] in {"SELECT", "INSERT", "DELETE"} for sql in statements)
+    if connection.vendor == "postgresql":
+        # One round trip: `SET LOCAL synchronous_commit TO OFF; UPDATE … RETURNING` (runs/hot_sql.py).
+        assert len(statements) == 1 and statements[0].startswith("SET LOCAL synchronous_commit TO OFF; UPDATE")
 
 
 def test_agent_and_task_run_heartbeats_are_one_update_each(operator, prefix, ws, registered, reporter):

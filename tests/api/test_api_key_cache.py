@@ -1,19 +1,22 @@
-"""The cache of verified API keys (runs/api/key_cache.py): a key is looked up once per
+"""The caches of verified API keys and known workspaces (runs/api/key_cache.py): a key is looked up once per
 ORCHESTRATOR_API_KEY_CACHE_SECONDS per process, a revocation made elsewhere is honoured within that
 time, one made here and an expiry at once, and the cache never holds more than its size."""
 
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from runs import actions
 from runs.api import authentication
-from runs.api.key_cache import verified_keys
+from runs.api.key_cache import known_workspaces, verified_keys
 from runs.audit import Who
 from runs.models import ApiKey, Membership, Role, State
 from tests import factories
 from tests.agent.test_api import due_run
+from tests.conftest import api_prefix
 
 
 class FakeClock:
@@ -28,6 +31,7 @@ class FakeClock:
 def clock(monkeypatch):
     fake = FakeClock()
     monkeypatch.setattr(verified_keys, "clock", fake)
+    monkeypatch.setattr(known_workspaces, "clock", fake)
     return fake
 
 
@@ -126,3 +130,57 @@ def test_run_tokens_are_not_cached(reporter, ws, prefix):
     run = due_run(ws, state=State.RUNNING)
     assert reporter.post(f"{prefix}/agent/flow_runs/{run.pk}/heartbeat").status_code == 200
     assert len(verified_keys) == 0
+
+
+def beat(reporter, prefix, run):
+    return reporter.post(f"{prefix}/agent/flow_runs/{run.pk}/heartbeat")
+
+
+def test_a_report_token_s_workspace_is_read_once(reporter, ws, prefix):
+    run = due_run(ws, state=State.RUNNING)
+    url = f"{prefix}/agent/flow_runs/{run.pk}/heartbeat"
+    reporter.client.credentials(HTTP_AUTHORIZATION=f"Bearer {reporter.token_for_request(url, None)}")
+    reads = []
+    for _ in range(2):
+        with CaptureQueriesContext(connection) as captured:
+            assert reporter.client.post(url).json() == {"state": "RUNNING"}
+        reads.append(sum("runs_workspace" in q["sql"] for q in captured.captured_queries))
+    assert reads == [1, 0] and len(known_workspaces) == 1
+
+
+def test_a_workspace_deleted_by_another_process_stops_reports_within_the_ttl(reporter, ws, prefix, clock, settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "API_KEY_CACHE_SECONDS": 5}
+    run = due_run(ws, state=State.RUNNING)
+    assert beat(reporter, prefix, run).status_code == 200
+    type(ws).all_objects.filter(pk=ws.pk).update(deleted_at=timezone.now())  # no signal: as from another process
+    clock.now += 4.9
+    assert beat(reporter, prefix, run).status_code == 200
+    clock.now += 0.2
+    assert beat(reporter, prefix, run).status_code == 404
+
+
+def test_a_workspace_deleted_or_renamed_in_this_process_stops_reports_at_once(reporter, ws, other_ws, prefix, clock):
+    run = due_run(ws, state=State.RUNNING)
+    assert beat(reporter, prefix, run).status_code == 200
+    old_prefix, ws.slug = prefix, f"{ws.slug}-renamed"
+    ws.save()
+    assert beat(reporter, old_prefix, run).status_code == 404
+    assert beat(reporter, api_prefix(ws), run).status_code == 200
+    actions.delete_workspace(ws, who=Who.command("test"))
+    assert beat(reporter, old_prefix, run).status_code == 404
+
+
+def test_a_report_token_answers_404_under_another_workspace_s_names(reporter, ws, other_ws, prefix):
+    run = due_run(ws, state=State.RUNNING)
+    assert beat(reporter, prefix, run).status_code == 200  # known now
+    assert beat(reporter, api_prefix(other_ws), run).status_code == 404
+
+
+def test_one_report_s_changes_to_its_workspace_do_not_reach_the_next(reporter, ws, prefix):
+    from runs.api.permissions import granted_workspace
+
+    first = granted_workspace(ws.pk, ws.account.slug, ws.slug)
+    first.name = "scribbled"
+    first.account.slug = "scribbled"
+    second = granted_workspace(ws.pk, ws.account.slug, ws.slug)
+    assert (second.name, second.account.slug) == (ws.name, ws.account.slug)

@@ -167,3 +167,39 @@ def test_an_api_view_that_loses_the_database_is_a_json_503_on_any_database(api, 
     with mock.patch.object(permissions, "role_in_workspace", side_effect=OperationalError("database is locked")):
         response = api.get(f"{api_prefix(ws)}/flow_runs/")
     assert_database_unavailable(response.status_code, response, response.content)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_a_healthy_connection_is_checked_without_a_round_trip(postgres_only, monkeypatch):
+    """orchestrator/db/postgresql: nothing to read on the socket, so no `SELECT 1` before the request's first query."""
+    from django.db import connections
+
+    wrapper = connections["default"]
+    checks = []
+    monkeypatch.setattr(type(wrapper), "is_usable", lambda self: checks.append(self) or True)
+    wrapper.ensure_connection()
+    monkeypatch.setattr(wrapper, "health_check_enabled", True)
+    monkeypatch.setattr(wrapper, "health_check_done", False)
+    wrapper.close_if_health_check_failed()
+    assert checks == [] and wrapper.health_check_done
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_a_connection_whose_backend_ended_is_closed_by_the_check(postgres_only):
+    from django.db import connections
+
+    other = connections.create_connection("default")
+    try:
+        other.ensure_connection()
+        kill_backend(other.connection.info.backend_pid)
+        other.health_check_enabled, other.health_check_done = True, False
+        other.close_if_health_check_failed()
+        assert other.connection is None  # closed: the next query connects afresh
+        other.ensure_connection()
+        with other.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            assert cursor.fetchone() == (1,)
+    finally:
+        other.close()

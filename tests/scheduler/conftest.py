@@ -41,19 +41,29 @@ class Hung(BaseException):
     test may swallow it and carry on."""
 
 
+# A wall-clock bound as well, far above the CPU one: a call that waits (on a lock, say) burns no CPU.
+WALL_CLOCK_FACTOR = 12
+
+
 @contextmanager
 def returns_within(seconds):
-    """Fail instead of hanging: SIGALRM interrupts the (main) test thread's Python code after `seconds`.
+    """Fail instead of hanging: a signal interrupts the (main) test thread's Python code after
+    `seconds` of the process's CPU time (SIGPROF), or WALL_CLOCK_FACTOR times that on the clock (SIGALRM).
 
-    A generous bound for "does not hang", never a timing assertion. Signals reach only the main
-    thread, which is where pytest runs a test; the code under test is then interrupted between two
-    bytecodes, as dateutil's and our loops are plain Python.
+    A generous bound for "does not hang", never a timing assertion. CPU time, as the schedules'
+    own budget counts it (runs/schedules/bounds.py): on a box shared with other test workers a
+    second of work can take many on the clock. Signals reach only the main thread, which is where
+    pytest runs a test; the code under test is then interrupted between two bytecodes, as dateutil's
+    and our loops are plain Python.
     """
     def interrupt(signum, frame):
-        raise Hung(f"did not return within {seconds} s")
+        kind = "of CPU time" if signum == signal.SIGPROF else "on the clock"
+        raise Hung(f"did not return within {seconds if signum == signal.SIGPROF else seconds * WALL_CLOCK_FACTOR} s "
+                   f"{kind}")
 
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGPROF, signal.SIGALRM)}
+    signal.setitimer(signal.ITIMER_PROF, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds * WALL_CLOCK_FACTOR)
     try:
         yield
     except Hung as exc:
@@ -68,8 +78,10 @@ def returns_within(seconds):
         code = stuck.f_code
         raise Hung(f"{exc}; it was in {code.co_name} ({code.co_filename}:{stuck.f_lineno})") from None
     finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 @pytest.fixture
