@@ -14,7 +14,7 @@ import functools
 import logging
 from dataclasses import dataclass
 
-from django.db import DatabaseError, InterfaceError, OperationalError, models, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, models, transaction
 from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -117,8 +117,11 @@ def is_legal(kind_label, from_state, to_state, *, retry=False):
     return to_state in kind.transitions[from_state]
 
 
+_STATE_VALUES = frozenset(S.values)  # State.values builds its list anew on every access
+
+
 def _check(kind, obj_id, from_state, to_state, retry):
-    if to_state not in S.values:
+    if to_state not in _STATE_VALUES:
         raise IllegalTransition(f"{to_state!r} is not a state", current=from_state, requested=to_state)
     if not is_legal(kind.label, from_state, to_state, retry=retry):
         hint = " (a finished run moves again only through an explicit retry)" if from_state in TERMINAL_STATES else ""
@@ -239,9 +242,19 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
     counting = kind is TASK and to_state == S.COMPLETED and not obj.quota_counted
     if kind is TASK and to_state == S.COMPLETED:
         values["quota_counted"] = True
+    # A plain move of a flow run (the API's, most services'): hand-written SQL whose UPDATE returns
+    # the row, in place of the ORM's query building and the refresh after it (runs/hot_sql.py).
+    plain = (kind is FLOW and not fence and connection.features.can_return_columns_from_insert
+             and all(name in _PLAIN_RUN_FIELDS and not hasattr(value, "resolve_expression")
+                     for name, value in values.items()))
     with transaction.atomic():
-        moving = kind.model.objects.filter(pk=obj.pk, state=from_state, **_direct(kind.model, fence or {}))
-        changed = moving.filter(quota_counted=False).update(**values) if counting else moving.update(**values)
+        if plain:  # the history row goes with the move (one statement on PostgreSQL)
+            history_row = _history_row(kind, obj.pk, obj.pk, from_state, to_state, message, actor, user, agent, now)
+            row = hot_sql.move_flow_run(obj.pk, from_state, values, history_row)
+            changed = 0 if row is None else 1
+        else:
+            moving = kind.model.objects.filter(pk=obj.pk, state=from_state, **_direct(kind.model, fence or {}))
+            changed = moving.filter(quota_counted=False).update(**values) if counting else moving.update(**values)
         if counting and changed != 1:
             # Counted since the caller loaded it (completed, retried and running again meanwhile): move it
             # without counting it again.
@@ -257,7 +270,8 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
             )
         flow_run_id = obj.pk if kind is FLOW else obj.flow_run_id
         workspace_id = obj.workspace_id if kind is FLOW else obj.flow_run.workspace_id
-        _history_row(kind, obj.pk, flow_run_id, from_state, to_state, message, actor, user, agent, now).save()
+        if not plain:
+            _history_row(kind, obj.pk, flow_run_id, from_state, to_state, message, actor, user, agent, now).save()
         if counting:
             quota.count_completions([(workspace_id, obj.pk)], now)
         # Sent after the commit (the embedded mode writes its buffer row in this transaction).
@@ -266,8 +280,30 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
             new_agent = updates.get("agent", updates.get("agent_id"))
             related["agent"] = getattr(new_agent, "pk", new_agent)
         emit([_event(kind, obj.pk, workspace_id, from_state, to_state, message, actor, now, related)])
-    obj.refresh_from_db()
+    if plain:
+        _take_row(obj, row)
+    else:
+        obj.refresh_from_db()
     return obj
+
+
+# A flow run's columns a plain move may write by hand (not its foreign keys: an update may name
+# those by the relation, `agent=`, which hot_sql.move_flow_run does not translate).
+_PLAIN_RUN_FIELDS = frozenset(field.attname for field in FlowRun._meta.concrete_fields if not field.is_relation)
+
+
+def _take_row(obj, row):
+    """What obj.refresh_from_db() does, from the columns hot_sql.move_flow_run returned: the new
+    values, and no cached related object or prefetched list that may since be stale."""
+    for field, value in zip(FlowRun._meta.concrete_fields, row):
+        setattr(obj, field.attname, value)
+        if field.is_relation and field.is_cached(obj):
+            field.delete_cached_value(obj)
+    for field in FlowRun._meta.related_objects:
+        if field.is_cached(obj):
+            field.delete_cached_value(obj)
+    obj._prefetched_objects_cache = {}
+    obj._state.db = connection.alias
 
 
 def set_flow_run_state(run, to_state, *, actor, message="", expected_state=None, user=None, agent=None,

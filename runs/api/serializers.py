@@ -6,7 +6,7 @@ from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 from timezone_field.rest_framework import TimeZoneSerializerField
 
-from runs.models import Flow, FlowRun, FlowVersion, Schedule, State, StateChange, WorkQueue
+from runs.models import Flow, FlowRun, FlowVersion, Schedule, StateChange, WorkQueue
 from runs.schedules import ScheduleComputeError, validate_schedule
 
 from .schema import EXAMPLE_RUN_ID, request_example, response_example
@@ -268,6 +268,36 @@ class ResumedScheduleSerializer(ScheduleSerializer):
         fields = ScheduleSerializer.Meta.fields + ["runs_created"]
 
 
+_drf_time = serializers.DateTimeField().to_representation
+
+
+def _time(value, zone):
+    """A time as DRF's DateTimeField shows it (ISO 8601 in the current `zone`, UTC as Z), for the
+    answers built as plain dicts below; what is not an aware datetime goes to DRF's own."""
+    if value is None:
+        return None
+    if getattr(value, "tzinfo", None) is None:
+        return _drf_time(value)
+    value = value.astimezone(zone).isoformat()
+    return value[:-6] + "Z" if value.endswith("+00:00") else value
+
+
+def _shown(obj, attr=None):
+    """What an answer shows of a related object: its `attr`, or str() of it; None for none."""
+    if obj is None:
+        return None
+    return str(obj) if attr is None else getattr(obj, attr)
+
+
+def state_change_data(change):
+    """One history row as the API shows it: StateChangeSerializer's fields, built directly (a state
+    change's answer renders its history from SQL rows, runs/hot_sql.py). `change`: a mapping of
+    from_state, to_state, message, actor, timestamp, and user / agent as shown (their str(), or None)."""
+    return {"from_state": str(change["from_state"]), "to_state": str(change["to_state"]),
+            "message": str(change["message"]), "actor": str(change["actor"]), "user": change["user"],
+            "agent": change["agent"], "timestamp": _time(change["timestamp"], timezone.get_current_timezone())}
+
+
 class StateChangeSerializer(serializers.ModelSerializer):
     user = serializers.StringRelatedField(allow_null=True, help_text="The person, when a person did it.")
     agent = serializers.StringRelatedField(allow_null=True, help_text="The agent, when an agent reported it.")
@@ -275,6 +305,11 @@ class StateChangeSerializer(serializers.ModelSerializer):
     class Meta:
         model = StateChange
         fields = ["from_state", "to_state", "message", "actor", "user", "agent", "timestamp"]
+
+    def to_representation(self, change):
+        return state_change_data({"from_state": change.from_state, "to_state": change.to_state,
+                                  "message": change.message, "actor": change.actor, "user": _shown(change.user),
+                                  "agent": _shown(change.agent), "timestamp": change.timestamp})
 
 
 FLOW_RUN = {
@@ -296,48 +331,36 @@ HISTORY = [
 ]
 
 
-# The run's datetimes and state exactly as FlowRunSerializer's declared fields render them (ISO 8601,
-# UTC as "Z"); one instance each, as they keep no state between calls.
-_WHEN = serializers.DateTimeField().to_representation
-_STATE = serializers.ChoiceField(choices=State.choices).to_representation
+# What a run's answer names of its related objects, and how: by name, or (a person) as str().
+RUN_NAMES = {"flow": "name", "work_queue": "name", "agent": "name", "created_by": None, "created_by_key": "name"}
 
 
-def _text(value):
-    return None if value is None else str(value)
+def run_names(run, only=RUN_NAMES):
+    """flow_run_data's `names` (those in `only`) from the run's relations, loading those not loaded."""
+    return {name: _shown(getattr(run, name), RUN_NAMES[name]) for name in only}
 
 
-def flow_run_data(run):
-    """A run as the API shows it: FlowRunSerializer's fields, in their order and forms, without DRF's
-    per-field walk (a fifth of creating a run's CPU). Every answer showing a run (create, list,
-    detail, a state change) goes through here, so they cannot drift apart; a test pins it to what
-    the declared fields would render. Reads run.flow, work_queue, agent, created_by and
-    created_by_key: load them with the run (select_related) where they are not set already."""
-    flow, queue, agent, person, key = run.flow, run.work_queue, run.agent, run.created_by, run.created_by_key
+def flow_run_data(run, names=None):
+    """A run as the API shows it: FlowRunSerializer's fields in their order, built directly (DRF's
+    field by field rendering was a fifth of a state change's and of creating a run's CPU). Every
+    answer showing a run (create, list, detail, a state change) goes through here, so they cannot
+    drift apart. `names`: run_names(run) (the default: the run's loaded relations), or the same
+    names read with the run in SQL (runs/hot_sql.py)."""
+    if names is None:
+        names = run_names(run)
+    zone = timezone.get_current_timezone()
     return {
-        "id": _text(run.id),
-        "name": _text(run.name),
-        "flow": None if flow is None else flow.name,
-        "flow_version": run.flow_version_id,
-        "schedule": run.schedule_id,
-        "schedule_slug": _text(run.schedule_slug),
-        "parameters": run.parameters,
-        "state": None if run.state is None else _STATE(run.state),
-        "state_message": _text(run.state_message),
-        "state_changed": _WHEN(run.state_changed),
-        "scheduled_start": _WHEN(run.scheduled_start),
-        "slot": _WHEN(run.slot),
-        "auto_scheduled": None if run.auto_scheduled is None else bool(run.auto_scheduled),
-        "created_by": _text(person),
-        "created_by_key": None if key is None else key.name,
-        "work_queue": None if queue is None else queue.name,
-        "agent": None if agent is None else agent.name,
-        "start_time": _WHEN(run.start_time),
-        "end_time": _WHEN(run.end_time),
-        "last_heartbeat": _WHEN(run.last_heartbeat),
-        "run_count": None if run.run_count is None else int(run.run_count),
-        "lazarus_count": None if run.lazarus_count is None else int(run.lazarus_count),
-        "idempotency_key": _text(run.idempotency_key),
-        "created": _WHEN(run.created),
+        "id": str(run.pk), "name": str(run.name), "flow": names["flow"], "flow_version": run.flow_version_id,
+        "schedule": run.schedule_id, "schedule_slug": str(run.schedule_slug), "parameters": run.parameters,
+        "state": str(run.state), "state_message": str(run.state_message),
+        "state_changed": _time(run.state_changed, zone), "scheduled_start": _time(run.scheduled_start, zone),
+        "slot": _time(run.slot, zone), "auto_scheduled": bool(run.auto_scheduled), "created_by": names["created_by"],
+        "created_by_key": names["created_by_key"], "work_queue": names["work_queue"], "agent": names["agent"],
+        "start_time": _time(run.start_time, zone), "end_time": _time(run.end_time, zone),
+        "last_heartbeat": _time(run.last_heartbeat, zone), "run_count": int(run.run_count),
+        "lazarus_count": int(run.lazarus_count),
+        "idempotency_key": None if run.idempotency_key is None else str(run.idempotency_key),
+        "created": _time(run.created, zone),
     }
 
 
@@ -364,8 +387,8 @@ class FlowRunSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    def to_representation(self, instance):
-        return flow_run_data(instance)
+    def to_representation(self, run):
+        return flow_run_data(run, run_names(run))
 
 
 @extend_schema_serializer(examples=[response_example("A finished run with its history",
@@ -377,6 +400,6 @@ class FlowRunDetailSerializer(FlowRunSerializer):
         fields = FlowRunSerializer.Meta.fields + ["history"]
         read_only_fields = fields
 
-    def to_representation(self, instance):
-        history = self.fields["history"]
-        return {**flow_run_data(instance), "history": history.to_representation(history.get_attribute(instance))}
+    def to_representation(self, run):
+        history = StateChangeSerializer(run.history.all(), many=True).data
+        return {**super().to_representation(run), "history": history}
