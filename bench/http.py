@@ -208,17 +208,25 @@ def run(table):
         _row(table, "agent poll, nothing due", drive(server, lambda s, i: s.post(
             f"{base}/agent/claim", json={"agent_id": agent.pk, "max_runs": 10}, headers=agent_auth), REQUESTS),
             ping, "≤ 1.7 ms CPU/req")
-        claims = []
-        for round_ in range(10):
+        # Each claim takes 200 runs made due just before it (by this process, whose CPU is not the
+        # server's); the server's CPU is read over all the rounds, since /proc counts in 10 ms ticks.
+        rounds, cpu, latencies = 20, 0.0, []
+        for round_ in range(rounds):
             moment = timezone.now()
             FlowRun.objects.bulk_create([FlowRun(workspace=ws, flow=flow, work_queue=queue, name=f"due-{round_}-{i}",
                                                  scheduled_start=moment - timedelta(seconds=i)) for i in range(200)])
-            figures = drive(server, lambda s, i: s.post(f"{base}/agent/claim", json={
-                "agent_id": agent.pk, "max_runs": 200}, headers=agent_auth), 1, clients=1)
-            claims.append(figures)
+            before = cpu_seconds(server.process.pid)
+            began = time.perf_counter()
+            answer = requests.post(f"{base}/agent/claim", json={"agent_id": agent.pk, "max_runs": 200},
+                                   headers=agent_auth, timeout=60)
+            latencies.append((time.perf_counter() - began) * 1000)
+            cpu += cpu_seconds(server.process.pid) - before
+            if answer.status_code != 200 or len(answer.json()["runs"]) != 200:
+                raise RuntimeError(f"the claim answered {answer.status_code}: {answer.text[:200]}")
             FlowRun.objects.filter(workspace=ws, state=State.SUBMITTED).update(state=State.RUNNING, start_time=moment)
-        cpu = statistics.median(c[3] for c in claims)
-        table.add("HTTP claim 200 due runs", f"{cpu:.2f} ms CPU/req; p50 {statistics.median(c[1] for c in claims):.1f}"
-                  f" ms", f"ping {ping[3]:.2f} ms CPU/req", f"{cpu / ping[3]:.1f}×", "≤ 10 ms CPU/req")
+        per_claim = cpu * 1000 / rounds
+        table.add("HTTP claim 200 due runs", f"{per_claim:.2f} ms CPU/req (mean of {rounds}); p50 "
+                  f"{statistics.median(latencies):.1f} ms", f"ping {ping[3]:.2f} ms CPU/req",
+                  f"{per_claim / ping[3]:.1f}×", "≤ 10 ms CPU/req")
     finally:
         server.stop()
