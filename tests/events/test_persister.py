@@ -322,3 +322,29 @@ def test_store_persist_returns_only_new_events_in_batch_order(any_buffer):
         second = store.persist(events)
     assert [str(e.id) for e in first] == [e["id"] for e in events[:3]]
     assert [str(e.id) for e in second] == [e["id"] for e in events[3:]]
+
+
+def test_a_batch_is_added_to_the_stream_in_one_command_in_order_also_after_a_script_flush(events_in_redis):
+    """orchestrator/streams.py adds a batch with one script call (EVALSHA); a server that lost the
+    script (a restart, SCRIPT FLUSH) gets its text and the batch still lands whole, in order."""
+    client = buffer.redis_client()
+    sent = [make(1, f"test.batch.{i}", resource("flow-run", str(i))) for i in range(300)]
+    commands = []
+    original = type(client).execute_command
+
+    def counted(self, *args, **kwargs):
+        commands.append(args[0])
+        return original(self, *args, **kwargs)
+
+    type(client).execute_command = counted
+    try:
+        buffer.push(sent[:200])
+        client.script_flush()
+        buffer.push(sent[200:])
+    finally:
+        type(client).execute_command = original
+    # Per push: EVALSHA, and on a server without the script (new, then flushed) its text, then EVALSHA again.
+    assert "XADD" not in commands and commands.count("SCRIPT LOAD") == 2
+    assert set(commands) == {"EVALSHA", "SCRIPT LOAD", "SCRIPT FLUSH"}
+    stored = [json.loads(fields[b"e"])["name"] for _, fields in client.xrange(buffer.stream_key())]
+    assert stored == [event["name"] for event in sent]
