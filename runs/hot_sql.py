@@ -17,8 +17,13 @@ from django.db.models.expressions import RawSQL
 from runs.models import Agent, Flow, FlowRun, FlowVersion, Schedule, State, StateChange, TaskRun, WorkQueue
 
 
-def _column(model, name):
-    return connection.ops.quote_name(model._meta.get_field(name).column)
+def _quote(name):
+    return connection.ops.quote_name(name)
+
+
+def _quoted(model, name=None):
+    """A model's table, or one of its fields' column, quoted for the database in use."""
+    return _quote(model._meta.get_field(name).column if name else model._meta.db_table)
 
 
 # --- flow-run heartbeat ---
@@ -63,10 +68,10 @@ def beat_flow_run(run_id, workspace_id, now, generation):
 def _beat_sql(vendor):
     """(the beat's UPDATE, its RETURNING list) for the database `vendor`."""
     table = connection.ops.quote_name(FlowRun._meta.db_table)
-    update = (f"UPDATE {table} SET {_column(FlowRun, 'last_heartbeat')} = %s "
-              f"WHERE {_column(FlowRun, 'id')} = %s AND {_column(FlowRun, 'workspace')} = %s "
-              f"AND {_column(FlowRun, 'token_generation')} = %s")
-    return update, ", ".join(_column(FlowRun, name) for name in BEAT_FIELDS)
+    update = (f"UPDATE {table} SET {_quoted(FlowRun, 'last_heartbeat')} = %s "
+              f"WHERE {_quoted(FlowRun, 'id')} = %s AND {_quoted(FlowRun, 'workspace')} = %s "
+              f"AND {_quoted(FlowRun, 'token_generation')} = %s")
+    return update, ", ".join(_quoted(FlowRun, name) for name in BEAT_FIELDS)
 
 
 # --- agent poll ---
@@ -104,12 +109,12 @@ def _poll_sql():
     link = quote(through.db_table)
     link_agent = quote(through.get_field("agent").column)
     link_queue = quote(through.get_field("workqueue").column)
-    run_agent, run_state, run_start = (_column(FlowRun, n) for n in ("agent", "state", "scheduled_start"))
-    run_deleted, run_queue, run_id = (_column(FlowRun, n) for n in ("deleted_at", "work_queue", "id"))
-    queue_id, paused, polled = (_column(WorkQueue, n) for n in ("id", "paused", "last_polled"))
-    agent_id = _column(Agent, "id")
+    run_agent, run_state, run_start = (_quoted(FlowRun, n) for n in ("agent", "state", "scheduled_start"))
+    run_deleted, run_queue, run_id = (_quoted(FlowRun, n) for n in ("deleted_at", "work_queue", "id"))
+    queue_id, paused, polled = (_quoted(WorkQueue, n) for n in ("id", "paused", "last_polled"))
+    agent_id = _quoted(Agent, "id")
     return f"""
-        SELECT a.{_column(Agent, 'name')}, a.{_column(Agent, 'status')},
+        SELECT a.{_quoted(Agent, 'name')}, a.{_quoted(Agent, 'status')},
           (SELECT COALESCE(json_agg(json_build_array(q.{queue_id}, q.{polled} IS NULL OR q.{polled} < %s)
                                     ORDER BY q.{queue_id}), '[]')
              FROM {queues} q JOIN {link} l ON l.{link_queue} = q.{queue_id} WHERE l.{link_agent} = a.{agent_id}),
@@ -120,7 +125,7 @@ def _poll_sql():
                    WHERE l.{link_agent} = a.{agent_id} AND NOT q.{paused}
                      AND EXISTS (SELECT 1 FROM {runs} r WHERE r.{run_queue} = q.{queue_id}
                                     AND r.{run_state} IN (%s, %s) AND r.{run_start} <= %s AND r.{run_deleted} IS NULL))
-          FROM {agents} a WHERE a.{agent_id} = %s AND a.{_column(Agent, 'workspace')} = %s
+          FROM {agents} a WHERE a.{agent_id} = %s AND a.{_quoted(Agent, 'workspace')} = %s
     """
 
 
@@ -273,11 +278,6 @@ def claimed_run_rows(agent_id, run_ids):
 # Measured (make bench BENCH_ARGS=http, 2 cores, shared): 6.62 -> 1.45 ms server CPU per request.
 
 
-def _quoted(model, name=None):
-    """A model's table, or one of its fields' column, quoted for the database in use."""
-    return connection.ops.quote_name(model._meta.get_field(name).column if name else model._meta.db_table)
-
-
 def _insert_fields(model):
     """The columns an ORM INSERT of `model` writes: all but an auto-incremented id."""
     return [f for f in model._meta.local_concrete_fields if f is not model._meta.auto_field]
@@ -398,14 +398,6 @@ def insert_manual_run(run, history):
 # answers agree.
 
 
-def _quote(name):
-    return connection.ops.quote_name(name)
-
-
-def _table(model):
-    return _quote(model._meta.db_table)
-
-
 # Converters from a database value to the field's Python value, as the ORM applies them (SQLite
 # hands back datetimes as text and UUIDs as hex, JSON comes as text): built once per vendor.
 _CONVERTERS = {}
@@ -465,24 +457,24 @@ def run_to_change(run_id, workspace_id):
 @functools.cache
 def _run_to_change_sql(vendor):
     fields = run_fields()
-    run_table = _table(FlowRun)
+    run_table = _quoted(FlowRun)
     joins, names = [], []
     for i, name in enumerate(RUN_NAMES):
         model = FlowRun._meta.get_field(name).related_model
         alias = f"n{i}"
-        joins.append(f"LEFT JOIN {_table(model)} {alias} ON {alias}.{_quote(model._meta.pk.column)} = "
-                     f"{run_table}.{_column(FlowRun, name)}")
-        names.append(f"{alias}.{_column(model, _shown(model))}")
-    deleted = _column(Flow, "deleted_at")
+        joins.append(f"LEFT JOIN {_quoted(model)} {alias} ON {alias}.{_quote(model._meta.pk.column)} = "
+                     f"{run_table}.{_quoted(FlowRun, name)}")
+        names.append(f"{alias}.{_quoted(model, _shown(model))}")
+    deleted = _quoted(Flow, "deleted_at")
     return (
-        f"SELECT {', '.join(f'{run_table}.{_column(FlowRun, f)}' for f in fields)}, {', '.join(names)} "
+        f"SELECT {', '.join(f'{run_table}.{_quoted(FlowRun, f)}' for f in fields)}, {', '.join(names)} "
         f"FROM {run_table} {' '.join(joins)} "
         f"WHERE {run_table}.{_quote(FlowRun._meta.pk.column)} = %s "
-        f"AND {run_table}.{_column(FlowRun, 'workspace')} = %s "
-        f"AND {run_table}.{_column(FlowRun, 'deleted_at')} IS NULL AND n0.{deleted} IS NULL "
+        f"AND {run_table}.{_quoted(FlowRun, 'workspace')} = %s "
+        f"AND {run_table}.{_quoted(FlowRun, 'deleted_at')} IS NULL AND n0.{deleted} IS NULL "
         # listed(): not of a schedule marked deleted (a run of no schedule is listed).
-        f"AND NOT EXISTS (SELECT 1 FROM {_table(Schedule)} s WHERE s.{_quote(Schedule._meta.pk.column)} = "
-        f"{run_table}.{_column(FlowRun, 'schedule')} AND s.{_column(Schedule, 'deleted_at')} IS NOT NULL)"
+        f"AND NOT EXISTS (SELECT 1 FROM {_quoted(Schedule)} s WHERE s.{_quote(Schedule._meta.pk.column)} = "
+        f"{run_table}.{_quoted(FlowRun, 'schedule')} AND s.{_quoted(Schedule, 'deleted_at')} IS NOT NULL)"
     )
 
 
@@ -515,8 +507,8 @@ def move_flow_run(run_id, from_state, values, change):
 def _move_flow_run_sql(vendor, names):
     meta = FlowRun._meta
     assignments = ", ".join(f"{_quote(meta.get_field(name).column)} = %s" for name in names)
-    return (f"UPDATE {_table(FlowRun)} SET {assignments} WHERE {_quote(meta.pk.column)} = %s "
-            f"AND {_column(FlowRun, 'state')} = %s RETURNING {', '.join(_column(FlowRun, f) for f in run_fields())}")
+    return (f"UPDATE {_quoted(FlowRun)} SET {assignments} WHERE {_quote(meta.pk.column)} = %s "
+            f"AND {_quoted(FlowRun, 'state')} = %s RETURNING {', '.join(_quoted(FlowRun, f) for f in run_fields())}")
 
 
 @functools.lru_cache(maxsize=64)
@@ -526,7 +518,7 @@ def _move_and_add_sql(vendor, names):
     fields = _history_fields()
     assert fields[0].name == "flow_run"  # taken from the moved row, not from a parameter
     return (f"WITH moved AS ({_move_flow_run_sql(vendor, names)}), "
-            f"added AS (INSERT INTO {_table(StateChange)} ({', '.join(_quote(f.column) for f in fields)}) "
+            f"added AS (INSERT INTO {_quoted(StateChange)} ({', '.join(_quote(f.column) for f in fields)}) "
             f"SELECT moved.{_quote(FlowRun._meta.pk.column)}, {', '.join(['%s'] * (len(fields) - 1))} FROM moved) "
             f"SELECT * FROM moved")
 
@@ -542,7 +534,7 @@ def _history_fields():
 @functools.cache
 def _add_history_row_sql(vendor):
     fields = _history_fields()
-    return (f"INSERT INTO {_table(StateChange)} ({', '.join(_quote(f.column) for f in fields)}) "
+    return (f"INSERT INTO {_quoted(StateChange)} ({', '.join(_quote(f.column) for f in fields)}) "
             f"VALUES ({', '.join(['%s'] * len(fields))})")
 
 
@@ -566,13 +558,13 @@ def run_history(run_id):
 
 @functools.cache
 def _run_history_sql(vendor):
-    table, user_model = _table(StateChange), get_user_model()
+    table, user_model = _quoted(StateChange), get_user_model()
     return (
-        f"SELECT {', '.join(f'{table}.{_column(StateChange, f)}' for f in _SHOWN_HISTORY)}, "
-        f"u.{_column(user_model, _shown(user_model))}, a.{_column(Agent, _shown(Agent))} FROM {table} "
-        f"LEFT JOIN {_table(user_model)} u ON u.{_quote(user_model._meta.pk.column)} = "
-        f"{table}.{_column(StateChange, 'user')} "
-        f"LEFT JOIN {_table(Agent)} a ON a.{_quote(Agent._meta.pk.column)} = {table}.{_column(StateChange, 'agent')} "
-        f"WHERE {table}.{_column(StateChange, 'flow_run')} = %s "
-        f"ORDER BY {table}.{_column(StateChange, 'timestamp')}, {table}.{_quote(StateChange._meta.pk.column)}"
+        f"SELECT {', '.join(f'{table}.{_quoted(StateChange, f)}' for f in _SHOWN_HISTORY)}, "
+        f"u.{_quoted(user_model, _shown(user_model))}, a.{_quoted(Agent, _shown(Agent))} FROM {table} "
+        f"LEFT JOIN {_quoted(user_model)} u ON u.{_quote(user_model._meta.pk.column)} = "
+        f"{table}.{_quoted(StateChange, 'user')} "
+        f"LEFT JOIN {_quoted(Agent)} a ON a.{_quote(Agent._meta.pk.column)} = {table}.{_quoted(StateChange, 'agent')} "
+        f"WHERE {table}.{_quoted(StateChange, 'flow_run')} = %s "
+        f"ORDER BY {table}.{_quoted(StateChange, 'timestamp')}, {table}.{_quote(StateChange._meta.pk.column)}"
     )
