@@ -10,10 +10,12 @@ ago is never overwritten: the caller gets a `StaleTransition` naming both states
 change writes a history row (who, from, to, why) and an event.
 """
 
+import contextlib
 import functools
 import logging
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, models, transaction
 from django.db.models import F
 from django.db.models.functions import Coalesce
@@ -247,7 +249,12 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
     plain = (kind is FLOW and not fence and connection.features.can_return_columns_from_insert
              and all(name in _PLAIN_RUN_FIELDS and not hasattr(value, "resolve_expression")
                      for name, value in values.items()))
-    with transaction.atomic():
+    # On PostgreSQL a plain move is one statement, its own transaction: no BEGIN and COMMIT around
+    # it, unless the events are written in the change's transaction (the embedded buffer, no Redis)
+    # or a caller's transaction is open (its savepoint keeps that transaction usable after an error).
+    alone = (plain and connection.vendor == "postgresql" and bool(settings.REDIS_URL)
+             and not connection.in_atomic_block)
+    with contextlib.nullcontext() if alone else transaction.atomic():
         if plain:  # the history row goes with the move (one statement on PostgreSQL)
             history_row = _history_row(kind, obj.pk, obj.pk, from_state, to_state, message, actor, user, agent, now)
             row = hot_sql.move_flow_run(obj.pk, from_state, values, history_row)
