@@ -3,7 +3,7 @@
 A Redis round trip after every commit cost a state change about one more round trip on top of its
 ~8 database ones: 10-20 % of a transition on a loaded machine (bench/events.py). Instead, `send`
 queues the events in memory and returns; one daemon thread per process takes whatever is queued
-within LINGER_SECONDS (up to BATCH events) and XADDs it in one pipeline (events/buffer.py, which falls back to the
+within LINGER_SECONDS (up to BATCH events) and adds it to the stream in one command (events/buffer.py, which falls back to the
 PendingEvent table when Redis cannot take them, and skips Redis for a while after it failed).
 Prefect's client sends its events the same way (a background events worker).
 
@@ -23,9 +23,9 @@ import time
 
 logger = logging.getLogger(__name__)
 
-BATCH = 1000  # events per pipeline
+BATCH = 1000  # events per command
 # How long the thread lets more commits join a batch before sending it (seconds). The persister
-# reads every second, so 50 ms more costs nothing downstream, and one pipeline for many commits
+# reads every second, so 50 ms more costs nothing downstream, and one command for many commits
 # costs the process a fraction of the CPU that one per commit does. `wait` cuts it short.
 LINGER_SECONDS = 0.05
 QUEUE_BATCHES = 10_000  # batches (one per commit) waiting at most, then callers send themselves
