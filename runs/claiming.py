@@ -185,10 +185,15 @@ def claim_due_runs(agent, *, limit, now):
     if not open_ids or limit <= 0:
         return []
     if not any(cap is not None for _, paused, cap in queues if not paused):
-        # Every open queue is unlimited: one pick, which the move's own locking read takes as a
-        # subquery (`… IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`) in the move's transaction. The
-        # same rows as picking first, without reading their ids back and sending them again.
-        moved = _submit_to(agent, Q(pk__in=_due(now).filter(work_queue_id__in=open_ids).values("pk")[:limit]), now)
+        # Every open queue is unlimited: one pick, then the move of exactly those ids, in one
+        # transaction. Not the pick as a subquery of the move (`… IN (SELECT … LIMIT n FOR UPDATE
+        # SKIP LOCKED)`): PostgreSQL may run that subquery again for each row it joins, and a row
+        # another transaction released meanwhile then joins too, moving more than `limit` runs.
+        with transaction.atomic():
+            chosen = list(_due(now).filter(work_queue_id__in=open_ids).values_list("pk", flat=True)[:limit])
+            if not chosen:
+                return []
+            moved = _submit_to(agent, hot_sql.pk_in(chosen), now)
         return handed_out(agent, [row["pk"] for row in moved])
     with transaction.atomic():
         # Only limited queues are locked (and counted) here, which serialises claims where a

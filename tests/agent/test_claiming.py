@@ -4,13 +4,13 @@ import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from runs.claiming import claim_due_runs
-from runs.models import Actor, FlowRun, Role, State, StateChange, TaskRun
+from runs.models import Actor, FlowRun, Role, State, StateChange, TaskRun, WorkQueue
 from tests import factories
 
 
@@ -271,3 +271,54 @@ def test_a_bulk_transition_writes_one_history_row_per_row_moved_with_its_own_fro
     transition_task_runs(TaskRun.objects.filter(pk=task.pk), State.CRASHED, actor=Actor.USER, message="Gone.", now=now)
     assert list(StateChange.objects.filter(task_run=task).values_list("flow_run_id", "from_state", "to_state")) == [
         (running.pk, "RUNNING", "CRASHED")]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_never_moves_more_than_its_limit_when_a_held_run_is_released_mid_claim(ws):
+    """The unlimited queues' pick is fixed before the move. As a subquery of the move (`id IN (SELECT
+    … LIMIT n FOR UPDATE SKIP LOCKED)`), PostgreSQL may run the pick again for each row it joins, on a
+    small table by its own choice (forced here on a larger one, so that the release lands inside the
+    statement): a due run another transaction held at the first pick and released meanwhile then
+    joined the set, and the claim moved limit + 1 runs (found by review, 2026-12-07)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's plans and row locks")
+    queue = WorkQueue.objects.create(workspace=ws, name="default")
+    agent = factories.agent(ws)
+    agent.queues.add(queue)
+    flow = factories.flow(ws)
+    now = timezone.now()
+    for i in range(5):
+        factories.flow_run(flow, work_queue=queue, scheduled_start=now - timedelta(seconds=10 - i))
+    FlowRun.objects.bulk_create([FlowRun(workspace=ws, flow=flow, work_queue=queue, state=State.SCHEDULED,
+                                         scheduled_start=now + timedelta(days=1), name="not due")
+                                 for _ in range(60_000)])
+    held = factories.flow_run(flow, work_queue=queue, scheduled_start=now - timedelta(seconds=100))
+    locked, release = threading.Event(), threading.Event()
+
+    def another_service():
+        try:
+            with transaction.atomic():
+                list(FlowRun.objects.filter(pk=held.pk).select_for_update())
+                locked.set()
+                release.wait(10)
+                FlowRun.objects.filter(pk=held.pk).update(state=State.LATE)  # still claimable
+        finally:
+            connections.close_all()
+
+    with connection.cursor() as cursor:  # the nested-loop plan PostgreSQL picks for a small table
+        cursor.execute("SET enable_hashagg = off; SET enable_hashjoin = off; SET enable_mergejoin = off; "
+                       "SET enable_material = off; SET enable_sort = off")
+    thread = threading.Thread(target=another_service)
+    thread.start()
+    assert locked.wait(10)
+    threading.Timer(0.12, release.set).start()
+    try:
+        claimed = claim_due_runs(agent, limit=5, now=now)
+    finally:
+        release.set()
+        thread.join()
+        with connection.cursor() as cursor:
+            cursor.execute("RESET ALL")
+    assert len(claimed) == 5
+    assert FlowRun.objects.filter(agent=agent, state=State.SUBMITTED).count() == 5
