@@ -285,6 +285,13 @@ def resume_schedule(schedule, now=None):
 LATEST = object()
 
 
+def manual_run_name(flow):
+    """`<flow>-manual`, the flow's name cut so that the whole fits a run's name (a flow's name may
+    take all of its 200 characters)."""
+    suffix = "-manual"
+    return f"{flow.name[:FlowRun._meta.get_field('name').max_length - len(suffix)]}{suffix}"
+
+
 def create_manual_run(flow, *, user=None, api_key=None, parameters=None, work_queue=None, scheduled_start=None,
                       idempotency_key=None, schedule=None, name="", actor=Actor.USER, message=None, version=LATEST):
     """A run made by a person or a program ("run now"), recording who asked for it: the person,
@@ -306,7 +313,7 @@ def create_manual_run(flow, *, user=None, api_key=None, parameters=None, work_qu
     merged.update(parameters or {})
     run = FlowRun(
         workspace_id=flow.workspace_id, idempotency_key=idempotency_key or None,  # "": no key, as None
-        flow=flow, flow_version=version, schedule=schedule, name=name or f"{flow.name}-manual",
+        flow=flow, flow_version=version, schedule=schedule, name=name or manual_run_name(flow),
         parameters=merged, state=State.SCHEDULED, scheduled_start=scheduled_start or now,
         auto_scheduled=False, created_by=user, created_by_key=api_key, work_queue=work_queue, created=now,
         state_changed=now,

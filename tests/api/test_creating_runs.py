@@ -178,3 +178,15 @@ def test_the_answer_of_a_run_is_what_its_declared_fields_render(ws):
         for shown in (run, FlowRun.objects.get(pk=run.pk)):
             assert flow_run_data(shown) == walk(FlowRunSerializer(), shown)
             assert list(flow_run_data(shown)) == FlowRunSerializer.Meta.fields
+
+
+@pytest.mark.parametrize("length", [1, 193, 194, 200])
+def test_a_run_of_a_flow_with_a_long_name_is_named_within_its_200_characters(operator, prefix, ws, length):
+    """`<flow>-manual`, the flow's name cut to fit: a 194- to 200-character flow name was a 500 on
+    PostgreSQL (the run's name is at most 200 characters; found by review, 2026-12-07)."""
+    flow = factories.flow(ws, name="f" * length)
+    answer = post(operator, prefix, {"flow": flow.name})
+    assert answer.status_code == 201, answer.content
+    name = answer.json()["name"]
+    assert name.endswith("-manual") and len(name) == min(length + 7, 200)
+    assert name[:-7] == flow.name[:193]
