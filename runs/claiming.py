@@ -44,6 +44,11 @@ def _free_slots(queues):
     }
 
 
+def polled_before(now):
+    """A queue whose last poll is older than this is recorded as polled again (record_poll)."""
+    return now - timedelta(seconds=settings.ORCHESTRATOR["EVENTS_QUEUE_POLLED_EVERY_SECONDS"])
+
+
 def record_poll(queue_ids, now, agent=None):
     """Mark the queues as polled at `now`, so queue health can tell a polled queue from an abandoned one;
     returns the ids of the queues whose poll was recorded.
@@ -61,7 +66,7 @@ def record_poll(queue_ids, now, agent=None):
     """
     if not queue_ids:
         return []
-    stale_before = now - timedelta(seconds=settings.ORCHESTRATOR["EVENTS_QUEUE_POLLED_EVERY_SECONDS"])
+    stale_before = polled_before(now)
     with transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
@@ -178,28 +183,22 @@ def claim_due_runs(agent, *, limit, now):
     # Most polls find every queue polled within the interval: then record_poll's transaction and
     # UPDATE (which would match no row) are skipped. Its UPDATE re-checks the condition, so polls
     # that both see a stale queue still record (and announce) it once.
-    stale_before = now - timedelta(seconds=settings.ORCHESTRATOR["EVENTS_QUEUE_POLLED_EVERY_SECONDS"])
+    stale_before = polled_before(now)
     record_poll([pk for pk, _, _, polled in rows if polled is None or polled < stale_before], now, agent)
     queues = [(pk, paused, cap) for pk, paused, cap, _ in rows]
     open_ids = [pk for pk, paused, _ in queues if not paused]
     if not open_ids or limit <= 0:
         return []
-    if not any(cap is not None for _, paused, cap in queues if not paused):
-        # Every open queue is unlimited: one pick, then the move of exactly those ids, in one
-        # transaction. Not the pick as a subquery of the move (`… IN (SELECT … LIMIT n FOR UPDATE
-        # SKIP LOCKED)`): PostgreSQL may run that subquery again for each row it joins, and a row
-        # another transaction released meanwhile then joins too, moving more than `limit` runs.
-        with transaction.atomic():
-            chosen = list(_due(now).filter(work_queue_id__in=open_ids).values_list("pk", flat=True)[:limit])
-            if not chosen:
-                return []
-            moved = _submit_to(agent, hot_sql.pk_in(chosen), now)
-        return handed_out(agent, [row["pk"] for row in moved])
     with transaction.atomic():
         # Only limited queues are locked (and counted) here, which serialises claims where a
         # count decides; unlimited queues are claimed concurrently, SKIP LOCKED keeping agents apart.
-        limited = list(WorkQueue.objects.filter(pk__in=open_ids, concurrency_limit__isnull=False)
-                       .select_for_update())
+        # The ids are picked first, then moved: as a subquery of the move (`id IN (SELECT … LIMIT n FOR
+        # UPDATE SKIP LOCKED)`) PostgreSQL may run the pick again for each row it joins, and a row another
+        # transaction released meanwhile then joins too, moving more than `limit` runs.
+        limited = []
+        if any(cap is not None for _, paused, cap in queues if not paused):
+            limited = list(WorkQueue.objects.filter(pk__in=open_ids, concurrency_limit__isnull=False)
+                           .select_for_update())
         slots = _free_slots(limited)
         slots.update({pk: None for pk in open_ids if pk not in slots})
         open_queues = [qid for qid, free in slots.items() if free is None or free > 0]

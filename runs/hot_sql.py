@@ -26,6 +26,10 @@ def _quoted(model, name=None):
     return _quote(model._meta.get_field(name).column if name else model._meta.db_table)
 
 
+def _columns(fields):
+    return ", ".join(_quote(f.column) for f in fields)
+
+
 # --- flow-run heartbeat ---
 
 # What a flow run's heartbeat reads back from its UPDATE: the answer (state) and its event's related resources.
@@ -67,8 +71,7 @@ def beat_flow_run(run_id, workspace_id, now, generation):
 @functools.cache
 def _beat_sql(vendor):
     """(the beat's UPDATE, its RETURNING list) for the database `vendor`."""
-    table = connection.ops.quote_name(FlowRun._meta.db_table)
-    update = (f"UPDATE {table} SET {_quoted(FlowRun, 'last_heartbeat')} = %s "
+    update = (f"UPDATE {_quoted(FlowRun)} SET {_quoted(FlowRun, 'last_heartbeat')} = %s "
               f"WHERE {_quoted(FlowRun, 'id')} = %s AND {_quoted(FlowRun, 'workspace')} = %s "
               f"AND {_quoted(FlowRun, 'token_generation')} = %s")
     return update, ", ".join(_quoted(FlowRun, name) for name in BEAT_FIELDS)
@@ -103,12 +106,9 @@ def poll_snapshot(agent_id, workspace_id, now, stale_before):
 
 @functools.cache
 def _poll_sql():
-    quote = connection.ops.quote_name
-    runs, queues, agents = (quote(m._meta.db_table) for m in (FlowRun, WorkQueue, Agent))
-    through = Agent.queues.through._meta
-    link = quote(through.db_table)
-    link_agent = quote(through.get_field("agent").column)
-    link_queue = quote(through.get_field("workqueue").column)
+    runs, queues, agents = (_quoted(m) for m in (FlowRun, WorkQueue, Agent))
+    through = Agent.queues.through
+    link, link_agent, link_queue = _quoted(through), _quoted(through, "agent"), _quoted(through, "workqueue")
     run_agent, run_state, run_start = (_quoted(FlowRun, n) for n in ("agent", "state", "scheduled_start"))
     run_deleted, run_queue, run_id = (_quoted(FlowRun, n) for n in ("deleted_at", "work_queue", "id"))
     queue_id, paused, polled = (_quoted(WorkQueue, n) for n in ("id", "paused", "last_polled"))
@@ -142,27 +142,21 @@ def insert_history_of_locked_rows(model, ids, *, to_state, message, actor, user_
     """
     if not ids:
         return
-    quote = connection.ops.quote_name
     meta = model._meta
-    history = StateChange._meta
-    columns = ", ".join(quote(history.get_field(name).column) for name in (
-        "flow_run", "task_run", "from_state", "to_state", "message", "actor", "user", "agent", "timestamp"))
-    if model is TaskRun:
-        flow_run_id, task_run_id = quote(meta.get_field("flow_run").column), quote(meta.pk.column)
-    else:
-        flow_run_id, task_run_id = quote(meta.pk.column), "NULL"
+    pk = _quote(meta.pk.column)
+    flow_run_id, task_run_id = (_quoted(model, "flow_run"), pk) if model is TaskRun else (pk, "NULL")
     if connection.vendor == "postgresql":
-        where, id_params = f"{quote(meta.pk.column)} = ANY(%s::{meta.pk.db_type(connection)}[])", [_array(ids)]
+        where, id_params = f"{pk} = ANY(%s::{meta.pk.db_type(connection)}[])", [_array(ids)]
     else:
         prep = meta.pk.get_db_prep_value
-        where, id_params = f"{quote(meta.pk.column)} IN ({', '.join(['%s'] * len(ids))})", [
-            prep(pk, connection) for pk in ids]
-    timestamp = history.get_field("timestamp").get_db_prep_value(now, connection)
+        where, id_params = f"{pk} IN ({', '.join(['%s'] * len(ids))})", [prep(id_, connection) for id_ in ids]
+    timestamp = StateChange._meta.get_field("timestamp").get_db_prep_value(now, connection)
+    # _HISTORY_FIELDS' order: the run, the task run and the from-state come from the rows themselves.
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {quote(history.db_table)} ({columns}) "
-            f"SELECT {flow_run_id}, {task_run_id}, {quote(meta.get_field('state').column)}, %s, %s, %s, "
-            f"%s, NULL, %s FROM {quote(meta.db_table)} WHERE {where}",
+            f"INSERT INTO {_quoted(StateChange)} ({_columns(_history_fields())}) "
+            f"SELECT {flow_run_id}, {task_run_id}, {_quoted(model, 'state')}, %s, %s, %s, "
+            f"%s, NULL, %s FROM {_quoted(model)} WHERE {where}",
             [to_state, message, actor, user_id, timestamp, *id_params])
 
 
@@ -331,10 +325,6 @@ def manual_run_target(workspace_id, flow_name, queue_name):
     queue = None if queue_id is None else WorkQueue.from_db(
         connection.alias, ["id", "workspace_id", "name"], [queue_id, workspace_id, queue])
     return flow, version, queue
-
-
-def _columns(fields):
-    return ", ".join(connection.ops.quote_name(f.column) for f in fields)
 
 
 @functools.cache
@@ -518,7 +508,7 @@ def _move_and_add_sql(vendor, names):
     fields = _history_fields()
     assert fields[0].name == "flow_run"  # taken from the moved row, not from a parameter
     return (f"WITH moved AS ({_move_flow_run_sql(vendor, names)}), "
-            f"added AS (INSERT INTO {_quoted(StateChange)} ({', '.join(_quote(f.column) for f in fields)}) "
+            f"added AS (INSERT INTO {_quoted(StateChange)} ({_columns(fields)}) "
             f"SELECT moved.{_quote(FlowRun._meta.pk.column)}, {', '.join(['%s'] * (len(fields) - 1))} FROM moved) "
             f"SELECT * FROM moved")
 
@@ -534,7 +524,7 @@ def _history_fields():
 @functools.cache
 def _add_history_row_sql(vendor):
     fields = _history_fields()
-    return (f"INSERT INTO {_quoted(StateChange)} ({', '.join(_quote(f.column) for f in fields)}) "
+    return (f"INSERT INTO {_quoted(StateChange)} ({_columns(fields)}) "
             f"VALUES ({', '.join(['%s'] * len(fields))})")
 
 

@@ -32,7 +32,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from events.emit import emit, make, resource
-from runs.claiming import cancelling_run_ids, claim_for_agent, record_poll
+from runs.claiming import cancelling_run_ids, claim_for_agent, polled_before, record_poll
 from runs.logs import ingest
 from runs.models import (
     Actor, Agent, AgentStatus, FlowRun, Log, LogLevel, Role, State, TaskRun, secret_values)
@@ -271,8 +271,7 @@ def quiet_poll(workspace, agent_id, now):
     """
     if connection.vendor != "postgresql":
         return None
-    stale_before = now - timedelta(seconds=settings.ORCHESTRATOR["EVENTS_QUEUE_POLLED_EVERY_SECONDS"])
-    snapshot = hot_sql.poll_snapshot(agent_id, workspace.pk, now, stale_before)
+    snapshot = hot_sql.poll_snapshot(agent_id, workspace.pk, now, polled_before(now))
     if snapshot is None:
         return None
     name, status, queues, mine, due = snapshot

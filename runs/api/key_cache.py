@@ -28,19 +28,23 @@ class VerifiedKey:
 
     key: object
     role: str
-    verified_at: float  # VerifiedKeys.clock() seconds
 
     def fresh(self):
         """A copy of the key (and of its workspace, account and person) for one request to hold, with
         the role it acts with: what one request changes on it never reaches another."""
         key = copy.copy(self.key)
-        workspace = copy.copy(self.key.workspace)
-        workspace.account = copy.copy(self.key.workspace.account)
-        key.workspace = workspace
+        key.workspace = copied_workspace(self.key.workspace)
         if self.key.user_id:
             key.user = copy.copy(self.key.user)
         key.acting_role = self.role
         return key
+
+
+def copied_workspace(workspace):
+    """A copy of a remembered workspace, with its account, for one request to hold."""
+    mine = copy.copy(workspace)
+    mine.account = copy.copy(workspace.account)
+    return mine
 
 
 class Remembered:
@@ -97,7 +101,7 @@ class VerifiedKeys(Remembered):
 
     def put(self, hashed, key, role):
         """Remember `key` (loaded with workspace, account and user), acting as `role`; returns the entry."""
-        return self.remember(hashed, VerifiedKey(key, role, self.clock()))
+        return self.remember(hashed, VerifiedKey(key, role))
 
 
 verified_keys = VerifiedKeys()

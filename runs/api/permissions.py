@@ -1,15 +1,13 @@
 """Roles per workspace: the workspace comes from the URL, the role from the key or the membership,
 and runs/access.py decides what the role may do."""
 
-import copy
-
 from rest_framework import exceptions, permissions
 
 from runs import access
 from runs.models import ApiKey, Role, Workspace
 from runs.run_tokens import RunGrant
 
-from .key_cache import known_workspaces
+from .key_cache import copied_workspace, known_workspaces
 
 # request.role of a caller authenticated by a flow run's report token.
 RUN_TOKEN_ROLE = "run"
@@ -40,10 +38,7 @@ def known_workspace(workspace_id, account_slug, workspace_slug):
 
 def granted_workspace(workspace_id, account_slug, workspace_slug):
     """known_workspace's, copied for one request to hold: what it changes never reaches another."""
-    workspace = known_workspace(workspace_id, account_slug, workspace_slug)
-    mine = copy.copy(workspace)
-    mine.account = copy.copy(workspace.account)
-    return mine
+    return copied_workspace(known_workspace(workspace_id, account_slug, workspace_slug))
 
 
 def workspace_in_url(request, account_slug, workspace_slug):
