@@ -72,6 +72,17 @@ class PrivateRedis:
     def client(self):
         return redis.Redis(port=self.port, socket_timeout=2)
 
+    def restart_once_met(self, failures, at_least=0.3, at_most=10):
+        """Stop, and start again once `failures` (a list another thread appends to when it meets the
+        outage) holds one, and `at_least` seconds passed: a fixed pause can fall between two
+        passes of that thread on a loaded machine."""
+        self.stop()
+        time.sleep(at_least)
+        deadline = time.monotonic() + at_most
+        while not failures and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.start()
+
 
 @pytest.fixture
 def private_redis(tmp_path):

@@ -76,9 +76,7 @@ def test_redis_restarting_mid_stream_loses_nothing_and_duplicates_nothing(events
         worker.start()
     assert third.wait(30)
     before = buffer.redis_client().xlen(buffer.stream_key())
-    events_in_redis.stop()
-    time.sleep(0.3)
-    events_in_redis.start()
+    events_in_redis.restart_once_met(failures)
     for worker in workers:
         worker.join(60)
         assert not worker.is_alive() and worker.error is None, worker.error

@@ -179,9 +179,7 @@ def test_redis_restarting_mid_flood_loses_no_accepted_line_and_duplicates_none(l
         worker.start()
     assert third.wait(60)
     before = ingest.stream_length()
-    logs_in_redis.stop()
-    time.sleep(0.5)
-    logs_in_redis.start()
+    logs_in_redis.restart_once_met(failures, at_least=0.5)
     for worker in workers:
         worker.join(120)
         assert not worker.is_alive() and worker.error is None, worker.error
