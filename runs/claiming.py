@@ -12,17 +12,21 @@ SUBMITTED to it) again, before new ones, so they do not wait for the agent monit
 the agent skips the ones it already runs.
 """
 
+import logging
 from collections import namedtuple
+from contextlib import nullcontext
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Count, Q
 
 from events.emit import emit, make, resource
 from runs import hot_sql
-from runs.models import ACTIVE_STATES, Actor, FlowRun, FlowVersion, State, WorkQueue
-from runs.states import transition_flow_runs
+from runs.models import ACTIVE_STATES, Actor, Agent, FlowRun, FlowVersion, State, WorkQueue
+from runs.states import CONNECTION_ERRORS, flow_run_event, transition_flow_runs
+
+logger = logging.getLogger(__name__)
 
 # Listed in the order of the partial index `flowrun_claimable`, so the planner (SQLite's in
 # particular) sees that the poll's predicate implies the index's and uses it.
@@ -105,26 +109,64 @@ def _move_last_polled(queue_ids, now, stale_before):
         return cursor.fetchall()
 
 
+PollState = namedtuple("PollState", "agent queues mine due")
+
+
+def poll_state(workspace_id, agent_id, now):
+    """What a poll knows before it claims; None when the workspace has no such agent.
+
+    A PollState of `agent` (an Agent: its id, workspace, name and status loaded), `queues` (its
+    queues as (id, paused, concurrency limit, whether the last poll is older than polled_before)),
+    `mine` (its SUBMITTED and CANCELLING runs as (id, state), oldest scheduled start first) and `due`
+    (whether a run is due in one of its unpaused queues; None: not read). On PostgreSQL one query
+    (runs/hot_sql.py poll_snapshot), elsewhere three.
+    """
+    stale_before = polled_before(now)
+    if connection.vendor == "postgresql":
+        snapshot = hot_sql.poll_snapshot(agent_id, workspace_id, now, stale_before)
+        if snapshot is None:
+            return None
+        name, status, queues, mine, due = snapshot
+        agent = Agent.from_db(connection.alias, ["id", "workspace_id", "name", "status"],
+                              [agent_id, workspace_id, name, status])
+        return PollState(agent, queues, mine, due)
+    agent = Agent.objects.filter(pk=agent_id, workspace_id=workspace_id).first()
+    if agent is None:
+        return None
+    return PollState(agent, _queues_of(agent, stale_before), _mine(agent), None)
+
+
+def _queues_of(agent, stale_before):
+    return [(pk, paused, cap, polled is None or polled < stale_before) for pk, paused, cap, polled in
+            WorkQueue.objects.filter(agents=agent).values_list("pk", "paused", "concurrency_limit", "last_polled")]
+
+
+def _mine(agent):
+    # One read for both: the partial index on active states holds few rows, whatever the table's size.
+    return list(FlowRun.objects.alive().filter(agent=agent, state__in=[State.SUBMITTED, State.CANCELLING])
+                .order_by("scheduled_start").values_list("pk", "state"))
+
+
 Claim = namedtuple("Claim", "runs cancelling")
 
 
-def claim_for_agent(agent, *, limit, now, new_runs=True):
+def claim_for_agent(agent, *, limit, now, new_runs=True, state=None):
     """What an agent's claim gets: a Claim of the runs to start and the ids of its runs to cancel.
 
     `runs` (oldest scheduled start first, at most `limit`) are first the runs claimed by this
     agent earlier and not started, then newly claimed due runs; `cancelling` are its runs that are
     CANCELLING, whose processes the agent ends. `new_runs` False (the workspace's quota is used up,
     runs/quota.py): no due run is claimed, they stay SCHEDULED/LATE; the poll is still recorded.
+    `state`: the poll's PollState when it was read already (the agent's queues and runs are taken from it).
     """
-    # One read for both: the partial index on active states holds few rows, whatever the table's size.
-    mine = list(FlowRun.objects.alive().filter(agent=agent, state__in=[State.SUBMITTED, State.CANCELLING])
-                .order_by("scheduled_start").values_list("pk", "state"))
-    again = [pk for pk, state in mine if state == State.SUBMITTED][:max(limit, 0)]
-    runs = claim_due_runs(agent, limit=limit - len(again) if new_runs else 0, now=now)
+    mine = state.mine if state is not None else _mine(agent)
+    again = [pk for pk, run_state in mine if run_state == State.SUBMITTED][:max(limit, 0)]
+    runs = claim_due_runs(agent, limit=limit - len(again) if new_runs else 0, now=now,
+                          queues=state.queues if state is not None else None)
     if again:
         runs += handed_out(agent, again)
         runs.sort(key=lambda run: run.scheduled_start)
-    return Claim(runs, [pk for pk, state in mine if state == State.CANCELLING])
+    return Claim(runs, [pk for pk, run_state in mine if run_state == State.CANCELLING])
 
 
 class ClaimedRun(namedtuple("ClaimedRun", [
@@ -172,48 +214,98 @@ def cancelling_run_ids(agent_id):
     return list(FlowRun.objects.alive().filter(agent_id=agent_id, state=State.CANCELLING).values_list("pk", flat=True))
 
 
-def claim_due_runs(agent, *, limit, now):
+def claim_due_runs(agent, *, limit, now, queues=None):
     """Move up to `limit` due runs of the agent's unpaused queues to SUBMITTED for `agent`.
 
     Returns the claimed runs (oldest scheduled start first) as ClaimedRun rows. A run of a schedule
     takes its version now: the pinned one, or the flow's latest. Records the poll on every queue of
     the agent, paused or not, so queue health can tell a polled-but-paused queue from an abandoned one.
+    `queues`: the agent's queues as PollState has them, when the poll read them already.
     """
-    rows = list(WorkQueue.objects.filter(agents=agent).values_list("pk", "paused", "concurrency_limit", "last_polled"))
+    if queues is None:
+        queues = _queues_of(agent, polled_before(now))
     # Most polls find every queue polled within the interval: then record_poll's transaction and
     # UPDATE (which would match no row) are skipped. Its UPDATE re-checks the condition, so polls
     # that both see a stale queue still record (and announce) it once.
-    stale_before = polled_before(now)
-    record_poll([pk for pk, _, _, polled in rows if polled is None or polled < stale_before], now, agent)
-    queues = [(pk, paused, cap) for pk, paused, cap, _ in rows]
-    open_ids = [pk for pk, paused, _ in queues if not paused]
-    if not open_ids or limit <= 0:
+    record_poll([pk for pk, _, _, stale in queues if stale], now, agent)
+    open_queues = [(pk, cap) for pk, paused, cap, _ in queues if not paused]
+    if not open_queues or limit <= 0:
         return []
+    if connection.vendor == "postgresql":
+        claimed = _claim_in_one_statement(agent, open_queues, limit, now)
+        if claimed is not None:
+            return claimed
+    return _claim_with_the_orm(agent, open_queues, limit, now)
+
+
+def _free_queues(open_queues):
+    """{queue id: how many more runs it may hand out (None: no limit)} of `open_queues` ((id, limit) as
+    the poll read them), leaving out the full ones. A queue with a limit is locked (in the caller's
+    transaction) and counted: claims where a count decides wait for each other, as they must;
+    queues without one are claimed concurrently, SKIP LOCKED keeping agents apart."""
+    slots = {pk: None for pk, cap in open_queues if cap is None}
+    if len(slots) < len(open_queues):
+        # The limits as the locked rows have them: one raised or removed meanwhile counts.
+        limited = list(WorkQueue.objects.filter(pk__in=[pk for pk, cap in open_queues if cap is not None])
+                       .select_for_update())
+        slots.update(_free_slots(limited))
+    return {pk: free for pk, free in slots.items() if free is None or free > 0}
+
+
+def _claim_message(agent):
+    return f"Claimed by agent {agent.name}."
+
+
+def _claim_in_one_statement(agent, open_queues, limit, now):
+    """PostgreSQL: the claim as one statement (runs/hot_sql.py claim_runs) and its events; the runs as
+    ClaimedRun rows. None when the database refused the statement (a row it cannot move): then
+    _claim_with_the_orm moves what it can, one run at a time if need be.
+
+    The statement is a transaction of its own; only where a queue's limit is locked and counted
+    first do the two share one (or the caller's, when it has one: then a savepoint)."""
+    message = _claim_message(agent)
+    capped = any(cap is not None for _, cap in open_queues)
+    try:
+        with transaction.atomic() if capped or connection.in_atomic_block else nullcontext():
+            slots = _free_queues(open_queues)
+            if not slots:
+                return []
+            rows = hot_sql.claim_runs(agent.pk, [pk for pk, free in slots.items() if free is None],
+                                      [(pk, free) for pk, free in slots.items() if free is not None],
+                                      limit, now, message, Actor.AGENT)
+            after = len(ClaimedRun._fields)  # claim_runs' own columns follow ClaimedRun's
+            emit([flow_run_event(row[0], row[5], row[after], State.SUBMITTED, message, Actor.AGENT, now,
+                                 flow=row[after + 1], schedule=row[after + 2], work_queue=row[8],
+                                 agent=row[after + 3]) for row in rows])
+    except CONNECTION_ERRORS:
+        raise
+    except DatabaseError:
+        logger.warning("Agent %s's claim failed as one statement; claiming through the ORM.", agent.name,
+                       exc_info=True)
+        return None
+    return [ClaimedRun._make(row[:after]) for row in rows]
+
+
+def _claim_with_the_orm(agent, open_queues, limit, now):
+    """The claim through runs.states' transition (the twin of _claim_in_one_statement, and the claim on
+    SQLite): the due runs picked and locked, moved, then read again to be handed out."""
     with transaction.atomic():
-        # Only limited queues are locked (and counted) here, which serialises claims where a
-        # count decides; unlimited queues are claimed concurrently, SKIP LOCKED keeping agents apart.
-        # The ids are picked first, then moved: as a subquery of the move (`id IN (SELECT … LIMIT n FOR
-        # UPDATE SKIP LOCKED)`) PostgreSQL may run the pick again for each row it joins, and a row another
-        # transaction released meanwhile then joins too, moving more than `limit` runs.
-        limited = []
-        if any(cap is not None for _, paused, cap in queues if not paused):
-            limited = list(WorkQueue.objects.filter(pk__in=open_ids, concurrency_limit__isnull=False)
-                           .select_for_update())
-        slots = _free_slots(limited)
-        slots.update({pk: None for pk in open_ids if pk not in slots})
-        open_queues = [qid for qid, free in slots.items() if free is None or free > 0]
-        if not open_queues:
+        slots = _free_queues(open_queues)
+        if not slots:
             return []
         due = _due(now)
-        # One pick for all unlimited queues, one per limited queue capped at its free slots;
-        # then the oldest `limit` of them.
+        # One pick for all unlimited queues, one per limited queue capped at its free slots; then the
+        # oldest `limit` of them. The ids are picked first, then moved: as a subquery of the move (`id
+        # IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`) PostgreSQL may run the pick again for each
+        # row it joins, and a row another transaction released meanwhile then joins too, moving more
+        # than `limit` runs.
         picks = []
-        free_queues = [qid for qid in open_queues if slots[qid] is None]
+        free_queues = [qid for qid, free in slots.items() if free is None]
         if free_queues:
             picks += due.filter(work_queue_id__in=free_queues).values_list("pk", "scheduled_start")[:limit]
-        for qid in open_queues:
-            if slots[qid] is not None:
-                picks += due.filter(work_queue_id=qid).values_list("pk", "scheduled_start")[: min(slots[qid], limit)]
+        for qid, free in slots.items():
+            if free is not None:
+                picks += due.filter(work_queue_id=qid).values_list("pk", "scheduled_start")[: min(free, limit)]
         chosen = [pk for pk, _ in sorted(picks, key=lambda p: p[1])[:limit]]
         if not chosen:
             return []
@@ -232,7 +324,7 @@ def _submit_to(agent, chosen, now):
     returns the rows moved (runs.states.transition_flow_runs)."""
     return transition_flow_runs(
         FlowRun.objects.filter(chosen, state__in=CLAIMABLE), State.SUBMITTED,
-        actor=Actor.AGENT, message=f"Claimed by agent {agent.name}.", now=now,
+        actor=Actor.AGENT, message=_claim_message(agent), now=now,
         # The version is decided here: the schedule's pin, else the flow's latest now
         # (runs.versions.version_at_claim, written out).
         updates={"agent_id": agent.pk, "flow_version_id": hot_sql.version_at_claim()},

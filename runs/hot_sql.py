@@ -8,6 +8,7 @@ models' `_meta`, so a renamed field breaks loudly here instead of silently elsew
 
 import functools
 import json
+from datetime import datetime
 
 from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
@@ -81,16 +82,17 @@ def _beat_sql(vendor):
 
 def poll_snapshot(agent_id, workspace_id, now, stale_before):
     """What an agent's poll needs to know before claiming, in one query (PostgreSQL only): None when
-    the workspace has no such agent, else (name, status, [(queue id, polled before `stale_before`)],
-    [(id, state) of its SUBMITTED and CANCELLING runs, oldest scheduled start first], whether any
-    run is due in one of its unpaused queues).
+    the workspace has no such agent, else (name, status, [(queue id, paused, concurrency limit, whether
+    polled before `stale_before`)], [(id, state) of its SUBMITTED and CANCELLING runs, oldest scheduled
+    start first], whether any run is due in one of its unpaused queues).
 
     Each of its queues is probed for a due run through the partial index `flowrun_claimable`
     (queue, start) of SCHEDULED and LATE runs, in that order of states so that the planner sees the
     index's predicate; the runs due in other workspaces are never read.
 
     A poll that finds nothing due and nothing to hand out again needs no more than this (see
-    runs/api/agents.py `quiet_poll`); the claim itself, with its locks, runs only when it has work.
+    runs/api/agents.py `quiet_poll`); the claim itself, with its locks, runs only when it has work,
+    and takes the agent, its queues and its runs from here (runs/claiming.py poll_state).
     """
     db = connections[DEFAULT_DB_ALIAS]
     with db.cursor() as cursor:
@@ -115,7 +117,8 @@ def _poll_sql():
     agent_id = _quoted(Agent, "id")
     return f"""
         SELECT a.{_quoted(Agent, 'name')}, a.{_quoted(Agent, 'status')},
-          (SELECT COALESCE(json_agg(json_build_array(q.{queue_id}, q.{polled} IS NULL OR q.{polled} < %s)
+          (SELECT COALESCE(json_agg(json_build_array(q.{queue_id}, q.{paused}, q.{_quoted(WorkQueue, 'concurrency_limit')},
+                                                     q.{polled} IS NULL OR q.{polled} < %s)
                                     ORDER BY q.{queue_id}), '[]')
              FROM {queues} q JOIN {link} l ON l.{link_queue} = q.{queue_id} WHERE l.{link_agent} = a.{agent_id}),
           (SELECT COALESCE(json_agg(json_build_array(r.{run_id}, r.{run_state}) ORDER BY r.{run_start}), '[]')
@@ -213,42 +216,44 @@ def version_at_claim():
                   output_field=BigIntegerField())
 
 
-def claimed_run_rows(agent_id, run_ids):
-    """PostgreSQL: the runs of `run_ids` still SUBMITTED to `agent_id` and not deleted, oldest scheduled
-    start first, as tuples in the order of runs.claiming.ClaimedRun's fields; its `handed_out` reads
-    the same rows with the ORM on SQLite (the twin tests/agent/test_claiming.py compares with this).
+# The columns of a claimed run as runs.claiming.ClaimedRun holds them: the run's own, then its flow's
+# name, its version's and its queue's (NULL when it has none), read from `r` joined to f, v and q.
+_CLAIMED_RUN_COLUMNS = (
+    *((FlowRun, "r", name) for name in ("pk", "name", "state", "scheduled_start", "parameters", "workspace",
+                                        "token_generation", "agent", "work_queue", "flow_version")),
+    (Flow, "f", "name"), (FlowVersion, "v", "entrypoint"), (FlowVersion, "v", "parameters"),
+    (FlowVersion, "v", "job_env"), (FlowVersion, "v", "secrets"), (WorkQueue, "q", "name"), (WorkQueue, "q", "job_env"))
 
-    Measured on a claim of 200 runs: the ORM's values_list spent 1.5 ms of CPU more on compiling and on
-    its converters, decoding each run's version and queue JSON anew; here each distinct one is decoded once.
-    """
-    quote = connection.ops.quote_name
-    run, flow, version, queue = FlowRun._meta, Flow._meta, FlowVersion._meta, WorkQueue._meta
 
-    def col(meta, alias, name):
-        field = meta.pk if name == "pk" else meta.get_field(name)
-        return f"{quote(alias)}.{quote(field.column)}"
+def _col(model, alias, name):
+    field = model._meta.pk if name == "pk" else model._meta.get_field(name)
+    return f"{alias}.{_quote(field.column)}"
 
-    columns = ", ".join([
-        *(col(run, "r", name) for name in ("pk", "name", "state", "scheduled_start", "parameters", "workspace",
-                                          "token_generation", "agent", "work_queue", "flow_version")),
-        col(flow, "f", "name"), col(version, "v", "entrypoint"), col(version, "v", "parameters"),
-        col(version, "v", "job_env"), col(version, "v", "secrets"), col(queue, "q", "name"), col(queue, "q", "job_env"),
-    ])
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {columns} FROM {quote(run.db_table)} {quote('r')} "
-            f"INNER JOIN {quote(flow.db_table)} {quote('f')} ON {col(run, 'r', 'flow')} = {col(flow, 'f', 'pk')} "
-            f"LEFT OUTER JOIN {quote(version.db_table)} {quote('v')} "
-            f"ON {col(run, 'r', 'flow_version')} = {col(version, 'v', 'pk')} "
-            f"LEFT OUTER JOIN {quote(queue.db_table)} {quote('q')} "
-            f"ON {col(run, 'r', 'work_queue')} = {col(queue, 'q', 'pk')} "
-            f"WHERE {col(run, 'r', 'pk')} = ANY(%s::{run.pk.db_type(connection)}[]) AND {col(run, 'r', 'agent')} = %s "
-            f"AND {col(run, 'r', 'state')} = %s AND {col(run, 'r', 'deleted_at')} IS NULL "
-            f"ORDER BY {col(run, 'r', 'scheduled_start')} ASC",
-            [_array(run_ids), agent_id, State.SUBMITTED])
-        rows = cursor.fetchall()
-    # jsonb comes as text (Django's loader); JSONField.from_db_value's json.loads, once per distinct text
-    # of a version or queue. A run's own parameters are its own object, as the ORM gives them.
+
+def _claimed_run_select(source, extra=()):
+    """SELECT the claimed-run columns (and `extra`) of the runs `source` names as r (a table or a
+    WITH query), with their flow, version and queue.
+
+    The scheduled start comes as ISO 8601 text in UTC, whatever the session's DateStyle and TimeZone,
+    for datetime.fromisoformat: Django's timestamptz loader (Python, to set the time zone) cost 0.7 ms
+    of CPU for a claim's 200 rows, the text and its parsing 0.1 ms."""
+    columns = [_col(*column) for column in _CLAIMED_RUN_COLUMNS]
+    assert _CLAIMED_RUN_COLUMNS[3][2] == "scheduled_start"
+    columns[3] = f"""to_char({columns[3]} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
+    columns = ", ".join([*columns, *extra])
+    return (f"SELECT {columns} FROM {source} "
+            f"INNER JOIN {_quoted(Flow)} f ON {_col(FlowRun, 'r', 'flow')} = {_col(Flow, 'f', 'pk')} "
+            f"LEFT OUTER JOIN {_quoted(FlowVersion)} v ON {_col(FlowRun, 'r', 'flow_version')} = "
+            f"{_col(FlowVersion, 'v', 'pk')} "
+            f"LEFT OUTER JOIN {_quoted(WorkQueue)} q ON {_col(FlowRun, 'r', 'work_queue')} = {_col(WorkQueue, 'q', 'pk')}")
+
+
+def _claimed_runs_of(rows):
+    """Rows of _claimed_run_select as ClaimedRun's tuples (and what follows them), the JSON decoded.
+
+    jsonb comes as text (Django's loader); JSONField.from_db_value's json.loads, once per distinct text
+    of a version or queue. A run's own parameters are its own object, as the ORM gives them (most are
+    empty: a new dict without the decoder)."""
     shared = {}
 
     def load(text):
@@ -258,8 +263,97 @@ def claimed_run_rows(agent_id, run_ids):
             shared[text] = json.loads(text)
         return shared[text]
 
-    return [(*row[:4], json.loads(row[4]), *row[5:12], load(row[12]), load(row[13]), load(row[14]), row[15],
-             load(row[16])) for row in rows]
+    return [(*row[:3], datetime.fromisoformat(row[3]), {} if row[4] == "{}" else json.loads(row[4]), *row[5:12],
+             load(row[12]), load(row[13]), load(row[14]), row[15], load(row[16]), *row[17:]) for row in rows]
+
+
+@functools.cache
+def _claimed_run_rows_sql():
+    return (f"{_claimed_run_select(f'{_quoted(FlowRun)} r')} "
+            f"WHERE {_col(FlowRun, 'r', 'pk')} = ANY(%s::{FlowRun._meta.pk.db_type(connection)}[]) AND {_col(FlowRun, 'r', 'agent')} = %s "
+            f"AND {_col(FlowRun, 'r', 'state')} = %s AND {_col(FlowRun, 'r', 'deleted_at')} IS NULL "
+            f"ORDER BY {_col(FlowRun, 'r', 'scheduled_start')} ASC")
+
+
+def claimed_run_rows(agent_id, run_ids):
+    """PostgreSQL: the runs of `run_ids` still SUBMITTED to `agent_id` and not deleted, oldest scheduled
+    start first, as tuples in the order of runs.claiming.ClaimedRun's fields; its `handed_out` reads
+    the same rows with the ORM on SQLite (the twin tests/agent/test_claiming.py compares with this).
+
+    Measured on a claim of 200 runs: the ORM's values_list spent 1.5 ms of CPU more on compiling and on
+    its converters, decoding each run's version and queue JSON anew; here each distinct one is decoded once.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(_claimed_run_rows_sql(), [_array(run_ids), agent_id, State.SUBMITTED])
+        return _claimed_runs_of(cursor.fetchall())
+
+
+def claim_runs(agent_id, free, capped, limit, now, message, actor):
+    """PostgreSQL: move up to `limit` due runs (SCHEDULED or LATE, started at `now` or before, not
+    deleted) to SUBMITTED for `agent_id`, oldest scheduled start first, in one statement; returns them
+    as tuples of runs.claiming.ClaimedRun's fields followed by (from-state, flow id, schedule id, the
+    agent it had before).
+
+    `free`: ids of the queues without a concurrency limit; `capped`: [(queue id, free slots)] of the
+    others (the caller holds them locked and counted). The picks (one for the free queues, one per
+    capped queue) are WITH queries evaluated once (MATERIALIZED), their rows locked as read, a row
+    another claim holds skipped: as a subquery of the UPDATE (`id IN (SELECT … FOR UPDATE SKIP
+    LOCKED LIMIT n)`) PostgreSQL may run a pick again for each row it joins and move more than
+    `limit` runs (tests/agent/test_claiming.py forces that plan). The history rows are
+    written from the picked rows' own from-states, and the answer is read from the UPDATE's RETURNING,
+    so a claim of 200 runs is one round trip and no read after it (runs.claiming.handed_out).
+
+    What the move writes is runs.states' transition to SUBMITTED with the agent and the version at
+    claim (version_at_claim), as runs.claiming._submit_to writes it through the ORM; the twin test in
+    tests/agent/test_claiming.py compares the rows, their history and their events.
+    """
+    picks = [(_array(free) if len(free) > 1 else free[0], limit)] if free else []  # (queue(s), how many)
+    picks += [(queue, min(slots, limit)) for queue, slots in capped]
+    params = []
+    for queue, take in picks:
+        params += [queue, State.SCHEDULED, State.LATE, now, take]
+    timestamp = StateChange._meta.get_field("timestamp").get_db_prep_value(now, connection)
+    params += [limit, State.SUBMITTED, message, actor, timestamp,
+               State.SUBMITTED, timestamp, message, agent_id]
+    with connection.cursor() as cursor:
+        cursor.execute(_claim_sql(min(len(free), 2), len(capped)), params)
+        return _claimed_runs_of(cursor.fetchall())
+
+
+@functools.lru_cache(maxsize=32)
+def _claim_sql(free_queues, capped_queues):
+    """The claim's statement for no (0), one (1) or several (2) queues without a limit and
+    `capped_queues` with one."""
+    runs, pk = _quoted(FlowRun), _quoted(FlowRun, "id")
+    queue, state, start, agent = (_quoted(FlowRun, name) for name in ("work_queue", "state", "scheduled_start", "agent"))
+    picks = []
+    for i in range(bool(free_queues) + capped_queues):
+        on = f"= ANY(%s::{WorkQueue._meta.pk.db_type(connection)}[])" if i == 0 and free_queues > 1 else "= %s"
+        # Written as runs.claiming._due: in the order of the partial index flowrun_claimable's
+        # predicate (SCHEDULED, LATE), so that the planner sees it applies.
+        picks.append(f"pick{i} AS MATERIALIZED (SELECT {pk}, {state}, {start}, {agent} FROM {runs} "
+                     f"WHERE {queue} {on} AND {state} IN (%s, %s) AND {start} <= %s "
+                     f"AND {_quoted(FlowRun, 'deleted_at')} IS NULL "
+                     f"ORDER BY {start} LIMIT %s FOR UPDATE SKIP LOCKED)")
+    union = " UNION ALL ".join(f"SELECT * FROM pick{i}" for i in range(len(picks)))
+    history = _history_fields()
+    assert [f.name for f in history[:3]] == ["flow_run", "task_run", "from_state"]
+    moved_from, agent_before = _quote("claimed_from"), _quote("agent_before")
+    set_version = version_at_claim().sql
+    return (
+        f"WITH {', '.join(picks)}, "
+        f"chosen AS MATERIALIZED (SELECT * FROM ({union}) picked ORDER BY {start} LIMIT %s), "
+        f"history AS (INSERT INTO {_quoted(StateChange)} ({_columns(history)}) "
+        f"SELECT chosen.{pk}, NULL, chosen.{state}, %s, %s, %s, NULL, NULL, %s FROM chosen), "
+        f"moved AS (UPDATE {runs} SET {state} = %s, {_quoted(FlowRun, 'state_changed')} = %s, "
+        f"{_quoted(FlowRun, 'token_generation')} = {runs}.{_quoted(FlowRun, 'token_generation')} + 1, "
+        f"{_quoted(FlowRun, 'state_message')} = %s, {agent} = %s, "
+        f"{_quoted(FlowRun, 'flow_version')} = {set_version} "
+        f"FROM chosen WHERE {runs}.{pk} = chosen.{pk} "
+        f"RETURNING {runs}.*, chosen.{state} AS {moved_from}, chosen.{agent} AS {agent_before}) "
+        f"{_claimed_run_select('moved r', (f'r.{moved_from}', _col(FlowRun, 'r', 'flow'), _col(FlowRun, 'r', 'schedule'), f'r.{agent_before}'))} "
+        f"ORDER BY {_col(FlowRun, 'r', 'scheduled_start')} ASC"
+    )
 
 
 # --- create a run ---

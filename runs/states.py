@@ -197,6 +197,14 @@ def _event(kind, row_id, workspace_id, from_state, to_state, message, actor, now
     )
 
 
+def flow_run_event(run_id, workspace_id, from_state, to_state, message, actor, now, *, flow, schedule, work_queue,
+                   agent):
+    """The event of a flow run's transition written elsewhere (runs/hot_sql.py's claim), as this module
+    makes it for a row it moves: the related ids as the row had them before the move."""
+    return _event(FLOW, run_id, workspace_id, from_state, to_state, message, actor, now,
+                  {"flow": flow, "schedule": schedule, "work-queue": work_queue, "agent": agent})
+
+
 def _related_of_object(kind, obj):
     if kind is FLOW:
         return {"flow": obj.flow_id, "schedule": obj.schedule_id, "work-queue": obj.work_queue_id,

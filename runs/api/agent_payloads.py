@@ -150,6 +150,19 @@ class ClaimInput(serializers.Serializer):
         return value
 
 
+def plain_claim(data):
+    """ClaimInput's validated data for a claim's usual body ({"agent_id": an int, "max_runs": an int
+    from 1 to the cap, or left out}), read without the serializer: building one (a deep copy of its
+    fields) was a fifth of a quiet poll's CPU. None for any other body: ClaimInput judges it and
+    answers its 400s."""
+    if type(data) is not dict or not data.keys() <= {"agent_id", "max_runs"}:
+        return None
+    agent_id, max_runs = data.get("agent_id"), data.get("max_runs", 1)
+    if type(agent_id) is int and type(max_runs) is int and 1 <= max_runs <= settings.ORCHESTRATOR["AGENT_CLAIM_MAX_RUNS"]:
+        return {"agent_id": agent_id, "max_runs": max_runs}
+    return None
+
+
 class QuotaReachedSerializer(serializers.Serializer):
     code = serializers.CharField(help_text="quota_reached")
     message = serializers.CharField(help_text="What a person reads: the limit, the count, the reset, who raises it.")

@@ -32,7 +32,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from events.emit import emit, make, resource
-from runs.claiming import cancelling_run_ids, claim_for_agent, polled_before, record_poll
+from runs.claiming import cancelling_run_ids, claim_for_agent, poll_state, record_poll
 from runs.logs import ingest
 from runs.models import (
     Actor, Agent, AgentStatus, FlowRun, Log, LogLevel, Role, State, TaskRun, secret_values)
@@ -61,6 +61,7 @@ from .agent_payloads import (
     TaskRunInput,
     TaskRunStateInput,
     log_batch_max_lines,
+    plain_claim,
     valid_log_line,
 )
 from .errors import error_body
@@ -262,23 +263,19 @@ def _claimed_runs(runs, secrets):
     return answers
 
 
-def quiet_poll(workspace, agent_id, now):
-    """The answer to a poll that finds nothing due and no run to hand out again, from one query
-    (PostgreSQL: runs/hot_sql.py poll_snapshot), as ClaimView's claim would answer it: no runs, the
-    agent's CANCELLING runs, the quota's refusal if any; the poll recorded on its stale queues.
-    None when the poll has more to do (or the agent is unknown, or OFFLINE and back now): then the
-    claim does it. Most polls of a healthy server find nothing; the claim's locks wait for work.
+def quiet_poll(workspace, state, now):
+    """The answer to a poll that finds nothing due and no run to hand out again, as ClaimView's claim
+    would answer it: no runs, the agent's CANCELLING runs, the quota's refusal if any; the poll
+    recorded on its stale queues. `state`: the poll's PollState (runs/claiming.py poll_state). None
+    when the poll has more to do, or may have (`due` not read: SQLite), or the agent is OFFLINE and
+    back now: then the claim does it. Most polls of a healthy server find nothing; the claim's locks
+    wait for work.
     """
-    if connection.vendor != "postgresql":
+    if state.due is not False or state.agent.status == AgentStatus.OFFLINE \
+            or any(run_state == State.SUBMITTED for _, run_state in state.mine):
         return None
-    snapshot = hot_sql.poll_snapshot(agent_id, workspace.pk, now, polled_before(now))
-    if snapshot is None:
-        return None
-    name, status, queues, mine, due = snapshot
-    if due or status == AgentStatus.OFFLINE or any(state == State.SUBMITTED for _, state in mine):
-        return None
-    record_poll([pk for pk, stale in queues if stale], now, Agent(pk=agent_id, name=name, workspace_id=workspace.pk))
-    return {"runs": [], "cancelling": [pk for pk, state in mine if state == State.CANCELLING],
+    record_poll([pk for pk, _, _, stale in state.queues if stale], now, state.agent)
+    return {"runs": [], "cancelling": [pk for pk, run_state in state.mine if run_state == State.CANCELLING],
             "quota": quota.claim_refusal(workspace, now)}
 
 
@@ -292,15 +289,19 @@ class ClaimView(AgentEndpoint):
         workspace has used its monthly task-run quota, `quota` says so (limit, used, reset time, who
         may raise it) and no new run is claimed: due runs wait, SCHEDULED or LATE.
         """
-        data = self.valid(ClaimInput)
+        data = plain_claim(request.data) or self.valid(ClaimInput)
         now = timezone.now()
-        quiet = quiet_poll(request.workspace, data["agent_id"], now)
+        state = poll_state(request.workspace.pk, data["agent_id"], now)
+        if state is None:
+            raise exceptions.NotFound("No Agent matches the given query.")
+        quiet = quiet_poll(request.workspace, state, now)
         if quiet is not None:
             return Response(quiet)
-        agent = self.agent_of(data["agent_id"])
+        agent = state.agent
         mark_online_on_poll(agent, now)
         refusal = quota.claim_refusal(request.workspace, now)
-        runs, cancelling = claim_for_agent(agent, limit=data["max_runs"], now=now, new_runs=refusal is None)
+        runs, cancelling = claim_for_agent(agent, limit=data["max_runs"], now=now, new_runs=refusal is None,
+                                           state=state)
         secrets = secret_values(request.workspace.pk, {name for run in runs if run.flow_version_id is not None
                                                        for name in run.version_secrets})
         return Response({"runs": _claimed_runs(runs, secrets),

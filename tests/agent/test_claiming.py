@@ -93,7 +93,9 @@ def test_claiming_writes_history_with_the_agent_as_actor(ws, flow, now):
     assert agent.name in change.message
 
 
-def test_a_run_changed_between_the_claiming_update_and_the_read_is_not_handed_out(ws, flow, now, monkeypatch):
+def test_the_orm_claim_hands_out_only_runs_left_to_it_after_its_commit(ws, flow, now, monkeypatch):
+    """The ORM's claim (SQLite's, PostgreSQL's fallback) reads the runs again after its UPDATE: one
+    changed by another request in between is not handed out."""
     from runs import claiming
 
     queue = factories.work_queue(ws)
@@ -109,7 +111,7 @@ def test_a_run_changed_between_the_claiming_update_and_the_read_is_not_handed_ou
         return moved
 
     monkeypatch.setattr(claiming, "transition_flow_runs", then_others_act)
-    assert [r.pk for r in claim_due_runs(agent, limit=10, now=now)] == [kept.pk]
+    assert [r.pk for r in claiming._claim_with_the_orm(agent, [(queue.pk, None)], limit=10, now=now)] == [kept.pk]
 
 
 def test_a_run_claimed_earlier_and_cancelled_meanwhile_is_not_handed_out_again(ws, flow, now, monkeypatch):
@@ -322,3 +324,132 @@ def test_a_claim_never_moves_more_than_its_limit_when_a_held_run_is_released_mid
             cursor.execute("RESET ALL")
     assert len(claimed) == 5
     assert FlowRun.objects.filter(agent=agent, state=State.SUBMITTED).count() == 5
+
+
+def test_a_run_cancelled_just_after_its_claim_is_never_started(ws, flow, now):
+    """A claim answers the runs it moved; one cancelled by a user a moment after the claim committed
+    (before or after the answer left) is refused at its runner's first report, before any code runs."""
+    queue = factories.work_queue(ws)
+    agent = agent_on(ws, queue)
+    run, other = due_runs(flow, queue, 2, now)
+    agent_client = APIClient()
+    agent_client.credentials(HTTP_AUTHORIZATION=f"Bearer {factories.api_key(ws, role=Role.AGENT)[1]}")
+    user = APIClient()
+    user.credentials(HTTP_AUTHORIZATION=f"Bearer {factories.api_key(ws, role=Role.OPERATOR)[1]}")
+    prefix = f"/api/accounts/{ws.account.slug}/workspaces/{ws.slug}"
+    answer = agent_client.post(f"{prefix}/agent/claim", {"agent_id": agent.pk, "max_runs": 5}, format="json").json()
+    tokens = {claimed["id"]: claimed["token"] for claimed in answer["runs"]}
+    assert set(tokens) == {str(run.pk), str(other.pk)}
+    assert user.post(f"{prefix}/flow_runs/{run.pk}/cancel/").status_code == 200
+    runner = APIClient()
+    runner.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens[str(run.pk)]}")
+    refused = runner.post(f"{prefix}/agent/flow_runs/{run.pk}/state", {"state": "RUNNING"}, format="json")
+    assert refused.status_code == 409 and refused.json()["current_state"] in (State.CANCELLING, State.CANCELLED)
+    runner.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens[str(other.pk)]}")
+    assert runner.post(f"{prefix}/agent/flow_runs/{other.pk}/state", {"state": "RUNNING"},
+                       format="json").status_code == 200
+
+
+class _Undone(Exception):
+    pass
+
+
+def _claimed_and_written(claim, ids, monkeypatch):
+    """What `claim()` answers, writes and emits, undone afterwards: (answer, runs, history, events)."""
+    from runs import claiming, states
+
+    emitted = []
+    monkeypatch.setattr(claiming, "emit", emitted.extend)
+    monkeypatch.setattr(states, "emit", emitted.extend)
+    try:
+        with transaction.atomic():
+            answer = claim()
+            runs = list(FlowRun.objects.filter(pk__in=ids).order_by("scheduled_start").values())
+            history = list(StateChange.objects.filter(flow_run__in=ids).order_by("flow_run__scheduled_start")
+                           .values("flow_run_id", "task_run_id", "from_state", "to_state", "message", "actor",
+                                   "user_id", "agent_id", "timestamp"))
+            seen = (answer, runs, history, sorted(({k: v for k, v in event.items() if k != "id"} for event in emitted),
+                                                  key=lambda event: event["resource"]["id"]))
+            raise _Undone
+    except _Undone:
+        return seen
+
+
+@pytest.mark.parametrize("limit", [None, 3], ids=["queue without a limit", "queue with a limit"])
+def test_the_one_statement_claim_writes_and_answers_what_the_orm_claim_does(ws, now, limit, monkeypatch):
+    """runs/hot_sql.py claim_runs (PostgreSQL's claim) against its ORM twin, on the same rows: a run with
+    parameters, a LATE one another agent had, runs of a pinned and of a following schedule, one
+    without a version, one of another queue and one not due; each claim undone before the next."""
+    from runs import claiming
+    from runs.models import FlowVersion
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the one-statement claim is PostgreSQL's; SQLite claims through the ORM")
+    flow = factories.flow(ws)
+    first = flow.latest_version
+    latest = flow.register_version(entrypoint="tests.flows:noop", version="2")
+    FlowVersion.objects.filter(pk=latest.pk).update(parameters={"a": 1}, job_env={"TIER": "flow"}, secrets=["DB"])
+    queue = factories.work_queue(ws, job_env={"REGION": "eu"}, concurrency_limit=limit)
+    before = factories.agent(ws)
+    agent = agent_on(ws, queue)
+    runs = [factories.flow_run(flow, work_queue=queue, parameters={"b": 2}, scheduled_start=now - timedelta(seconds=50)),
+            factories.flow_run(flow, work_queue=queue, state=State.LATE, agent=before,
+                               scheduled_start=now - timedelta(seconds=40)),
+            factories.flow_run(flow, work_queue=queue, schedule=factories.schedule(flow, flow_version=first),
+                               flow_version=first, scheduled_start=now - timedelta(seconds=30)),
+            factories.flow_run(flow, work_queue=queue, schedule=factories.schedule(flow), flow_version=first,
+                               scheduled_start=now - timedelta(seconds=20)),
+            factories.flow_run(flow, work_queue=queue, flow_version=None, scheduled_start=now - timedelta(seconds=10)),
+            factories.flow_run(flow, work_queue=factories.work_queue(ws), scheduled_start=now - timedelta(seconds=5)),
+            factories.flow_run(flow, work_queue=queue, scheduled_start=now + timedelta(minutes=1))]
+    ids = [run.pk for run in runs]
+    queues = [(queue.pk, limit)]
+    by_hand = _claimed_and_written(lambda: claiming._claim_in_one_statement(agent, queues, limit=10, now=now),
+                                   ids, monkeypatch)
+    by_orm = _claimed_and_written(lambda: claiming._claim_with_the_orm(agent, queues, limit=10, now=now),
+                                  ids, monkeypatch)
+    claimed = ids[:3] if limit else ids[:5]
+    assert [run.pk for run in by_orm[0]] == claimed
+    assert [len(seen) for seen in by_orm[1:]] == [len(ids), len(claimed), len(claimed)]
+    assert by_hand == by_orm
+
+
+def _refuse_updates_of(run_id):
+    """A trigger that makes PostgreSQL refuse any UPDATE of the run `run_id` (a row it cannot move)."""
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE FUNCTION test_refuse_claim() RETURNS trigger LANGUAGE plpgsql AS "
+                       "$$ BEGIN RAISE EXCEPTION 'this run cannot move'; END $$")
+        cursor.execute(f"CREATE TRIGGER test_refuse_claim BEFORE UPDATE ON {FlowRun._meta.db_table} FOR EACH ROW "
+                       f"WHEN (OLD.id = '{run_id}') EXECUTE FUNCTION test_refuse_claim()")
+
+
+def _claim_around_a_refused_run(ws, caplog):
+    flow, queue, now = factories.flow(ws), factories.work_queue(ws), timezone.now()
+    runs = due_runs(flow, queue, 4, now)
+    _refuse_updates_of(runs[1].pk)
+    claimed = claim_due_runs(agent_on(ws, queue), limit=10, now=now)
+    assert [run.pk for run in claimed] == [runs[0].pk, runs[2].pk, runs[3].pk]
+    assert FlowRun.objects.get(pk=runs[1].pk).state == State.SCHEDULED
+    assert "claiming through the ORM" in caplog.text
+
+
+def test_a_run_the_database_refuses_to_move_leaves_the_others_claimed(ws, caplog):
+    """The one statement fails as a whole (inside the caller's transaction: a savepoint); the ORM's
+    claim then moves the runs it can, one at a time."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the one-statement claim is PostgreSQL's; SQLite claims through the ORM")
+    _claim_around_a_refused_run(ws, caplog)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_run_outside_a_transaction_leaves_the_others_claimed(caplog):
+    """As above with no transaction open, as a request claims: the failed statement undid itself."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the one-statement claim is PostgreSQL's; SQLite claims through the ORM")
+    try:
+        _claim_around_a_refused_run(factories.workspace(), caplog)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TRIGGER IF EXISTS test_refuse_claim ON {FlowRun._meta.db_table}; "
+                           "DROP FUNCTION IF EXISTS test_refuse_claim()")

@@ -119,8 +119,10 @@ def test_due_runs_of_a_paused_queue_or_another_workspace_leave_the_poll_quiet(op
 
 def test_an_unknown_agent_is_the_claim_s_404(operator, prefix, other_ws, quiet_answers):
     stranger = Agent.objects.create(workspace=other_ws, name="stranger")
-    assert poll(operator, prefix, stranger.pk).status_code == 404
-    assert quiet_answers == [None]
+    answer = poll(operator, prefix, stranger.pk)
+    assert (answer.status_code, answer.json()["error"]) == (
+        404, {"code": "not_found", "message": "No Agent matches the given query.", "fields": {}})
+    assert quiet_answers == []  # the poll's one query found no such agent: nothing left to answer quietly
 
 
 def test_a_quiet_poll_is_one_query(operator, prefix, ws, registered):

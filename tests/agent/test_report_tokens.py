@@ -188,3 +188,20 @@ def test_every_way_back_to_scheduled_supersedes_the_attempt(api, key_for, prefix
     assert run.state == State.SCHEDULED
     answer = holding(token).post(f"{prefix}/agent/flow_runs/{run.pk}/heartbeat")
     assert answer.status_code == 409 and answer.json()["error"]["code"] == "superseded"
+
+
+def test_a_tokens_mac_is_djangos_salted_hmac_so_tokens_outlive_an_upgrade(settings):
+    """Tokens handed out by an earlier release (Django's salted_hmac) stay good after one (the MAC is
+    computed from a key derived once), and another SECRET_KEY makes other tokens."""
+    import uuid
+
+    from django.utils.crypto import salted_hmac
+
+    run_id = uuid.UUID("0c75defa-d5fe-425d-8fca-cee653dbe1bd")
+    for secret in ("first-secret-key", "second-secret-key"):
+        settings.SECRET_KEY = secret
+        expected = salted_hmac("orchestrator.run-token.v1", f"{run_id.hex}:7:3", secret=secret,
+                               algorithm="sha256").hexdigest()
+        token = token_for(run_id, 7, 3)
+        assert token == f"orr_{run_id.hex}_7_3_{expected}"
+        assert read_token(token).run_id == run_id
