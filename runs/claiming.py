@@ -2,9 +2,11 @@
 
 Two agents polling the same queue never get the same run: due rows are picked with
 `SELECT … FOR UPDATE SKIP LOCKED` (on PostgreSQL), so a row one agent is claiming is skipped by
-the other rather than waited for, and the move to SUBMITTED is a conditional update through
-`runs.states`. A queue with a concurrency limit is locked while it is counted, so two agents
-cannot both fill its last free slot.
+the other rather than waited for. On PostgreSQL the pick, the move to SUBMITTED of the rows it
+locked, their history and the answer's rows are one statement (runs/hot_sql.py claim_runs); on
+SQLite, and when PostgreSQL refuses that statement, the move is a conditional update through
+`runs.states` and the runs are read again after it. A queue with a concurrency limit is locked
+while it is counted, so two agents cannot both fill its last free slot.
 
 A claim's answer can be lost (a timeout, a dropped connection, an agent killed and restarted under
 its name): `claim_for_agent` hands an agent the runs it claimed and has not started (still
@@ -194,9 +196,10 @@ def handed_out(agent, run_ids):
     """The runs of `run_ids` that are still SUBMITTED to `agent`, ready to hand to it (oldest first),
     as ClaimedRun rows.
 
-    Read after the claim's UPDATE committed (or after the read of the agent's runs), so each run is
-    checked again: one cancelled, deleted, started or claimed by another agent meanwhile is not
-    handed out. Claiming itself never changes state here, so leaving one out is always safe.
+    Read after the ORM claim's UPDATE committed (or after the read of the agent's runs, for the runs
+    handed out again), so each run is checked again: one cancelled, deleted, started or claimed by
+    another agent meanwhile is not handed out. (PostgreSQL's one-statement claim answers from its
+    own RETURNING: a run cancelled after it committed is refused at its runner's first report.) Claiming itself never changes state here, so leaving one out is always safe.
     Rows, not model instances: four instances per run cost a claim of 200 runs about a third of its CPU.
     """
     if not run_ids:
@@ -261,12 +264,15 @@ def _claim_in_one_statement(agent, open_queues, limit, now):
     ClaimedRun rows. None when the database refused the statement (a row it cannot move): then
     _claim_with_the_orm moves what it can, one run at a time if need be.
 
-    The statement is a transaction of its own; only where a queue's limit is locked and counted
-    first do the two share one (or the caller's, when it has one: then a savepoint)."""
+    The statement is a transaction of its own when the events go to Redis after the commit. A
+    transaction holds more: the lock and count of a queue's limit before it, the events' buffer rows
+    after it when there is no Redis (they commit with the change, events/emit.py), or the caller's
+    (then a savepoint)."""
     message = _claim_message(agent)
     capped = any(cap is not None for _, cap in open_queues)
+    alone = not capped and settings.REDIS_URL and not connection.in_atomic_block
     try:
-        with transaction.atomic() if capped or connection.in_atomic_block else nullcontext():
+        with nullcontext() if alone else transaction.atomic():
             slots = _free_queues(open_queues)
             if not slots:
                 return []
@@ -276,7 +282,7 @@ def _claim_in_one_statement(agent, open_queues, limit, now):
             after = len(ClaimedRun._fields)  # claim_runs' own columns follow ClaimedRun's
             emit([flow_run_event(row[0], row[5], row[after], State.SUBMITTED, message, Actor.AGENT, now,
                                  flow=row[after + 1], schedule=row[after + 2], work_queue=row[8],
-                                 agent=row[after + 3]) for row in rows])
+                                 agent=row[after + 3], id=row[after + 4]) for row in rows])
     except CONNECTION_ERRORS:
         raise
     except DatabaseError:

@@ -292,7 +292,8 @@ def claim_runs(agent_id, free, capped, limit, now, message, actor):
     """PostgreSQL: move up to `limit` due runs (SCHEDULED or LATE, started at `now` or before, not
     deleted) to SUBMITTED for `agent_id`, oldest scheduled start first, in one statement; returns them
     as tuples of runs.claiming.ClaimedRun's fields followed by (from-state, flow id, schedule id, the
-    agent it had before).
+    agent it had before, a new UUID for its event: PostgreSQL's gen_random_uuid costs a claim of 200
+    runs nothing noticeable where uuid.uuid4 and its text cost 0.5 ms of CPU).
 
     `free`: ids of the queues without a concurrency limit; `capped`: [(queue id, free slots)] of the
     others (the caller holds them locked and counted). The picks (one for the free queues, one per
@@ -351,7 +352,7 @@ def _claim_sql(free_queues, capped_queues):
         f"{_quoted(FlowRun, 'flow_version')} = {set_version} "
         f"FROM chosen WHERE {runs}.{pk} = chosen.{pk} "
         f"RETURNING {runs}.*, chosen.{state} AS {moved_from}, chosen.{agent} AS {agent_before}) "
-        f"{_claimed_run_select('moved r', (f'r.{moved_from}', _col(FlowRun, 'r', 'flow'), _col(FlowRun, 'r', 'schedule'), f'r.{agent_before}'))} "
+        f"{_claimed_run_select('moved r', (f'r.{moved_from}', _col(FlowRun, 'r', 'flow'), _col(FlowRun, 'r', 'schedule'), f'r.{agent_before}', 'gen_random_uuid()::text'))} "
         f"ORDER BY {_col(FlowRun, 'r', 'scheduled_start')} ASC"
     )
 

@@ -1,6 +1,7 @@
 """claim_due_runs: which runs an agent gets, and that two agents never get the same one."""
 
 import threading
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -368,6 +369,8 @@ def _claimed_and_written(claim, ids, monkeypatch):
             history = list(StateChange.objects.filter(flow_run__in=ids).order_by("flow_run__scheduled_start")
                            .values("flow_run_id", "task_run_id", "from_state", "to_state", "message", "actor",
                                    "user_id", "agent_id", "timestamp"))
+            ids = {str(uuid.UUID(event["id"], version=4)) for event in emitted}  # well-formed, as the buffer keeps them
+            assert len(ids) == len(emitted) and ids == {event["id"] for event in emitted}
             seen = (answer, runs, history, sorted(({k: v for k, v in event.items() if k != "id"} for event in emitted),
                                                   key=lambda event: event["resource"]["id"]))
             raise _Undone
@@ -453,3 +456,36 @@ def test_a_refused_run_outside_a_transaction_leaves_the_others_claimed(caplog):
         with connection.cursor() as cursor:
             cursor.execute(f"DROP TRIGGER IF EXISTS test_refuse_claim ON {FlowRun._meta.db_table}; "
                            "DROP FUNCTION IF EXISTS test_refuse_claim()")
+
+
+class _Died(BaseException):
+    """The process dying right after the claim's commit, before anything after it ran."""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_redis_a_claims_events_commit_with_it(settings, monkeypatch):
+    """No REDIS_URL (the embedded buffer): the claim's events are buffer rows written in the claim's
+    own transaction, so a process that dies just after the commit loses none (a review found the
+    one-statement claim committing first and writing them after)."""
+    from events import buffer
+    from events import emit as events_emit
+    from events.models import PendingEvent
+
+    settings.REDIS_URL = ""
+    buffer.reset()
+    monkeypatch.setattr(events_emit, "_push", lambda events: (_ for _ in ()).throw(_Died()))
+    ws = factories.workspace()
+    flow, queue, now = factories.flow(ws), factories.work_queue(ws), timezone.now()
+    runs = due_runs(flow, queue, 3, now)
+    agent = agent_on(ws, queue)
+    WorkQueue.objects.filter(pk=queue.pk).update(last_polled=now)  # no poll event: only the claim's
+    try:
+        claimed = claim_due_runs(agent, limit=10, now=now)
+    except _Died:
+        claimed = None  # whatever was to run after the commit did not
+    assert claimed is None or len(claimed) == 3
+    assert FlowRun.objects.filter(agent=agent, state=State.SUBMITTED).count() == 3
+    buffered = [body for body in PendingEvent.objects.values_list("body", flat=True)
+                if body["name"] == "flow-run.state.submitted"]
+    assert sorted(body["resource"]["id"] for body in buffered) == sorted(str(run.pk) for run in runs)
+    buffer.reset()
