@@ -20,6 +20,7 @@ import time
 from django.conf import settings
 from django.db import transaction
 
+from events.emit import decoded, encoded
 from orchestrator.streams import Batch, ConsumerGroupStream
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def push(events):
     client = usable_redis_client()
     if client is not None:
         try:
-            _stream().add(client, [json.dumps(event, separators=(",", ":")) for event in events],
+            _stream().add(client, [encoded(event) for event in events],
                           maxlen=settings.ORCHESTRATOR["EVENTS_STREAM_MAX_LENGTH"])
             return "redis"
         except Exception as exc:
@@ -99,7 +100,7 @@ def insert_pending(connection, events):
     from events.models import PendingEvent
 
     created = connection.ops.adapt_datetimefield_value(timezone.now())
-    rows = [(json.dumps(event, separators=(",", ":"), allow_nan=False), created) for event in events]
+    rows = [(encoded(event, allow_nan=False), created) for event in events]
     with connection.cursor() as cursor:
         cursor.executemany(f"INSERT INTO {PendingEvent._meta.db_table} (body, created) VALUES (%s, %s)", rows)
 
@@ -111,7 +112,7 @@ def push_to_table(events):
 
     try:
         with transaction.atomic():
-            PendingEvent.objects.bulk_create([PendingEvent(body=event) for event in events])
+            PendingEvent.objects.bulk_create([PendingEvent(body=decoded(event)) for event in events])
         return
     except (DataError, IntegrityError, ValueError):
         pass
@@ -120,7 +121,7 @@ def push_to_table(events):
     # is dropped.
     from events.store import jsonb_safe
 
-    for event in events:
+    for event in map(decoded, events):
         try:
             with transaction.atomic():
                 PendingEvent.objects.create(body=json.loads(jsonb_safe(json.dumps(event, ensure_ascii=False))))

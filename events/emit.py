@@ -10,6 +10,7 @@ moves them into the Event table.
 """
 
 import functools
+import json
 import logging
 import uuid
 
@@ -43,6 +44,23 @@ def make(workspace_id, name, resource_, *, related=(), payload=None, occurred=No
         "related": [ref for ref in related if ref],
         "payload": payload or {},
     }
+
+
+class Encoded(str):
+    """An event already encoded as its JSON text, with exactly what `make` would put in it, made by
+    the database in the statement of the change it tells of (runs/hot_sql.py's claim: 200 events
+    built and encoded in Python were a fifth of a claim's CPU). The buffer takes the text as it is."""
+
+
+def encoded(event, *, allow_nan=True):
+    """The event's compact JSON text (`allow_nan` False: a NaN or infinity is a ValueError, as jsonb
+    would refuse it; the database's own texts never hold one)."""
+    return event if isinstance(event, Encoded) else json.dumps(event, separators=(",", ":"), allow_nan=allow_nan)
+
+
+def decoded(event):
+    """The event as a dict."""
+    return json.loads(event) if isinstance(event, Encoded) else event
 
 
 def emit(events, *, using=None):
@@ -97,4 +115,5 @@ def _push(events):
         else:
             buffer.push(events)
     except Exception:
-        logger.exception("Could not buffer %d events (first: %s); they are lost.", len(events), events[0]["name"])
+        logger.exception("Could not buffer %d events (first: %s); they are lost.", len(events),
+                         decoded(events[0]).get("name"))

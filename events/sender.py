@@ -62,6 +62,7 @@ class Sender:
         from django.db import connections
 
         from events import buffer
+        from events.emit import decoded
 
         while True:
             events = list(waiting.get())
@@ -79,7 +80,7 @@ class Sender:
                     connections.close_all()  # the fallback is rare: hold no connection between them
             except Exception:
                 logger.exception("Could not buffer %d events (first: %s); they are lost.", len(events),
-                                 events[0].get("name"))
+                                 decoded(events[0]).get("name"))
             finally:
                 for _ in range(taken):
                     waiting.task_done()

@@ -23,10 +23,10 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Count, Q
 
-from events.emit import emit, make, resource
+from events.emit import Encoded, emit, make, resource
 from runs import hot_sql
 from runs.models import ACTIVE_STATES, Actor, Agent, FlowRun, FlowVersion, State, WorkQueue
-from runs.states import CONNECTION_ERRORS, flow_run_event, transition_flow_runs
+from runs.states import CONNECTION_ERRORS, flow_run_event_name, transition_flow_runs
 
 logger = logging.getLogger(__name__)
 
@@ -278,11 +278,9 @@ def _claim_in_one_statement(agent, open_queues, limit, now):
                 return []
             rows = hot_sql.claim_runs(agent.pk, [pk for pk, free in slots.items() if free is None],
                                       [(pk, free) for pk, free in slots.items() if free is not None],
-                                      limit, now, message, Actor.AGENT)
-            after = len(ClaimedRun._fields)  # claim_runs' own columns follow ClaimedRun's
-            emit([flow_run_event(row[0], row[5], row[after], State.SUBMITTED, message, Actor.AGENT, now,
-                                 flow=row[after + 1], schedule=row[after + 2], work_queue=row[8],
-                                 agent=row[after + 3], id=row[after + 4]) for row in rows])
+                                      limit, now, message, Actor.AGENT, flow_run_event_name(State.SUBMITTED))
+            after = len(ClaimedRun._fields)  # each run's event follows ClaimedRun's columns
+            emit([Encoded(row[after]) for row in rows])
     except CONNECTION_ERRORS:
         raise
     except DatabaseError:

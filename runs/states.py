@@ -184,28 +184,27 @@ def _history_row(kind, row_id, flow_run_id, from_state, to_state, message, actor
     )
 
 
-def _event(kind, row_id, workspace_id, from_state, to_state, message, actor, now, related, extra=None, id=None):
+def _event(kind, row_id, workspace_id, from_state, to_state, message, actor, now, related, extra=None):
     """The event of one transition; `related` maps a resource kind to its id (None: not set);
-    `extra`: more payload (a service's verdict), never overriding the transition's own keys; `id`:
-    the event's, when it was made already (else a new UUID)."""
+    `extra`: more payload (a service's verdict), never overriding the transition's own keys.
+    runs/hot_sql.py's claim builds the same in SQL (_transition_event_json)."""
     return make(
         workspace_id,
-        f"{kind.event_prefix}.state.{to_state.lower()}",
+        _event_name(kind, to_state),
         {"kind": kind.event_prefix, "id": str(row_id)},
         related=[{"kind": kind_, "id": str(id_)} for kind_, id_ in related.items() if id_ is not None],
         payload={**(extra or {}), "from": from_state, "to": to_state, "message": message, "actor": actor},
         occurred=now,
-        id=id,
     )
 
 
-def flow_run_event(run_id, workspace_id, from_state, to_state, message, actor, now, *, flow, schedule, work_queue,
-                   agent, id=None):
-    """The event of a flow run's transition written elsewhere (runs/hot_sql.py's claim), as this module
-    makes it for a row it moves: the related ids as the row had them before the move; `id` the
-    event's, when the database made it."""
-    return _event(FLOW, run_id, workspace_id, from_state, to_state, message, actor, now,
-                  {"flow": flow, "schedule": schedule, "work-queue": work_queue, "agent": agent}, id=id)
+def flow_run_event_name(to_state):
+    """The name of a flow run's event for entering `to_state` (flow-run.state.submitted, …)."""
+    return _event_name(FLOW, to_state)
+
+
+def _event_name(kind, to_state):
+    return f"{kind.event_prefix}.state.{to_state.lower()}"
 
 
 def _related_of_object(kind, obj):

@@ -1,5 +1,6 @@
 """claim_due_runs: which runs an agent gets, and that two agents never get the same one."""
 
+import json
 import threading
 import uuid
 from datetime import timedelta
@@ -357,11 +358,16 @@ class _Undone(Exception):
 
 def _claimed_and_written(claim, ids, monkeypatch):
     """What `claim()` answers, writes and emits, undone afterwards: (answer, runs, history, events)."""
+    from events.emit import encoded
     from runs import claiming, states
 
     emitted = []
-    monkeypatch.setattr(claiming, "emit", emitted.extend)
-    monkeypatch.setattr(states, "emit", emitted.extend)
+
+    def emit(events):  # as the buffer would read them back (the one statement's come encoded)
+        emitted.extend(json.loads(encoded(event)) for event in events)
+
+    monkeypatch.setattr(claiming, "emit", emit)
+    monkeypatch.setattr(states, "emit", emit)
     try:
         with transaction.atomic():
             answer = claim()

@@ -178,3 +178,48 @@ def test_make_carries_plain_json_with_its_own_id():
     assert first["resource"] == {"kind": "flow-run", "id": "12", "name": "nightly"}
     assert second["resource"] == {"kind": "flow-run", "id": "12"}
     assert first["workspace_id"] == 7 and first["payload"] == {} and first["related"] == []
+
+
+@pytest.mark.parametrize("where", ["redis", "table", "redis refused", "with the change"])
+def test_an_encoded_event_is_stored_as_the_same_event_made_as_a_dict(where, settings, request, caplog):
+    """events.emit.Encoded (a claim's events, built by PostgreSQL): through the stream, the table, the
+    table while Redis refuses, and the embedded mode's rows written with the change, an event sent as
+    its JSON text is stored as the same event sent as a dict."""
+    import json
+
+    from events.emit import Encoded
+
+    if where == "redis":
+        request.getfixturevalue("events_in_redis")
+    elif where == "redis refused":
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: refused
+        request.addfinalizer(closed.close)
+        settings.REDIS_URL = f"redis://127.0.0.1:{closed.getsockname()[1]}/0"
+        buffer.reset()
+        request.addfinalizer(buffer.reset)
+    else:
+        request.getfixturevalue("events_in_table")
+    ws = factories.workspace()
+    as_dict = make(ws.pk, "flow-run.state.submitted", resource("flow-run", "0c75defa-d5fe-425d-8fca-cee653dbe1bd"),
+                   related=[resource("flow", 3)], payload={"from": "LATE", "to": "SUBMITTED", "message": "é ☃"})
+    as_text = Encoded(json.dumps({**make(ws.pk, as_dict["name"], as_dict["resource"], related=as_dict["related"],
+                                         payload=as_dict["payload"]), "occurred": as_dict["occurred"]}))
+    if where == "with the change":
+        with transaction.atomic():
+            emit([as_dict, as_text])
+            assert buffered() == (0, 2)
+    else:
+        emit([as_dict, as_text])
+    if where == "redis refused":
+        assert PendingEvent.objects.count() == 2
+        with pytest.raises(redis.ConnectionError):  # the pass stores the table's rows, then fails on the stream
+            persister.run_once()
+    else:
+        drain()
+    stored = {str(event.id): event for event in Event.objects.all()}
+    assert set(stored) == {as_dict["id"], json.loads(as_text)["id"]}
+    first, second = stored[as_dict["id"]], stored[json.loads(as_text)["id"]]
+    fields = ("workspace_id", "name", "occurred", "resource", "related", "payload")
+    assert [getattr(second, f) for f in fields] == [getattr(first, f) for f in fields]
+    assert first.payload["message"] == "é ☃"
