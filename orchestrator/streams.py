@@ -14,6 +14,8 @@ import json
 import logging
 from dataclasses import dataclass, field
 
+from orchestrator.redis_script import RedisScript
+
 logger = logging.getLogger(__name__)
 
 # XADD ARGV[3..] as entries of one field ARGV[1] (trimming to about ARGV[2] entries when it is not 0);
@@ -31,22 +33,7 @@ return redis.call('XLEN', KEYS[1])
 """
 
 
-class _Script:
-    """redis-py's Script for `_ADD`, made on first use (redis-py is imported only where Redis is used)
-    and bound to no client: each call names its client."""
-
-    def __init__(self, text):
-        self.text, self.script = text, None
-
-    def __call__(self, *, keys, args, client):
-        if self.script is None:
-            from redis.commands.core import Script
-
-            self.script = Script(None, self.text.encode())  # bytes: no client needed for its digest
-        return self.script(keys=keys, args=args, client=client)
-
-
-_ADD_SCRIPT = _Script(_ADD)
+_ADD_SCRIPT = RedisScript(_ADD)
 
 
 @dataclass
@@ -76,8 +63,7 @@ class ConsumerGroupStream:
 
         One script (XADD per body on the server) rather than a pipeline of XADDs: redis-py builds
         and packs a command per XADD, which for a claim's 200 events was most of the sending
-        thread's CPU; the script is one command whatever the count. The script's digest is sent
-        (EVALSHA), its text only when the server does not have it yet (a restart)."""
+        thread's CPU; the script is one command whatever the count."""
         if not bodies:
             return self.length(client)
         return _ADD_SCRIPT(keys=[self.key], args=[self.field, maxlen or 0, *bodies], client=client)

@@ -25,8 +25,8 @@ from django.db.models import Count, Q
 
 from events.emit import Encoded, emit, make, resource
 from runs import hot_sql
-from runs.models import ACTIVE_STATES, Actor, Agent, FlowRun, FlowVersion, State, WorkQueue
-from runs.states import CONNECTION_ERRORS, flow_run_event_name, transition_flow_runs
+from runs.models import ACTIVE_STATES, Actor, Agent, FlowRun, State, WorkQueue
+from runs.states import CONNECTION_ERRORS, flow_run_event_name, own_transaction_will_do, transition_flow_runs
 
 logger = logging.getLogger(__name__)
 
@@ -180,11 +180,6 @@ class ClaimedRun(namedtuple("ClaimedRun", [
 
     __slots__ = ()
 
-    @property
-    def flow_version(self):
-        """The FlowVersion the claim gave the run, read on access as a model's relation would be."""
-        return FlowVersion.objects.filter(pk=self.flow_version_id).first() if self.flow_version_id else None
-
 
 _CLAIMED_RUN_FIELDS = (
     "pk", "name", "state", "scheduled_start", "parameters", "workspace_id", "token_generation", "agent_id",
@@ -264,15 +259,12 @@ def _claim_in_one_statement(agent, open_queues, limit, now):
     ClaimedRun rows. None when the database refused the statement (a row it cannot move): then
     _claim_with_the_orm moves what it can, one run at a time if need be.
 
-    The statement is a transaction of its own when the events go to Redis after the commit. A
-    transaction holds more: the lock and count of a queue's limit before it, the events' buffer rows
-    after it when there is no Redis (they commit with the change, events/emit.py), or the caller's
-    (then a savepoint)."""
+    The statement is a transaction of its own where runs.states.own_transaction_will_do says so and
+    no queue's limit has to be locked and counted before it, in one transaction with it."""
     message = _claim_message(agent)
     capped = any(cap is not None for _, cap in open_queues)
-    alone = not capped and settings.REDIS_URL and not connection.in_atomic_block
     try:
-        with nullcontext() if alone else transaction.atomic():
+        with nullcontext() if not capped and own_transaction_will_do() else transaction.atomic():
             slots = _free_queues(open_queues)
             if not slots:
                 return []

@@ -154,13 +154,19 @@ def insert_history_of_locked_rows(model, ids, *, to_state, message, actor, user_
         prep = meta.pk.get_db_prep_value
         where, id_params = f"{pk} IN ({', '.join(['%s'] * len(ids))})", [prep(id_, connection) for id_ in ids]
     timestamp = StateChange._meta.get_field("timestamp").get_db_prep_value(now, connection)
-    # _HISTORY_FIELDS' order: the run, the task run and the from-state come from the rows themselves.
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {_quoted(StateChange)} ({_columns(_history_fields())}) "
-            f"SELECT {flow_run_id}, {task_run_id}, {_quoted(model, 'state')}, %s, %s, %s, "
-            f"%s, NULL, %s FROM {_quoted(model)} WHERE {where}",
+            _history_of_rows(flow_run_id, task_run_id, _quoted(model, "state"), f"{_quoted(model)} WHERE {where}"),
             [to_state, message, actor, user_id, timestamp, *id_params])
+
+
+def _history_of_rows(flow_run_id, task_run_id, from_state, source):
+    """INSERT … SELECT of one history row per row of `source` (SQL after FROM), its run, task run and
+    from-state the expressions given; the parameters: to-state, message, actor, user id, timestamp."""
+    fields = _history_fields()
+    assert [f.name for f in fields] == list(_HISTORY_FIELDS)  # the order of the SELECT below
+    return (f"INSERT INTO {_quoted(StateChange)} ({_columns(fields)}) "
+            f"SELECT {flow_run_id}, {task_run_id}, {from_state}, %s, %s, %s, %s, NULL, %s FROM {source}")
 
 
 def _array(ids):
@@ -193,26 +199,26 @@ def pk_in(ids):
     return Q(pk__in=ids)
 
 
+def _col(model, alias, name):
+    """`alias.column` of the field `name` ("pk": the primary key) of `model` as `alias` names it."""
+    field = model._meta.pk if name == "pk" else model._meta.get_field(name)
+    return f"{alias}.{_quote(field.column)}"
+
+
 def version_at_claim():
     """runs.versions.version_at_claim() written out: the same CASE, as one RawSQL the UPDATE takes as it
     is. Django resolving the ORM's Case, Coalesce and two Subqueries cost 1.4 ms of a claim's CPU per
     UPDATE; tests/agent/test_claiming.py pins the two to the same versions."""
-    quote = connection.ops.quote_name
-    run, schedule, version = FlowRun._meta, Schedule._meta, FlowVersion._meta
-
-    def col(meta, name, table=None):
-        field = meta.pk if name == "pk" else meta.get_field(name)
-        return f"{quote(table or meta.db_table)}.{quote(field.column)}"
-
+    run = _quoted(FlowRun)  # the row being updated, by its table's name
     # Schedule.objects: schedules not deleted; at most one latest version per flow (one_latest_version).
-    pinned = (f"SELECT {col(schedule, 'flow_version', 'pin')} FROM {quote(schedule.db_table)} {quote('pin')} "
-              f"WHERE {col(schedule, 'pk', 'pin')} = {col(run, 'schedule')} "
-              f"AND {col(schedule, 'deleted_at', 'pin')} IS NULL LIMIT 1")
-    latest = (f"SELECT {col(version, 'pk', 'latest')} FROM {quote(version.db_table)} {quote('latest')} "
-              f"WHERE {col(version, 'flow', 'latest')} = {col(run, 'flow')} AND {col(version, 'is_latest', 'latest')} "
-              f"LIMIT 1")
-    return RawSQL(f"CASE WHEN {col(run, 'schedule')} IS NULL THEN {col(run, 'flow_version')} "
-                  f"ELSE COALESCE(({pinned}), ({latest}), {col(run, 'flow_version')}) END", [],
+    pinned = (f"SELECT {_col(Schedule, 'pin', 'flow_version')} FROM {_quoted(Schedule)} pin "
+              f"WHERE {_col(Schedule, 'pin', 'pk')} = {_col(FlowRun, run, 'schedule')} "
+              f"AND {_col(Schedule, 'pin', 'deleted_at')} IS NULL LIMIT 1")
+    latest = (f"SELECT {_col(FlowVersion, 'latest', 'pk')} FROM {_quoted(FlowVersion)} latest "
+              f"WHERE {_col(FlowVersion, 'latest', 'flow')} = {_col(FlowRun, run, 'flow')} "
+              f"AND {_col(FlowVersion, 'latest', 'is_latest')} LIMIT 1")
+    return RawSQL(f"CASE WHEN {_col(FlowRun, run, 'schedule')} IS NULL THEN {_col(FlowRun, run, 'flow_version')} "
+                  f"ELSE COALESCE(({pinned}), ({latest}), {_col(FlowRun, run, 'flow_version')}) END", [],
                   output_field=BigIntegerField())
 
 
@@ -223,11 +229,6 @@ _CLAIMED_RUN_COLUMNS = (
                                         "token_generation", "agent", "work_queue", "flow_version")),
     (Flow, "f", "name"), (FlowVersion, "v", "entrypoint"), (FlowVersion, "v", "parameters"),
     (FlowVersion, "v", "job_env"), (FlowVersion, "v", "secrets"), (WorkQueue, "q", "name"), (WorkQueue, "q", "job_env"))
-
-
-def _col(model, alias, name):
-    field = model._meta.pk if name == "pk" else model._meta.get_field(name)
-    return f"{alias}.{_quote(field.column)}"
 
 
 def _claimed_run_select(source, extra=()):
@@ -316,7 +317,7 @@ def claim_runs(agent_id, free, capped, limit, now, message, actor, event_name):
     for queue, take in picks:
         params += [queue, State.SCHEDULED, State.LATE, now, take]
     timestamp = StateChange._meta.get_field("timestamp").get_db_prep_value(now, connection)
-    params += [limit, State.SUBMITTED, message, actor, timestamp,
+    params += [limit, State.SUBMITTED, message, actor, None, timestamp,
                State.SUBMITTED, timestamp, message, agent_id,
                now.isoformat(), event_name, State.SUBMITTED, message, actor]
     with connection.cursor() as cursor:
@@ -358,8 +359,6 @@ def _claim_sql(free_queues, capped_queues):
                      f"AND {_quoted(FlowRun, 'deleted_at')} IS NULL "
                      f"ORDER BY {start} LIMIT %s FOR UPDATE SKIP LOCKED)")
     union = " UNION ALL ".join(f"SELECT * FROM pick{i}" for i in range(len(picks)))
-    history = _history_fields()
-    assert [f.name for f in history[:3]] == ["flow_run", "task_run", "from_state"]
     moved_from, agent_before = _quote("claimed_from"), _quote("agent_before")
     set_version = version_at_claim().sql
     event = _transition_event_json(
@@ -367,8 +366,7 @@ def _claim_sql(free_queues, capped_queues):
     return (
         f"WITH {', '.join(picks)}, "
         f"chosen AS MATERIALIZED (SELECT * FROM ({union}) picked ORDER BY {start} LIMIT %s), "
-        f"history AS (INSERT INTO {_quoted(StateChange)} ({_columns(history)}) "
-        f"SELECT chosen.{pk}, NULL, chosen.{state}, %s, %s, %s, NULL, NULL, %s FROM chosen), "
+        f"history AS ({_history_of_rows(f'chosen.{pk}', 'NULL', f'chosen.{state}', 'chosen')}), "
         f"moved AS (UPDATE {runs} SET {state} = %s, {_quoted(FlowRun, 'state_changed')} = %s, "
         f"{_quoted(FlowRun, 'token_generation')} = {runs}.{_quoted(FlowRun, 'token_generation')} + 1, "
         f"{_quoted(FlowRun, 'state_message')} = %s, {agent} = %s, "

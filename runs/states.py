@@ -119,11 +119,11 @@ def is_legal(kind_label, from_state, to_state, *, retry=False):
     return to_state in kind.transitions[from_state]
 
 
-_STATE_VALUES = frozenset(S.values)  # State.values builds its list anew on every access
+STATE_VALUES = frozenset(S.values)  # State.values builds its list anew on every access
 
 
 def _check(kind, obj_id, from_state, to_state, retry):
-    if to_state not in _STATE_VALUES:
+    if to_state not in STATE_VALUES:
         raise IllegalTransition(f"{to_state!r} is not a state", current=from_state, requested=to_state)
     if not is_legal(kind.label, from_state, to_state, retry=retry):
         hint = " (a finished run moves again only through an explicit retry)" if from_state in TERMINAL_STATES else ""
@@ -259,11 +259,8 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
     plain = (kind is FLOW and not fence and connection.features.can_return_columns_from_insert
              and all(name in _PLAIN_RUN_FIELDS and not hasattr(value, "resolve_expression")
                      for name, value in values.items()))
-    # On PostgreSQL a plain move is one statement, its own transaction: no BEGIN and COMMIT around
-    # it, unless the events are written in the change's transaction (the embedded buffer, no Redis)
-    # or a caller's transaction is open (its savepoint keeps that transaction usable after an error).
-    alone = (plain and connection.vendor == "postgresql" and bool(settings.REDIS_URL)
-             and not connection.in_atomic_block)
+    # On PostgreSQL a plain move is one statement, its own transaction (own_transaction_will_do).
+    alone = plain and own_transaction_will_do()
     with contextlib.nullcontext() if alone else transaction.atomic():
         if plain:  # the history row goes with the move (one statement on PostgreSQL)
             history_row = _history_row(kind, obj.pk, obj.pk, from_state, to_state, message, actor, user, agent, now)
@@ -302,6 +299,14 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
     else:
         obj.refresh_from_db()
     return obj
+
+
+def own_transaction_will_do():
+    """Whether a change made in one statement may be its own transaction, with no BEGIN and COMMIT
+    around it: on PostgreSQL, when its events go to Redis after the commit (without Redis their
+    buffer rows are written in the change's transaction, events/emit.py) and no caller's transaction
+    is open (a savepoint keeps that one usable after an error)."""
+    return connection.vendor == "postgresql" and bool(settings.REDIS_URL) and not connection.in_atomic_block
 
 
 # A flow run's columns a plain move may write by hand (not its foreign keys: an update may name

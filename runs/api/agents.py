@@ -113,9 +113,6 @@ class AgentEndpoint(APIView):
         serializer.is_valid(raise_exception=True)
         return serializer.validated_data
 
-    def agent_of(self, agent_id):
-        return get_object_or_404(Agent, pk=agent_id, workspace=self.request.workspace)
-
 
 class RunReportEndpoint(AgentEndpoint):
     """A report about one flow run: authenticated by the run's report token (request.auth, a RunGrant)."""

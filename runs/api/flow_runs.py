@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from runs import hot_sql
 from runs.models import TERMINAL_STATES, Actor, ApiKey, Flow, FlowRun, Role, State, WorkQueue
 from runs.scheduling import DEFAULT_QUEUE, LATEST, create_manual_run
-from runs.states import IllegalTransition, set_flow_run_state
+from runs.states import STATE_VALUES, IllegalTransition, set_flow_run_state
 
 from .filtersets import FilterBackend, FlowRunFilter
 from .pagination import KeysetPagination
@@ -137,11 +137,10 @@ class SetStateSerializer(serializers.Serializer):
 
 
 _SET_STATE_KEYS = frozenset(SetStateSerializer._declared_fields)
-_STATES = frozenset(State.values)
 
 
 def _is_state(value):
-    return type(value) is str and value in _STATES
+    return type(value) is str and value in STATE_VALUES
 
 
 class RunPages(KeysetPagination):

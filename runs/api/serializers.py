@@ -1,11 +1,13 @@
 """Serializers of the public API."""
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 from timezone_field.rest_framework import TimeZoneSerializerField
 
+from runs import hot_sql
 from runs.models import Flow, FlowRun, FlowVersion, Schedule, StateChange, WorkQueue
 from runs.schedules import ScheduleComputeError, validate_schedule
 
@@ -331,8 +333,10 @@ HISTORY = [
 ]
 
 
-# What a run's answer names of its related objects, and how: by name, or (a person) as str().
-RUN_NAMES = {"flow": "name", "work_queue": "name", "agent": "name", "created_by": None, "created_by_key": "name"}
+# What a run's answer names of its related objects (those runs/hot_sql.py reads with a run), and how:
+# by name, or (a person) as str().
+RUN_NAMES = {name: None if FlowRun._meta.get_field(name).related_model is get_user_model() else "name"
+             for name in hot_sql.RUN_NAMES}
 
 
 def run_names(run, only=RUN_NAMES):

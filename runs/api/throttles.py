@@ -27,6 +27,7 @@ from rest_framework import exceptions
 from rest_framework.throttling import SimpleRateThrottle
 
 from orchestrator.client_address import client_address
+from orchestrator.redis_script import RedisScript
 from runs.models import ApiKey
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ redis.call('LPUSH', key, ARGV[1])
 redis.call('EXPIRE', key, ARGV[4])
 return {1, count + 1}
 """
-_sliding_log = []  # the script, registered once per process
+_SLIDING_LOG_SCRIPT = RedisScript(SLIDING_LOG)
 
 
 class ExpensiveEndpointThrottle(SimpleRateThrottle):
@@ -147,9 +148,7 @@ class ExpensiveEndpointThrottle(SimpleRateThrottle):
         client = backend.__dict__.get("_sliding_log_client")
         if client is None:
             client = backend.__dict__["_sliding_log_client"] = backend._cache.get_client(write=True)
-        if not _sliding_log:
-            _sliding_log.append(client.register_script(SLIDING_LOG))
-        allowed, self.count, *oldest = _sliding_log[0](
+        allowed, self.count, *oldest = _SLIDING_LOG_SCRIPT(
             keys=[backend.make_and_validate_key(f"{self.key}_log")],
             args=[repr(self.now), repr(self.now - self.duration), self.num_requests, self.duration], client=client)
         self.oldest = float(oldest[0]) if oldest and oldest[0] is not None else None

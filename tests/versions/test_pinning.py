@@ -10,7 +10,7 @@ from django.utils import timezone
 from runs import actions
 from runs.audit import Who
 from runs.claiming import claim_due_runs
-from runs.models import AuditEntry, Flow, FlowRun, Schedule, State
+from runs.models import AuditEntry, Flow, FlowRun, FlowVersion, Schedule, State
 from runs.scheduling import create_manual_run, schedule_future_runs
 from tests import factories
 
@@ -35,7 +35,10 @@ def due_run_of(schedule, queue, version, minutes_ago=1):
 
 
 def claimed_versions(agent):
-    return {run.pk: run.flow_version.version for run in claim_due_runs(agent, limit=50, now=timezone.now())}
+    claimed = claim_due_runs(agent, limit=50, now=timezone.now())
+    versions = dict(FlowVersion.objects.filter(pk__in=[run.flow_version_id for run in claimed])
+                    .values_list("pk", "version"))
+    return {run.pk: versions[run.flow_version_id] for run in claimed}
 
 
 def test_a_pinned_schedule_keeps_its_version_when_a_new_one_registers_and_a_following_one_moves(ws, flow):
