@@ -8,8 +8,9 @@ its work, and Django's handler with its signals and response object half as much
 
 The lane answers only a beat that is in order: a valid report token for the run the URL names, of
 its current attempt, in the workspace the URL names, to an allowed host, without a body or a query
-string. Anything else (no token, a bad one, another run's, an earlier attempt's, a deleted
-workspace, a host not allowed, a database error, a plain-HTTP request the server would redirect)
+string, accepting JSON (`*/*` or `application/json`, the agent's). Anything else (no token, a bad
+one, another run's, an earlier attempt's, a deleted workspace, a host not allowed, another
+`Accept`, a database error, a plain-HTTP request the server would redirect)
 falls through to the API's view, which does the same work and answers with its errors and their
 explanations, so the lane never says anything the API would not. The work itself is the view's:
 `record_flow_run_heartbeat`, and `known_workspace` for the workspace. The lane's answer carries
@@ -40,6 +41,14 @@ FLOW_RUN_HEARTBEAT = re.compile(
     r"(?P<run_id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/heartbeat")
 
 
+# What a beat may accept for the lane to answer it: DRF's JSON, whatever its renderers (anything
+# else is the view's content negotiation, whose answer may be a 406 or, with DEBUG, an HTML page).
+PLAIN_ACCEPT = frozenset({"*/*", "application/json"})
+
+# Set in the environ of a beat HotLaneApplication tried and left to Django: the middleware does not try again.
+TRIED = "orchestrator.hot_lane.tried"
+
+
 class HotLaneMiddleware:
     """Placed after SecurityMiddleware (its headers are on the lane's answers too) and before the
     rest; see the module's docstring. Under gunicorn HotLaneApplication has answered such a beat
@@ -49,13 +58,13 @@ class HotLaneMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        if request.method == "POST" and request.path_info.endswith("/heartbeat"):
+        if (request.method == "POST" and request.path_info.endswith("/heartbeat")
+                and TRIED not in request.META):  # HotLaneApplication's fall-through: the view's now
             try:
                 request.get_host()  # the common middleware's check: a host not allowed is its 400
             except DisallowedHost:
                 return self.get_response(request)
-            body = flow_run_heartbeat(request.path_info, request.META.get("QUERY_STRING"),
-                                      request.META.get("HTTP_AUTHORIZATION", ""))
+            body = flow_run_heartbeat(request.path_info, request.META)
             if body is not None:
                 return _as_the_api_answers(body)
         return self.get_response(request)
@@ -85,6 +94,7 @@ class HotLaneApplication:
             if answer is not None:
                 start_response("200 OK", answer[0])
                 return [answer[1]]
+            environ[TRIED] = True
         return self.django_application(environ, start_response)
 
     def heartbeat(self, environ):
@@ -94,8 +104,7 @@ class HotLaneApplication:
             return None  # a host not allowed (400), or plain HTTP to redirect: the middleware's
         db = connections[DEFAULT_DB_ALIAS]
         db.close_if_unusable_or_obsolete()  # what Django's request_started does for it
-        body = flow_run_heartbeat(environ["PATH_INFO"], environ.get("QUERY_STRING"),
-                                  environ.get("HTTP_AUTHORIZATION", ""))
+        body = flow_run_heartbeat(environ["PATH_INFO"], environ)
         if body is None:
             return None
         db.close_if_unusable_or_obsolete()  # and its request_finished
@@ -133,16 +142,16 @@ class HotLaneApplication:
         self._readings.clear()
 
 
-def flow_run_heartbeat(path_info, query_string, authorization):
-    """The body of the answer to a flow run's heartbeat that is in order (its URL's path, query
-    string and Authorization header), else None (the API's view answers)."""
+def flow_run_heartbeat(path_info, meta):
+    """The body of the answer to a flow run's heartbeat that is in order (its URL's path, and its
+    WSGI environ or request.META `meta`), else None (the API's view answers)."""
     from runs.api.agents import record_flow_run_heartbeat
     from runs.api.permissions import known_workspace
 
     match = FLOW_RUN_HEARTBEAT.fullmatch(path_info)
-    if match is None or query_string:
+    if match is None or meta.get("QUERY_STRING") or meta.get("HTTP_ACCEPT", "*/*") not in PLAIN_ACCEPT:
         return None
-    header = authorization.split()
+    header = meta.get("HTTP_AUTHORIZATION", "").split()
     if len(header) != 2 or header[0] != "Bearer" or not is_run_token(header[1]):
         return None
     try:

@@ -201,8 +201,11 @@ def wsgi_lane(monkeypatch):
     return make
 
 
-def test_the_wsgi_module_s_application_has_the_lane_in_front_of_django():
-    from orchestrator import wsgi
+def test_the_wsgi_module_s_application_has_the_lane_in_front_of_django(monkeypatch):
+    import importlib
+
+    monkeypatch.setattr("orchestrator.heap.freeze_startup_heap", lambda: None)  # not this process's heap
+    wsgi = importlib.import_module("orchestrator.wsgi")
 
     assert isinstance(wsgi.application, hot_lane.HotLaneApplication)
     assert wsgi.application.django_application is wsgi.django_application
@@ -230,7 +233,7 @@ def test_the_wsgi_lane_answers_a_beat_in_order_as_the_view_answers_it(ws, prefix
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("case", ["plain HTTP to redirect", "a host not allowed", "a body", "a chunked body",
-                                  "another run's token", "a query string"])
+                                  "another run's token", "a query string", "another Accept"])
 def test_the_wsgi_lane_leaves_to_django_what_its_middleware_or_view_must_answer(ws, prefix, wsgi_lane, settings,
                                                                                 case):
     run, other = due_run(ws, state=State.RUNNING), due_run(ws, state=State.RUNNING)
@@ -245,6 +248,8 @@ def test_the_wsgi_lane_leaves_to_django_what_its_middleware_or_view_must_answer(
         environ["HTTP_TRANSFER_ENCODING"] = "chunked"
     elif case == "another run's token":
         token = current_token(other)
+    elif case == "another Accept":
+        environ["HTTP_ACCEPT"] = "text/plain"
     else:
         path += "?x=1"
     app, lane_answers = wsgi_lane(), wsgi_lane.answers
@@ -252,7 +257,8 @@ def test_the_wsgi_lane_leaves_to_django_what_its_middleware_or_view_must_answer(
     assert lane_answers in ([], [None])  # not taken, or fell through
     assert answer == wsgi_answer(django_application(), path, token, body, **environ)
     expected = {"plain HTTP to redirect": "301", "a host not allowed": "400", "a body": "200",
-                "a chunked body": "411", "another run's token": "403", "a query string": "200"}[case]
+                "a chunked body": "411", "another run's token": "403", "a query string": "200",
+                "another Accept": "406"}[case]
     assert answer[0].split()[0] == expected
 
 
@@ -352,3 +358,62 @@ def test_a_server_bound_cursor_answers_as_django_s_and_raises_django_s_errors(ws
     assert expected[1].tzinfo is not None
     with pytest.raises(DatabaseError), hot_sql._server_bound(connection) as cursor:
         cursor.execute(f"SELECT no_such_column FROM {FlowRun._meta.db_table}")
+
+
+def test_the_middleware_lane_leaves_another_accept_to_the_view_s_negotiation(reporter, ws, prefix, views):
+    run = due_run(ws, state=State.RUNNING)
+    before = FlowRun.objects.get(pk=run.pk).last_heartbeat
+    reporter.client.credentials(HTTP_AUTHORIZATION=f"Bearer {current_token(run)}")
+    url = f"{prefix}/agent/flow_runs/{run.pk}/heartbeat"
+    assert reporter.client.post(url, HTTP_ACCEPT="text/plain").status_code == 406
+    assert FlowRun.objects.get(pk=run.pk).last_heartbeat == before  # refused before the view's work
+    assert reporter.client.post(url, HTTP_ACCEPT="application/json").json() == {"state": "RUNNING"}
+    assert views == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_beat_the_wsgi_lane_leaves_to_django_is_not_tried_again_by_the_middleware(ws, prefix, views, wsgi_lane,
+                                                                                    monkeypatch):
+    run = due_run(ws, state=State.RUNNING)
+    stale = current_token(run)
+    FlowRun.objects.filter(pk=run.pk).update(token_generation=run.token_generation + 1)
+    tries, original = [], agents.hot_sql.beat_flow_run
+
+    def beat_flow_run(*args):
+        tries.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(agents.hot_sql, "beat_flow_run", beat_flow_run)
+    answer = wsgi_answer(wsgi_lane(), f"{prefix}/agent/flow_runs/{run.pk}/heartbeat", stale)
+    assert answer[0].startswith("409") and b"superseded" in answer[2]
+    assert wsgi_lane.answers == [None] and views == [run.pk]
+    assert len(tries) == 2  # the WSGI lane's and the view's; not the middleware lane's as well
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_wsgi_lane_reads_each_scheme_apart(ws, prefix, wsgi_lane, settings):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.SECURE_SSL_REDIRECT = True
+    app = wsgi_lane()
+    run = due_run(ws, state=State.RUNNING)
+    path = f"{prefix}/agent/flow_runs/{run.pk}/heartbeat"
+    statuses = [wsgi_answer(app, path, current_token(run), **environ)[0].split()[0]
+                for environ in ({"HTTP_X_FORWARDED_PROTO": "https"}, {}, {"HTTP_X_FORWARDED_PROTO": "http"},
+                                {"HTTP_X_FORWARDED_PROTO": "https"})]
+    assert statuses == ["200", "301", "301", "200"]
+    assert [answer is not None for answer in wsgi_lane.answers] == [True, False, False, True]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite's test database in memory is never closed")
+@pytest.mark.django_db(transaction=True)
+def test_without_persistent_connections_the_wsgi_lane_closes_its_connection_as_django_would(ws, prefix, wsgi_lane):
+    run = due_run(ws, state=State.RUNNING)
+    token = current_token(run)
+    connection.settings_dict["CONN_MAX_AGE"] = 0
+    connection.close()  # the next one opens with CONN_MAX_AGE 0: to be closed at the request's end
+    try:
+        answer = wsgi_answer(wsgi_lane(), f"{prefix}/agent/flow_runs/{run.pk}/heartbeat", token)
+        assert answer[0] == "200 OK" and wsgi_lane.answers[0] is not None
+        assert connection.connection is None
+    finally:
+        connection.settings_dict["CONN_MAX_AGE"] = 60
