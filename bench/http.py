@@ -4,7 +4,9 @@ Starts gunicorn as production runs it (`-w 2 -k gthread --threads 8`, DEBUG off)
 throw-away PostgreSQL database and REDIS_URL, then drives each workload from client threads with
 keep-alive sessions. The server's CPU per request (user + system time of gunicorn and its workers,
 read from /proc, divided by the requests) is the robust figure on a shared machine; each is shown
-beside a do-nothing authenticated endpoint (`ping`) measured in the same run.
+beside a do-nothing authenticated endpoint (`ping`) measured in the same run, and the heartbeat
+also beside gunicorn alone: the same server command on an application that only answers `{}`
+(bench/_floor_app.py), the floor under every request here.
 
 BENCH_HTTP_REQUESTS (default 2000) requests per workload, BENCH_HTTP_CLIENTS (8) client threads.
 PostgreSQL only: the SQLite test database lives in the bench's own process.
@@ -90,18 +92,18 @@ def production_env():
 
 
 class Server:
-    def __init__(self):
+    def __init__(self, application="orchestrator.wsgi"):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = production_env()
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "orchestrator.wsgi", "-w", "2", "-k", "gthread",
+            [str(Path(sys.executable).parent / "gunicorn"), application, "-w", "2", "-k", "gthread",
              "--threads", "8", "-b", f"127.0.0.1:{self.port}", "--log-level", "warning"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if requests.get(self.url + "/healthz", timeout=2).status_code == 200:
+                if requests.get(self.url + "/healthz", timeout=2).status_code == 200:  # any path, for the floor
                     return
             except requests.RequestException:
                 pass
@@ -182,6 +184,15 @@ def run(table):
     user_auth = {"Authorization": f"Bearer {operator}"}
     agent_auth = {"Authorization": f"Bearer {agent_key}"}
 
+    floor = Server("bench._floor_app")
+    try:
+        drive(floor, lambda s, i: s.post(f"{floor.url}/heartbeat", headers=agent_auth), min(200, REQUESTS))
+        alone = drive(floor, lambda s, i: s.post(f"{floor.url}/heartbeat", headers=agent_auth), REQUESTS)
+    finally:
+        floor.stop()
+    table.add("HTTP gunicorn alone (an app that answers {})", f"{alone[3]:.2f} ms CPU/req; {alone[0]:,.0f} req/s, "
+              f"p50 {alone[1]:.1f} / p99 {alone[2]:.1f} ms")
+
     server = Server()
     try:
         base = server.url + prefix
@@ -200,9 +211,12 @@ def run(table):
         beating = list(FlowRun.objects.filter(workspace=ws, auto_scheduled=False, state=State.SCHEDULED)[:CLIENTS])
         FlowRun.objects.filter(pk__in=[r.pk for r in beating]).update(state=State.RUNNING, start_time=now, agent=agent)
         tokens = [{"Authorization": f"Bearer {token_of(FlowRun.objects.get(pk=r.pk))}"} for r in beating]
-        _row(table, "flow-run heartbeat", drive(server, lambda s, i: s.post(
+        beats = drive(server, lambda s, i: s.post(
             f"{base}/agent/flow_runs/{beating[i % len(beating)].pk}/heartbeat", headers=tokens[i % len(tokens)]),
-            REQUESTS), ping, "≤ 0.6 ms CPU/req")
+            REQUESTS)
+        _row(table, "flow-run heartbeat", beats, ping, "≤ 0.6 ms CPU/req")
+        table.rows[-1].baseline += f"; gunicorn alone {alone[3]:.2f}"
+        table.rows[-1].ratio += f"; {beats[3] / alone[3]:.1f}× alone"
         # The runs made above are not due before the poll: it is measured with nothing to hand out.
         FlowRun.objects.filter(workspace=ws, state=State.SCHEDULED).update(scheduled_start=now + timedelta(days=1))
         _row(table, "agent poll, nothing due", drive(server, lambda s, i: s.post(
