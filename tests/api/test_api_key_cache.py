@@ -184,3 +184,27 @@ def test_one_report_s_changes_to_its_workspace_do_not_reach_the_next(reporter, w
     first.account.slug = "scribbled"
     second = granted_workspace(ws.pk, ws.account.slug, ws.slug)
     assert (second.name, second.account.slug) == (ws.name, ws.account.slug)
+
+
+def test_a_shallow_copy_of_a_model_is_what_copy_copy_makes(db):
+    import copy
+
+    from runs.api.key_cache import shallow_copy
+    from tests import factories
+
+    workspace = factories.workspace()
+    workspace.account  # cached on the instance, as a verified key's workspace holds it
+    ours, theirs = shallow_copy(workspace), copy.copy(workspace)
+    for clone in (ours, theirs):
+        assert type(clone) is type(workspace) and clone is not workspace and clone.pk == workspace.pk
+        assert clone._state is not workspace._state and clone._state.db == workspace._state.db
+        assert not clone._state.adding
+        assert clone._state.fields_cache == workspace._state.fields_cache
+        assert clone._state.fields_cache is not workspace._state.fields_cache
+        assert clone.account is workspace.account
+    assert {k: v for k, v in vars(ours).items() if k != "_state"} == \
+        {k: v for k, v in vars(theirs).items() if k not in ("_state", "_django_version")}
+    ours.account = factories.workspace().account  # what one request changes never reaches another
+    assert workspace.account is theirs.account and ours.account is not workspace.account
+    ours.name = "changed"
+    assert workspace.name != "changed"
