@@ -194,7 +194,8 @@ def handed_out(agent, run_ids):
     Read after the ORM claim's UPDATE committed (or after the read of the agent's runs, for the runs
     handed out again), so each run is checked again: one cancelled, deleted, started or claimed by
     another agent meanwhile is not handed out. (PostgreSQL's one-statement claim answers from its
-    own RETURNING: a run cancelled after it committed is refused at its runner's first report.) Claiming itself never changes state here, so leaving one out is always safe.
+    own RETURNING: a run cancelled after it committed is refused at its runner's first report.)
+    Claiming itself never changes state here, so leaving one out is always safe.
     Rows, not model instances: four instances per run cost a claim of 200 runs about a third of its CPU.
     """
     if not run_ids:

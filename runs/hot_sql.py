@@ -82,12 +82,14 @@ def _beat_sql(vendor):
 
 
 def _server_bound(db):
-    """A cursor of `db` (PostgreSQL) like db.cursor()'s, but one whose parameters the server binds:
-    Django's cursors quote each parameter into the SQL text in Python (psycopg's ClientCursor), a
-    third of a one-row statement's client CPU (a heartbeat's UPDATE: 80 µs where db.cursor() took
-    115). The parameters must be of types psycopg names (datetimes, UUIDs, integers, strings
-    compared with a column), and the SQL one statement. Wrapped as Django wraps its cursors: its
-    errors are Django's, and it is logged when queries are (DEBUG, the tests' captures)."""
+    """db.cursor(), but on PostgreSQL a cursor whose parameters the server binds: Django's cursors
+    quote each parameter into the SQL text in Python (psycopg's ClientCursor), a third of a one-row
+    statement's client CPU (a heartbeat's UPDATE: 80 µs where db.cursor() took 115). The parameters
+    must be of types psycopg names (datetimes, UUIDs, integers, strings compared with a column), and
+    the SQL one statement. Wrapped as Django wraps its cursors: its errors are Django's, and it is
+    logged when queries are (DEBUG, the tests' captures)."""
+    if db.vendor != "postgresql":
+        return db.cursor()
     from django.db.backends.postgresql.base import TIMESTAMPTZ_OID, ServerBindingCursor
     from django.db.backends.postgresql.psycopg_any import register_tzloader
     from psycopg.pq import Format
@@ -575,7 +577,7 @@ def run_to_change(run_id, workspace_id):
 
     `created_by` is the person's username: str() of Django's user (the serializer's StringRelatedField)."""
     fields, db = run_fields(), connections[DEFAULT_DB_ALIAS]
-    with _server_bound(db) if db.vendor == "postgresql" else db.cursor() as cursor:
+    with _server_bound(db) as cursor:
         cursor.execute(_run_to_change_sql(db.vendor), [FlowRun._meta.pk.get_db_prep_value(run_id, db), workspace_id])
         row = cursor.fetchone()
     if row is None:
@@ -675,7 +677,7 @@ def run_history(run_id):
     """The run's history as its answer shows it (StateChange's ordering): each row a dict of
     from_state, to_state, message, actor, timestamp, and user / agent as their names (or None)."""
     db = connections[DEFAULT_DB_ALIAS]
-    with _server_bound(db) if db.vendor == "postgresql" else db.cursor() as cursor:
+    with _server_bound(db) as cursor:
         cursor.execute(_run_history_sql(db.vendor), [FlowRun._meta.pk.get_db_prep_value(run_id, db)])
         rows = cursor.fetchall()
     history = []
