@@ -6,9 +6,10 @@ none, and the run is registered with no heartbeat interval so the Zombie Killer 
 its start time.
 
 A flow run's heartbeat answers with the run's state: when it says the run is being cancelled,
-the sender tells the runner (`on_stop(state)` from the thread; SIGUSR1 from the process). A
-heartbeat refused as `superseded` (another attempt has the run) is told as state SUPERSEDED
-(SIGUSR2 from the process).
+the sender tells the runner, `on_stop(state)`. A heartbeat refused as `superseded` (another
+attempt has the run) is told as state SUPERSEDED. The heartbeat process tells it through a pipe
+that a thread of the runner reads, not through a signal: a signal would wake the flow's main
+thread, and one that lands as it goes back to sleep is not seen until it wakes again.
 """
 
 import multiprocessing
@@ -74,7 +75,7 @@ class ThreadHeartbeats:
             _beat(self.client, targets, self.on_stop)
 
 
-def _process_loop(base_url, key, interval, commands, parent_pid):
+def _process_loop(base_url, key, interval, commands, parent_pid, told_fd):
     # Forked from the runner: its handlers (which raise into the flow) are not this process's.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -85,7 +86,10 @@ def _process_loop(base_url, key, interval, commands, parent_pid):
     def tell_parent(state):
         if state not in told:
             told.append(state)
-            os.kill(parent_pid, signal.SIGUSR2 if state == SUPERSEDED else signal.SIGUSR1)
+            try:
+                os.write(told_fd, state.encode() + b"\n")
+            except OSError:  # the runner is gone; the loop ends at its next check
+                pass
 
     while os.getppid() == parent_pid:
         next_beat = time.monotonic() + interval
@@ -101,21 +105,33 @@ def _process_loop(base_url, key, interval, commands, parent_pid):
 
 
 class ProcessHeartbeats:
-    """Beats from a separate process that exits when this one does; it sends this process SIGUSR1
-    when the flow run's heartbeat answers that the run is being cancelled, SIGUSR2 when the
-    heartbeat is refused because another attempt has the run."""
+    """Beats from a separate process that exits when this one does. What its beats tell (the run is
+    being cancelled, or another attempt has it) comes back through a pipe, one state a line; a
+    thread of this process reads it and calls `on_stop(state)`."""
 
-    def __init__(self, client, interval, *, base_url, key):
+    def __init__(self, interval, *, base_url, key, on_stop=None):
         context = multiprocessing.get_context("fork")
+        self.on_stop = on_stop
         self.commands = context.Queue()
+        self.told_read, self.told_write = os.pipe()
         self.process = context.Process(
-            target=_process_loop, args=(base_url, key, interval, self.commands, os.getpid()),
+            target=_process_loop, args=(base_url, key, interval, self.commands, os.getpid(), self.told_write),
             name="heartbeats", daemon=True,
         )
 
     def start(self):
         self.process.start()
+        # The heartbeat process holds the only write end now: when it ends, the reader sees the end.
+        os.close(self.told_write)
+        threading.Thread(target=self._relay, name="heartbeat-answers", daemon=True).start()
         return self
+
+    def _relay(self):
+        with os.fdopen(self.told_read, "rb", buffering=0) as told:
+            for line in told:
+                state = line.decode().strip()
+                if state and self.on_stop is not None:
+                    self.on_stop(state)
 
     def track(self, kind, target_id):
         self.commands.put(("add", kind, target_id))
@@ -147,12 +163,11 @@ class NoHeartbeats:
 def start_heartbeats(mode, client, interval, *, base_url, key, on_stop=None):
     """Start the heartbeat sender of `mode`; returns an object with track/untrack/stop.
 
-    `on_stop(state)` is called (mode thread) when a flow run's heartbeat answers CANCELLING or
-    CANCELLED, or is refused as superseded (SUPERSEDED); in mode process, this process gets
-    SIGUSR1 (SIGUSR2 for SUPERSEDED) instead.
+    `on_stop(state)` is called, from a thread of this process, when a flow run's heartbeat answers
+    CANCELLING or CANCELLED, or is refused as superseded (SUPERSEDED).
     """
     if mode == "off" or not interval:
         return NoHeartbeats().start()
     if mode == "process":
-        return ProcessHeartbeats(client, interval, base_url=base_url, key=key).start()
+        return ProcessHeartbeats(interval, base_url=base_url, key=key, on_stop=on_stop).start()
     return ThreadHeartbeats(client, interval, on_stop).start()

@@ -102,6 +102,8 @@ DEFAULT_STOP_WINDOW_SECONDS = 10.0
 DEFAULT_HANDBACK_DELAY_SECONDS = 30.0
 # The watchdog kills the whole process group this long after the hard deadline.
 WATCHDOG_LAG_SECONDS = 1.0
+# While a stopped flow has not been interrupted yet, its main thread is signalled again this often.
+NUDGE_SECONDS = 0.5
 # A flow forking while its group is killed is caught by the next pass; this many at most.
 KILL_PASSES = 20
 
@@ -455,14 +457,6 @@ class Runner:
             self.stop_raised = True
             raise sdk.FlowRunStopped()
 
-    def _on_sigusr1(self, signum, frame):
-        # From the heartbeat process: the run's heartbeat answered CANCELLING.
-        threading.Thread(target=self.stop, args=(CANCELLED,), daemon=True).start()
-
-    def _on_sigusr2(self, signum, frame):
-        # From the heartbeat process: the run's heartbeat was refused, another attempt has the run.
-        threading.Thread(target=self._superseded, daemon=True).start()
-
     def _on_heartbeat_stop(self, state):
         if state == HEARTBEAT_SUPERSEDED:
             self._superseded()
@@ -497,13 +491,24 @@ class Runner:
         timer = threading.Timer(max(self.deadline - time.monotonic(), 0), self._hard_deadline)
         timer.daemon = True
         timer.start()
-        if self.finished.wait(max(self.stopped_at + grace - time.monotonic(), 0)):
+        grace_ends = self.stopped_at + grace
+        while (left := grace_ends - time.monotonic()) > 0 and not self.finished.wait(min(left, NUDGE_SECONDS)):
+            self._nudge_main_thread()
+        if self.finished.is_set():
             return  # the main thread ends the run, within the deadline
         log.warning("The flow did not stop within %g s: its runner kills it and ends the run.", grace)
         state, message = self._stopped_outcome(grace)
         code = self._end_run(state, message)
         if code is not None:
             self.exit(code)
+
+    def _nudge_main_thread(self):
+        """SIGTERM the main thread again while the flow runs on unstopped. A signal that lands just as
+        the main thread goes back to sleep (between the check for signals and the sleep's system call)
+        has its handler run only when the thread next runs Python: after a sleep of 600 s, say. Only
+        while this runner's handler is the one in place: a flow that set its own is not signalled twice."""
+        if self.flow_active and not self.stop_raised and signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
 
     def _hard_deadline(self):
         """The hard deadline passed and the run is not ended: leave the agent a verdict, kill the
@@ -596,8 +601,6 @@ class Runner:
     def run(self):
         """Run the flow, end the run; returns the exit code (main() exits with it through exit())."""
         signal.signal(signal.SIGTERM, self._on_sigterm)
-        signal.signal(signal.SIGUSR1, self._on_sigusr1)
-        signal.signal(signal.SIGUSR2, self._on_sigusr2)
         # Heartbeats first: mode `process` forks, which is safest before any other thread exists.
         self.heartbeats = start_heartbeats(self.mode, self.client, self.interval, base_url=self.base_url,
                                            key=self.key, on_stop=self._on_heartbeat_stop)

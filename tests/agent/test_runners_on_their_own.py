@@ -201,6 +201,8 @@ def test_an_orphaned_runner_stops_itself_when_its_run_is_cancelled(ws, workspace
     wait_for(lambda: not alive(runner), timeout=5, what="the runner to exit")
     run.refresh_from_db()
     assert run.state_message == "Cancelled: the flow stopped when asked; reported by its runner."
+    # Told by its heartbeat thread or, in mode process, by the thread that reads its heartbeat process.
+    assert "agent.runner: The run is CANCELLING: stopping the flow." in logs_of(run)
     assert (marks / "cleaned-up").exists()
     assert TaskRun.objects.get(flow_run=run).state == State.CANCELLED
 

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 def test_a_superseded_runner_stops_its_flow_in_every_heartbeat_mode(ws, workspace_url, start_agent, mode):
     """The run is rescheduled under a running runner (its queue paused, so nobody claims it again):
     its next heartbeat is refused `superseded`, and the runner must stop the flow and exit, in mode
-    `process` through SIGUSR2 from its heartbeat process."""
+    `process` told by its heartbeat process (through a pipe)."""
     from runs.models import Actor
     from runs.states import set_flow_run_state
     from tests.agent.conftest import alive, runner_pids
