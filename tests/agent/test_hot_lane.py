@@ -295,9 +295,13 @@ def test_a_database_error_in_the_wsgi_lane_is_the_view_s_to_answer(ws, prefix, v
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite's test database in memory is never closed")
 @pytest.mark.django_db(transaction=True)
-def test_the_wsgi_lane_replaces_a_connection_past_its_age_as_django_s_signals_would(ws, prefix, wsgi_lane):
+def test_the_wsgi_lane_replaces_a_connection_past_its_age_as_django_s_signals_would(ws, prefix, wsgi_lane,
+                                                                                   monkeypatch):
     app, lane_answers = wsgi_lane(), wsgi_lane.answers
     run = due_run(ws, state=State.RUNNING)
+    # Persistent connections, whatever a test before set (the browser tests' live server turns them off).
+    monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", 60)
+    connection.close()
     connection.ensure_connection()
     old = connection.connection
     connection.close_at = time.monotonic() - 1  # past DATABASE_CONN_MAX_AGE
@@ -406,14 +410,12 @@ def test_the_wsgi_lane_reads_each_scheme_apart(ws, prefix, wsgi_lane, settings):
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite's test database in memory is never closed")
 @pytest.mark.django_db(transaction=True)
-def test_without_persistent_connections_the_wsgi_lane_closes_its_connection_as_django_would(ws, prefix, wsgi_lane):
+def test_without_persistent_connections_the_wsgi_lane_closes_its_connection_as_django_would(ws, prefix, wsgi_lane,
+                                                                                          monkeypatch):
     run = due_run(ws, state=State.RUNNING)
     token = current_token(run)
-    connection.settings_dict["CONN_MAX_AGE"] = 0
+    monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", 0)
     connection.close()  # the next one opens with CONN_MAX_AGE 0: to be closed at the request's end
-    try:
-        answer = wsgi_answer(wsgi_lane(), f"{prefix}/agent/flow_runs/{run.pk}/heartbeat", token)
-        assert answer[0] == "200 OK" and wsgi_lane.answers[0] is not None
-        assert connection.connection is None
-    finally:
-        connection.settings_dict["CONN_MAX_AGE"] = 60
+    answer = wsgi_answer(wsgi_lane(), f"{prefix}/agent/flow_runs/{run.pk}/heartbeat", token)
+    assert answer[0] == "200 OK" and wsgi_lane.answers[0] is not None
+    assert connection.connection is None
