@@ -75,10 +75,11 @@ class ThreadHeartbeats:
             _beat(self.client, targets, self.on_stop)
 
 
-def _process_loop(base_url, key, interval, commands, parent_pid, told_fd):
+def _process_loop(base_url, key, interval, commands, parent_pid, told_fd, runners_end):
     # Forked from the runner: its handlers (which raise into the flow) are not this process's.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.close(runners_end)  # the runner's end of the pipe: with it gone, writing to a gone runner fails
     client = ApiClient(base_url, key)
     targets = set()
     told = []
@@ -115,7 +116,8 @@ class ProcessHeartbeats:
         self.commands = context.Queue()
         self.told_read, self.told_write = os.pipe()
         self.process = context.Process(
-            target=_process_loop, args=(base_url, key, interval, self.commands, os.getpid(), self.told_write),
+            target=_process_loop,
+            args=(base_url, key, interval, self.commands, os.getpid(), self.told_write, self.told_read),
             name="heartbeats", daemon=True,
         )
 

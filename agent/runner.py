@@ -458,6 +458,8 @@ class Runner:
             raise sdk.FlowRunStopped()
 
     def _on_heartbeat_stop(self, state):
+        if self.finished.is_set():
+            return  # the flow ended: the main thread reports how, and the server takes it or refuses it
         if state == HEARTBEAT_SUPERSEDED:
             self._superseded()
             return
@@ -483,8 +485,9 @@ class Runner:
         return max(grace, 0.0), max(deadline, 0.0)
 
     def _stopper(self):
-        """Waits for a stop; then arms the hard deadline and ends the run itself if the flow does not
-        end within the grace (it ignores FlowRunStopped, or sleeps in a thread of its own)."""
+        """Waits for a stop; then arms the hard deadline, signals the main thread until the flow is
+        interrupted, and ends the run itself if the flow does not end within the grace (it ignores
+        FlowRunStopped, or sleeps in a thread of its own)."""
         os.read(self.stop_wake_read, 64)
         grace, deadline = self.stop_budget(self.stop_reason)
         self.deadline = self.stopped_at + deadline

@@ -128,8 +128,8 @@ def test_a_stopped_flow_is_interrupted_though_its_main_thread_slept_through_the_
     finally:
         runner.exiting = True  # its hard deadline must not end this process
         runner.finished.set()
+        stopper.join(5)  # before the handler goes: a late nudge must not meet the default (exit)
         signal.signal(signal.SIGTERM, previous)
-        stopper.join(5)
     assert interrupted
     assert not stopper.is_alive()
 
@@ -154,3 +154,23 @@ def test_a_flow_with_its_own_sigterm_handler_is_not_signalled_again(monkeypatch)
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert sent == [signal.SIGTERM]
+
+
+def test_a_cancellation_told_after_the_flow_ended_stops_nothing(monkeypatch):
+    """The main thread is reporting how the flow ended: a stop now would only race that report (and
+    its hard deadline could end the runner mid-report)."""
+    from agent.runner import CANCELLED, Runner
+
+    runner = Runner({"ORCHESTRATOR_FLOW_RUN_ID": "run-1", "ORCHESTRATOR_API_URL": "http://127.0.0.1:9",
+                     "ORCHESTRATOR_RUN_TOKEN": "t"})
+    sent = []
+    monkeypatch.setattr(os, "killpg", lambda pgid, signum: sent.append(("group", signum)))
+    monkeypatch.setattr(signal, "pthread_kill", lambda ident, signum: sent.append(("main", signum)))
+    runner.finished.set()
+    runner._on_heartbeat_stop("CANCELLING")
+    runner._on_heartbeat_stop(SUPERSEDED)
+    assert (runner.stop_reason, runner.stopped_at, sent) == (None, None, [])
+
+    runner.finished.clear()  # while the flow runs, the same answer stops it
+    runner._on_heartbeat_stop("CANCELLING")
+    assert runner.stop_reason == CANCELLED and ("main", signal.SIGTERM) in sent
