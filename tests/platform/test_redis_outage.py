@@ -112,6 +112,23 @@ def throttle_warnings(caplog):
             and "throttling is off" in r.getMessage()]
 
 
+@pytest.fixture
+def asked(monkeypatch, breaker_reset):
+    """asked() -> how often the throttles have asked their cache so far (what a request pays for an
+    away server is a connect or read timeout each time)."""
+    count = [0]
+    real_call = breaker_reset.call
+
+    def call(operation, fallback):
+        def counted():
+            count[0] += 1
+            return operation()
+        return real_call(counted, fallback)
+
+    monkeypatch.setattr(breaker_reset, "call", call)
+    return lambda: count[0]
+
+
 def timed(call):
     started = time.perf_counter()
     response = call()
@@ -120,7 +137,7 @@ def timed(call):
 
 @pytest.mark.django_db
 def test_with_redis_stopped_the_api_serves_and_throttles_fail_open_with_one_warning(
-        api, ws, redis_cache, settings, caplog):
+        api, ws, redis_cache, settings, caplog, asked):
     flow = factories.flow(ws)
     secret = factories.api_key(ws, role=Role.OPERATOR)[1]
     prefix = api_prefix(ws)
@@ -129,15 +146,16 @@ def test_with_redis_stopped_the_api_serves_and_throttles_fail_open_with_one_warn
     redis_cache.stop()
     caplog.set_level(logging.WARNING, logger=THROTTLE_LOGGER)
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    slowest = 0.0
+    before = asked()
     for i in range(10):
         for call in (lambda: api.get(f"{prefix}/ping"), lambda: api.get(f"{prefix}/flow_runs/"),
                      lambda: api.post(f"{prefix}/flow_runs/", {"flow": flow.name, "name": f"r{i}"}, format="json")):
-            response, took = timed(call)
+            response = call()
             assert response.status_code in (200, 201), response.content[:300]
-            slowest = max(slowest, took)
     assert FlowRun.objects.filter(flow=flow).count() == 10
-    assert slowest < 1.0, f"a request took {slowest:.2f} s with Redis stopped"
+    # Twenty of the thirty requests are throttled; the first to find the server away opens the breaker,
+    # and the others do not ask it (each would pay a connect timeout when the host does not answer).
+    assert asked() - before == 1
     # Fails open: bad keys are 401, never 429 (the counter cannot be read) and never 500.
     assert failed_auth_statuses(api, ws, 6) == [401] * 6
     assert len(throttle_warnings(caplog)) == 1, [r.getMessage() for r in caplog.records]
@@ -167,7 +185,8 @@ def test_the_expensive_endpoint_throttle_counts_and_fails_open(api, ws, redis_ca
 
 
 @pytest.mark.django_db
-def test_a_frozen_redis_costs_one_request_a_short_timeout_then_nothing(api, ws, redis_cache, settings, caplog):
+def test_a_frozen_redis_costs_one_request_a_short_timeout_then_nothing(api, ws, redis_cache, settings, caplog,
+                                                                       asked):
     secret = factories.api_key(ws, role=Role.VIEWER)[1]
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     url = f"{api_prefix(ws)}/flow_runs/"  # counted per key (a valid key's ping asks no counter)
@@ -175,14 +194,15 @@ def test_a_frozen_redis_costs_one_request_a_short_timeout_then_nothing(api, ws, 
     redis_cache.freeze()
     try:
         first, first_took = timed(lambda: api.get(url))
-        rest = [timed(lambda: api.get(url)) for _ in range(10)]
+        after_first = asked()
+        rest = [api.get(url) for _ in range(10)]
     finally:
         redis_cache.thaw()
     timeout = redis_cache_options()["socket_timeout"]
-    assert first.status_code == 200 and all(response.status_code == 200 for response, _ in rest)
-    # redis-py's default would wait 5 s on every request; here one waits the timeout, the rest skip.
-    assert timeout <= first_took < timeout + 1.0, first_took
-    assert sum(took for _, took in rest) < 1.0, [round(took, 3) for _, took in rest]
+    assert first.status_code == 200 and all(response.status_code == 200 for response in rest)
+    # redis-py's default would wait 5 s (and on every request); here one waits the timeout, the rest skip.
+    assert timeout <= first_took < 4.0, first_took
+    assert asked() == after_first
     assert len(throttle_warnings(caplog)) == 1
 
 
