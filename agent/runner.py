@@ -104,6 +104,9 @@ DEFAULT_HANDBACK_DELAY_SECONDS = 30.0
 WATCHDOG_LAG_SECONDS = 1.0
 # While a stopped flow has not been interrupted yet, its main thread is signalled again this often.
 NUDGE_SECONDS = 0.5
+# A signal whose handler does nothing: sent to the main thread, it makes the thread run the handlers
+# of signals it took but has not acted on yet (see _stopper). A real-time signal, which flows rarely use.
+POKE_SIGNAL = signal.SIGRTMIN + 4
 # A flow forking while its group is killed is caught by the next pass; this many at most.
 KILL_PASSES = 20
 
@@ -485,10 +488,14 @@ class Runner:
         return max(grace, 0.0), max(deadline, 0.0)
 
     def _stopper(self):
-        """Waits for a stop; then arms the hard deadline, signals the main thread until the flow is
-        interrupted, and ends the run itself if the flow does not end within the grace (it ignores
-        FlowRunStopped, or sleeps in a thread of its own)."""
-        os.read(self.stop_wake_read, 64)
+        """Waits for a stop (waking the main thread when the interpreter noted a SIGTERM that began none);
+        then arms the hard deadline, signals the main thread until the flow is interrupted, and ends the
+        run itself if the flow does not end within the grace (it ignores FlowRunStopped, or sleeps in
+        a thread of its own)."""
+        while self.stop_reason is None:
+            woken_by = os.read(self.stop_wake_read, 64)
+            if self.stop_reason is None and bytes([signal.SIGTERM]) in woken_by:
+                self._poke_main_thread()
         grace, deadline = self.stop_budget(self.stop_reason)
         self.deadline = self.stopped_at + deadline
         timer = threading.Timer(max(self.deadline - time.monotonic(), 0), self._hard_deadline)
@@ -504,6 +511,16 @@ class Runner:
         code = self._end_run(state, message)
         if code is not None:
             self.exit(code)
+
+    def _poke_main_thread(self):
+        """The interpreter noted a SIGTERM (set_wakeup_fd) whose handler has not begun a stop: it lands
+        as the main thread went back to sleep, and waits for the thread's next Python. Wake the thread
+        without a second SIGTERM: the note may be a forked child's of the flow (a pool's worker being
+        terminated), which inherited the wakeup fd, and must not stop the run."""
+        for _ in range(2):
+            signal.pthread_kill(threading.main_thread().ident, POKE_SIGNAL)
+            if self.finished.wait(NUDGE_SECONDS) or self.stop_reason is not None:
+                return
 
     def _nudge_main_thread(self):
         """SIGTERM the main thread again while the flow runs on unstopped. A signal that lands just as
@@ -601,9 +618,18 @@ class Runner:
 
     # --- The run ------------------------------------------------------------------------------
 
+    def take_signals(self):
+        """SIGTERM stops the flow (in the main thread, as every handler runs). The interpreter also notes
+        each signal it takes in the stopper's pipe at once (set_wakeup_fd), for a SIGTERM whose handler
+        is late (see _stopper); POKE_SIGNAL does nothing but wake the main thread. From the main thread."""
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(POKE_SIGNAL, lambda signum, frame: None)
+        os.set_blocking(self.stop_wake_write, False)  # set_wakeup_fd wants it; a full pipe has woken the stopper
+        signal.set_wakeup_fd(self.stop_wake_write, warn_on_full_buffer=False)
+
     def run(self):
         """Run the flow, end the run; returns the exit code (main() exits with it through exit())."""
-        signal.signal(signal.SIGTERM, self._on_sigterm)
+        self.take_signals()
         # Heartbeats first: mode `process` forks, which is safest before any other thread exists.
         self.heartbeats = start_heartbeats(self.mode, self.client, self.interval, base_url=self.base_url,
                                            key=self.key, on_stop=self._on_heartbeat_stop)

@@ -3,7 +3,8 @@
 - the heartbeat process tells the runner what its beats answered through a pipe, read by a thread
   of the runner: the flow's main thread is not woken by a signal for it;
 - a stop whose SIGTERM the main thread did not see (it landed as the thread went back to sleep)
-  still interrupts the flow: the runner signals the main thread again.
+  still interrupts the flow: the runner signals the main thread again, or, for a SIGTERM from
+  outside, wakes it so that its handler runs.
 """
 
 import json
@@ -174,3 +175,81 @@ def test_a_cancellation_told_after_the_flow_ended_stops_nothing(monkeypatch):
     runner.finished.clear()  # while the flow runs, the same answer stops it
     runner._on_heartbeat_stop("CANCELLING")
     assert runner.stop_reason == CANCELLED and ("main", signal.SIGTERM) in sent
+
+
+@pytest.fixture
+def runner_signals():
+    """runner_signals(runner): the runner takes its signals in this (the main) thread, as run() does;
+    put back afterwards, with its stopper thread ended first."""
+    from agent.runner import POKE_SIGNAL
+
+    assert threading.current_thread() is threading.main_thread()
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, POKE_SIGNAL)}
+    taken = []
+
+    def take(runner):
+        taken.append(runner)
+        runner.take_signals()
+        stopper = threading.Thread(target=runner._stopper, daemon=True)
+        stopper.start()
+        runner.stopper_thread = stopper
+        return runner
+
+    yield take
+    for runner in taken:
+        runner.exiting = True  # its hard deadline must not end this process
+        runner.finished.set()
+        if runner.stop_reason is None:  # let the stopper past its wait
+            runner.stop_reason = "ended by the test"
+            runner.stopped_at = time.monotonic()
+            os.write(runner.stop_wake_write, b"s")
+        runner.stopper_thread.join(5)
+        assert not runner.stopper_thread.is_alive()
+    signal.set_wakeup_fd(-1)
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def a_runner():
+    from agent.runner import Runner
+
+    return Runner({"ORCHESTRATOR_FLOW_RUN_ID": "run-1", "ORCHESTRATOR_API_URL": "http://127.0.0.1:9",
+                   "ORCHESTRATOR_RUN_TOKEN": "t", "ORCHESTRATOR_AGENT_CANCEL_GRACE_SECONDS": "60"})
+
+
+def sleep_as_the_flow(runner, seconds):
+    """The flow: sleeps in the main thread; True when FlowRunStopped cut its sleep short (a handler
+    that waited for the sleep's end raises too, then)."""
+    runner.flow_active = True
+    ends = time.monotonic() + seconds
+    try:
+        time.sleep(seconds)
+    except sdk.FlowRunStopped:
+        return time.monotonic() < ends
+    finally:
+        runner.flow_active = False
+    return False
+
+
+def test_an_outside_sigterm_whose_handler_is_late_still_interrupts_the_flow(runner_signals):
+    """The agent SIGTERMs the group, and the signal lands as the main thread goes back to sleep: the
+    interpreter took it (its C handler ran) but the runner's handler waits for the thread's next
+    Python. Here the C handler runs in another thread, which leaves the main thread asleep in the
+    same way; the stopper, which the interpreter's note woke, must wake it."""
+    from agent.runner import SIGNALLED
+
+    runner = runner_signals(a_runner())
+    threading.Thread(target=lambda: (time.sleep(0.2), signal.pthread_kill(threading.get_ident(), signal.SIGTERM)),
+                     daemon=True).start()
+    assert sleep_as_the_flow(runner, 20)
+    assert runner.stop_reason == SIGNALLED
+
+
+def test_a_sigterm_noted_for_a_forked_child_of_the_flow_stops_nothing(runner_signals):
+    """A child the flow forked (a pool's worker) inherits the wakeup fd: its SIGTERM is noted in the
+    runner's pipe as well. The runner wakes its main thread, which finds nothing to do."""
+    runner = runner_signals(a_runner())
+    threading.Thread(target=lambda: (time.sleep(0.2), os.write(runner.stop_wake_write, bytes([signal.SIGTERM]))),
+                     daemon=True).start()
+    assert not sleep_as_the_flow(runner, 1.5)
+    assert runner.stop_reason is None and runner.stopped_at is None
