@@ -374,6 +374,24 @@ class Watchdog:
             pass
 
 
+_forks_watched = False  # _drop_runner_signals is registered for this process's forks
+
+
+def _poked(signum, frame):
+    """POKE_SIGNAL's handler: its arrival is the point (see Runner._poke_main_thread)."""
+
+
+def _drop_runner_signals():
+    """In a process the flow forked (a multiprocessing worker, say): the runner's signal handling is not
+    its own. A SIGTERM (a pool terminating its workers) must end the child as it would anywhere else,
+    not begin a stop of the run through the copied runner (which would arm the group's watchdog), nor
+    be noted in the runner's stop pipe. A handler the flow set itself is left alone."""
+    if getattr(signal.getsignal(signal.SIGTERM), "__func__", None) is Runner._on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(POKE_SIGNAL, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+
+
 class Runner:
     """One flow run in this process, from the environment the agent gave it."""
 
@@ -492,7 +510,7 @@ class Runner:
         then arms the hard deadline, signals the main thread until the flow is interrupted, and ends the
         run itself if the flow does not end within the grace (it ignores FlowRunStopped, or sleeps in
         a thread of its own)."""
-        while self.stop_reason is None:
+        while self.stopped_at is None:  # set before the b"s" that wakes this thread for a stop
             woken_by = os.read(self.stop_wake_read, 64)
             if self.stop_reason is None and bytes([signal.SIGTERM]) in woken_by:
                 self._poke_main_thread()
@@ -622,10 +640,14 @@ class Runner:
         """SIGTERM stops the flow (in the main thread, as every handler runs). The interpreter also notes
         each signal it takes in the stopper's pipe at once (set_wakeup_fd), for a SIGTERM whose handler
         is late (see _stopper); POKE_SIGNAL does nothing but wake the main thread. From the main thread."""
+        global _forks_watched
         signal.signal(signal.SIGTERM, self._on_sigterm)
-        signal.signal(POKE_SIGNAL, lambda signum, frame: None)
+        signal.signal(POKE_SIGNAL, _poked)
         os.set_blocking(self.stop_wake_write, False)  # set_wakeup_fd wants it; a full pipe has woken the stopper
         signal.set_wakeup_fd(self.stop_wake_write, warn_on_full_buffer=False)
+        if not _forks_watched:
+            os.register_at_fork(after_in_child=_drop_runner_signals)
+            _forks_watched = True
 
     def run(self):
         """Run the flow, end the run; returns the exit code (main() exits with it through exit())."""

@@ -196,18 +196,22 @@ def runner_signals():
         return runner
 
     yield take
-    for runner in taken:
-        runner.exiting = True  # its hard deadline must not end this process
-        runner.finished.set()
-        if runner.stop_reason is None:  # let the stopper past its wait
-            runner.stop_reason = "ended by the test"
-            runner.stopped_at = time.monotonic()
-            os.write(runner.stop_wake_write, b"s")
-        runner.stopper_thread.join(5)
-        assert not runner.stopper_thread.is_alive()
-    signal.set_wakeup_fd(-1)
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
+    try:
+        for runner in taken:
+            runner.exiting = True  # its hard deadline must not end this process
+            runner.finished.set()
+            if runner.stopped_at is None:  # let the stopper past its wait
+                runner.stopped_at = time.monotonic()
+                runner.stop_reason = runner.stop_reason or "ended by the test"
+                os.write(runner.stop_wake_write, b"s")
+            runner.stopper_thread.join(5)
+            assert not runner.stopper_thread.is_alive()
+    finally:
+        signal.set_wakeup_fd(-1)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        for runner in taken:
+            os.close(runner.stop_wake_read), os.close(runner.stop_wake_write)
 
 
 def a_runner():
@@ -253,3 +257,48 @@ def test_a_sigterm_noted_for_a_forked_child_of_the_flow_stops_nothing(runner_sig
                      daemon=True).start()
     assert not sleep_as_the_flow(runner, 1.5)
     assert runner.stop_reason is None and runner.stopped_at is None
+
+
+def test_a_worker_the_flow_forked_ends_on_sigterm_and_stops_nothing(runner_signals):
+    """Leaving `with multiprocessing.Pool()` terminates its workers (SIGTERM). A forked worker has a
+    copy of the runner: it must not take the SIGTERM as the run's stop, whose first act is to arm the
+    group's watchdog (a pipe the worker shares), which would SIGKILL the whole run later."""
+    import multiprocessing
+
+    from agent.runner import Watchdog
+
+    runner = runner_signals(a_runner())
+    armed_read, armed_write = os.pipe()
+    os.set_blocking(armed_read, False)
+    runner.watchdog = Watchdog.__new__(Watchdog)  # one whose "shell" is this pipe
+    runner.watchdog.pid, runner.watchdog.fd, runner.watchdog.armed = None, armed_write, False
+    runner.flow_active = True
+    try:
+        context = multiprocessing.get_context("fork")
+        started = context.Event()
+        worker = context.Process(target=lambda: (started.set(), time.sleep(30)), daemon=True)
+        worker.start()
+        assert started.wait(20)
+        worker.terminate()
+        worker.join(20)
+        assert worker.exitcode == -signal.SIGTERM  # ended by it, as anywhere else
+        with pytest.raises(BlockingIOError):
+            os.read(armed_read, 64)  # the watchdog was not armed
+        assert runner.stop_reason is None and runner.stopped_at is None
+    finally:
+        runner.flow_active = False
+        os.close(armed_read), os.close(armed_write)
+
+
+def test_the_stopper_waits_until_a_stop_has_begun_whatever_wakes_it(runner_signals):
+    """stop() sets its reason, then its start time, then wakes the stopper: another signal's note
+    that wakes the stopper in between must not have it begin a stop that has no start time yet."""
+    from agent.runner import CANCELLED
+
+    runner = runner_signals(a_runner())
+    runner.stop_reason = CANCELLED
+    os.write(runner.stop_wake_write, bytes([signal.SIGINT]))  # the interpreter's note of another signal
+    time.sleep(0.3)
+    runner._wake_stopper()  # the rest of stop()
+    assert wait_until(lambda: runner.deadline is not None)
+    assert runner.stopper_thread.is_alive()  # waiting out the grace
