@@ -109,6 +109,21 @@ def cancellable(marks):
         time.sleep(600)
 
 
+def _square(x):
+    return x * x
+
+
+@flow
+def pooled(seconds):
+    """Leaving the pool's with block terminates its forked workers (SIGTERM); then the flow goes on."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        squares = pool.map(_square, range(4))
+    time.sleep(seconds)
+    return squares
+
+
 @flow
 def stubborn(marks):
     """Ignores SIGTERM, as some user code does: only SIGKILL ends it."""

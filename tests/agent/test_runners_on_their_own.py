@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import pytest
 
-from runs.models import Actor, FlowRun, Log, Role, State, StateChange, TaskRun
+from runs.models import TERMINAL_STATES, Actor, FlowRun, Log, Role, State, StateChange, TaskRun
 from tests import factories
 
 from .conftest import alive, drain_logs, runner_pids, wait_for
@@ -217,3 +217,16 @@ def test_a_runner_killed_before_it_could_report_is_reported_crashed_by_its_agent
                                  "before it could report.")
     # Its last lines, which its shipper had not sent: the agent found them in the runner's journal.
     assert {"tests.flows: about to be killed", "printed just before"} <= set(logs_of(run))
+
+
+def test_a_pool_that_terminates_its_workers_does_not_end_the_run(ws, workspace_url, start_agent, operator_key):
+    """Its forked workers got a copy of the runner: the SIGTERM that ends them (leaving the pool's with
+    block) once armed the group's watchdog, which SIGKILLed the whole run grace + stop window + 1 s
+    later (41 s with the defaults, which this test keeps: the flow runs on for 45 s)."""
+    run = queued_run(ws, "tests.agent.flows:pooled", seconds=45)
+    agent = start_agent(workspace_url, operator_key, "faults", "pools")
+    wait_for(lambda: FlowRun.objects.get(pk=run.pk).state in TERMINAL_STATES, timeout=120,
+             what=lambda: story(run, agent))
+    run.refresh_from_db()
+    assert (run.state, run.state_message) == (State.COMPLETED, "The flow returned; reported by its runner."), \
+        story(run, agent)
