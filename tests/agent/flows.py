@@ -113,15 +113,28 @@ def _square(x):
     return x * x
 
 
+def _say_started_and_sleep(started):
+    started.set()
+    time.sleep(600)
+
+
 @flow
 def pooled(seconds):
-    """Leaving the pool's with block terminates its forked workers (SIGTERM); then the flow goes on."""
+    """Leaving the pool's with block terminates its forked workers (SIGTERM: those still alive then), and
+    a forked process the flow started is terminated for certain; then the flow goes on."""
     import multiprocessing
 
-    with multiprocessing.get_context("fork").Pool(2) as pool:
+    context = multiprocessing.get_context("fork")
+    with context.Pool(2) as pool:
         squares = pool.map(_square, range(4))
+    started = context.Event()
+    worker = context.Process(target=_say_started_and_sleep, args=(started,))
+    worker.start()
+    started.wait(30)
+    worker.terminate()
+    worker.join(30)
     time.sleep(seconds)
-    return squares
+    return squares, worker.exitcode
 
 
 @flow

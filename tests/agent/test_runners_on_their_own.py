@@ -220,13 +220,16 @@ def test_a_runner_killed_before_it_could_report_is_reported_crashed_by_its_agent
 
 
 def test_a_pool_that_terminates_its_workers_does_not_end_the_run(ws, workspace_url, start_agent, operator_key):
-    """Its forked workers got a copy of the runner: the SIGTERM that ends them (leaving the pool's with
-    block) once armed the group's watchdog, which SIGKILLed the whole run grace + stop window + 1 s
-    later (41 s with the defaults, which this test keeps: the flow runs on for 45 s)."""
-    run = queued_run(ws, "tests.agent.flows:pooled", seconds=45)
-    agent = start_agent(workspace_url, operator_key, "faults", "pools")
-    wait_for(lambda: FlowRun.objects.get(pk=run.pk).state in TERMINAL_STATES, timeout=120,
+    """Forked workers got a copy of the runner: the SIGTERM that ends them (leaving a pool's with block,
+    Process.terminate()) once armed the group's watchdog, which SIGKILLed the whole run grace + stop
+    window + 1 s later (3.5 s here; the flow runs on for 8 s)."""
+    run = queued_run(ws, "tests.agent.flows:pooled", seconds=8)
+    agent = start_agent(workspace_url, operator_key, "faults", "pools",
+                        env={"ORCHESTRATOR_AGENT_CANCEL_GRACE_SECONDS": "1.5",
+                             "ORCHESTRATOR_RUNNER_STOP_WINDOW_SECONDS": "1"})
+    wait_for(lambda: FlowRun.objects.get(pk=run.pk).state in TERMINAL_STATES, timeout=60,
              what=lambda: story(run, agent))
     run.refresh_from_db()
     assert (run.state, run.state_message) == (State.COMPLETED, "The flow returned; reported by its runner."), \
         story(run, agent)
+    assert "Flow returned ([0, 1, 4, 9], -15)" in " ".join(logs_of(run))  # the worker died of its SIGTERM
