@@ -79,7 +79,6 @@ def _process_loop(base_url, key, interval, commands, parent_pid, told_fd, runner
     # Forked from the runner: its handlers (which raise into the flow) are not this process's.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.set_wakeup_fd(-1)  # the runner's: signals taken here are not the runner's (see runner.py's at-fork)
     os.close(runners_end)  # the runner's end of the pipe: with it gone, writing to a gone runner fails
     client = ApiClient(base_url, key)
     targets = set()

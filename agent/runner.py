@@ -374,9 +374,6 @@ class Watchdog:
             pass
 
 
-_forks_watched = False  # _drop_runner_signals is registered for this process's forks
-
-
 def _poked(signum, frame):
     """POKE_SIGNAL's handler: its arrival is the point (see Runner._poke_main_thread)."""
 
@@ -390,6 +387,9 @@ def _drop_runner_signals():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(POKE_SIGNAL, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
+
+
+os.register_at_fork(after_in_child=_drop_runner_signals)  # it acts only where a runner took the signals
 
 
 class Runner:
@@ -640,14 +640,10 @@ class Runner:
         """SIGTERM stops the flow (in the main thread, as every handler runs). The interpreter also notes
         each signal it takes in the stopper's pipe at once (set_wakeup_fd), for a SIGTERM whose handler
         is late (see _stopper); POKE_SIGNAL does nothing but wake the main thread. From the main thread."""
-        global _forks_watched
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(POKE_SIGNAL, _poked)
         os.set_blocking(self.stop_wake_write, False)  # set_wakeup_fd wants it; a full pipe has woken the stopper
         signal.set_wakeup_fd(self.stop_wake_write, warn_on_full_buffer=False)
-        if not _forks_watched:
-            os.register_at_fork(after_in_child=_drop_runner_signals)
-            _forks_watched = True
 
     def run(self):
         """Run the flow, end the run; returns the exit code (main() exits with it through exit())."""

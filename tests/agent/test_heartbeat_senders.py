@@ -66,117 +66,6 @@ def wait_until(predicate, timeout=20.0):
     return False
 
 
-def test_the_heartbeat_process_tells_what_its_beats_answered_to_a_thread_not_by_a_signal(server):
-    told = []
-    signals_before = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGUSR2)}
-    server.states["run-1"] = "RUNNING"
-    base_url = f"http://127.0.0.1:{server.server_port}/api/accounts/a/workspaces/w"
-    beats = ProcessHeartbeats(0.05, base_url=base_url, key="k",
-                              on_stop=lambda state: told.append((state, threading.current_thread().name)))
-    beats.start()
-    try:
-        assert beats.process.pid != os.getpid()
-        beats.track("flow_runs", "run-1")
-        beats.track("task_runs", "task-1")
-        assert wait_until(lambda: server.beats.count(("task_runs", "task-1")) >= 2)
-        assert told == []  # RUNNING: nothing to tell
-
-        server.states["run-1"] = "CANCELLING"
-        assert wait_until(lambda: told)
-        seen = server.beats.count(("flow_runs", "run-1"))
-        assert wait_until(lambda: server.beats.count(("flow_runs", "run-1")) >= seen + 3)
-        assert told == [("CANCELLING", "heartbeat-answers")]  # once, though every beat since answered it
-
-        server.superseded.add("run-1")
-        assert wait_until(lambda: len(told) == 2)
-        assert told[1] == (SUPERSEDED, "heartbeat-answers")
-    finally:
-        beats.stop()
-    assert not beats.process.is_alive()
-    # No signal of this process was taken over for it (the flow's code may use them).
-    assert {sig: signal.getsignal(sig) for sig in signals_before} == signals_before
-
-
-def test_a_stopped_flow_is_interrupted_though_its_main_thread_slept_through_the_first_signal():
-    """The race it covers: the stop's SIGTERM lands after the main thread last looked for signals and
-    before it blocked again (say, between two sleeps), so its handler waits for the thread's next
-    Python: 20 s here. Here the stop is asked for and the main thread is never signalled by stop(),
-    which is what the main thread saw in that race; the stopper must signal it (again)."""
-    from agent.runner import CANCELLED, Runner
-
-    assert threading.current_thread() is threading.main_thread()
-    runner = Runner({"ORCHESTRATOR_FLOW_RUN_ID": "run-1", "ORCHESTRATOR_API_URL": "http://127.0.0.1:9",
-                     "ORCHESTRATOR_RUN_TOKEN": "t", "ORCHESTRATOR_AGENT_CANCEL_GRACE_SECONDS": "60"})
-    previous = signal.signal(signal.SIGTERM, runner._on_sigterm)
-    stopper = threading.Thread(target=runner._stopper, daemon=True)
-    stopper.start()
-
-    def stop_without_signalling_the_main_thread():
-        time.sleep(0.2)
-        runner.stop_reason = CANCELLED
-        runner._wake_stopper()
-
-    interrupted = False
-    try:
-        runner.flow_active = True
-        threading.Thread(target=stop_without_signalling_the_main_thread, daemon=True).start()
-        try:
-            time.sleep(20)  # the flow
-        except sdk.FlowRunStopped:
-            interrupted = True
-        finally:
-            runner.flow_active = False
-    finally:
-        runner.exiting = True  # its hard deadline must not end this process
-        runner.finished.set()
-        stopper.join(5)  # before the handler goes: a late nudge must not meet the default (exit)
-        signal.signal(signal.SIGTERM, previous)
-    assert interrupted
-    assert not stopper.is_alive()
-
-
-def test_a_flow_with_its_own_sigterm_handler_is_not_signalled_again(monkeypatch):
-    from agent.runner import CANCELLED, Runner
-
-    runner = Runner({"ORCHESTRATOR_FLOW_RUN_ID": "run-1", "ORCHESTRATOR_API_URL": "http://127.0.0.1:9",
-                     "ORCHESTRATOR_RUN_TOKEN": "t"})
-    sent = []
-    monkeypatch.setattr(signal, "pthread_kill", lambda ident, signum: sent.append(signum))
-    runner.flow_active, runner.stop_reason = True, CANCELLED
-    previous = signal.signal(signal.SIGTERM, runner._on_sigterm)
-    try:
-        runner._nudge_main_thread()
-        assert sent == [signal.SIGTERM]
-        signal.signal(signal.SIGTERM, lambda signum, frame: None)  # the flow's own
-        runner._nudge_main_thread()
-        runner.stop_raised = True
-        signal.signal(signal.SIGTERM, runner._on_sigterm)
-        runner._nudge_main_thread()  # FlowRunStopped was raised already
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert sent == [signal.SIGTERM]
-
-
-def test_a_cancellation_told_after_the_flow_ended_stops_nothing(monkeypatch):
-    """The main thread is reporting how the flow ended: a stop now would only race that report (and
-    its hard deadline could end the runner mid-report)."""
-    from agent.runner import CANCELLED, Runner
-
-    runner = Runner({"ORCHESTRATOR_FLOW_RUN_ID": "run-1", "ORCHESTRATOR_API_URL": "http://127.0.0.1:9",
-                     "ORCHESTRATOR_RUN_TOKEN": "t"})
-    sent = []
-    monkeypatch.setattr(os, "killpg", lambda pgid, signum: sent.append(("group", signum)))
-    monkeypatch.setattr(signal, "pthread_kill", lambda ident, signum: sent.append(("main", signum)))
-    runner.finished.set()
-    runner._on_heartbeat_stop("CANCELLING")
-    runner._on_heartbeat_stop(SUPERSEDED)
-    assert (runner.stop_reason, runner.stopped_at, sent) == (None, None, [])
-
-    runner.finished.clear()  # while the flow runs, the same answer stops it
-    runner._on_heartbeat_stop("CANCELLING")
-    assert runner.stop_reason == CANCELLED and ("main", signal.SIGTERM) in sent
-
-
 @pytest.fixture
 def runner_signals():
     """runner_signals(runner): the runner takes its signals in this (the main) thread, as run() does;
@@ -233,6 +122,103 @@ def sleep_as_the_flow(runner, seconds):
     finally:
         runner.flow_active = False
     return False
+
+
+def test_the_heartbeat_process_tells_what_its_beats_answered_to_a_thread_not_by_a_signal(server):
+    told = []
+    signals_before = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGUSR2)}
+    server.states["run-1"] = "RUNNING"
+    base_url = f"http://127.0.0.1:{server.server_port}/api/accounts/a/workspaces/w"
+    beats = ProcessHeartbeats(0.05, base_url=base_url, key="k",
+                              on_stop=lambda state: told.append((state, threading.current_thread().name)))
+    beats.start()
+    try:
+        assert beats.process.pid != os.getpid()
+        beats.track("flow_runs", "run-1")
+        beats.track("task_runs", "task-1")
+        assert wait_until(lambda: server.beats.count(("task_runs", "task-1")) >= 2)
+        assert told == []  # RUNNING: nothing to tell
+
+        server.states["run-1"] = "CANCELLING"
+        assert wait_until(lambda: told)
+        seen = server.beats.count(("flow_runs", "run-1"))
+        assert wait_until(lambda: server.beats.count(("flow_runs", "run-1")) >= seen + 3)
+        assert told == [("CANCELLING", "heartbeat-answers")]  # once, though every beat since answered it
+
+        server.superseded.add("run-1")
+        assert wait_until(lambda: len(told) == 2)
+        assert told[1] == (SUPERSEDED, "heartbeat-answers")
+    finally:
+        beats.stop()
+    assert not beats.process.is_alive()
+    # No signal of this process was taken over for it (the flow's code may use them).
+    assert {sig: signal.getsignal(sig) for sig in signals_before} == signals_before
+
+
+def test_a_stopped_flow_is_interrupted_though_its_main_thread_slept_through_the_first_signal(runner_signals):
+    """The race it covers: the stop's SIGTERM lands after the main thread last looked for signals and
+    before it blocked again (say, between two sleeps), so its handler waits for the thread's next
+    Python: 20 s here. Here the stop is asked for and the main thread is never signalled by stop(),
+    which is what the main thread saw in that race; the stopper must signal it (again)."""
+    from agent.runner import CANCELLED
+
+    runner = runner_signals(a_runner())
+
+    def stop_without_signalling_the_main_thread():
+        time.sleep(0.2)
+        runner.stop_reason = CANCELLED
+        runner._wake_stopper()
+
+    interrupted = False
+    runner.flow_active = True
+    threading.Thread(target=stop_without_signalling_the_main_thread, daemon=True).start()
+    try:
+        time.sleep(20)  # the flow
+    except sdk.FlowRunStopped:
+        interrupted = True
+    finally:
+        runner.flow_active = False
+    assert interrupted  # and the stopper ends (runner_signals)
+
+
+def test_a_flow_with_its_own_sigterm_handler_is_not_signalled_again(monkeypatch):
+    from agent.runner import CANCELLED
+
+    runner = a_runner()
+    sent = []
+    monkeypatch.setattr(signal, "pthread_kill", lambda ident, signum: sent.append(signum))
+    runner.flow_active, runner.stop_reason = True, CANCELLED
+    previous = signal.signal(signal.SIGTERM, runner._on_sigterm)
+    try:
+        runner._nudge_main_thread()
+        assert sent == [signal.SIGTERM]
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)  # the flow's own
+        runner._nudge_main_thread()
+        runner.stop_raised = True
+        signal.signal(signal.SIGTERM, runner._on_sigterm)
+        runner._nudge_main_thread()  # FlowRunStopped was raised already
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert sent == [signal.SIGTERM]
+
+
+def test_a_cancellation_told_after_the_flow_ended_stops_nothing(monkeypatch):
+    """The main thread is reporting how the flow ended: a stop now would only race that report (and
+    its hard deadline could end the runner mid-report)."""
+    from agent.runner import CANCELLED
+
+    runner = a_runner()
+    sent = []
+    monkeypatch.setattr(os, "killpg", lambda pgid, signum: sent.append(("group", signum)))
+    monkeypatch.setattr(signal, "pthread_kill", lambda ident, signum: sent.append(("main", signum)))
+    runner.finished.set()
+    runner._on_heartbeat_stop("CANCELLING")
+    runner._on_heartbeat_stop(SUPERSEDED)
+    assert (runner.stop_reason, runner.stopped_at, sent) == (None, None, [])
+
+    runner.finished.clear()  # while the flow runs, the same answer stops it
+    runner._on_heartbeat_stop("CANCELLING")
+    assert runner.stop_reason == CANCELLED and ("main", signal.SIGTERM) in sent
 
 
 def test_an_outside_sigterm_whose_handler_is_late_still_interrupts_the_flow(runner_signals):
