@@ -235,7 +235,7 @@ def _direct(model, fence):
 
 
 def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, agent, now, retry, updates,
-               fence=None):
+               fence=None, history=False):
     now = now or timezone.now()
     from_state = expected_state or obj.state
     late_verdict = _late_completion_allowed(obj.pk, from_state, to_state, actor, kind)
@@ -264,7 +264,8 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
     with contextlib.nullcontext() if alone else transaction.atomic():
         if plain:  # the history row goes with the move (one statement on PostgreSQL)
             history_row = _history_row(kind, obj.pk, obj.pk, from_state, to_state, message, actor, user, agent, now)
-            row = hot_sql.move_flow_run(obj.pk, from_state, values, history_row)
+            row, read = hot_sql.move_flow_run(obj.pk, from_state, values, history_row, history=True) if history \
+                else (hot_sql.move_flow_run(obj.pk, from_state, values, history_row), None)
             changed = 0 if row is None else 1
         else:
             moving = kind.model.objects.filter(pk=obj.pk, state=from_state, **_direct(kind.model, fence or {}))
@@ -298,6 +299,8 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
         _take_row(obj, row)
     else:
         obj.refresh_from_db()
+    if history:
+        return obj, read if plain and read is not None else hot_sql.run_history(obj.pk)
     return obj
 
 
@@ -329,16 +332,18 @@ def _take_row(obj, row):
 
 
 def set_flow_run_state(run, to_state, *, actor, message="", expected_state=None, user=None, agent=None,
-                       now=None, retry=False, updates=None, fence=None):
+                       now=None, retry=False, updates=None, fence=None, history=False):
     """Move one flow run to `to_state`, or raise IllegalTransition / StaleTransition.
 
     `expected_state` defaults to the state on `run` as the caller loaded it. `updates` are more
     fields written in the same conditional update (e.g. the claiming agent, a new start time).
     `fence`: more conditions of that update (an agent's report: the attempt its token is for); when
     they no longer hold, nothing changes and StaleTransition is raised.
+    `history`: returns (run, its history as runs/hot_sql.py's run_history() gives it, this change's
+    row included), read with the move where one statement can (PostgreSQL), for an answer to show.
     """
     return _set_state(FLOW, run, to_state, actor=actor, message=message, expected_state=expected_state,
-                      user=user, agent=agent, now=now, retry=retry, updates=updates, fence=fence)
+                      user=user, agent=agent, now=now, retry=retry, updates=updates, fence=fence, history=history)
 
 
 def set_task_run_state(task_run, to_state, *, actor, message="", expected_state=None, user=None, agent=None,

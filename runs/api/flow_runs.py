@@ -256,15 +256,15 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
         """set_flow_run_state(run, to_state, **kwargs) for `found` (run_to_change()), answered as the
         detail page shows the run without reading it again: the state change returns the run's new
         columns, the names loaded with it stand for the ids that did not change (others are read),
-        and the history is read in one query with its people's and agents' names."""
+        and the history with its people's and agents' names comes back with the move (on PostgreSQL
+        in its statement)."""
         run, names = found
         ids = {name: getattr(run, f"{name}_id") for name in names}
-        run = set_flow_run_state(run, to_state, **kwargs)
+        run, history = set_flow_run_state(run, to_state, history=True, **kwargs)
         moved = [name for name, id_ in ids.items() if getattr(run, f"{name}_id") != id_]
         if moved:  # e.g. claimed by an agent between the load and the update
             names = {**names, **run_names(run, moved)}
-        return Response({**flow_run_data(run, names),
-                         "history": [state_change_data(change) for change in hot_sql.run_history(run.pk)]})
+        return Response({**flow_run_data(run, names), "history": [state_change_data(change) for change in history]})
 
     @extend_schema(request=SetStateSerializer, responses={200: FlowRunDetailSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"], url_path="set_state")
