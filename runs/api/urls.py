@@ -24,6 +24,22 @@ router.register("deletion_jobs", deletions.DeletionJobViewSet, basename="deletio
 router.register("automations", automations_api.AutomationViewSet, basename="automation")
 router.register("deliveries", DeliveryViewSet, basename="delivery")
 
+
+
+def by_prefix(router):
+    """The router's patterns, an include per registered prefix: Django tries patterns in order, and a
+    router's are regular expressions, each tried in turn (a run's set_state came after 23 of them,
+    44 µs); a route without converters is skipped by comparing its text, so an include per prefix
+    leaves a request a handful of comparisons and its own resource's few expressions. The URLs,
+    their names and their order are the router's."""
+    patterns = []
+    for prefix, viewset, basename in router.registry:
+        own = SimpleRouter()
+        own.register("", viewset, basename=basename)
+        patterns.append(path(f"{prefix}/", include(own.urls)))
+    return patterns
+
+
 # The workspace's prefix is matched once and the agents' endpoints (heartbeats, claims, reports: the
 # hottest) are tried first: Django tries the patterns in order, and every pattern tried costs CPU.
 workspace_patterns = [
@@ -33,7 +49,7 @@ workspace_patterns = [
     path("usage", usage.UsageView.as_view(), name="workspace-usage"),
     path("events/", events.EventListView.as_view(), name="event-list"),
     path("events/stream", events.EventStreamView.as_view(), name="event-stream"),
-    path("", include(router.urls)),
+    *by_prefix(router),
     path("", include("events.api")),
 ]
 
