@@ -10,8 +10,13 @@ the sender tells the runner, `on_stop(state)`. A heartbeat refused as `supersede
 attempt has the run) is told as state SUPERSEDED. The heartbeat process tells it through a pipe
 that a thread of the runner reads, not through a signal: a signal would wake the flow's main
 thread, and one that lands as it goes back to sleep is not seen until it wakes again.
+
+A heartbeat process that dies while its runner lives (killed by the OOM killer, or by hand) is
+replaced by beats from a thread of the runner: its flow is alive, and without beats the Zombie
+Killer would in time mark the live run CRASHED.
 """
 
+import logging
 import multiprocessing
 import os
 import queue
@@ -20,6 +25,8 @@ import threading
 import time
 
 from .client import ApiClient, ApiError
+
+logger = logging.getLogger(__name__)
 
 MODES = ("thread", "process", "off")
 # States in a flow run heartbeat's answer that mean "stop the flow".
@@ -108,11 +115,13 @@ def _process_loop(base_url, key, interval, commands, parent_pid, told_fd, runner
 class ProcessHeartbeats:
     """Beats from a separate process that exits when this one does. What its beats tell (the run is
     being cancelled, or another attempt has it) comes back through a pipe, one state a line; a
-    thread of this process reads it and calls `on_stop(state)`."""
+    thread of this process reads it and calls `on_stop(state)`. When the pipe ends though this
+    sender was not stopped, the process died: a thread of this process beats instead (`fallback`),
+    at once and then every `interval`, for what is tracked."""
 
     def __init__(self, interval, *, base_url, key, on_stop=None):
         context = multiprocessing.get_context("fork")
-        self.on_stop = on_stop
+        self.interval, self.base_url, self.key, self.on_stop = interval, base_url, key, on_stop
         self.commands = context.Queue()
         self.told_read, self.told_write = os.pipe()
         self.process = context.Process(
@@ -120,6 +129,10 @@ class ProcessHeartbeats:
             args=(base_url, key, interval, self.commands, os.getpid(), self.told_write, self.told_read),
             name="heartbeats", daemon=True,
         )
+        self.lock = threading.Lock()
+        self.targets = set()  # what is tracked, for a fallback to take over
+        self.stopping = False
+        self.fallback = None
 
     def start(self):
         self.process.start()
@@ -134,14 +147,41 @@ class ProcessHeartbeats:
                 state = line.decode().strip()
                 if state and self.on_stop is not None:
                     self.on_stop(state)
+        self.process.join(timeout=5)  # the pipe's end: the process is gone, or going
+        with self.lock:
+            if self.stopping:
+                return
+            logger.warning("The heartbeat process ended (exit code %s) while its run goes on: beating from a "
+                           "thread of the runner instead.", self.process.exitcode)
+            self.fallback = ThreadHeartbeats(ApiClient(self.base_url, self.key), self.interval, self.on_stop)
+            targets = list(self.targets)
+            for target in targets:
+                self.fallback.track(*target)
+        _beat(self.fallback.client, targets, self.on_stop)  # the last beat may be an interval old
+        self.fallback.start()
 
     def track(self, kind, target_id):
+        with self.lock:
+            self.targets.add((kind, target_id))
+            if self.fallback is not None:
+                self.fallback.track(kind, target_id)
+                return
         self.commands.put(("add", kind, target_id))
 
     def untrack(self, kind, target_id):
+        with self.lock:
+            self.targets.discard((kind, target_id))
+            if self.fallback is not None:
+                self.fallback.untrack(kind, target_id)
+                return
         self.commands.put(("remove", kind, target_id))
 
     def stop(self):
+        with self.lock:
+            self.stopping = True
+            if self.fallback is not None:
+                self.fallback.stop()
+                return
         self.commands.put(("stop", None, None))
         self.process.join(timeout=5)
 

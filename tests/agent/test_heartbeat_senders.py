@@ -155,6 +155,54 @@ def test_the_heartbeat_process_tells_what_its_beats_answered_to_a_thread_not_by_
     assert {sig: signal.getsignal(sig) for sig in signals_before} == signals_before
 
 
+def test_a_heartbeat_process_that_dies_is_replaced_by_beats_from_a_thread(server, caplog):
+    """The run goes on when its heartbeat process is killed (the OOM killer, a hand): without beats
+    the Zombie Killer would mark a live run CRASHED. A thread of the runner takes over what is
+    tracked, and tells what the beats answer as the process did."""
+    told = []
+    server.states["run-1"] = "RUNNING"
+    base_url = f"http://127.0.0.1:{server.server_port}/api/accounts/a/workspaces/w"
+    beats = ProcessHeartbeats(0.1, base_url=base_url, key="k", on_stop=told.append).start()
+    try:
+        beats.track("flow_runs", "run-1")
+        beats.track("task_runs", "task-1")
+        assert wait_until(lambda: server.beats.count(("task_runs", "task-1")) >= 2)
+        os.kill(beats.process.pid, signal.SIGKILL)
+        assert wait_until(lambda: beats.fallback is not None)
+        seen = server.beats.count(("flow_runs", "run-1"))
+        assert wait_until(lambda: server.beats.count(("flow_runs", "run-1")) >= seen + 3)
+        assert beats.fallback.thread.is_alive() and beats.fallback.thread.name == "heartbeats"
+        assert "The heartbeat process ended (exit code -9) while its run goes on" in caplog.text
+
+        beats.untrack("task_runs", "task-1")  # now the thread's to follow
+        beats.track("task_runs", "task-2")
+        assert wait_until(lambda: server.beats.count(("task_runs", "task-2")) >= 2)
+        tasks_one = server.beats.count(("task_runs", "task-1"))
+        server.states["run-1"] = "CANCELLING"
+        assert wait_until(lambda: told)
+        assert told[0] == "CANCELLING" and server.beats.count(("task_runs", "task-1")) <= tasks_one + 1
+    finally:
+        beats.stop()
+    assert wait_until(lambda: not beats.fallback.thread.is_alive(), timeout=5)
+    stopped_at = len(server.beats)
+    time.sleep(0.3)
+    assert len(server.beats) == stopped_at
+
+
+def test_a_heartbeat_process_stopped_by_its_runner_is_not_replaced(server, caplog):
+    server.states["run-1"] = "RUNNING"
+    base_url = f"http://127.0.0.1:{server.server_port}/api/accounts/a/workspaces/w"
+    beats = ProcessHeartbeats(0.05, base_url=base_url, key="k").start()
+    beats.track("flow_runs", "run-1")
+    assert wait_until(lambda: len(server.beats) >= 2)
+    beats.stop()
+    assert not beats.process.is_alive()
+    stopped_at = len(server.beats)
+    time.sleep(0.4)
+    assert beats.fallback is None and len(server.beats) == stopped_at
+    assert "heartbeat process ended" not in caplog.text
+
+
 def test_a_stopped_flow_is_interrupted_though_its_main_thread_slept_through_the_first_signal(runner_signals):
     """The race it covers: the stop's SIGTERM lands after the main thread last looked for signals and
     before it blocked again (say, between two sleeps), so its handler waits for the thread's next

@@ -2,7 +2,8 @@
 
 - the agent dies (SIGKILL) and its runner finishes the run, reports it and ships its logs;
 - with heartbeats off, an orphaned runner stops and hands the run back instead;
-- a cancelled run's process is ended, by its agent or (orphaned) by itself, and the run is CANCELLED.
+- a cancelled run's process is ended, by its agent or (orphaned) by itself, and the run is CANCELLED;
+- a runner whose heartbeat process is killed beats from a thread instead, and its run completes.
 
 Markers in files count how often each task ran; polls and beats are every 0.3 s (conftest).
 """
@@ -17,7 +18,7 @@ import pytest
 from runs.models import TERMINAL_STATES, Actor, FlowRun, Log, Role, State, StateChange, TaskRun
 from tests import factories
 
-from .conftest import alive, drain_logs, runner_pids, wait_for
+from .conftest import alive, drain_logs, process_tree, runner_pids, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -233,3 +234,23 @@ def test_a_pool_that_terminates_its_workers_does_not_end_the_run(ws, workspace_u
     assert (run.state, run.state_message) == (State.COMPLETED, "The flow returned; reported by its runner."), \
         story(run, agent)
     assert "Flow returned ([0, 1, 4, 9], -15)" in " ".join(logs_of(run))  # the worker died of its SIGTERM
+
+
+def test_a_runner_whose_heartbeat_process_is_killed_beats_from_a_thread(ws, workspace_url, start_agent, operator_key):
+    run = queued_run(ws, "tests.agent.flows:steady", seconds=6)
+    agent = start_agent(workspace_url, operator_key, "faults", "beats", "--heartbeat-mode", "process")
+    runner = the_runner_of(agent)
+    # The runner's fork (its cmdline is the runner's), not its watchdog (a shell).
+    beater = wait_for(lambda: [pid for pid in process_tree(runner)[1:] if pid in runner_pids(agent.process.pid)],
+                      timeout=20, what="the runner's heartbeat process")[0]
+    wait_for(lambda: FlowRun.objects.get(pk=run.pk).last_heartbeat, timeout=20, what=lambda: story(run, agent))
+    os.kill(beater, 9)
+    killed_at = time.time()
+    wait_for(lambda: FlowRun.objects.get(pk=run.pk).last_heartbeat.timestamp() > killed_at + 0.5, timeout=10,
+             what=lambda: f"a beat after the heartbeat process died\n{story(run, agent)}")
+    wait_for(lambda: FlowRun.objects.get(pk=run.pk).state in TERMINAL_STATES, timeout=60,
+             what=lambda: story(run, agent))
+    run.refresh_from_db()
+    assert run.state == State.COMPLETED, story(run, agent)
+    assert any("The heartbeat process ended (exit code -9) while its run goes on" in m for m in logs_of(run)), \
+        story(run, agent)
