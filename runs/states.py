@@ -261,11 +261,14 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
                      for name, value in values.items()))
     # On PostgreSQL a plain move is one statement, its own transaction (own_transaction_will_do).
     alone = plain and own_transaction_will_do()
+    read = None  # the history, when the move read it
     with contextlib.nullcontext() if alone else transaction.atomic():
         if plain:  # the history row goes with the move (one statement on PostgreSQL)
             history_row = _history_row(kind, obj.pk, obj.pk, from_state, to_state, message, actor, user, agent, now)
-            row, read = hot_sql.move_flow_run(obj.pk, from_state, values, history_row, history=True) if history \
-                else (hot_sql.move_flow_run(obj.pk, from_state, values, history_row), None)
+            if history:
+                row, read = hot_sql.move_flow_run(obj.pk, from_state, values, history_row, history=True)
+            else:
+                row = hot_sql.move_flow_run(obj.pk, from_state, values, history_row)
             changed = 0 if row is None else 1
         else:
             moving = kind.model.objects.filter(pk=obj.pk, state=from_state, **_direct(kind.model, fence or {}))
@@ -300,7 +303,7 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
     else:
         obj.refresh_from_db()
     if history:
-        return obj, read if plain and read is not None else hot_sql.run_history(obj.pk)
+        return obj, read if read is not None else hot_sql.run_history(obj.pk)
     return obj
 
 
