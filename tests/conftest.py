@@ -67,6 +67,32 @@ for _name, _value in _TEST_EVENT_SETTINGS.items():
         _settings.ORCHESTRATOR[_name] = _value if _name.endswith("STREAM_KEY") else False
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory):
+    """On SQLite the test database is a file, not Django's in-memory default: one per worker (each
+    has a temporary folder of its own), removed after the run.
+
+    For an in-memory database Django's live server hands the test's one connection to all its
+    request threads (LiveServerThread's connections_override): a test that cancelled runs while the
+    server took their heartbeats had its atomic block and a request's interleave on it ("no such
+    savepoint", "pop from empty list"), and the broken connection failed every later test of its
+    worker (tests/platform/test_live_server_database.py). On a file each thread has a connection of
+    its own, as each process of `make run` has, and the settings' WAL, IMMEDIATE transactions and
+    busy timeout make concurrent writers wait their turn. PostgreSQL's databases are pytest-django's."""
+    import shutil
+
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] != "django.db.backends.sqlite3":
+        yield
+        return
+    folder = tmp_path_factory.mktemp("sqlite")
+    database.setdefault("TEST", {})["NAME"] = str(folder / "test.sqlite3")
+    yield
+    shutil.rmtree(folder, ignore_errors=True)  # pytest-django has deleted the database; its -wal, -shm may remain
+
+
 @pytest.fixture(autouse=True)
 def fresh_event_buffer():
     """Each test starts with an empty event stream and no remembered Redis outage."""
@@ -297,7 +323,7 @@ def no_stream_left_open():
     """Before each test, the event streams of the browser pages of the tests before it have ended.
 
     The live server lives for the session: a stream still sending for a closed page would go on
-    reading the database during the next test (on SQLite, through the test's own connection)."""
+    reading the database during the next test."""
     import time
 
     from events.stream import open_streams

@@ -9,7 +9,6 @@ import urllib.request
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from runs.models import Agent, AgentStatus, FlowRun, Log, Role, State, StateChange, TaskRun
@@ -97,11 +96,7 @@ def test_sigterm_reports_unfinished_runs_crashed_and_the_agent_offline(ws, works
     assert Agent.objects.get(name="stopping-agent").status == AgentStatus.OFFLINE
 
 
-@pytest.mark.postgres
 def test_two_agents_on_one_queue_complete_every_run_exactly_once(ws, workspace_url, start_agent):
-    if connection.vendor != "postgresql":
-        pytest.skip("live_server shares one in-memory SQLite connection between its threads; "
-                    "two busy agents need a real database (test_claiming covers SQLite)")
     queue = factories.work_queue(ws, name="shared")
     flow = factories.flow(ws, entrypoint="tests.agent.flows:noop")
     now = timezone.now()

@@ -293,7 +293,7 @@ def test_a_database_error_in_the_wsgi_lane_is_the_view_s_to_answer(ws, prefix, v
     assert answer[0].startswith("503")
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite's test database in memory is never closed")
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="`closed` is psycopg's: sqlite3's connection has none")
 @pytest.mark.django_db(transaction=True)
 def test_the_wsgi_lane_replaces_a_connection_past_its_age_as_django_s_signals_would(ws, prefix, wsgi_lane,
                                                                                    monkeypatch):
@@ -408,7 +408,6 @@ def test_the_wsgi_lane_reads_each_scheme_apart(ws, prefix, wsgi_lane, settings):
     assert [answer is not None for answer in wsgi_lane.answers] == [True, False, False, True]
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite's test database in memory is never closed")
 @pytest.mark.django_db(transaction=True)
 def test_without_persistent_connections_the_wsgi_lane_closes_its_connection_as_django_would(ws, prefix, wsgi_lane,
                                                                                           monkeypatch):

@@ -17,9 +17,8 @@ from tests.faults.conftest import postgres  # noqa: F401
 from .conftest import alive, wait_for
 from .test_runners_on_their_own import kill_only, operator_key, queued_run, story, the_runner_of  # noqa: F401
 
-# PostgreSQL only (skipped on SQLite unless ORCHESTRATOR_REQUIRE_SERVICES=1, which CI sets): on SQLite
-# the live server and the test share one in-memory connection across threads, and the runner, its
-# agent and the test all use it at once here.
+# PostgreSQL only, as the fault suite (tests/faults/conftest.py `postgres`): skipped on SQLite unless
+# ORCHESTRATOR_REQUIRE_SERVICES=1, which CI sets, makes it fail.
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.django_db(transaction=True),
               pytest.mark.usefixtures("postgres")]
 

@@ -1,8 +1,7 @@
 """The README's curl guide, run as written against a live server: if it breaks, this fails.
 
-One substitution: the live server's address for 127.0.0.1:8000. On PostgreSQL the key line runs
-as written in a shell with a clean environment, pointed at the test database; on SQLite (an
-in-memory test database no other process can open) it runs the same command in this process.
+One substitution: the live server's address for 127.0.0.1:8000. The key line runs as written in a
+shell with a clean environment, pointed at the test database (on SQLite its file, tests/conftest.py).
 """
 
 import io
@@ -46,8 +45,12 @@ def issue_key(command_line):
 def run_key_line(line):
     """The guide's key line in a shell that has only what a person's shell has, plus the database."""
     db = connection.settings_dict
-    url = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "DATABASE_URL": url}
+    if connection.vendor == "postgresql":
+        url = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+        database = {"DATABASE_URL": url}
+    else:
+        database = {"ORCHESTRATOR_SQLITE_PATH": str(db["NAME"])}
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **database}
     done = subprocess.run(["bash", "-euc", f"{line}\necho \"$KEY\""], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -59,7 +62,7 @@ def test_the_readme_curl_guide_works_as_written(live_server, demo):
     script = guide()
     command = KEY_LINE.search(script)
     assert command, "the guide's first step must issue a key with manage.py create_api_key"
-    key = run_key_line(command.group(0)) if connection.vendor == "postgresql" else issue_key(command.group(2))
+    key = run_key_line(command.group(0))
     script = script.replace(command.group(0), f"KEY={key}")
     script = script.replace("http://127.0.0.1:8000", live_server.url)
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120)

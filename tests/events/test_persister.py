@@ -3,7 +3,6 @@
 Runs on SQLite and PostgreSQL; the tests that need PostgreSQL's row locks say so (postgres_only).
 """
 
-import contextlib
 import json
 import threading
 import time
@@ -36,23 +35,17 @@ def test_redis_restarting_mid_stream_loses_nothing_and_duplicates_nothing(events
     """Events are emitted from one thread while another runs persister passes; Redis is stopped
     (SIGTERM) and started again on the same port and directory half-way. Every emitted id ends
     up stored exactly once."""
-    if background and connection.vendor != "postgresql":
-        pytest.skip("the sender thread's fallback writes beside two busy threads: the in-memory SQLite test "
-                    "database refuses concurrent writers; PostgreSQL (CI) runs it")
     settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "EVENT_PERSISTER_BATCH_SIZE": 25,
                              "EVENT_PERSISTER_MAX_BATCHES": 2, "EVENTS_SEND_IN_BACKGROUND": background}
     ws = factories.workspace()
     total = 600
     emitted, done, failures = [], threading.Event(), []
     third = threading.Event()
-    # The in-memory SQLite test database refuses a second writer at once ("table is locked", no
-    # busy wait), so there the two threads take turns at the database; PostgreSQL lets them overlap.
-    turns = threading.Lock() if connection.vendor == "sqlite" else contextlib.nullcontext()
 
     def emitter():
         try:
             for i in range(total):
-                with turns, transaction.atomic():
+                with transaction.atomic():
                     event = tick(ws.pk, i)
                     emit([event])
                 emitted.append(event["id"])  # after the commit: its push has run
@@ -65,8 +58,7 @@ def test_redis_restarting_mid_stream_loses_nothing_and_duplicates_nothing(events
     def passes():
         while not done.is_set():
             try:
-                with turns:
-                    persister.run_once()
+                persister.run_once()
             except Exception as exc:  # noqa: BLE001 - Redis is away for a moment: the next pass retries
                 failures.append(type(exc).__name__)
             time.sleep(0.25)  # behind the emitter on purpose: unread entries wait when Redis stops

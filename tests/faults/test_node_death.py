@@ -26,8 +26,7 @@ from tests import factories
 from tests.agent.conftest import REPO, drain_logs, free_port, process_tree, runner_pids, wait_for
 from tests.conftest import api_prefix
 
-# PostgreSQL only: on SQLite the live server and the test share one in-memory connection across
-# threads, and the services beaten here while agents report would interleave on it.
+# PostgreSQL only, as the rest of the fault suite (conftest.py `postgres`).
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.django_db(transaction=True),
               pytest.mark.usefixtures("postgres")]
 

@@ -175,8 +175,7 @@ def test_between_reads_the_stream_holds_no_connection(ws, monkeypatch):
     assert not conn.in_atomic_block
     reader.read()
     assert closed == [1]
-    if conn.vendor == "postgresql":  # SQLite's in-memory test database is never really closed
-        assert conn.connection is None
+    assert conn.connection is None
     event(ws, "e.1", received=timezone.now() + timedelta(seconds=1))
     assert [e.name for e in reader.read()] == ["e.1"] and closed == [1, 1]
 

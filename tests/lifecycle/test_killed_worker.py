@@ -23,8 +23,8 @@ RUNS = 3000
 @pytest.fixture
 def environment(tmp_path, transactional_db):
     """The environment of the processes, and a reader of the job's progress. On PostgreSQL they
-    share the test database (committed data: a transactional test); on SQLite, whose test database
-    lives in this process's memory, they share a file of their own."""
+    share the test database (committed data: a transactional test); on SQLite they share a file of
+    their own, which they migrate first."""
     env = {**os.environ, "DEBUG": "true", "ORCHESTRATOR_VAR_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1",
            "LOG_LEVEL": "WARNING", "ORCHESTRATOR_DELETION_BATCH_SIZE": "5"}
     if connection.vendor == "postgresql":

@@ -4,7 +4,6 @@ through Redis restarts and persister crashes; the request writes nothing to the 
 Uses the events' private redis-server (tests/events/conftest.py: its own port and AOF directory).
 """
 
-import contextlib
 import threading
 import time
 from collections import Counter
@@ -148,15 +147,12 @@ def test_redis_restarting_mid_flood_loses_no_accepted_line_and_duplicates_none(l
 
     total = 120
     accepted, done, failures, third = [], threading.Event(), [], threading.Event()
-    # The in-memory SQLite test database refuses a second writer at once: there the threads take turns.
-    turns = threading.Lock() if connection.vendor == "sqlite" else contextlib.nullcontext()
 
     def poster():
         reporter = RunReporter(ws.pk)
         try:
             for i in range(total):
-                with turns:
-                    answer = reporter.post(f"{prefix}/agent/logs", batch(run, f"b{i}", 5), format="json")
+                answer = reporter.post(f"{prefix}/agent/logs", batch(run, f"b{i}", 5), format="json")
                 if answer.status_code == 201:
                     accepted.extend(f"b{i} {n}" for n in range(5))
                 if i == total // 3:
@@ -168,8 +164,7 @@ def test_redis_restarting_mid_flood_loses_no_accepted_line_and_duplicates_none(l
     def passes():
         while not done.is_set():
             try:
-                with turns:
-                    log_persister.run_once()
+                log_persister.run_once()
             except Exception as exc:  # noqa: BLE001 - Redis is away for a moment: the next pass retries
                 failures.append(type(exc).__name__)
             time.sleep(0.2)  # behind the poster on purpose: unread entries wait when Redis stops
@@ -215,8 +210,6 @@ def test_a_full_stream_is_never_trimmed_the_request_stores_instead(logs_in_redis
 
 
 def test_two_persisters_at_once_store_each_line_once(logs_in_redis, reporter, prefix, run, settings):
-    if connection.vendor != "postgresql":
-        pytest.skip("two writers at once: the in-memory SQLite test database refuses them; PostgreSQL (CI) runs it")
     settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "LOG_PERSISTER_BATCH_SIZE": 2}
     for i in range(20):
         post(reporter, prefix, run, f"p{i}", 25)
