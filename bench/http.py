@@ -16,6 +16,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -96,10 +97,13 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = production_env()
+        # Its log goes to a file, not a pipe: a pipe nobody reads fills (64 KiB of warnings, a few
+        # hundred 409s) and every thread of the server then waits on the logging lock for ever.
+        self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "gunicorn"), application, "-w", "2", "-k", "gthread",
              "--threads", "8", "-b", f"127.0.0.1:{self.port}", "--log-level", "warning"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -109,7 +113,8 @@ class Server:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"gunicorn did not answer /healthz: {self.process.stderr.read().decode()[-2000:]}")
+        self.log.seek(0)
+        raise RuntimeError(f"gunicorn did not answer /healthz: {self.log.read().decode(errors='replace')[-2000:]}")
 
     def stop(self):
         self.process.terminate()
@@ -117,6 +122,7 @@ class Server:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        self.log.close()
 
 
 def drive(server, make_request, count, clients=CLIENTS):
