@@ -133,6 +133,9 @@ class ProcessHeartbeats:
         self.targets = set()  # what is tracked, for a fallback to take over
         self.stopping = False
         self.fallback = None
+        # One join at a time: two threads reaping the process at once may leave it "alive" for ever
+        # to the one whose waitpid found it reaped already (multiprocessing's poll then says None).
+        self.reaping = threading.Lock()
 
     def start(self):
         self.process.start()
@@ -147,7 +150,8 @@ class ProcessHeartbeats:
                 state = line.decode().strip()
                 if state and self.on_stop is not None:
                     self.on_stop(state)
-        self.process.join(timeout=5)  # the pipe's end: the process is gone, or going
+        with self.reaping:
+            self.process.join(timeout=5)  # the pipe's end: the process is gone, or going
         with self.lock:
             if self.stopping:
                 return
@@ -183,7 +187,8 @@ class ProcessHeartbeats:
                 self.fallback.stop()
                 return
         self.commands.put(("stop", None, None))
-        self.process.join(timeout=5)
+        with self.reaping:
+            self.process.join(timeout=5)
 
 
 class NoHeartbeats:
