@@ -612,7 +612,7 @@ def _run_to_change_sql(vendor):
 
 def move_flow_run(run_id, from_state, values, change, *, history=False):
     """UPDATE the run to `values` ({attname: plain value}) if it is still in `from_state`, and then
-    INSERT its history row `change` (an unsaved StateChange); returns the run's columns as the
+    INSERT its history row `change` (an unsaved StateChange); its columns are the run's as the
     UPDATE left them (run_fields() order), or None, with no row written, if it moved meanwhile.
 
     _set_state's conditional update without a fence or SQL expressions, with RETURNING in place of
@@ -620,11 +620,12 @@ def move_flow_run(run_id, from_state, values, change, *, history=False):
     On PostgreSQL one statement does both (the INSERT reads the UPDATE's row), a round trip fewer;
     the caller's transaction holds them together either way.
 
-    `history`: the answer is (columns, history), the history as run_history() gives it, new row
-    included, read by the same statement on PostgreSQL (the API answers a state change with the
-    run's history: its own round trip was a sixth of the request's CPU); elsewhere, and when the
-    run moved meanwhile, history is None and the caller reads it. The statement reads the earlier rows as they were when it began, which only differs from a
-    read after it where another transaction wrote a history row for the run without moving it."""
+    Returns (columns, history). With `history` on PostgreSQL, the same statement reads the run's
+    history as run_history() gives it, new row included (the API answers a state change with it: its
+    own round trip was a sixth of the request's CPU); elsewhere, without `history`, and when the run
+    moved meanwhile, history is None. The statement reads the earlier rows as they were when it
+    began, which only differs from a read after it where another transaction wrote a history row
+    for the run without moving it."""
     meta, db = FlowRun._meta, connections[DEFAULT_DB_ALIAS]
     moving = [meta.get_field(name).get_db_prep_save(value, db) for name, value in values.items()]
     moving += [meta.pk.get_db_prep_value(run_id, db), from_state]
@@ -635,14 +636,13 @@ def move_flow_run(run_id, from_state, values, change, *, history=False):
             cursor.execute(_move_and_add_sql(db.vendor, tuple(values), history), moving + adding[1:])
             row = cursor.fetchone()
             if row is not None and history:
-                row, read = row[:-1], [_shown_history_entry(db, entry) for entry in row[-1]]
+                row, read = row[:-1], [_shown_history_entry(entry) for entry in row[-1]]
         else:
             cursor.execute(_move_flow_run_sql(db.vendor, tuple(values)), moving)
             row = cursor.fetchone()
             if row is not None:
                 cursor.execute(_add_history_row_sql(db.vendor), adding)
-    columns = None if row is None else _convert(db, FlowRun, run_fields(), row)
-    return (columns, read) if history else columns
+    return (None if row is None else _convert(db, FlowRun, run_fields(), row)), read
 
 
 @functools.lru_cache(maxsize=64)
@@ -662,22 +662,19 @@ def _move_and_add_sql(vendor, names, history=False):
     fields = _history_fields()
     assert fields[0].name == "flow_run"  # taken from the moved row, not from a parameter
     pk = _quote(FlowRun._meta.pk.column)
+    listed = ", ".join([_quote(StateChange._meta.pk.column), *(_quoted(StateChange, name) for name in _SHOWN_HISTORY),
+                        _quoted(StateChange, "user"), _quoted(StateChange, "agent")])
+    head = (f"WITH moved AS ({_move_flow_run_sql(vendor, names)}), "
+            f"added AS (INSERT INTO {_quoted(StateChange)} ({_columns(fields)}) "
+            f"SELECT moved.{pk}, {', '.join(['%s'] * (len(fields) - 1))} FROM moved"
+            f"{f' RETURNING {listed}' if history else ''}) ")
     if not history:
-        return (f"WITH moved AS ({_move_flow_run_sql(vendor, names)}), "
-                f"added AS (INSERT INTO {_quoted(StateChange)} ({_columns(fields)}) "
-                f"SELECT moved.{pk}, {', '.join(['%s'] * (len(fields) - 1))} FROM moved) "
-                f"SELECT * FROM moved")
-    kept = [_quote(StateChange._meta.pk.column), *(_quoted(StateChange, name) for name in _SHOWN_HISTORY),
-            _quoted(StateChange, "user"), _quoted(StateChange, "agent")]
-    listed = ", ".join(kept)
+        return f"{head}SELECT * FROM moved"
     user_model = get_user_model()
     shown = ", ".join([*(f"h.{_quoted(StateChange, name)}" for name in _SHOWN_HISTORY),
                        f"u.{_quoted(user_model, _shown(user_model))}", f"a.{_quoted(Agent, _shown(Agent))}"])
     order = f"h.{_quoted(StateChange, 'timestamp')}, h.{_quote(StateChange._meta.pk.column)}"
-    return (f"WITH moved AS ({_move_flow_run_sql(vendor, names)}), "
-            f"added AS (INSERT INTO {_quoted(StateChange)} ({_columns(fields)}) "
-            f"SELECT moved.{pk}, {', '.join(['%s'] * (len(fields) - 1))} FROM moved RETURNING {listed}) "
-            f"SELECT moved.*, (SELECT json_agg(json_build_array({shown}) ORDER BY {order}) FROM ("
+    return (f"{head}SELECT moved.*, (SELECT json_agg(json_build_array({shown}) ORDER BY {order}) FROM ("
             f"SELECT {listed} FROM {_quoted(StateChange)} WHERE {_quoted(StateChange, 'flow_run')} = moved.{pk} "
             f"UNION ALL SELECT {listed} FROM added) h "
             f"LEFT JOIN {_quoted(user_model)} u ON u.{_quote(user_model._meta.pk.column)} = h.{_quoted(StateChange, 'user')} "
@@ -685,10 +682,10 @@ def _move_and_add_sql(vendor, names, history=False):
             f") FROM moved")
 
 
-def _shown_history_entry(db, entry):
+def _shown_history_entry(entry):
     """A history row of _move_and_add_sql's JSON as run_history() gives it: its timestamp, JSON
     text there (ISO 8601 with the session's offset), an aware datetime in UTC."""
-    entry = dict(zip(("from_state", "to_state", "message", "actor", "timestamp", "user", "agent"), entry))
+    entry = dict(zip((*_SHOWN_HISTORY, "user", "agent"), entry))
     entry["timestamp"] = datetime.fromisoformat(entry["timestamp"]).astimezone(dt_timezone.utc)
     return entry
 

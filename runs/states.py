@@ -265,10 +265,7 @@ def _set_state(kind, obj, to_state, *, actor, message, expected_state, user, age
     with contextlib.nullcontext() if alone else transaction.atomic():
         if plain:  # the history row goes with the move (one statement on PostgreSQL)
             history_row = _history_row(kind, obj.pk, obj.pk, from_state, to_state, message, actor, user, agent, now)
-            if history:
-                row, read = hot_sql.move_flow_run(obj.pk, from_state, values, history_row, history=True)
-            else:
-                row = hot_sql.move_flow_run(obj.pk, from_state, values, history_row)
+            row, read = hot_sql.move_flow_run(obj.pk, from_state, values, history_row, history=history)
             changed = 0 if row is None else 1
         else:
             moving = kind.model.objects.filter(pk=obj.pk, state=from_state, **_direct(kind.model, fence or {}))

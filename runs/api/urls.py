@@ -25,7 +25,6 @@ router.register("automations", automations_api.AutomationViewSet, basename="auto
 router.register("deliveries", DeliveryViewSet, basename="delivery")
 
 
-
 def by_prefix(router):
     """The router's patterns, an include per registered prefix: Django tries patterns in order, and a
     router's are regular expressions, each tried in turn (a run's set_state came after 23 of them,
