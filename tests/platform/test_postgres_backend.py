@@ -1,0 +1,187 @@
+"""orchestrator/db/postgresql and DATABASE_PREPARE_THRESHOLD: timestamps read by psycopg's compiled
+loader, exactly as Django's own reads them, and the hot paths' statements prepared on a connection."""
+
+import subprocess
+import sys
+import zoneinfo
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+
+import pytest
+from django.db import connection, connections
+from django.db.backends.postgresql.psycopg_any import register_tzloader
+from django.test import override_settings
+from django.utils import timezone
+
+from runs import hot_sql
+from runs.models import FlowRun, State
+from tests import factories
+from tests.platform.test_deploy_settings import BARE, ROOT
+
+pytestmark = pytest.mark.postgres
+
+# Text PostgreSQL parses as timestamptz, and prints back in the session's UTC: offsets, fractions,
+# the ends of the range, a leap day, BC.
+TIMESTAMPS = ["2026-12-07 20:15:00.123456+00", "2026-03-29 01:59:59.999999+02", "1999-12-31 23:59:59-12:30",
+              "2024-02-29 12:00:00+05:45", "0001-01-01 00:00:00+00", "9999-12-31 23:59:59.999999+00",
+              "2026-12-07 20:15:00.5+14", "1970-01-01 00:00:00+00"]
+
+
+@pytest.fixture
+def postgres_only():
+    if connection.vendor != "postgresql":
+        pytest.skip("the PostgreSQL backend")
+
+
+def read(cursor, values):
+    cursor.execute("SELECT " + ", ".join(["%s::timestamptz"] * len(values)), values)
+    return cursor.fetchone()
+
+
+@pytest.mark.django_db
+def test_timestamps_are_read_by_psycopgs_loader_as_djangos_reads_them(postgres_only):
+    from orchestrator.db.postgresql.base import UtcTimestampLoader
+
+    connection.ensure_connection()
+    assert connection.connection.adapters.get_loader(_timestamptz_oid(), 0) is UtcTimestampLoader  # 0: text
+    with connection.cursor() as ours:
+        fast = read(ours, TIMESTAMPS)
+    with connection.cursor() as djangos:
+        register_tzloader(dt_timezone.utc, djangos.cursor)  # Django's own loader, on this cursor only
+        assert djangos.cursor.adapters.get_loader(_timestamptz_oid(), 0) is not UtcTimestampLoader
+        slow = read(djangos, TIMESTAMPS)
+    assert fast == slow
+    assert all(value.tzinfo is dt_timezone.utc for value in fast)
+    assert [value.isoformat() for value in fast] == [value.isoformat() for value in slow]
+    assert fast[1] == datetime(2026, 3, 28, 23, 59, 59, 999999, tzinfo=dt_timezone.utc)
+    assert fast[2] == datetime(2000, 1, 1, 12, 29, 59, tzinfo=dt_timezone.utc)
+
+
+@pytest.mark.django_db
+def test_a_null_and_the_orm_and_the_hot_sql_read_the_same_timestamps(postgres_only):
+    run = factories.flow_run(factories.flow(factories.workspace()), state=State.RUNNING,
+                             start_time=timezone.now() - timedelta(seconds=3, microseconds=7))
+    loaded = FlowRun.objects.get(pk=run.pk)
+    found, _names = hot_sql.run_to_change(run.pk, run.workspace_id)
+    for field in FlowRun._meta.concrete_fields:
+        assert getattr(found, field.attname) == getattr(loaded, field.attname), field.name
+    assert loaded.end_time is None and loaded.start_time == run.start_time
+    assert loaded.start_time.tzinfo is dt_timezone.utc
+
+
+@pytest.mark.django_db
+def test_a_database_time_zone_other_than_utc_keeps_djangos_loader(postgres_only):
+    """DATABASES' TIME_ZONE makes Django read timestamps in that zone: then its own loader does."""
+    settings_dict = {**connection.settings_dict, "TIME_ZONE": "Asia/Tokyo"}
+    other = type(connections["default"])(settings_dict, alias="tokyo")
+    try:
+        with other.cursor() as cursor:
+            value = read(cursor, ["2026-12-07 20:15:00+00"])[0]
+        assert value.tzinfo == zoneinfo.ZoneInfo("Asia/Tokyo")
+        assert value == datetime(2026, 12, 7, 20, 15, tzinfo=dt_timezone.utc)
+    finally:
+        other.close()
+
+
+@pytest.mark.django_db
+def test_a_cursor_made_while_django_reads_another_zone_uses_djangos_loader(postgres_only):
+    """Django compares its time zone with the connection's loader's on each cursor (a test's
+    override of USE_TZ or of the database's zone): ours says UTC, so a cursor in another registers
+    Django's loader for itself."""
+    connection.ensure_connection()
+    with override_settings(USE_TZ=False):
+        with connection.cursor() as cursor:
+            value = read(cursor, ["2026-12-07 20:15:00+00"])[0]
+    assert value.tzinfo is None and value == datetime(2026, 12, 7, 20, 15)
+
+
+def _timestamptz_oid():
+    from django.db.backends.postgresql.base import TIMESTAMPTZ_OID
+
+    return TIMESTAMPTZ_OID
+
+
+def prepared_statements(db):
+    with db.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def own_connection(monkeypatch, **options):
+    """A connection of its own, which runs/hot_sql.py uses (and which no test's transaction holds)."""
+    settings_dict = {**connection.settings_dict, "OPTIONS": {**connection.settings_dict["OPTIONS"], **options}}
+    db = type(connections["default"])(settings_dict, alias="default")
+    monkeypatch.setattr(hot_sql, "connections", {"default": db})
+    return db
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_hot_paths_statements_are_prepared_after_five_runs_and_djangos_never(postgres_only, monkeypatch):
+    run = factories.flow_run(factories.flow(factories.workspace()), state=State.RUNNING)
+    assert connection.settings_dict["OPTIONS"]["prepare_threshold"] == 5  # DATABASE_PREPARE_THRESHOLD's default
+    db = own_connection(monkeypatch)
+    try:
+        for _ in range(5):
+            assert hot_sql.run_to_change(run.pk, run.workspace_id)[0].pk == run.pk
+            with db.cursor() as cursor:  # Django's cursor: its parameters quoted into the text
+                cursor.execute("SELECT 1 FROM runs_flowrun WHERE id = %s", [run.pk])
+        assert prepared_statements(db) == []
+        hot_sql.run_to_change(run.pk, run.workspace_id)
+        with db.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM runs_flowrun WHERE id = %s", [run.pk])
+        statements = prepared_statements(db)
+        assert [statement.replace("$1", "%s").replace("$2", "%s") for statement in statements] == \
+            [hot_sql._run_to_change_sql("postgresql")]
+    finally:
+        db.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_the_threshold_empty_nothing_is_prepared(postgres_only, monkeypatch):
+    run = factories.flow_run(factories.flow(factories.workspace()), state=State.RUNNING)
+    db = own_connection(monkeypatch, prepare_threshold=None)
+    try:
+        for _ in range(8):
+            assert hot_sql.run_to_change(run.pk, run.workspace_id)[0].pk == run.pk
+        assert prepared_statements(db) == []
+    finally:
+        db.close()
+
+
+@pytest.mark.django_db
+def test_a_state_change_with_its_statements_prepared_writes_nulls_and_long_messages(postgres_only):
+    """The move's statement has its parameters bound by the server, and is prepared from its sixth
+    run: NULLs of every kind, and a message longer than any varchar, stored as given every time."""
+    from runs.models import Actor, StateChange
+    from runs.states import set_flow_run_state
+
+    message = "é" * 5000
+    for i in range(7):
+        run = factories.flow_run(factories.flow(factories.workspace()), state=State.RUNNING)
+        moved, history = set_flow_run_state(run, State.FAILED, actor=Actor.USER, message=message, history=True)
+        assert moved.state == State.FAILED and history[-1]["message"] == message and history[-1]["user"] is None
+        change = StateChange.objects.get(flow_run=run, to_state=State.FAILED)
+        assert (change.task_run_id, change.user_id, change.agent_id, change.message) == (None, None, None, message)
+
+
+@pytest.mark.parametrize("value, expected", [(None, 5), ("", None), ("0", 0), ("12", 12)])
+def test_database_prepare_threshold_comes_from_the_environment(value, expected):
+    env = {**BARE, "DEBUG": "true", "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/x"}
+    if value is not None:
+        env["DATABASE_PREPARE_THRESHOLD"] = value
+    code = ("import os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'orchestrator.settings');"
+            "from django.conf import settings; print(repr(settings.DATABASES['default']['OPTIONS']['prepare_threshold']))")
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == repr(expected)
+
+
+@pytest.mark.parametrize("value", ["-1", "five"])
+def test_a_bad_database_prepare_threshold_stops_the_start_naming_it(value):
+    env = {**BARE, "DEBUG": "true", "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/x",
+           "DATABASE_PREPARE_THRESHOLD": value}
+    code = "import os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'orchestrator.settings'); import django; django.setup()"
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode != 0 and "DATABASE_PREPARE_THRESHOLD" in result.stderr
