@@ -11,7 +11,7 @@ import json
 from datetime import datetime, timezone as dt_timezone
 
 from django.contrib.auth import get_user_model
-from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, NotSupportedError, connection, connections, transaction
 from django.db.models import BigIntegerField, F, Lookup, Q
 from django.db.models.expressions import RawSQL
 
@@ -52,9 +52,7 @@ def beat_flow_run(run_id, workspace_id, now, generation):
     db = connections[DEFAULT_DB_ALIAS]  # once: each use of the `connection` proxy is a thread-local lookup
     update, returning = _beat_sql(db.vendor)
     if db.vendor == "postgresql":
-        with _server_bound(db) as cursor:
-            cursor.execute(f"{update} RETURNING {returning}", [now, run_id, workspace_id, generation])
-            return cursor.fetchone()
+        return _bound_fetch(db, f"{update} RETURNING {returning}", [now, run_id, workspace_id, generation])
     params = [FlowRun._meta.get_field("last_heartbeat").get_db_prep_value(now, db),
               FlowRun._meta.pk.get_db_prep_value(run_id, db), workspace_id, generation]
     with transaction.atomic(), db.cursor() as cursor:
@@ -79,6 +77,25 @@ def _beat_sql(vendor):
               f"WHERE {_quoted(FlowRun, 'id')} = %s AND {_quoted(FlowRun, 'workspace')} = %s "
               f"AND {_quoted(FlowRun, 'token_generation')} = %s")
     return update, ", ".join(f"{_quoted(FlowRun)}.{_quoted(FlowRun, name)}" for name in BEAT_FIELDS)
+
+
+def _bound_fetch(db, sql, params, *, every=False):
+    """The first row (`every`: all rows) of `sql` run on a `_server_bound` cursor.
+
+    A statement prepared on a connection before a migration changed the type of a column it
+    returns fails there with "cached plan must not change result type" (SQLSTATE 0A000), on every
+    later run, until the connection closes. Such a failure ran nothing, so outside a transaction
+    the statement is sent once more, on a new connection; in one, the transaction is lost anyway,
+    and its rollback makes psycopg forget what it prepared."""
+    for again in (False, True):
+        try:
+            with _server_bound(db) as cursor:
+                cursor.execute(sql, params)
+                return cursor.fetchall() if every else cursor.fetchone()
+        except NotSupportedError as exc:
+            if again or db.in_atomic_block or getattr(exc.__cause__, "sqlstate", None) != "0A000":
+                raise
+            db.close()
 
 
 def _server_bound(db):
@@ -123,10 +140,8 @@ def poll_snapshot(agent_id, workspace_id, now, stale_before):
     and takes the agent, its queues and its runs from here (runs/claiming.py poll_state).
     """
     db = connections[DEFAULT_DB_ALIAS]
-    with _server_bound(db) as cursor:
-        cursor.execute(_poll_sql(), [stale_before, State.SUBMITTED, State.CANCELLING, State.SCHEDULED, State.LATE,
-                                     now, agent_id, workspace_id])
-        row = cursor.fetchone()
+    row = _bound_fetch(db, _poll_sql(), [stale_before, State.SUBMITTED, State.CANCELLING, State.SCHEDULED, State.LATE,
+                                         now, agent_id, workspace_id])
     if row is None:
         return None
     name, status, queue_rows, mine, due = row
@@ -579,9 +594,7 @@ def run_to_change(run_id, workspace_id):
 
     `created_by` is the person's username: str() of Django's user (the serializer's StringRelatedField)."""
     fields, db = run_fields(), connections[DEFAULT_DB_ALIAS]
-    with _server_bound(db) as cursor:
-        cursor.execute(_run_to_change_sql(db.vendor), [FlowRun._meta.pk.get_db_prep_value(run_id, db), workspace_id])
-        row = cursor.fetchone()
+    row = _bound_fetch(db, _run_to_change_sql(db.vendor), [FlowRun._meta.pk.get_db_prep_value(run_id, db), workspace_id])
     if row is None:
         return None
     run = FlowRun.from_db(db.alias, fields, _convert(db, FlowRun, fields, row[:len(fields)]))
@@ -635,9 +648,7 @@ def move_flow_run(run_id, from_state, values, change, *, history=False):
     adding = [field.get_db_prep_save(getattr(change, field.attname), db) for field in _history_fields()]
     read = None
     if db.vendor == "postgresql":
-        with _server_bound(db) as cursor:
-            cursor.execute(_move_and_add_sql(db.vendor, tuple(values), history), moving + adding[1:])
-            row = cursor.fetchone()
+        row = _bound_fetch(db, _move_and_add_sql(db.vendor, tuple(values), history), moving + adding[1:])
         if row is not None and history:
             row, read = row[:-1], [_shown_history_entry(entry) for entry in row[-1]]
     else:
@@ -716,9 +727,7 @@ def run_history(run_id):
     """The run's history as its answer shows it (StateChange's ordering): each row a dict of
     from_state, to_state, message, actor, timestamp, and user / agent as their names (or None)."""
     db = connections[DEFAULT_DB_ALIAS]
-    with _server_bound(db) as cursor:
-        cursor.execute(_run_history_sql(db.vendor), [FlowRun._meta.pk.get_db_prep_value(run_id, db)])
-        rows = cursor.fetchall()
+    rows = _bound_fetch(db, _run_history_sql(db.vendor), [FlowRun._meta.pk.get_db_prep_value(run_id, db)], every=True)
     history = []
     for row in rows:
         entry = dict(zip(_SHOWN_HISTORY, _convert(db, StateChange, _SHOWN_HISTORY, row[:5])))

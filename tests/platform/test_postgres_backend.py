@@ -185,3 +185,43 @@ def test_a_bad_database_prepare_threshold_stops_the_start_naming_it(value):
     result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode != 0 and "DATABASE_PREPARE_THRESHOLD" in result.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_migration_that_changes_a_returned_columns_type_does_not_break_a_prepared_statement(postgres_only,
+                                                                                               monkeypatch):
+    """PostgreSQL refuses a prepared statement whose result type changed ("cached plan must not
+    change result type") on every run until its connection closes: the statement is sent again on
+    a new connection, for a read (the run to change) and a write (the heartbeat's UPDATE)."""
+    run = factories.flow_run(factories.flow(factories.workspace()), state=State.RUNNING, token_generation=1)
+    db = own_connection(monkeypatch)
+    column = FlowRun._meta.get_field("state")  # returned by both
+
+    def alter(length):
+        other = type(connections["default"])(connection.settings_dict, alias="ddl")
+        try:
+            with other.cursor() as cursor:
+                cursor.execute(f"ALTER TABLE runs_flowrun ALTER COLUMN {column.column} TYPE varchar({length})")
+        finally:
+            other.close()
+
+    try:
+        for _ in range(6):
+            assert hot_sql.run_to_change(run.pk, run.workspace_id)[0].pk == run.pk
+            assert hot_sql.beat_flow_run(run.pk, run.workspace_id, timezone.now(), 1) is not None
+        first = db.connection
+        assert len(prepared_statements(db)) == 2
+        alter(column.max_length + 1)
+        try:
+            assert hot_sql.beat_flow_run(run.pk, run.workspace_id, timezone.now(), 1)[0] == State.RUNNING
+            assert db.connection is not first  # a new connection, with nothing prepared
+            for _ in range(6):
+                assert hot_sql.run_to_change(run.pk, run.workspace_id)[0].state == State.RUNNING
+            second = db.connection
+            alter(column.max_length + 2)
+            assert hot_sql.run_to_change(run.pk, run.workspace_id)[0].state == State.RUNNING
+            assert db.connection is not second
+        finally:
+            alter(column.max_length)
+    finally:
+        db.close()
