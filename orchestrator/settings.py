@@ -216,14 +216,12 @@ if DATABASE_URL:
         # Django's, with a health check that polls the socket instead of a round trip per request.
         DATABASES["default"]["ENGINE"] = "orchestrator.db.postgresql"
         # The hot paths' statements (runs/hot_sql.py, whose parameters the server binds) are
-        # prepared on a connection after this many runs: PostgreSQL then skips planning them (a
-        # state change's read of its run planned for 1.3 ms to run for 0.1). Django's other
-        # statements quote their parameters into the text and are never prepared. Empty: never
-        # (PgBouncer in transaction mode without max_prepared_statements loses them).
-        prepare_after = env_int("DATABASE_PREPARE_THRESHOLD", 5) if os.environ.get("DATABASE_PREPARE_THRESHOLD", "5") else None
-        if prepare_after is not None and prepare_after < 0:
-            raise BadEnvironment(f"DATABASE_PREPARE_THRESHOLD must be 0 or more, or empty for never; got {prepare_after}")
-        DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = prepare_after
+        # prepared on a connection at their first run (psycopg's prepare_threshold 0): PostgreSQL
+        # then skips planning them (a state change's read of its run planned for 1.3 ms to run for
+        # 0.1). Django's other statements quote their parameters into the text and are never
+        # prepared. Off: PgBouncer in transaction mode without max_prepared_statements.
+        DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = \
+            0 if env_bool("DATABASE_PREPARED_STATEMENTS", True) else None
 else:
     DATABASES = {
         "default": {

@@ -79,6 +79,11 @@ def _beat_sql(vendor):
     return update, ", ".join(f"{_quoted(FlowRun)}.{_quoted(FlowRun, name)}" for name in BEAT_FIELDS)
 
 
+def _literals(*values):
+    """SQL string literals of `values` (constants of the code, e.g. states), comma-separated."""
+    return ", ".join("'" + str(value).replace("'", "''") + "'" for value in values)
+
+
 def _bound_fetch(db, sql, params, *, every=False):
     """The first row (`every`: all rows) of `sql` run on a `_server_bound` cursor.
 
@@ -86,14 +91,16 @@ def _bound_fetch(db, sql, params, *, every=False):
     returns fails there with "cached plan must not change result type" (SQLSTATE 0A000), on every
     later run, until the connection closes. Such a failure ran nothing, so outside a transaction
     the statement is sent once more, on a new connection; in one, the transaction is lost anyway,
-    and its rollback makes psycopg forget what it prepared."""
+    and its rollback makes psycopg forget what it prepared (a transaction: an atomic block, or
+    autocommit turned off)."""
     for again in (False, True):
         try:
             with _server_bound(db) as cursor:
                 cursor.execute(sql, params)
                 return cursor.fetchall() if every else cursor.fetchone()
         except NotSupportedError as exc:
-            if again or db.in_atomic_block or getattr(exc.__cause__, "sqlstate", None) != "0A000":
+            if (again or getattr(exc.__cause__, "sqlstate", None) != "0A000"
+                    or db.in_atomic_block or not db.get_autocommit()):
                 raise
             db.close()
 
@@ -103,15 +110,18 @@ def _server_bound(db):
     quote each parameter into the SQL text in Python (psycopg's ClientCursor), a third of a one-row
     statement's client CPU (a heartbeat's UPDATE: 80 µs where db.cursor() took 115). The parameters
     must be of types psycopg names (datetimes, UUIDs, integers, strings compared with a column), and
-    the SQL one statement. Such a statement is prepared on its connection after it ran
-    DATABASE_PREPARE_THRESHOLD times there (psycopg's prepare_threshold; settings.py), so PostgreSQL
-    plans it once instead of on every run. Wrapped as Django wraps its cursors: its errors are
-    Django's, and it is logged when queries are (DEBUG, the tests' captures)."""
+    the SQL one statement. Such a statement is prepared on its connection at its first run there
+    (DATABASE_PREPARED_STATEMENTS, settings.py), so PostgreSQL plans it once instead of on every
+    run: a condition a partial index needs must be in its text, not a parameter (`_poll_sql`).
+    Wrapped as Django wraps its cursors: its errors are Django's, and it is logged when queries are
+    (DEBUG, the tests' captures)."""
     if db.vendor != "postgresql":
         return db.cursor()
-    from django.db.backends.postgresql.base import TIMESTAMPTZ_OID, ServerBindingCursor
+    from django.db.backends.postgresql.base import TIMESTAMPTZ_OID
     from django.db.backends.postgresql.psycopg_any import register_tzloader
     from psycopg.pq import Format
+
+    from orchestrator.db.postgresql.base import ServerBindingCursor
 
     db.close_if_health_check_failed()
     db.ensure_connection()
@@ -140,8 +150,7 @@ def poll_snapshot(agent_id, workspace_id, now, stale_before):
     and takes the agent, its queues and its runs from here (runs/claiming.py poll_state).
     """
     db = connections[DEFAULT_DB_ALIAS]
-    row = _bound_fetch(db, _poll_sql(), [stale_before, State.SUBMITTED, State.CANCELLING, State.SCHEDULED, State.LATE,
-                                         now, agent_id, workspace_id])
+    row = _bound_fetch(db, _poll_sql(), [stale_before, now, agent_id, workspace_id])
     if row is None:
         return None
     name, status, queue_rows, mine, due = row
@@ -158,6 +167,10 @@ def _poll_sql():
     run_deleted, run_queue, run_id = (_quoted(FlowRun, n) for n in ("deleted_at", "work_queue", "id"))
     queue_id, paused, polled = (_quoted(WorkQueue, n) for n in ("id", "paused", "last_polled"))
     agent_id = _quoted(Agent, "id")
+    # The states are written into the text, not passed: a prepared statement's generic plan, made
+    # without its parameters' values, could not use the partial index `flowrun_claimable` (SCHEDULED
+    # and LATE runs) and would read every run of the table.
+    mine, due = _literals(State.SUBMITTED, State.CANCELLING), _literals(State.SCHEDULED, State.LATE)
     return f"""
         SELECT a.{_quoted(Agent, 'name')}, a.{_quoted(Agent, 'status')},
           (SELECT COALESCE(json_agg(json_build_array(q.{queue_id}, q.{paused}, q.{_quoted(WorkQueue, 'concurrency_limit')},
@@ -165,12 +178,12 @@ def _poll_sql():
                                     ORDER BY q.{queue_id}), '[]')
              FROM {queues} q JOIN {link} l ON l.{link_queue} = q.{queue_id} WHERE l.{link_agent} = a.{agent_id}),
           (SELECT COALESCE(json_agg(json_build_array(r.{run_id}, r.{run_state}) ORDER BY r.{run_start}), '[]')
-             FROM {runs} r WHERE r.{run_agent} = a.{agent_id} AND r.{run_state} IN (%s, %s)
+             FROM {runs} r WHERE r.{run_agent} = a.{agent_id} AND r.{run_state} IN ({mine})
               AND r.{run_deleted} IS NULL),
           EXISTS (SELECT 1 FROM {link} l JOIN {queues} q ON q.{queue_id} = l.{link_queue}
                    WHERE l.{link_agent} = a.{agent_id} AND NOT q.{paused}
                      AND EXISTS (SELECT 1 FROM {runs} r WHERE r.{run_queue} = q.{queue_id}
-                                    AND r.{run_state} IN (%s, %s) AND r.{run_start} <= %s AND r.{run_deleted} IS NULL))
+                                    AND r.{run_state} IN ({due}) AND r.{run_start} <= %s AND r.{run_deleted} IS NULL))
           FROM {agents} a WHERE a.{agent_id} = %s AND a.{_quoted(Agent, 'workspace')} = %s
     """
 
@@ -633,8 +646,8 @@ def move_flow_run(run_id, from_state, values, change, *, history=False):
     _set_state's conditional update without a fence or SQL expressions, with RETURNING in place of
     the refresh after it (PostgreSQL, SQLite ≥ 3.35: connection.features.can_return_columns_from_insert).
     On PostgreSQL one statement does both (the INSERT reads the UPDATE's row), a round trip fewer,
-    its parameters bound by the server (`_server_bound`: the statement is prepared after a few runs,
-    and PostgreSQL took 0.4 ms to plan it); the caller's transaction holds them together either way.
+    its parameters bound by the server (`_server_bound`: the statement is prepared, and PostgreSQL
+    took 0.4 ms to plan it); the caller's transaction holds them together either way.
 
     Returns (columns, history). With `history` on PostgreSQL, the same statement reads the run's
     history as run_history() gives it, new row included (the API answers a state change with it: its

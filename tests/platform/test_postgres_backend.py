@@ -1,6 +1,8 @@
-"""orchestrator/db/postgresql and DATABASE_PREPARE_THRESHOLD: timestamps read by psycopg's compiled
-loader, exactly as Django's own reads them, and the hot paths' statements prepared on a connection."""
+"""orchestrator/db/postgresql and DATABASE_PREPARED_STATEMENTS: timestamps read by psycopg's
+compiled loader, exactly as Django's own reads them, and the hot paths' statements prepared on a
+connection."""
 
+import re
 import subprocess
 import sys
 import zoneinfo
@@ -8,7 +10,7 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 import pytest
-from django.db import connection, connections
+from django.db import DataError, connection, connections
 from django.db.backends.postgresql.psycopg_any import register_tzloader
 from django.test import override_settings
 from django.utils import timezone
@@ -21,7 +23,7 @@ from tests.platform.test_deploy_settings import BARE, ROOT
 pytestmark = pytest.mark.postgres
 
 # Text PostgreSQL parses as timestamptz, and prints back in the session's UTC: offsets, fractions,
-# the ends of the range, a leap day, BC.
+# the ends of Python's range, a leap day.
 TIMESTAMPS = ["2026-12-07 20:15:00.123456+00", "2026-03-29 01:59:59.999999+02", "1999-12-31 23:59:59-12:30",
               "2024-02-29 12:00:00+05:45", "0001-01-01 00:00:00+00", "9999-12-31 23:59:59.999999+00",
               "2026-12-07 20:15:00.5+14", "1970-01-01 00:00:00+00"]
@@ -54,6 +56,12 @@ def test_timestamps_are_read_by_psycopgs_loader_as_djangos_reads_them(postgres_o
     assert all(value.tzinfo is dt_timezone.utc for value in fast)
     assert [value.isoformat() for value in fast] == [value.isoformat() for value in slow]
     assert fast[1] == datetime(2026, 3, 28, 23, 59, 59, 999999, tzinfo=dt_timezone.utc)
+    for beyond in ("0044-03-15 12:00:00+00 BC", "infinity", "-infinity"):  # no datetime: an error from both
+        for register in (lambda cursor: None, lambda cursor: register_tzloader(dt_timezone.utc, cursor.cursor)):
+            with connection.cursor() as cursor:
+                register(cursor)
+                with pytest.raises(DataError):
+                    read(cursor, [beyond])
     assert fast[2] == datetime(2000, 1, 1, 12, 29, 59, tzinfo=dt_timezone.utc)
 
 
@@ -77,6 +85,7 @@ def test_a_database_time_zone_other_than_utc_keeps_djangos_loader(postgres_only)
     try:
         with other.cursor() as cursor:
             value = read(cursor, ["2026-12-07 20:15:00+00"])[0]
+        assert other.connection.adapters.get_loader(_timestamptz_oid(), 0).timezone == zoneinfo.ZoneInfo("Asia/Tokyo")
         assert value.tzinfo == zoneinfo.ZoneInfo("Asia/Tokyo")
         assert value == datetime(2026, 12, 7, 20, 15, tzinfo=dt_timezone.utc)
     finally:
@@ -116,28 +125,29 @@ def own_connection(monkeypatch, **options):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_hot_paths_statements_are_prepared_after_five_runs_and_djangos_never(postgres_only, monkeypatch):
+def test_the_hot_paths_statements_are_prepared_at_their_first_run_and_djangos_never(postgres_only, monkeypatch):
+    """At once, not after a count of runs: psycopg counts the runs of at most 100 statements per
+    connection, and Django's statements, each a new text (their parameters quoted into it), would
+    push a hot statement out of that count before it was ever prepared."""
     run = factories.flow_run(factories.flow(factories.workspace()), state=State.RUNNING)
-    assert connection.settings_dict["OPTIONS"]["prepare_threshold"] == 5  # DATABASE_PREPARE_THRESHOLD's default
+    assert connection.settings_dict["OPTIONS"]["prepare_threshold"] == 0  # DATABASE_PREPARED_STATEMENTS's default
     db = own_connection(monkeypatch)
     try:
-        for _ in range(5):
-            assert hot_sql.run_to_change(run.pk, run.workspace_id)[0].pk == run.pk
+        for i in range(150):
             with db.cursor() as cursor:  # Django's cursor: its parameters quoted into the text
-                cursor.execute("SELECT 1 FROM runs_flowrun WHERE id = %s", [run.pk])
+                cursor.execute("SELECT 1 FROM runs_flowrun WHERE id = %s AND name <> %s", [run.pk, f"n{i}"])
         assert prepared_statements(db) == []
-        hot_sql.run_to_change(run.pk, run.workspace_id)
-        with db.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM runs_flowrun WHERE id = %s", [run.pk])
+        assert hot_sql.run_to_change(run.pk, run.workspace_id)[0].pk == run.pk
+        assert hot_sql.poll_snapshot(0, run.workspace_id, timezone.now(), timezone.now()) is None
         statements = prepared_statements(db)
-        assert [statement.replace("$1", "%s").replace("$2", "%s") for statement in statements] == \
-            [hot_sql._run_to_change_sql("postgresql")]
+        assert len(statements) == 2 and hot_sql._run_to_change_sql("postgresql") in \
+            [statement.replace("$1", "%s").replace("$2", "%s") for statement in statements]
     finally:
         db.close()
 
 
 @pytest.mark.django_db(transaction=True)
-def test_with_the_threshold_empty_nothing_is_prepared(postgres_only, monkeypatch):
+def test_with_prepared_statements_off_nothing_is_prepared(postgres_only, monkeypatch):
     run = factories.flow_run(factories.flow(factories.workspace()), state=State.RUNNING)
     db = own_connection(monkeypatch, prepare_threshold=None)
     try:
@@ -150,41 +160,32 @@ def test_with_the_threshold_empty_nothing_is_prepared(postgres_only, monkeypatch
 
 @pytest.mark.django_db
 def test_a_state_change_with_its_statements_prepared_writes_nulls_and_long_messages(postgres_only):
-    """The move's statement has its parameters bound by the server, and is prepared from its sixth
-    run: NULLs of every kind, and a message longer than any varchar, stored as given every time."""
+    """The move's statement has its parameters bound by the server, and is prepared: NULLs of every
+    kind, and a message longer than any varchar, stored as given every time."""
     from runs.models import Actor, StateChange
     from runs.states import set_flow_run_state
 
     message = "é" * 5000
-    for i in range(7):
+    for i in range(3):
         run = factories.flow_run(factories.flow(factories.workspace()), state=State.RUNNING)
         moved, history = set_flow_run_state(run, State.FAILED, actor=Actor.USER, message=message, history=True)
         assert moved.state == State.FAILED and history[-1]["message"] == message and history[-1]["user"] is None
         change = StateChange.objects.get(flow_run=run, to_state=State.FAILED)
         assert (change.task_run_id, change.user_id, change.agent_id, change.message) == (None, None, None, message)
+    assert any(statement.startswith("WITH moved AS (UPDATE") for statement in prepared_statements(connection))
 
 
-@pytest.mark.parametrize("value, expected", [(None, 5), ("", None), ("0", 0), ("12", 12)])
-def test_database_prepare_threshold_comes_from_the_environment(value, expected):
+@pytest.mark.parametrize("value, expected", [(None, 0), ("", 0), ("true", 0), ("false", None), ("0", None)])
+def test_database_prepared_statements_comes_from_the_environment(value, expected):
     env = {**BARE, "DEBUG": "true", "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/x"}
     if value is not None:
-        env["DATABASE_PREPARE_THRESHOLD"] = value
+        env["DATABASE_PREPARED_STATEMENTS"] = value
     code = ("import os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'orchestrator.settings');"
             "from django.conf import settings; print(repr(settings.DATABASES['default']['OPTIONS']['prepare_threshold']))")
     result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == repr(expected)
-
-
-@pytest.mark.parametrize("value", ["-1", "five"])
-def test_a_bad_database_prepare_threshold_stops_the_start_naming_it(value):
-    env = {**BARE, "DEBUG": "true", "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/x",
-           "DATABASE_PREPARE_THRESHOLD": value}
-    code = "import os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'orchestrator.settings'); import django; django.setup()"
-    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode != 0 and "DATABASE_PREPARE_THRESHOLD" in result.stderr
 
 
 @pytest.mark.django_db(transaction=True)
@@ -206,17 +207,15 @@ def test_a_migration_that_changes_a_returned_columns_type_does_not_break_a_prepa
             other.close()
 
     try:
-        for _ in range(6):
-            assert hot_sql.run_to_change(run.pk, run.workspace_id)[0].pk == run.pk
-            assert hot_sql.beat_flow_run(run.pk, run.workspace_id, timezone.now(), 1) is not None
+        assert hot_sql.run_to_change(run.pk, run.workspace_id)[0].pk == run.pk
+        assert hot_sql.beat_flow_run(run.pk, run.workspace_id, timezone.now(), 1) is not None
         first = db.connection
         assert len(prepared_statements(db)) == 2
         alter(column.max_length + 1)
         try:
             assert hot_sql.beat_flow_run(run.pk, run.workspace_id, timezone.now(), 1)[0] == State.RUNNING
             assert db.connection is not first  # a new connection, with nothing prepared
-            for _ in range(6):
-                assert hot_sql.run_to_change(run.pk, run.workspace_id)[0].state == State.RUNNING
+            assert hot_sql.run_to_change(run.pk, run.workspace_id)[0].state == State.RUNNING
             second = db.connection
             alter(column.max_length + 2)
             assert hot_sql.run_to_change(run.pk, run.workspace_id)[0].state == State.RUNNING
@@ -225,3 +224,27 @@ def test_a_migration_that_changes_a_returned_columns_type_does_not_break_a_prepa
             alter(column.max_length)
     finally:
         db.close()
+
+
+@pytest.mark.django_db
+def test_the_prepared_polls_generic_plan_still_probes_the_partial_index_of_due_runs(postgres_only):
+    """A prepared statement may be run with a plan made without its parameters' values: the poll's
+    states are in its text, so even that plan can use `flowrun_claimable` (SCHEDULED and LATE runs);
+    with the states as parameters it could not, and read every run of the table."""
+    sql, number = hot_sql._poll_sql(), 0
+
+    def numbered(match):
+        nonlocal number
+        number += 1
+        return f"${number}"
+
+    prepared = re.sub(r"%s", numbered, sql)
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        cursor.execute("SET LOCAL enable_seqscan = off")  # an index whenever one can serve
+        cursor.execute(f"PREPARE poll_plan AS {prepared}")
+        cursor.execute("EXPLAIN EXECUTE poll_plan(%s, %s, %s, %s)", [now, now, 1, 1])
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("DEALLOCATE poll_plan")
+    assert number == 4 and "flowrun_claimable" in plan

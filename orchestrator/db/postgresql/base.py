@@ -46,6 +46,17 @@ class UtcTimestampLoader(adapt.Loader):
         raise NotImplementedError
 
 
+class ServerBindingCursor(base.ServerBindingCursor):
+    """Django's cursor whose parameters the server binds (runs/hot_sql.py's `_server_bound`), which
+    also names a prepared statement's text as the query it ran: psycopg keeps it (`cursor.query`,
+    which Django's query log reads) only for a statement sent with its text, so DEBUG's log and the
+    tests' captures said None for every prepared one."""
+
+    def _send_query_prepared(self, name, pgq, *, binary=None):
+        self._query = pgq
+        super()._send_query_prepared(name, pgq, binary=binary)
+
+
 @functools.cache
 def _adapters_template(use_tz):
     """Django's adapters for a connection in UTC, with UtcTimestampLoader for timestamptz."""
