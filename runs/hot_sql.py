@@ -11,7 +11,7 @@ import json
 from datetime import datetime, timezone as dt_timezone
 
 from django.contrib.auth import get_user_model
-from django.db import DEFAULT_DB_ALIAS, NotSupportedError, connection, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, NotSupportedError, OperationalError, connection, connections, transaction
 from django.db.models import BigIntegerField, F, Lookup, Q
 from django.db.models.expressions import RawSQL
 
@@ -90,18 +90,20 @@ def _bound_fetch(db, sql, params, *, every=False):
     A statement prepared on a connection before a migration changed the type of a column it
     returns fails there with "cached plan must not change result type" (SQLSTATE 0A000), on every
     later run, until the connection closes. Such a failure ran nothing, so outside a transaction
-    the statement is sent once more, on a new connection; in one, the transaction is lost anyway,
-    and its rollback makes psycopg forget what it prepared (a transaction: an atomic block, or
-    autocommit turned off)."""
+    the statement is sent once more, on a new connection; in one (an atomic block, or autocommit
+    turned off) the transaction is lost anyway: an OperationalError, the database's passing failure,
+    and the rollback makes psycopg forget what it prepared, so the request's retry works."""
     for again in (False, True):
         try:
             with _server_bound(db) as cursor:
                 cursor.execute(sql, params)
                 return cursor.fetchall() if every else cursor.fetchone()
         except NotSupportedError as exc:
-            if (again or getattr(exc.__cause__, "sqlstate", None) != "0A000"
-                    or db.in_atomic_block or not db.get_autocommit()):
+            if again or getattr(exc.__cause__, "sqlstate", None) != "0A000":
                 raise
+            if db.in_atomic_block or not db.get_autocommit():
+                # The request's 503 with Retry-After (orchestrator/health.py), not a 500: a retry works.
+                raise OperationalError(f"A migration changed what this statement returns: {exc}") from exc
             db.close()
 
 

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 import pytest
-from django.db import DataError, connection, connections
+from django.db import DataError, OperationalError, connection, connections
 from django.db.backends.postgresql.psycopg_any import register_tzloader
 from django.test import override_settings
 from django.utils import timezone
@@ -220,6 +220,19 @@ def test_a_migration_that_changes_a_returned_columns_type_does_not_break_a_prepa
             alter(column.max_length + 2)
             assert hot_sql.run_to_change(run.pk, run.workspace_id)[0].state == State.RUNNING
             assert db.connection is not second
+            # In a transaction: lost, as a passing failure of the database (a 503 to retry), and
+            # its rollback lets the next one work on the same connection.
+            third = db.connection
+            alter(column.max_length + 3)
+            db.set_autocommit(False)
+            try:
+                with pytest.raises(OperationalError, match="A migration changed what this statement returns"):
+                    hot_sql.run_to_change(run.pk, run.workspace_id)
+                db.rollback()
+            finally:
+                db.set_autocommit(True)
+            assert hot_sql.run_to_change(run.pk, run.workspace_id)[0].state == State.RUNNING
+            assert db.connection is third
         finally:
             alter(column.max_length)
     finally:
