@@ -486,9 +486,8 @@ def manual_run_target(workspace_id, flow_name, queue_name):
     ORM twin: Flow.objects.get(workspace_id=…, name=…), flow.latest_version, and
     WorkQueue.objects.filter(workspace_id=…, name=…).first().
     """
-    with connection.cursor() as cursor:
-        cursor.execute(_manual_run_target_sql(connection.vendor), [queue_name, workspace_id, flow_name])
-        row = cursor.fetchone()
+    row = _bound_fetch(connections[DEFAULT_DB_ALIAS], _manual_run_target_sql(connection.vendor),
+                       [queue_name, workspace_id, flow_name])
     if row is None:
         return None
     flow_id, name, version_id, parameters, queue_id, queue = row
@@ -519,9 +518,10 @@ def _manual_run_insert_sql(vendor):
     placeholders = ", ".join(["%s"] * len(history_fields))
     if vendor == "postgresql":
         # The history row is made from the run's RETURNING: none when the key was taken.
+        # Its one row, when it made one, says so: the statement is prepared (`_bound_fetch`).
         return ((f'WITH run AS ({insert_run} RETURNING {_quoted(FlowRun, "id")}) '
                  f'INSERT INTO {_quoted(StateChange)} ({history_columns}) '
-                 f'SELECT run.{_quoted(FlowRun, "id")}, {placeholders} FROM run',),
+                 f'SELECT run.{_quoted(FlowRun, "id")}, {placeholders} FROM run RETURNING 1',),
                 run_fields, history_fields)
     return ((insert_run, f'INSERT INTO {_quoted(StateChange)} ({history_columns}) VALUES (%s, {placeholders})'),
             run_fields, history_fields)
@@ -538,9 +538,7 @@ def insert_manual_run(run, history):
     statements, run_fields, history_fields = _manual_run_insert_sql(connection.vendor)
     run_values, history_values = _insert_values(run, run_fields), _insert_values(history, history_fields)
     if len(statements) == 1:
-        with connection.cursor() as cursor:
-            cursor.execute(statements[0], run_values + history_values)
-            created = cursor.rowcount == 1
+        created = _bound_fetch(connections[DEFAULT_DB_ALIAS], statements[0], run_values + history_values) is not None
     else:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(statements[0], run_values)

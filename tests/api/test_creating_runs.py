@@ -32,6 +32,13 @@ def test_creating_a_run_takes_two_queries_on_postgresql(operator, prefix, ws, dj
     with django_assert_max_num_queries(4 if connection.vendor == "postgresql" else 6):
         again = post(operator, prefix, {"flow": flow.name, "idempotency_key": "q", "parameters": {"a": 1}})
     assert (again.status_code, again.json()) == (200, created.json())
+    if connection.vendor == "postgresql":  # both prepared, so that PostgreSQL plans them once
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT statement FROM pg_prepared_statements")
+            prepared = [row[0] for row in cursor.fetchall()]
+        assert hot_sql._manual_run_target_sql("postgresql").replace("%s", "$1", 1).replace("%s", "$2", 1) \
+            .replace("%s", "$3", 1) in prepared
+        assert any(statement.startswith("WITH run AS (INSERT INTO") for statement in prepared)
 
 
 def test_a_new_run_is_stored_with_its_history_as_the_answer_says(api, prefix, ws):
