@@ -486,8 +486,8 @@ def manual_run_target(workspace_id, flow_name, queue_name):
     ORM twin: Flow.objects.get(workspace_id=…, name=…), flow.latest_version, and
     WorkQueue.objects.filter(workspace_id=…, name=…).first().
     """
-    row = _bound_fetch(connections[DEFAULT_DB_ALIAS], _manual_run_target_sql(connection.vendor),
-                       [queue_name, workspace_id, flow_name])
+    db = connections[DEFAULT_DB_ALIAS]
+    row = _bound_fetch(db, _manual_run_target_sql(db.vendor), [queue_name, workspace_id, flow_name])
     if row is None:
         return None
     flow_id, name, version_id, parameters, queue_id, queue = row

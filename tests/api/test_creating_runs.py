@@ -15,6 +15,7 @@ from runs.api.serializers import FlowRunSerializer, flow_run_data
 from runs.models import Flow, FlowRun, Role, State, WorkQueue
 from runs.scheduling import create_manual_run
 from tests import factories
+from tests.platform.test_postgres_backend import numbered, prepared_statements
 
 
 def post(client, prefix, body):
@@ -33,11 +34,8 @@ def test_creating_a_run_takes_two_queries_on_postgresql(operator, prefix, ws, dj
         again = post(operator, prefix, {"flow": flow.name, "idempotency_key": "q", "parameters": {"a": 1}})
     assert (again.status_code, again.json()) == (200, created.json())
     if connection.vendor == "postgresql":  # both prepared, so that PostgreSQL plans them once
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT statement FROM pg_prepared_statements")
-            prepared = [row[0] for row in cursor.fetchall()]
-        assert hot_sql._manual_run_target_sql("postgresql").replace("%s", "$1", 1).replace("%s", "$2", 1) \
-            .replace("%s", "$3", 1) in prepared
+        prepared = prepared_statements(connection)
+        assert numbered(hot_sql._manual_run_target_sql("postgresql")) in prepared
         assert any(statement.startswith("WITH run AS (INSERT INTO") for statement in prepared)
 
 

@@ -3,8 +3,6 @@ compiled loader, exactly as Django's own reads them, and the hot paths' statemen
 connection."""
 
 import re
-import subprocess
-import sys
 import zoneinfo
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
@@ -18,7 +16,7 @@ from django.utils import timezone
 from runs import hot_sql
 from runs.models import FlowRun, State
 from tests import factories
-from tests.platform.test_deploy_settings import BARE, ROOT
+from tests.platform.test_deploy_settings import settings_of
 
 pytestmark = pytest.mark.postgres
 
@@ -56,13 +54,13 @@ def test_timestamps_are_read_by_psycopgs_loader_as_djangos_reads_them(postgres_o
     assert all(value.tzinfo is dt_timezone.utc for value in fast)
     assert [value.isoformat() for value in fast] == [value.isoformat() for value in slow]
     assert fast[1] == datetime(2026, 3, 28, 23, 59, 59, 999999, tzinfo=dt_timezone.utc)
+    assert fast[2] == datetime(2000, 1, 1, 12, 29, 59, tzinfo=dt_timezone.utc)
     for beyond in ("0044-03-15 12:00:00+00 BC", "infinity", "-infinity"):  # no datetime: an error from both
         for register in (lambda cursor: None, lambda cursor: register_tzloader(dt_timezone.utc, cursor.cursor)):
             with connection.cursor() as cursor:
                 register(cursor)
                 with pytest.raises(DataError):
                     read(cursor, [beyond])
-    assert fast[2] == datetime(2000, 1, 1, 12, 29, 59, tzinfo=dt_timezone.utc)
 
 
 @pytest.mark.django_db
@@ -80,8 +78,7 @@ def test_a_null_and_the_orm_and_the_hot_sql_read_the_same_timestamps(postgres_on
 @pytest.mark.django_db
 def test_a_database_time_zone_other_than_utc_keeps_djangos_loader(postgres_only):
     """DATABASES' TIME_ZONE makes Django read timestamps in that zone: then its own loader does."""
-    settings_dict = {**connection.settings_dict, "TIME_ZONE": "Asia/Tokyo"}
-    other = type(connections["default"])(settings_dict, alias="tokyo")
+    other = new_connection("tokyo", TIME_ZONE="Asia/Tokyo")
     try:
         with other.cursor() as cursor:
             value = read(cursor, ["2026-12-07 20:15:00+00"])[0]
@@ -110,6 +107,17 @@ def _timestamptz_oid():
     return TIMESTAMPTZ_OID
 
 
+def new_connection(alias, **changes):
+    """A connection of its own to the test database, its settings the default's with `changes`."""
+    return type(connections["default"])({**connection.settings_dict, **changes}, alias=alias)
+
+
+def numbered(sql):
+    """`sql` with its placeholders as PostgreSQL numbers them in a prepared statement ($1, $2, …)."""
+    numbers = iter(range(1, sql.count("%s") + 1))
+    return re.sub("%s", lambda match: f"${next(numbers)}", sql)
+
+
 def prepared_statements(db):
     with db.cursor() as cursor:
         cursor.execute("SELECT statement FROM pg_prepared_statements")
@@ -118,8 +126,7 @@ def prepared_statements(db):
 
 def own_connection(monkeypatch, **options):
     """A connection of its own, which runs/hot_sql.py uses (and which no test's transaction holds)."""
-    settings_dict = {**connection.settings_dict, "OPTIONS": {**connection.settings_dict["OPTIONS"], **options}}
-    db = type(connections["default"])(settings_dict, alias="default")
+    db = new_connection("default", OPTIONS={**connection.settings_dict["OPTIONS"], **options})
     monkeypatch.setattr(hot_sql, "connections", {"default": db})
     return db
 
@@ -140,8 +147,7 @@ def test_the_hot_paths_statements_are_prepared_at_their_first_run_and_djangos_ne
         assert hot_sql.run_to_change(run.pk, run.workspace_id)[0].pk == run.pk
         assert hot_sql.poll_snapshot(0, run.workspace_id, timezone.now(), timezone.now()) is None
         statements = prepared_statements(db)
-        assert len(statements) == 2 and hot_sql._run_to_change_sql("postgresql") in \
-            [statement.replace("$1", "%s").replace("$2", "%s") for statement in statements]
+        assert len(statements) == 2 and numbered(hot_sql._run_to_change_sql("postgresql")) in statements
     finally:
         db.close()
 
@@ -177,15 +183,11 @@ def test_a_state_change_with_its_statements_prepared_writes_nulls_and_long_messa
 
 @pytest.mark.parametrize("value, expected", [(None, 0), ("", 0), ("true", 0), ("false", None), ("0", None)])
 def test_database_prepared_statements_comes_from_the_environment(value, expected):
-    env = {**BARE, "DEBUG": "true", "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/x"}
+    env = {"DEBUG": "true", "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/x"}
     if value is not None:
         env["DATABASE_PREPARED_STATEMENTS"] = value
-    code = ("import os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'orchestrator.settings');"
-            "from django.conf import settings; print(repr(settings.DATABASES['default']['OPTIONS']['prepare_threshold']))")
-    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == repr(expected)
+    databases, = settings_of(env, "DATABASES")
+    assert databases["default"]["OPTIONS"]["prepare_threshold"] == expected
 
 
 @pytest.mark.django_db(transaction=True)
@@ -199,7 +201,7 @@ def test_a_migration_that_changes_a_returned_columns_type_does_not_break_a_prepa
     column = FlowRun._meta.get_field("state")  # returned by both
 
     def alter(length):
-        other = type(connections["default"])(connection.settings_dict, alias="ddl")
+        other = new_connection("ddl")
         try:
             with other.cursor() as cursor:
                 cursor.execute(f"ALTER TABLE runs_flowrun ALTER COLUMN {column.column} TYPE varchar({length})")
@@ -244,20 +246,12 @@ def test_the_prepared_polls_generic_plan_still_probes_the_partial_index_of_due_r
     """A prepared statement may be run with a plan made without its parameters' values: the poll's
     states are in its text, so even that plan can use `flowrun_claimable` (SCHEDULED and LATE runs);
     with the states as parameters it could not, and read every run of the table."""
-    sql, number = hot_sql._poll_sql(), 0
-
-    def numbered(match):
-        nonlocal number
-        number += 1
-        return f"${number}"
-
-    prepared = re.sub(r"%s", numbered, sql)
-    now = timezone.now()
+    sql, now = hot_sql._poll_sql(), timezone.now()
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         cursor.execute("SET LOCAL enable_seqscan = off")  # an index whenever one can serve
-        cursor.execute(f"PREPARE poll_plan AS {prepared}")
+        cursor.execute(f"PREPARE poll_plan AS {numbered(sql)}")
         cursor.execute("EXPLAIN EXECUTE poll_plan(%s, %s, %s, %s)", [now, now, 1, 1])
         plan = "\n".join(row[0] for row in cursor.fetchall())
         cursor.execute("DEALLOCATE poll_plan")
-    assert number == 4 and "flowrun_claimable" in plan
+    assert sql.count("%s") == 4 and "flowrun_claimable" in plan

@@ -58,9 +58,9 @@ class ServerBindingCursor(base.ServerBindingCursor):
 
 
 @functools.cache
-def _adapters_template(use_tz):
-    """Django's adapters for a connection in UTC, with UtcTimestampLoader for timestamptz."""
-    template = adapt.AdaptersMap(get_adapters_template(use_tz, dt_timezone.utc))
+def _adapters_template():
+    """Django's adapters for a connection in UTC (so USE_TZ is on), with UtcTimestampLoader for timestamptz."""
+    template = adapt.AdaptersMap(get_adapters_template(True, dt_timezone.utc))
     template.register_loader("timestamptz", UtcTimestampLoader)
     return template
 
@@ -69,7 +69,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def get_connection_params(self):
         params = super().get_connection_params()
         if self.timezone is dt_timezone.utc:  # USE_TZ with TIME_ZONE "UTC" (else Django's own loader)
-            params["context"] = _adapters_template(True)
+            params["context"] = _adapters_template()
         return params
 
     def close_if_health_check_failed(self):
