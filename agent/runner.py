@@ -398,6 +398,7 @@ class Runner:
     def __init__(self, env):
         self.env = env
         self.flow_run_id = env["ORCHESTRATOR_FLOW_RUN_ID"]
+        self.own_pid = os.getpid()  # a child the flow forks has a copy of this runner, not the run's signals
         self.base_url, self.key = env["ORCHESTRATOR_API_URL"], env["ORCHESTRATOR_RUN_TOKEN"]
         self.client = ApiClient(self.base_url, self.key)
         self.mode = env.get("ORCHESTRATOR_HEARTBEAT_MODE", "thread")
@@ -471,6 +472,13 @@ class Runner:
 
     def _on_sigterm(self, signum, frame):
         # No locks here: this handler may interrupt the main thread while it holds one.
+        if os.getpid() != self.own_pid:
+            # A child the flow forked, signalled before _drop_runner_signals ran in it (a pool
+            # terminating a worker it just started): not the run's stop, which would arm the group's
+            # watchdog. The child ends of the signal, as it would without a runner.
+            _drop_runner_signals()
+            os.kill(os.getpid(), signum)
+            return
         if self.stop_reason is None:
             self.stop_reason = SIGNALLED
         self._wake_stopper()

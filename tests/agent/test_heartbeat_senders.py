@@ -324,6 +324,34 @@ def test_a_worker_the_flow_forked_ends_on_sigterm_and_stops_nothing(runner_signa
         os.close(armed_read), os.close(armed_write)
 
 
+def test_a_worker_signalled_before_its_fork_hook_ran_ends_and_stops_nothing(runner_signals):
+    """The race of the test above: the SIGTERM reaches a just-forked worker before the fork hook
+    that drops the runner's handler has run in it (seen in CI: the handler raised inside the hook and
+    armed the watchdog, which SIGKILLed the run). The copied handler itself must end the worker."""
+    import multiprocessing
+
+    from agent.runner import Watchdog
+
+    runner = runner_signals(a_runner())
+    armed_read, armed_write = os.pipe()
+    os.set_blocking(armed_read, False)
+    runner.watchdog = Watchdog.__new__(Watchdog)  # one whose "shell" is this pipe
+    runner.watchdog.pid, runner.watchdog.fd, runner.watchdog.armed = None, armed_write, False
+    runner.flow_active = True
+    try:
+        worker = multiprocessing.get_context("fork").Process(
+            target=lambda: (runner._on_sigterm(signal.SIGTERM, None), time.sleep(30)), daemon=True)
+        worker.start()
+        worker.join(20)
+        assert worker.exitcode == -signal.SIGTERM
+        with pytest.raises(BlockingIOError):
+            os.read(armed_read, 64)  # the watchdog was not armed
+        assert runner.stop_reason is None and runner.stopped_at is None
+    finally:
+        runner.flow_active = False
+        os.close(armed_read), os.close(armed_write)
+
+
 def test_the_stopper_waits_until_a_stop_has_begun_whatever_wakes_it(runner_signals):
     """stop() sets its reason, then its start time, then wakes the stopper: another signal's note
     that wakes the stopper in between must not have it begin a stop that has no start time yet."""
