@@ -346,6 +346,48 @@ def set_flow_run_state(run, to_state, *, actor, message="", expected_state=None,
                       user=user, agent=agent, now=now, retry=retry, updates=updates, fence=fence, history=history)
 
 
+def set_listed_flow_run_state(run_id, workspace_id, to_state, *, actor, message="", expected_state=None, user=None):
+    """A person's or program's move of the run `run_id` of the workspace, found as the API lists
+    runs, in one statement with its history row and the answer's names and history (PostgreSQL,
+    runs/hot_sql.py change_listed_flow_run): returns (run, {foreign key name: name}, history), None
+    when there is no such run, or False when the general path must decide (set_flow_run_state: this
+    database, a move whose columns depend on the state it leaves, a run whose state the rules do not
+    let move to `to_state`, one that moved meanwhile). Same rules, history row and event as
+    set_flow_run_state's."""
+    from_states = _leaving_alike(to_state)
+    if (connection.vendor != "postgresql" or not connection.features.can_return_columns_from_insert
+            or from_states is None or (expected_state is not None and expected_state not in from_states)):
+        return False
+    now = timezone.now()
+    values = {**_time_updates(FLOW, from_states[0], to_state, now), "state_message": message}
+    change = _history_row(FLOW, None, None, "", to_state, message, actor, user, None, now)
+    with contextlib.nullcontext() if own_transaction_will_do() else transaction.atomic():
+        done = hot_sql.change_listed_flow_run(run_id, workspace_id, from_states, expected_state, values, change)
+        if not done:
+            return done
+        row, from_state, names, history = done
+        run = FlowRun.from_db(connection.alias, hot_sql.run_fields(), row)
+        emit([_event(FLOW, run.pk, workspace_id, from_state, to_state, message, actor, now,
+                     _related_of_object(FLOW, run))])
+    return run, names, history
+
+
+@functools.cache
+def _leaving_alike(to_state):
+    """The states a flow run may leave for `to_state` (not by a retry, nor a late completion: those
+    leave finished states, which are not here), sorted, when the move writes the same plain values
+    from each of them; else None."""
+    if to_state not in STATE_VALUES:
+        return None
+    from_states = tuple(sorted(state for state, targets in FLOW_RUN_TRANSITIONS.items() if to_state in targets))
+    now = object()  # the moment: any value, the same for each
+    moves = [_time_updates(FLOW, state, to_state, now) for state in from_states]
+    if not from_states or any(move != moves[0] for move in moves) or any(
+            name not in _PLAIN_RUN_FIELDS or hasattr(value, "resolve_expression") for name, value in moves[0].items()):
+        return None
+    return from_states
+
+
 def set_task_run_state(task_run, to_state, *, actor, message="", expected_state=None, user=None, agent=None,
                        now=None, retry=False, updates=None, fence=None):
     """Move one task run to `to_state`, or raise IllegalTransition / StaleTransition (see `fence` above)."""

@@ -12,7 +12,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from runs import hot_sql
-from runs.models import Actor, FlowRun, Role, State, StateChange
+from runs.models import TERMINAL_STATES, Actor, FlowRun, Role, State, StateChange
 from runs.states import StaleTransition, set_flow_run_state
 from tests import factories
 
@@ -256,18 +256,145 @@ def test_a_move_that_finds_the_run_moved_answers_no_history(ws):
         flow_run=run, to_state=State.FAILED).exists()
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="the move and its history in one statement: PostgreSQL's")
-def test_on_postgresql_a_state_change_reads_the_run_then_moves_it_with_its_history(operator, prefix, ws):
-    run = factories.flow_run(factories.flow(ws), state=State.RUNNING)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the state change in one statement: PostgreSQL's")
+def test_on_postgresql_a_state_change_is_one_statement_and_a_cancel_two(operator, prefix, ws):
+    """set_state finds, moves and answers in one statement (runs/states.py set_listed_flow_run_state);
+    cancel reads the run first (its target depends on the state), then moves it with its history."""
+    run, other = (factories.flow_run(factories.flow(ws), state=State.RUNNING) for _ in range(2))
     operator.get(f"{prefix}/ping")  # the key is verified (and cached) before the count
-    with CaptureQueriesContext(connection) as captured:
-        changed = operator.post(f"{prefix}/flow_runs/{run.pk}/set_state/", {"state": "FAILED"}, format="json")
-    assert changed.status_code == 200 and changed.json()["history"][-1]["to_state"] == "FAILED"
-    # The test's transaction makes the move's a savepoint; without Redis its event's buffer row
-    # is written in it too (events/emit.py). No statement reads the history after the move.
-    statements = [re.search(r"\b(SELECT|WITH|INSERT|UPDATE)\b", q["sql"])[0] for q in captured.captured_queries
-                  if "SAVEPOINT" not in q["sql"]]
-    assert statements == (["SELECT", "WITH"] if settings.REDIS_URL else ["SELECT", "WITH", "INSERT"])
+    for path, body, first in [(f"{run.pk}/set_state/", {"state": "FAILED"}, []),
+                              (f"{other.pk}/cancel/", None, ["SELECT"])]:
+        with CaptureQueriesContext(connection) as captured:
+            changed = operator.post(f"{prefix}/flow_runs/{path}", body, format="json")
+        assert changed.status_code == 200 and changed.json()["history"][-1]["from_state"] == "RUNNING"
+        # The test's transaction makes the move's a savepoint; without Redis its event's buffer row
+        # is written in it too (events/emit.py). No statement reads the history after the move.
+        statements = [re.search(r"\b(SELECT|WITH|INSERT|UPDATE)\b", q["sql"])[0] for q in captured.captured_queries
+                      if "SAVEPOINT" not in q["sql"]]
+        assert statements == [*first, "WITH"] + ([] if settings.REDIS_URL else ["INSERT"])
+
+
+@pytest.mark.parametrize("from_state, body", [
+    (State.RUNNING, {"state": "FAILED", "message": "by hand"}),
+    (State.RUNNING, {"state": "COMPLETED", "expected_state": "RUNNING"}),
+    (State.SCHEDULED, {"state": "CANCELLED"}),
+    (State.LATE, {"state": "FAILED"}),
+    (State.SUBMITTED, {"state": "CRASHED"}),
+    (State.RUNNING, {"state": "CANCELLING"}),
+    (State.RUNNING, {"state": "PAUSED"}),
+    (State.SCHEDULED, {"state": "LATE"}),
+    (State.PAUSED, {"state": "RUNNING"}),  # the general path: entering RUNNING counts an attempt
+    (State.RUNNING, {"state": "SCHEDULED"}),  # and a new attempt
+])
+def test_a_state_change_moves_answers_and_records_as_the_rules_say(operator, prefix, ws, from_state, body,
+                                                                   flush_events):
+    person = factories.member(ws, role=Role.OPERATOR)
+    queue, agent = factories.work_queue(ws, name="gpu"), factories.agent(ws)
+    run = factories.flow_run(factories.flow(ws), state=from_state, work_queue=queue, agent=agent, created_by=person,
+                             start_time=timezone.now() - timedelta(minutes=5))
+    before = FlowRun.objects.get(pk=run.pk)
+    changed = operator.post(f"{prefix}/flow_runs/{run.pk}/set_state/", body, format="json")
+    assert changed.status_code == 200, changed.json()
+    assert changed.json() == operator.get(f"{prefix}/flow_runs/{run.pk}/").json()
+    after = FlowRun.objects.get(pk=run.pk)
+    to_state = body["state"]
+    assert after.state == to_state and after.state_message == body.get("message", "")
+    assert (after.end_time is not None) == (to_state in TERMINAL_STATES)
+    assert after.run_count == before.run_count + (to_state == State.RUNNING)
+    assert after.token_generation == before.token_generation + (to_state == State.SCHEDULED)
+    assert list(run.history.values_list("from_state", "to_state", "actor")) == [(from_state, to_state, Actor.USER)]
+    [event] = flush_events().filter(name=f"flow-run.state.{to_state.lower()}")
+    assert event.resource == {"kind": "flow-run", "id": str(run.pk)}
+    assert event.payload == {"from": from_state, "to": to_state, "message": body.get("message", ""),
+                             "actor": Actor.USER}
+    assert {(r["kind"], r["id"]) for r in event.related} == {
+        ("flow", str(run.flow_id)), ("work-queue", str(queue.pk)), ("agent", str(agent.pk))}
+
+
+@pytest.mark.parametrize("from_state, body, code, current", [
+    (State.COMPLETED, {"state": "FAILED"}, "illegal_transition", "COMPLETED"),
+    (State.SCHEDULED, {"state": "COMPLETED"}, "illegal_transition", "SCHEDULED"),
+    (State.RUNNING, {"state": "FAILED", "expected_state": "SCHEDULED"}, "stale_transition", "RUNNING"),
+    (State.RUNNING, {"state": "FAILED", "expected_state": "COMPLETED"}, "illegal_transition", "COMPLETED"),
+    (State.FAILED, {"state": "CANCELLED", "expected_state": "RUNNING"}, "stale_transition", "FAILED"),
+])
+def test_a_refused_state_change_is_a_409_naming_the_state_and_changes_nothing(operator, prefix, ws, from_state, body,
+                                                                              code, current, flush_events):
+    run = factories.flow_run(factories.flow(ws), state=from_state)
+    refused = operator.post(f"{prefix}/flow_runs/{run.pk}/set_state/", body, format="json")
+    assert refused.status_code == 409
+    assert (refused.json()["error"]["code"], refused.json()["current_state"]) == (code, current)
+    assert FlowRun.objects.get(pk=run.pk).state == from_state and not run.history.exists()
+    assert not flush_events().filter(name__startswith="flow-run.state.").exists()
+
+
+def test_a_bad_body_for_a_run_that_is_not_there_is_a_404(operator, prefix, ws):
+    run = factories.flow_run(factories.flow(ws), state=State.RUNNING)
+    missing = "00000000-0000-0000-0000-000000000000"
+    for body in [{"state": "SLEEPING"}, {"message": "no state"}]:
+        assert operator.post(f"{prefix}/flow_runs/{missing}/set_state/", body, format="json").status_code == 404
+        refused = operator.post(f"{prefix}/flow_runs/{run.pk}/set_state/", body, format="json")
+        assert refused.status_code == 400 and "state" in refused.json()["error"]["fields"]
+
+
+def test_a_permission_that_checks_the_run_is_asked_before_it_moves(operator, prefix, ws, monkeypatch):
+    """The one-statement change reads no run to check: a permission class that looks at the run
+    (has_object_permission) sends the request the general way, which asks it first."""
+    from rest_framework import permissions
+
+    from runs.api.flow_runs import FlowRunViewSet
+
+    class NotThisRun(permissions.BasePermission):
+        def has_object_permission(self, request, view, obj):
+            return obj.pk != run.pk
+
+    run, other = (factories.flow_run(factories.flow(ws), state=State.RUNNING) for _ in range(2))
+    monkeypatch.setattr(FlowRunViewSet, "permission_classes", [*FlowRunViewSet.permission_classes, NotThisRun])
+    assert operator.post(f"{prefix}/flow_runs/{run.pk}/set_state/", {"state": "FAILED"},
+                         format="json").status_code == 403
+    assert operator.post(f"{prefix}/flow_runs/{other.pk}/set_state/", {"state": "FAILED"},
+                         format="json").status_code == 200
+    assert [FlowRun.objects.get(pk=r.pk).state for r in (run, other)] == [State.RUNNING, State.FAILED]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_state_changes_of_one_run_move_it_once(ws, key_for, flush_events):
+    """Two people move one run at once, ten times over: one move wins, the other is a 409 naming the
+    state the winner left; one history row and one event per run."""
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL's concurrent transactions")
+    secret, prefix = key_for(Role.OPERATOR), f"/api/accounts/{ws.account.slug}/workspaces/{ws.slug}"
+    runs = [factories.flow_run(factories.flow(ws), state=State.RUNNING) for _ in range(10)]
+    answers = []
+
+    def change(run, to_state, barrier):
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+        try:
+            barrier.wait()
+            answer = client.post(f"{prefix}/flow_runs/{run.pk}/set_state/", {"state": to_state}, format="json")
+            answers.append((run.pk, to_state, answer.status_code, answer.json()))
+        finally:
+            connection.close()
+
+    for run in runs:
+        barrier = threading.Barrier(2)
+        threads = [threading.Thread(target=change, args=(run, to_state, barrier)) for to_state in ("FAILED", "CANCELLED")]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    assert len(answers) == 20
+    for run in runs:
+        mine = [a for a in answers if a[0] == run.pk]
+        won = [a for a in mine if a[2] == 200]
+        lost = [a for a in mine if a[2] != 200]
+        assert len(won) == 1 and len(lost) == 1, mine
+        assert lost[0][2] == 409 and lost[0][3]["current_state"] == won[0][1]
+        assert FlowRun.objects.get(pk=run.pk).state == won[0][1]
+        assert list(StateChange.objects.filter(flow_run=run).values_list("from_state", "to_state")) == [
+            ("RUNNING", won[0][1])]
+    moves = flush_events().filter(name__in=["flow-run.state.failed", "flow-run.state.cancelled"])
+    assert sorted(str(e.resource["id"]) for e in moves) == sorted(str(run.pk) for run in runs)
 
 
 def test_a_state_change_finds_only_what_the_detail_finds(operator, prefix, ws, other_ws):
@@ -332,7 +459,8 @@ def test_a_plain_state_body_reads_as_the_serializer_reads_it(body):
 
 def test_a_state_change_names_an_agent_that_claimed_the_run_meanwhile(operator, prefix, ws, monkeypatch):
     """The names read with the run stand only for the ids the move left alone: one that changed
-    between the read and the move (a claim) is read again, so the answer still agrees with the detail."""
+    between the read and the move (a claim) is read again, so the answer still agrees with the detail.
+    (A cancel reads the run before it moves it; set_state's one statement names what it moved.)"""
     from runs import hot_sql
 
     first, second = factories.agent(ws), factories.agent(ws)
@@ -345,8 +473,9 @@ def test_a_state_change_names_an_agent_that_claimed_the_run_meanwhile(operator, 
         return found
 
     monkeypatch.setattr(hot_sql, "run_to_change", read_then_claim)
-    changed = operator.post(f"{prefix}/flow_runs/{run.pk}/set_state/", {"state": "FAILED"}, format="json")
+    changed = operator.post(f"{prefix}/flow_runs/{run.pk}/cancel/")
     assert changed.status_code == 200 and changed.json()["agent"] == second.name
+    assert changed.json()["state"] == State.CANCELLING
     assert changed.json() == operator.get(f"{prefix}/flow_runs/{run.pk}/").json()
 
 

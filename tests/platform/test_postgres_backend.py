@@ -181,6 +181,27 @@ def test_a_state_change_with_its_statements_prepared_writes_nulls_and_long_messa
     assert any(statement.startswith("WITH moved AS (UPDATE") for statement in prepared_statements(connection))
 
 
+@pytest.mark.django_db
+def test_a_listed_state_change_in_one_statement_is_prepared_and_stores_what_it_is_given(postgres_only):
+    """set_listed_flow_run_state's one statement: prepared, its history row's run and from-state
+    taken from the row, NULLs and a message longer than any varchar stored as given, a person named."""
+    from runs.models import Actor, StateChange
+    from runs.states import set_listed_flow_run_state
+
+    message, person = "é" * 5000, factories.member(factories.workspace())
+    for i, (from_state, user) in enumerate([(State.RUNNING, None), (State.SCHEDULED, person), (State.PAUSED, None)]):
+        run = factories.flow_run(factories.flow(factories.workspace()), state=from_state)
+        moved, names, history = set_listed_flow_run_state(run.pk, run.workspace_id, State.FAILED, actor=Actor.USER,
+                                                          message=message, user=user)
+        assert (moved.pk, moved.state, moved.state_message) == (run.pk, State.FAILED, message)
+        assert names["flow"] == run.flow.name and names["agent"] is None
+        assert history == hot_sql.run_history(run.pk) and history[-1]["user"] == (user and user.username)
+        change = StateChange.objects.get(flow_run=run)
+        assert (change.from_state, change.task_run_id, change.user_id, change.agent_id, change.message) == (
+            from_state, None, user and user.pk, None, message)
+    assert any(statement.startswith("WITH target AS (SELECT") for statement in prepared_statements(connection))
+
+
 @pytest.mark.parametrize("value, expected", [(None, 0), ("", 0), ("true", 0), ("false", None), ("0", None)])
 def test_database_prepared_statements_comes_from_the_environment(value, expected):
     env = {"DEBUG": "true", "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/x"}
