@@ -732,11 +732,11 @@ def change_listed_flow_run(run_id, workspace_id, from_states, expected_state, va
     is `expected_state`, when given), INSERT its history row `change` (an unsaved StateChange; its
     run and from-state are taken from the row), and read its names and its history.
 
-    Returns None when there is no such run (a 404), False when it is there but did not move (its
-    state is not one of those, or it moved meanwhile: the caller takes the general path, whose
-    errors say why), else (columns in run_fields() order, the from-state, {foreign key name: name},
-    the history as run_history() gives it). The general path read the run first and then moved it:
-    two round trips, and the read was a fifth of the request's CPU."""
+    Returns None when there is no such run (a 404), else (the state the statement found it in,
+    None when it did not move it: its state is not one of those, or it moved meanwhile; else
+    (columns in run_fields() order, {foreign key name: name}, the history as run_history() gives
+    it)). The general path read the run first and then moved it: two round trips, and the read with
+    its conversion was about a third of the request's CPU in-process."""
     meta, db = FlowRun._meta, connections[DEFAULT_DB_ALIAS]
     params = [meta.pk.get_db_prep_value(run_id, db), workspace_id]
     params += [meta.get_field(name).get_db_prep_save(value, db) for name, value in values.items()]
@@ -747,13 +747,13 @@ def change_listed_flow_run(run_id, workspace_id, from_states, expected_state, va
     row = _bound_fetch(db, _change_listed_sql(tuple(values), tuple(from_states), expected_state is not None), params)
     if row is None:
         return None
-    fields = run_fields()
+    found, row, fields = row[0], row[1:], run_fields()
     if row[0] is None:
-        return False
-    columns, from_state = row[:len(fields)], row[len(fields)]
+        return found, None
+    # The moved row's from_state column (row[len(fields)]) is `found`: the UPDATE required it.
     names = dict(zip(RUN_NAMES, row[len(fields) + 1:-1]))
-    return (_convert(db, FlowRun, fields, columns), from_state, names,
-            [_shown_history_entry(entry) for entry in row[-1]])
+    return found, (_convert(db, FlowRun, fields, row[:len(fields)]), names,
+                   [_shown_history_entry(entry) for entry in row[-1]])
 
 
 @functools.lru_cache(maxsize=64)
@@ -783,7 +783,7 @@ def _change_listed_sql(names, from_states, expected):
         shown.append(f"n{i}.{_quoted(model, _shown(model))}")
     return (f"WITH target AS ({target}), moved AS ({moved}), "
             f"added AS ({_add_history_of_moved_sql(from_the_row=True, history=True)}) "
-            f"SELECT moved.*, {', '.join(shown)}, {_history_json_sql()} "
+            f"SELECT target.{state}, moved.*, {', '.join(shown)}, {_history_json_sql()} "
             f"FROM target LEFT JOIN moved ON true {' '.join(joins)}")
 
 

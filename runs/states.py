@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, models, transaction
@@ -346,29 +347,39 @@ def set_flow_run_state(run, to_state, *, actor, message="", expected_state=None,
                       user=user, agent=agent, now=now, retry=retry, updates=updates, fence=fence, history=history)
 
 
+class NotMoved(NamedTuple):
+    """set_listed_flow_run_state did not move the run: the general path decides, as if the caller
+    had seen it in `state` (None: the state the general path reads)."""
+
+    state: str | None
+
+
 def set_listed_flow_run_state(run_id, workspace_id, to_state, *, actor, message="", expected_state=None, user=None):
     """A person's or program's move of the run `run_id` of the workspace, found as the API lists
     runs, in one statement with its history row and the answer's names and history (PostgreSQL,
-    runs/hot_sql.py change_listed_flow_run): returns (run, {foreign key name: name}, history), None
-    when there is no such run, or False when the general path must decide (set_flow_run_state: this
-    database, a move whose columns depend on the state it leaves, a run whose state the rules do not
-    let move to `to_state`, one that moved meanwhile). Same rules, history row and event as
-    set_flow_run_state's."""
+    runs/hot_sql.py change_listed_flow_run). Returns (run, {foreign key name: name}, history), None
+    when there is no such run, or NotMoved when the general path must decide (set_flow_run_state,
+    with expected_state that NotMoved's state when it has one): another database, a move whose
+    columns depend on the state it leaves, a state the rules do not let move to `to_state`, a run
+    that moved after the statement saw it (a 409 naming where it went, as the general path would
+    have answered had it read the run first). Same rules, history row and event as set_flow_run_state's."""
     from_states = _leaving_alike(to_state)
     if (connection.vendor != "postgresql" or not connection.features.can_return_columns_from_insert
             or from_states is None or (expected_state is not None and expected_state not in from_states)):
-        return False
+        return NotMoved(expected_state)
     now = timezone.now()
     values = {**_time_updates(FLOW, from_states[0], to_state, now), "state_message": message}
     change = _history_row(FLOW, None, None, "", to_state, message, actor, user, None, now)
     with contextlib.nullcontext() if own_transaction_will_do() else transaction.atomic():
         done = hot_sql.change_listed_flow_run(run_id, workspace_id, from_states, expected_state, values, change)
-        if not done:
-            return done
-        row, from_state, names, history = done
+        if done is None:
+            return None
+        found, moved = done
+        if moved is None:
+            return NotMoved(expected_state or found)
+        row, names, history = moved
         run = FlowRun.from_db(connection.alias, hot_sql.run_fields(), row)
-        emit([_event(FLOW, run.pk, workspace_id, from_state, to_state, message, actor, now,
-                     _related_of_object(FLOW, run))])
+        emit([_event(FLOW, run.pk, workspace_id, found, to_state, message, actor, now, _related_of_object(FLOW, run))])
     return run, names, history
 
 

@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from runs import hot_sql
 from runs.models import TERMINAL_STATES, Actor, ApiKey, Flow, FlowRun, Role, State, WorkQueue
 from runs.scheduling import DEFAULT_QUEUE, LATEST, create_manual_run
-from runs.states import STATE_VALUES, IllegalTransition, set_flow_run_state, set_listed_flow_run_state
+from runs.states import STATE_VALUES, IllegalTransition, NotMoved, set_flow_run_state, set_listed_flow_run_state
 
 from .filtersets import FilterBackend, FlowRunFilter
 from .pagination import KeysetPagination
@@ -285,10 +285,11 @@ class FlowRunViewSet(WorkspaceScoped, mixins.ListModelMixin, mixins.RetrieveMode
                                              user=user, message=data["message"], expected_state=expected)
             if done is None:
                 raise Http404
-            if done:
+            if not isinstance(done, NotMoved):
                 run, names, history = done
                 return Response({**flow_run_data(run, names),
                                  "history": [state_change_data(change) for change in history]})
+            expected = done.state  # refused as the general path refuses what it saw (stale, illegal)
         return self.change_state(self.run_to_change(), data["state"], actor=Actor.USER, user=user,
                                  message=data["message"], expected_state=expected)
 

@@ -2,11 +2,12 @@
 
 import re
 import threading
+import time
 from datetime import timedelta
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -290,8 +291,9 @@ def test_a_state_change_moves_answers_and_records_as_the_rules_say(operator, pre
                                                                    flush_events):
     person = factories.member(ws, role=Role.OPERATOR)
     queue, agent = factories.work_queue(ws, name="gpu"), factories.agent(ws)
-    run = factories.flow_run(factories.flow(ws), state=from_state, work_queue=queue, agent=agent, created_by=person,
-                             start_time=timezone.now() - timedelta(minutes=5))
+    flow = factories.flow(ws)
+    run = factories.flow_run(flow, state=from_state, work_queue=queue, agent=agent, created_by=person,
+                             schedule=factories.schedule(flow), start_time=timezone.now() - timedelta(minutes=5))
     before = FlowRun.objects.get(pk=run.pk)
     changed = operator.post(f"{prefix}/flow_runs/{run.pk}/set_state/", body, format="json")
     assert changed.status_code == 200, changed.json()
@@ -308,7 +310,8 @@ def test_a_state_change_moves_answers_and_records_as_the_rules_say(operator, pre
     assert event.payload == {"from": from_state, "to": to_state, "message": body.get("message", ""),
                              "actor": Actor.USER}
     assert {(r["kind"], r["id"]) for r in event.related} == {
-        ("flow", str(run.flow_id)), ("work-queue", str(queue.pk)), ("agent", str(agent.pk))}
+        ("flow", str(run.flow_id)), ("schedule", str(run.schedule_id)), ("work-queue", str(queue.pk)),
+        ("agent", str(agent.pk))}
 
 
 @pytest.mark.parametrize("from_state, body, code, current", [
@@ -355,6 +358,94 @@ def test_a_permission_that_checks_the_run_is_asked_before_it_moves(operator, pre
     assert operator.post(f"{prefix}/flow_runs/{other.pk}/set_state/", {"state": "FAILED"},
                          format="json").status_code == 200
     assert [FlowRun.objects.get(pk=r.pk).state for r in (run, other)] == [State.RUNNING, State.FAILED]
+
+
+def _waiting_for_a_lock(timeout=10.0):
+    """Wait until a session of the test database waits for a lock (a request blocked on a row)."""
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND wait_event_type = 'Lock'")
+            if cursor.fetchone()[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError("no session waited for the lock")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("meanwhile, answer", [("PAUSED", 409), ("COMPLETED", 409), ("RUNNING", 200)])
+def test_a_state_change_that_meets_a_move_in_flight_is_refused_as_stale(ws, key_for, meanwhile, answer):
+    """Another transaction moves the run while the request's statement waits for its row: the
+    request is a 409 naming where the run went, even where that state could also move to the one
+    asked for (PAUSED → FAILED), as when the run was read before its move; nothing of it is written.
+    (Moved back to the state it had: the request goes through, as it would have.)"""
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL's concurrent transactions")
+    secret, prefix = key_for(Role.OPERATOR), f"/api/accounts/{ws.account.slug}/workspaces/{ws.slug}"
+    run = factories.flow_run(factories.flow(ws), state=State.RUNNING)
+    other = type(connections["default"])({**connection.settings_dict}, alias="meanwhile")
+    answers = []
+
+    def change():
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+        try:
+            answers.append(client.post(f"{prefix}/flow_runs/{run.pk}/set_state/", {"state": "FAILED"}, format="json"))
+        finally:
+            connection.close()
+
+    try:
+        other.set_autocommit(False)
+        with other.cursor() as cursor:
+            cursor.execute("UPDATE runs_flowrun SET state = %s WHERE id = %s", [meanwhile, run.pk])
+        request = threading.Thread(target=change)
+        request.start()
+        _waiting_for_a_lock()
+        other.commit()
+        request.join(timeout=30)
+    finally:
+        other.close()
+    [response] = answers
+    assert response.status_code == answer, response.json()
+    if answer == 409:
+        assert (response.json()["error"]["code"], response.json()["current_state"]) == ("stale_transition", meanwhile)
+        assert FlowRun.objects.get(pk=run.pk).state == meanwhile and not run.history.exists()
+    else:
+        assert list(run.history.values_list("from_state", "to_state")) == [("RUNNING", "FAILED")]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_without_redis_a_state_changes_event_is_written_in_its_transaction(ws, key_for, settings, monkeypatch):
+    """The embedded mode (no Redis): the event's buffer row is written in the move's own
+    transaction, so that both commit or neither; another connection sees neither before the commit."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the one-statement change is PostgreSQL's")
+    from events import buffer
+
+    settings.REDIS_URL = ""
+    secret, prefix = key_for(Role.OPERATOR), f"/api/accounts/{ws.account.slug}/workspaces/{ws.slug}"
+    run = factories.flow_run(factories.flow(ws), state=State.RUNNING)
+    seen, insert_pending = [], buffer.insert_pending
+
+    def watched(db, events):
+        other = type(connections["default"])({**connection.settings_dict}, alias="watching")
+        try:
+            with other.cursor() as cursor:
+                cursor.execute("SELECT state FROM runs_flowrun WHERE id = %s", [run.pk])
+                seen.append((db.in_atomic_block, cursor.fetchone()[0], [event["name"] for event in events]))
+        finally:
+            other.close()
+        return insert_pending(db, events)
+
+    monkeypatch.setattr(buffer, "insert_pending", watched)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert client.post(f"{prefix}/flow_runs/{run.pk}/set_state/", {"state": "FAILED"}, format="json").status_code == 200
+    assert seen == [(True, "RUNNING", ["flow-run.state.failed"])]  # written before the move was committed
+    assert FlowRun.objects.get(pk=run.pk).state == State.FAILED
 
 
 @pytest.mark.postgres
@@ -414,7 +505,7 @@ def test_a_state_change_finds_only_what_the_detail_finds(operator, prefix, ws, o
         moved = operator.post(f"{prefix}/flow_runs/{run_id}/set_state/", {"state": "FAILED"}, format="json")
         assert (moved.status_code, moved.json()) == (detail.status_code, detail.json()) == (404, detail.json())
     assert all(FlowRun.objects.get(pk=run.pk).state == State.RUNNING for run in hidden)
-    shown = factories.flow_run(factories.schedule(flow).flow, state=State.RUNNING)
+    shown = factories.flow_run(flow, schedule=factories.schedule(flow), state=State.RUNNING)  # its schedule is live
     assert operator.post(f"{prefix}/flow_runs/{shown.pk}/set_state/", {"state": "FAILED"},
                          format="json").status_code == 200
 
