@@ -378,18 +378,49 @@ def _poked(signum, frame):
     """POKE_SIGNAL's handler: its arrival is the point (see Runner._poke_main_thread)."""
 
 
+def _runner_takes_sigterm():
+    """Whether this process's SIGTERM handler is a runner's (see Runner.take_signals)."""
+    return getattr(signal.getsignal(signal.SIGTERM), "__func__", None) is Runner._on_sigterm
+
+
+# Per forking thread: whether _hold_sigterm blocked SIGTERM for the fork under way.
+_sigterm_held = threading.local()
+
+
+def _hold_sigterm():
+    """Before a fork in the runner: SIGTERM is blocked in the forking thread, whose mask the child
+    inherits, until _release_sigterm. A SIGTERM that reached the child before it first ran (a pool
+    terminating a worker it just started, on a loaded machine) ran the inherited handler there, and
+    the interpreter's fork handling then forgot it, as it forgets every signal noted before it (they
+    are the parent's): the child lived on, and the pool waited for it for ever. Blocked, the signal
+    waits until the child has the default action."""
+    if _runner_takes_sigterm():
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        _sigterm_held.blocked = signal.SIGTERM not in before
+
+
+def _release_sigterm():
+    """After the fork, in the parent and in the child: SIGTERM as it was before _hold_sigterm."""
+    if getattr(_sigterm_held, "blocked", False):
+        _sigterm_held.blocked = False
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
 def _drop_runner_signals():
     """In a process the flow forked (a multiprocessing worker, say): the runner's signal handling is not
     its own. A SIGTERM (a pool terminating its workers) must end the child as it would anywhere else,
     not begin a stop of the run through the copied runner (which would arm the group's watchdog), nor
-    be noted in the runner's stop pipe. A handler the flow set itself is left alone."""
-    if getattr(signal.getsignal(signal.SIGTERM), "__func__", None) is Runner._on_sigterm:
+    be noted in the runner's stop pipe. A handler the flow set itself is left alone. A SIGTERM held
+    since the fork (_hold_sigterm) is taken once the default action is back: it ends the child."""
+    if _runner_takes_sigterm():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(POKE_SIGNAL, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
+    _release_sigterm()
 
 
-os.register_at_fork(after_in_child=_drop_runner_signals)  # it acts only where a runner took the signals
+# They act only where a runner took the signals.
+os.register_at_fork(before=_hold_sigterm, after_in_parent=_release_sigterm, after_in_child=_drop_runner_signals)
 
 
 class Runner:

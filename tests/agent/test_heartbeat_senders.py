@@ -352,6 +352,34 @@ def test_a_worker_signalled_before_its_fork_hook_ran_ends_and_stops_nothing(runn
         os.close(armed_read), os.close(armed_write)
 
 
+def test_a_worker_terminated_before_it_first_ran_ends_of_its_sigterm(runner_signals):
+    """The race before the one above: the SIGTERM reaches a just-forked worker before the worker has
+    run at all (a loaded machine, a pool terminated at once). The inherited handler notes it there, and
+    the interpreter's fork handling then forgets what was noted before it (it was the parent's): the
+    worker lived on (a pool waits for a terminated worker for ever). Parent and worker share one CPU
+    here, so the worker first runs when the parent waits for it; it then waits for its pipe to close,
+    and exits 7 if its SIGTERM was lost."""
+    runner_signals(a_runner())
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    ends = []
+    try:
+        for _ in range(20):
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(write_end)
+                os.read(read_end, 1)
+                os._exit(7)
+            os.close(read_end)
+            os.kill(pid, signal.SIGTERM)
+            os.close(write_end)
+            ends.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    finally:
+        os.sched_setaffinity(0, cpus)
+    assert ends == [-signal.SIGTERM] * 20
+
+
 def test_the_stopper_waits_until_a_stop_has_begun_whatever_wakes_it(runner_signals):
     """stop() sets its reason, then its start time, then wakes the stopper: another signal's note
     that wakes the stopper in between must not have it begin a stop that has no start time yet."""
