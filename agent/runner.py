@@ -770,7 +770,9 @@ class Runner:
         returns the exit code, or None when another thread is already ending the run.
 
         A stopping runner reports first and ships logs after, within its hard deadline; otherwise the
-        logs go first (a finished run has its logs before its final state).
+        logs go first (a finished run has its logs before its final state). A hand-back's logs go first
+        too: its report (SCHEDULED) begins a new attempt, and the server refuses this attempt's token,
+        its log lines included, from then on; they get half the time left, the report the rest.
         """
         with self.stop_lock:
             if self.ending:
@@ -785,16 +787,18 @@ class Runner:
             self.capture.original(f"Not reporting: {message}")
             self._ship_last_logs()
             return EXIT_SUPERSEDED
-        if not stopping:
-            self._ship_last_logs()
+        logs_first = not stopping or state == "SCHEDULED"
+        if logs_first:
+            self._ship_last_logs(reserve=(self.deadline - time.monotonic()) / 2 if stopping else 0.5)
         code = self._report(state, message)
-        if stopping:
+        if not logs_first:
             self._ship_last_logs()
         return code
 
-    def _ship_last_logs(self):
-        """Ship what is left, for up to LOG_DRAIN_SECONDS (less when a stop's deadline comes first)."""
-        if not self.shipper.stop(drain_seconds=self._time_left(LOG_DRAIN_SECONDS, reserve=0.5)):
+    def _ship_last_logs(self, reserve=0.5):
+        """Ship what is left, for up to LOG_DRAIN_SECONDS (less when a stop's deadline, less `reserve`
+        seconds, comes first)."""
+        if not self.shipper.stop(drain_seconds=self._time_left(LOG_DRAIN_SECONDS, reserve=reserve)):
             self.capture.original(f"The runner could not ship its last log lines ({len(self.shipper.buffer)}).")
 
     def _report(self, state, message):

@@ -325,6 +325,43 @@ def test_a_runner_waits_out_an_away_server_as_long_for_its_last_lines_as_for_its
     assert worker.REPORT_RETRY_SECONDS == sdk.STATE_REPORT_RETRY_SECONDS
 
 
+def test_a_handed_back_runner_ships_its_last_lines_before_the_report_that_ends_its_token():
+    """A hand-back (SCHEDULED) starts a new attempt: the server refuses the old attempt's token from
+    then on (`superseded`), its log lines too. The lines saying why the run was handed back went after
+    the report, as every stopping runner's did, and were refused and lost."""
+    import time
+
+    from agent.runner import EXIT_REPORTED, HANDED_BACK, Runner
+
+    runner = Runner({"ORCHESTRATOR_FLOW_RUN_ID": "run-1", "ORCHESTRATOR_API_URL": "http://x",
+                     "ORCHESTRATOR_RUN_TOKEN": "k"})
+    runner.orphaned, runner.stop_reason = True, HANDED_BACK
+    runner.stopped_at = time.monotonic()
+    runner.deadline = runner.stopped_at + 15  # stopping, as the stopper set it
+
+    class Server:
+        """The attempt's token is good until the run is handed back."""
+
+        def __init__(self):
+            self.handed_back, self.stored = False, []
+
+        def post(self, path, payload=None, *, retry_for=0.0, stop=None):
+            if self.handed_back:
+                raise ApiError(409, SUPERSEDED_ANSWER)
+            if path == "logs":
+                self.stored += [line["message"] for line in payload["logs"]]
+                return {"stored": len(payload["logs"]), "refused": []}
+            self.handed_back = payload["state"] == "SCHEDULED"
+            return {"state": payload["state"]}
+
+    runner.client = runner.shipper.client = server = Server()
+    runner.shipper.start()
+    runner.shipper.add("run-1", "agent.runner: Agent a (pid 1) is gone; this runner finishes the run ...")
+    assert runner._end_run("SCHEDULED", "Handed back by its runner.") == EXIT_REPORTED
+    assert server.handed_back
+    assert server.stored == ["agent.runner: Agent a (pid 1) is gone; this runner finishes the run ..."]
+
+
 def test_custom_logging_levels_are_sent_as_the_servers_nearest_level_below():
     shipper = LogShipper(FakeClient(lambda path, payload: None))
     for level in (5, 25, 45, 60):

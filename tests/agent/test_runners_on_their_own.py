@@ -110,6 +110,8 @@ def test_an_orphaned_runner_with_heartbeats_off_hands_the_run_back(ws, workspace
     wait_for(lambda: not alive(runner), timeout=10, what="the runner to exit")
     run.refresh_from_db()
     assert run.state_message.startswith("Handed back by its runner: agent silent-1")
+    # Its last lines say why: they went before the hand-back, which ended its report token.
+    assert any("Heartbeats are off, so nobody can tell this runner from a dead one" in m for m in logs_of(run))
     assert run.agent is None and run.start_time is None
     assert not os.path.exists(gate) and executions(marks, "two") == [str(runner)]  # stopped while it waited
     tasks = {t.dynamic_key: t for t in TaskRun.objects.filter(flow_run=run)}
