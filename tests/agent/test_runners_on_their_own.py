@@ -242,10 +242,19 @@ def test_a_runner_whose_heartbeat_process_is_killed_beats_from_a_thread(ws, work
     run = queued_run(ws, "tests.agent.flows:steady", seconds=6)
     agent = start_agent(workspace_url, operator_key, "faults", "beats", "--heartbeat-mode", "process")
     runner = the_runner_of(agent)
-    # The runner's fork (its cmdline is the runner's), not its watchdog (a shell).
-    beater = wait_for(lambda: [pid for pid in process_tree(runner)[1:] if pid in runner_pids(agent.process.pid)],
-                      timeout=20, what="the runner's heartbeat process")[0]
     wait_for(lambda: FlowRun.objects.get(pk=run.pk).last_heartbeat, timeout=20, what=lambda: story(run, agent))
+
+    def forks_with_the_runners_command_line():
+        return {pid for pid in process_tree(runner)[1:] if pid in runner_pids(agent.process.pid)}
+
+    def heartbeat_processes():
+        # The runner's fork that keeps its command line, not its watchdog: a shell, which has the
+        # runner's command line too between its fork and its exec. Seen twice, 0.2 s apart.
+        seen = forks_with_the_runners_command_line()
+        time.sleep(0.2)
+        return sorted(seen & forks_with_the_runners_command_line())
+
+    beater = wait_for(heartbeat_processes, timeout=20, what="the runner's heartbeat process")[0]
     os.kill(beater, 9)
     killed_at = time.time()
     wait_for(lambda: FlowRun.objects.get(pk=run.pk).last_heartbeat.timestamp() > killed_at + 0.5, timeout=10,
