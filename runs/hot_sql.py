@@ -618,24 +618,33 @@ def run_to_change(run_id, workspace_id):
 def _run_to_change_sql(vendor):
     fields = run_fields()
     run_table = _quoted(FlowRun)
+    joins, names = _names_sql(run_table)
+    return (
+        f"SELECT {', '.join(f'{run_table}.{_quoted(FlowRun, f)}' for f in fields)}, {names} "
+        f"FROM {run_table} {joins} WHERE {_listed_run_sql(run_table, 'n0')}"
+    )
+
+
+def _names_sql(run):
+    """(LEFT JOINs n0, n1, … of what the run `run` (an alias) names, in RUN_NAMES order (n0 its
+    flow), the names they show, comma-separated)."""
     joins, names = [], []
     for i, name in enumerate(RUN_NAMES):
         model = FlowRun._meta.get_field(name).related_model
-        alias = f"n{i}"
-        joins.append(f"LEFT JOIN {_quoted(model)} {alias} ON {alias}.{_quote(model._meta.pk.column)} = "
-                     f"{run_table}.{_quoted(FlowRun, name)}")
-        names.append(f"{alias}.{_quoted(model, _shown(model))}")
-    deleted = _quoted(Flow, "deleted_at")
-    return (
-        f"SELECT {', '.join(f'{run_table}.{_quoted(FlowRun, f)}' for f in fields)}, {', '.join(names)} "
-        f"FROM {run_table} {' '.join(joins)} "
-        f"WHERE {run_table}.{_quote(FlowRun._meta.pk.column)} = %s "
-        f"AND {run_table}.{_quoted(FlowRun, 'workspace')} = %s "
-        f"AND {run_table}.{_quoted(FlowRun, 'deleted_at')} IS NULL AND n0.{deleted} IS NULL "
-        # listed(): not of a schedule marked deleted (a run of no schedule is listed).
-        f"AND NOT EXISTS (SELECT 1 FROM {_quoted(Schedule)} s WHERE s.{_quote(Schedule._meta.pk.column)} = "
-        f"{run_table}.{_quoted(FlowRun, 'schedule')} AND s.{_quoted(Schedule, 'deleted_at')} IS NOT NULL)"
-    )
+        joins.append(f"LEFT JOIN {_quoted(model)} n{i} ON n{i}.{_quote(model._meta.pk.column)} = "
+                     f"{run}.{_quoted(FlowRun, name)}")
+        names.append(f"n{i}.{_quoted(model, _shown(model))}")
+    return " ".join(joins), ", ".join(names)
+
+
+def _listed_run_sql(run, flow):
+    """The condition for the run `run` (an alias) of the URL: the one with id and workspace the first
+    two parameters, listed as FlowRun.objects.listed() lists runs: neither it nor its flow `flow` (an
+    alias) nor its schedule marked deleted (a run of no schedule is listed)."""
+    return (f"{run}.{_quote(FlowRun._meta.pk.column)} = %s AND {run}.{_quoted(FlowRun, 'workspace')} = %s "
+            f"AND {run}.{_quoted(FlowRun, 'deleted_at')} IS NULL AND {flow}.{_quoted(Flow, 'deleted_at')} IS NULL "
+            f"AND NOT EXISTS (SELECT 1 FROM {_quoted(Schedule)} s WHERE s.{_quote(Schedule._meta.pk.column)} = "
+            f"{run}.{_quoted(FlowRun, 'schedule')} AND s.{_quoted(Schedule, 'deleted_at')} IS NOT NULL)")
 
 
 def move_flow_run(run_id, from_state, values, change, *, history=False):
@@ -694,13 +703,17 @@ def _move_and_add_sql(vendor, names, history=False):
     return f"{head}SELECT moved.*, {_history_json_sql()} FROM moved"
 
 
+# The history row's fields _add_history_of_moved_sql takes from the moved row (by `from_the_row`), not from parameters.
+_TAKEN_FROM_THE_ROW = {False: ("flow_run",), True: ("flow_run", "from_state")}
+
+
 def _add_history_of_moved_sql(*, from_the_row, history):
     """The INSERT … SELECT of the history row of the run in the WITH query `moved`: its flow run
     (and with `from_the_row` its from-state, `moved`'s column from_state) taken from that row, the
     rest parameters in _HISTORY_FIELDS order; RETURNING what the history shows when `history`."""
     fields = _history_fields()
-    pk = _quote(FlowRun._meta.pk.column)
-    taken = {"flow_run": f"moved.{pk}", **({"from_state": "moved.from_state"} if from_the_row else {})}
+    taken = {"flow_run": f"moved.{_quote(FlowRun._meta.pk.column)}", "from_state": "moved.from_state"}
+    taken = {name: taken[name] for name in _TAKEN_FROM_THE_ROW[from_the_row]}
     returning = f" RETURNING {_history_listed()}" if history else ""
     return (f"INSERT INTO {_quoted(StateChange)} ({_columns(fields)}) "
             f"SELECT {', '.join(taken.get(field.name, '%s') for field in fields)} FROM moved{returning}")
@@ -743,7 +756,7 @@ def change_listed_flow_run(run_id, workspace_id, from_states, expected_state, va
     if expected_state is not None:
         params.append(expected_state)
     params += [field.get_db_prep_save(getattr(change, field.attname), db) for field in _history_fields()
-               if field.name not in ("flow_run", "from_state")]
+               if field.name not in _TAKEN_FROM_THE_ROW[True]]
     row = _bound_fetch(db, _change_listed_sql(tuple(values), tuple(from_states), expected_state is not None), params)
     if row is None:
         return None
@@ -760,13 +773,9 @@ def change_listed_flow_run(run_id, workspace_id, from_states, expected_state, va
 def _change_listed_sql(names, from_states, expected):
     meta, fields = FlowRun._meta, run_fields()
     run_table, pk, state = _quoted(FlowRun), _quote(meta.pk.column), _quoted(FlowRun, "state")
-    flow_pk, schedule_pk = _quote(Flow._meta.pk.column), _quote(Schedule._meta.pk.column)
-    # The run as run_to_change() finds it: listed (not deleted, nor its flow, nor its schedule), of the workspace.
-    target = (f"SELECT r.{pk}, r.{state} FROM {run_table} r JOIN {_quoted(Flow)} f ON f.{flow_pk} = "
-              f"r.{_quoted(FlowRun, 'flow')} WHERE r.{pk} = %s AND r.{_quoted(FlowRun, 'workspace')} = %s "
-              f"AND r.{_quoted(FlowRun, 'deleted_at')} IS NULL AND f.{_quoted(Flow, 'deleted_at')} IS NULL "
-              f"AND NOT EXISTS (SELECT 1 FROM {_quoted(Schedule)} s WHERE s.{schedule_pk} = "
-              f"r.{_quoted(FlowRun, 'schedule')} AND s.{_quoted(Schedule, 'deleted_at')} IS NOT NULL)")
+    # The run as run_to_change() finds it.
+    target = (f"SELECT r.{pk}, r.{state} FROM {run_table} r JOIN {_quoted(Flow)} f "
+              f"ON f.{_quote(Flow._meta.pk.column)} = r.{_quoted(FlowRun, 'flow')} WHERE {_listed_run_sql('r', 'f')}")
     # The row's own state is compared with the one read: a run moved by another transaction after
     # this statement's snapshot is checked again as that transaction left it, and does not move.
     assignments = ", ".join(f"{_quote(meta.get_field(name).column)} = %s" for name in names)
@@ -775,16 +784,11 @@ def _change_listed_sql(names, from_states, expected):
              f"AND {run_table}.{state} = target.{state} AND target.{state} IN ({_literals(*from_states)}){expecting} "
              f"RETURNING {', '.join(f'{run_table}.{_quoted(FlowRun, f)}' for f in fields)}, "
              f"target.{state} AS from_state")
-    joins, shown = [], []
-    for i, name in enumerate(RUN_NAMES):
-        model = FlowRun._meta.get_field(name).related_model
-        joins.append(f"LEFT JOIN {_quoted(model)} n{i} ON n{i}.{_quote(model._meta.pk.column)} = "
-                     f"moved.{_quoted(FlowRun, name)}")
-        shown.append(f"n{i}.{_quoted(model, _shown(model))}")
+    joins, names = _names_sql("moved")
     return (f"WITH target AS ({target}), moved AS ({moved}), "
             f"added AS ({_add_history_of_moved_sql(from_the_row=True, history=True)}) "
-            f"SELECT target.{state}, moved.*, {', '.join(shown)}, {_history_json_sql()} "
-            f"FROM target LEFT JOIN moved ON true {' '.join(joins)}")
+            f"SELECT target.{state}, moved.*, {names}, {_history_json_sql()} "
+            f"FROM target LEFT JOIN moved ON true {joins}")
 
 
 def _shown_history_entry(entry):

@@ -364,8 +364,8 @@ def set_listed_flow_run_state(run_id, workspace_id, to_state, *, actor, message=
     that moved after the statement saw it (a 409 naming where it went, as the general path would
     have answered had it read the run first). Same rules, history row and event as set_flow_run_state's."""
     from_states = _leaving_alike(to_state)
-    if (connection.vendor != "postgresql" or not connection.features.can_return_columns_from_insert
-            or from_states is None or (expected_state is not None and expected_state not in from_states)):
+    if (connection.vendor != "postgresql" or from_states is None
+            or (expected_state is not None and expected_state not in from_states)):
         return NotMoved(expected_state)
     now = timezone.now()
     values = {**_time_updates(FLOW, from_states[0], to_state, now), "state_message": message}
@@ -388,8 +388,6 @@ def _leaving_alike(to_state):
     """The states a flow run may leave for `to_state` (not by a retry, nor a late completion: those
     leave finished states, which are not here), sorted, when the move writes the same plain values
     from each of them; else None."""
-    if to_state not in STATE_VALUES:
-        return None
     from_states = tuple(sorted(state for state, targets in FLOW_RUN_TRANSITIONS.items() if to_state in targets))
     now = object()  # the moment: any value, the same for each
     moves = [_time_updates(FLOW, state, to_state, now) for state in from_states]

@@ -7,6 +7,7 @@
   outside, wakes it so that its handler runs.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -293,21 +294,35 @@ def test_a_sigterm_noted_for_a_forked_child_of_the_flow_stops_nothing(runner_sig
     assert runner.stop_reason is None and runner.stopped_at is None
 
 
+@contextlib.contextmanager
+def a_flow_running_beside_a_watchdog_pipe(runner_signals):
+    """A runner that took the signals, its flow running, its watchdog's "shell" a pipe; after the
+    block: the watchdog was not armed (nothing written to the pipe), and no stop began."""
+    from agent.runner import Watchdog
+
+    runner = runner_signals(a_runner())
+    armed_read, armed_write = os.pipe()
+    os.set_blocking(armed_read, False)
+    runner.watchdog = Watchdog.__new__(Watchdog)
+    runner.watchdog.pid, runner.watchdog.fd, runner.watchdog.armed = None, armed_write, False
+    runner.flow_active = True
+    try:
+        yield runner
+        with pytest.raises(BlockingIOError):
+            os.read(armed_read, 64)  # the watchdog was not armed
+        assert runner.stop_reason is None and runner.stopped_at is None
+    finally:
+        runner.flow_active = False
+        os.close(armed_read), os.close(armed_write)
+
+
 def test_a_worker_the_flow_forked_ends_on_sigterm_and_stops_nothing(runner_signals):
     """Leaving `with multiprocessing.Pool()` terminates its workers (SIGTERM). A forked worker has a
     copy of the runner: it must not take the SIGTERM as the run's stop, whose first act is to arm the
     group's watchdog (a pipe the worker shares), which would SIGKILL the whole run later."""
     import multiprocessing
 
-    from agent.runner import Watchdog
-
-    runner = runner_signals(a_runner())
-    armed_read, armed_write = os.pipe()
-    os.set_blocking(armed_read, False)
-    runner.watchdog = Watchdog.__new__(Watchdog)  # one whose "shell" is this pipe
-    runner.watchdog.pid, runner.watchdog.fd, runner.watchdog.armed = None, armed_write, False
-    runner.flow_active = True
-    try:
+    with a_flow_running_beside_a_watchdog_pipe(runner_signals):
         context = multiprocessing.get_context("fork")
         started = context.Event()
         worker = context.Process(target=lambda: (started.set(), time.sleep(30)), daemon=True)
@@ -316,12 +331,6 @@ def test_a_worker_the_flow_forked_ends_on_sigterm_and_stops_nothing(runner_signa
         worker.terminate()
         worker.join(20)
         assert worker.exitcode == -signal.SIGTERM  # ended by it, as anywhere else
-        with pytest.raises(BlockingIOError):
-            os.read(armed_read, 64)  # the watchdog was not armed
-        assert runner.stop_reason is None and runner.stopped_at is None
-    finally:
-        runner.flow_active = False
-        os.close(armed_read), os.close(armed_write)
 
 
 def test_a_worker_signalled_before_its_fork_hook_ran_ends_and_stops_nothing(runner_signals):
@@ -330,26 +339,12 @@ def test_a_worker_signalled_before_its_fork_hook_ran_ends_and_stops_nothing(runn
     armed the watchdog, which SIGKILLed the run). The copied handler itself must end the worker."""
     import multiprocessing
 
-    from agent.runner import Watchdog
-
-    runner = runner_signals(a_runner())
-    armed_read, armed_write = os.pipe()
-    os.set_blocking(armed_read, False)
-    runner.watchdog = Watchdog.__new__(Watchdog)  # one whose "shell" is this pipe
-    runner.watchdog.pid, runner.watchdog.fd, runner.watchdog.armed = None, armed_write, False
-    runner.flow_active = True
-    try:
+    with a_flow_running_beside_a_watchdog_pipe(runner_signals) as runner:
         worker = multiprocessing.get_context("fork").Process(
             target=lambda: (runner._on_sigterm(signal.SIGTERM, None), time.sleep(30)), daemon=True)
         worker.start()
         worker.join(20)
         assert worker.exitcode == -signal.SIGTERM
-        with pytest.raises(BlockingIOError):
-            os.read(armed_read, 64)  # the watchdog was not armed
-        assert runner.stop_reason is None and runner.stopped_at is None
-    finally:
-        runner.flow_active = False
-        os.close(armed_read), os.close(armed_write)
 
 
 def test_a_worker_terminated_before_it_first_ran_ends_of_its_sigterm(runner_signals):
