@@ -8,7 +8,8 @@ beside a do-nothing authenticated endpoint (`ping`) measured in the same run, an
 also beside gunicorn alone: the same server command on an application that only answers `{}`
 (bench/_floor_app.py), the floor under every request here.
 
-BENCH_HTTP_REQUESTS (default 2000) requests per workload, BENCH_HTTP_CLIENTS (8) client threads.
+BENCH_HTTP_REQUESTS (default 2000) requests per workload, BENCH_HTTP_CLIENTS (8) client threads,
+BENCH_HTTP_BEATING_RUNS (1000) runs the heartbeats go to in turn.
 PostgreSQL only: the SQLite test database lives in the bench's own process.
 """
 
@@ -29,10 +30,11 @@ from django.db import connection
 from django.utils import timezone
 
 from runs.models import Account, Agent, ApiKey, Flow, FlowRun, Role, State, WorkQueue, Workspace
-from runs.run_tokens import token_of
+from runs.run_tokens import token_for
 
 REQUESTS = int(os.environ.get("BENCH_HTTP_REQUESTS", "2000"))
 CLIENTS = int(os.environ.get("BENCH_HTTP_CLIENTS", "8"))
+BEATING = int(os.environ.get("BENCH_HTTP_BEATING_RUNS", "1000"))
 TICK = os.sysconf("SC_CLK_TCK")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,6 +173,14 @@ def _row(table, name, figures, ping, aim, alone=None):
               baseline, ratio, aim)
 
 
+def _idle_cpu_ms_per_second(server, seconds):
+    """The server's CPU milliseconds per second while no request comes."""
+    time.sleep(1)  # the last answers' writes done
+    before = cpu_seconds(server.process.pid)
+    time.sleep(seconds)
+    return (cpu_seconds(server.process.pid) - before) * 1000 / seconds
+
+
 def run(table):
     if connection.vendor != "postgresql" or not settings.REDIS_URL:
         print("  HTTP workloads: PostgreSQL and Redis only (set DATABASE_URL and REDIS_URL)", flush=True)
@@ -222,12 +232,31 @@ def run(table):
         _row(table, "user state change", drive(server, lambda s, i: s.post(
             f"{base}/flow_runs/{running[i].pk}/set_state/", json={"state": "FAILED"}, headers=user_auth), REQUESTS),
             ping, "≤ 2.3 ms CPU/req")
-        beating = list(FlowRun.objects.filter(workspace=ws, auto_scheduled=False, state=State.SCHEDULED)[:CLIENTS])
+        # BEATING runs beat in turn. Their first beats are written in the request (no process has
+        # heard them). Then every run beats once from each client (so through every process): as
+        # runs that beat for longer than a few intervals are, it is in each process's view
+        # (runs/beats_behind.py), and its beats are answered from there, written behind.
+        beating = list(FlowRun.objects.filter(workspace=ws, auto_scheduled=False, state=State.SCHEDULED)[:BEATING])
         FlowRun.objects.filter(pk__in=[r.pk for r in beating]).update(state=State.RUNNING, start_time=now, agent=agent)
-        tokens = [{"Authorization": f"Bearer {token_of(FlowRun.objects.get(pk=r.pk))}"} for r in beating]
-        _row(table, "flow-run heartbeat", drive(server, lambda s, i: s.post(
-            f"{base}/agent/flow_runs/{beating[i % len(beating)].pk}/heartbeat", headers=tokens[i % len(tokens)]),
-            REQUESTS), ping, "≤ 0.6 ms CPU/req", alone=alone)
+        tokens = [{"Authorization": f"Bearer {token_for(r.pk, ws.pk, r.token_generation)}"} for r in beating]
+
+        def beating_from(offset):
+            def beat(session, i):
+                turn = (i + offset) % len(beating)
+                return session.post(f"{base}/agent/flow_runs/{beating[turn].pk}/heartbeat", headers=tokens[turn])
+            return beat
+
+        _row(table, f"flow-run heartbeat, first beats ({len(beating):,} runs)",
+             drive(server, beating_from(0), len(beating)), ping, "(written in the request)", alone=alone)
+        for client in range(1, CLIENTS + 1):
+            drive(server, beating_from(client * len(beating) // CLIENTS), len(beating))
+        _row(table, f"flow-run heartbeat ({len(beating):,} runs in turn, each heard before)",
+             drive(server, beating_from(0), REQUESTS), ping, "≤ 0.6 ms CPU/req", alone=alone)
+        # What the processes' writers of beats behind cost with nothing heard: each reads its viewed
+        # runs again every interval; shown per beat at one beat per run every 30 s (the agents' default).
+        idle = _idle_cpu_ms_per_second(server, seconds=5)
+        table.add(f"HTTP heartbeat writers, idle, {len(beating):,} runs viewed",
+                  f"{idle:.1f} ms CPU/s; {idle * 30 / len(beating):.3f} ms per beat at a beat per run per 30 s")
         # The runs made above are not due before the poll: it is measured with nothing to hand out.
         FlowRun.objects.filter(workspace=ws, state=State.SCHEDULED).update(scheduled_start=now + timedelta(days=1))
         _row(table, "agent poll, nothing due", drive(server, lambda s, i: s.post(

@@ -412,6 +412,11 @@ ORCHESTRATOR = {
     # --- Recovery services (services/; README "Recovery services"). Seconds unless named. ---
     # Heartbeat verdicts never come before this many missed beats of the run's (or agent's) interval.
     "HEARTBEAT_MISSED_BEATS": env_int("ORCHESTRATOR_HEARTBEAT_MISSED_BEATS", 3),
+    # On PostgreSQL each web process writes the flow runs' heartbeats it heard, and reads their states
+    # again, in one statement every this many seconds, and answers a beat from what it read
+    # (runs/beats_behind.py): an answer is at most 3 intervals old, a beat reaches the database up
+    # to one interval late. 0: every beat is written in its request. At most 10.
+    "HEARTBEAT_WRITE_BEHIND_SECONDS": env_float("ORCHESTRATOR_HEARTBEAT_WRITE_BEHIND_SECONDS", 1.0),
     # Most rows one pass of a recovery service moves; the next beat takes the rest.
     "RECOVERY_BATCH_SIZE": env_int("ORCHESTRATOR_RECOVERY_BATCH_SIZE", 1000),
     # Zombie Killer. The 2-minute profile: ZOMBIE_KILLER_THRESHOLD_SECONDS=120 (needs heartbeats
@@ -582,6 +587,11 @@ if not 0 < ORCHESTRATOR["EVENTS_QUEUE_POLLED_EVERY_SECONDS"] < ORCHESTRATOR["WOR
     # last_polled is exact to the first only: as long as the second, every queue would look abandoned.
     raise BadEnvironment("ORCHESTRATOR_EVENTS_QUEUE_POLLED_EVERY_SECONDS must be more than 0 and less than "
                          "ORCHESTRATOR_WORK_QUEUE_HEALTH_POLL_SECONDS")
+if not 0 <= ORCHESTRATOR["HEARTBEAT_WRITE_BEHIND_SECONDS"] <= 10:
+    # A beat late by more than a third of the agents' default 30 s interval would eat into the missed
+    # beats the recovery services wait for.
+    raise BadEnvironment(f"ORCHESTRATOR_HEARTBEAT_WRITE_BEHIND_SECONDS must be 0..10, "
+                         f"got {ORCHESTRATOR['HEARTBEAT_WRITE_BEHIND_SECONDS']:g}")
 if not 1 <= ORCHESTRATOR["API_MAX_JSON_DEPTH"] <= 500:
     raise BadEnvironment(f"ORCHESTRATOR_API_MAX_JSON_DEPTH must be 1..500, got {ORCHESTRATOR['API_MAX_JSON_DEPTH']}")
 

@@ -79,6 +79,34 @@ def _beat_sql(vendor):
     return update, ", ".join(f"{_quoted(FlowRun)}.{_quoted(FlowRun, name)}" for name in BEAT_FIELDS)
 
 
+def write_beats(beats):
+    """Write the heartbeats `beats` ({run id: (moment, generation, workspace id)}) in one statement
+    (PostgreSQL; runs/beats_behind.py); returns how many runs' heartbeats it moved.
+
+    A beat moves its run's last heartbeat only if it is of the run's current attempt, in its
+    workspace, and later than the heartbeat there (two writers, or a synchronous beat, never move
+    it back). The rows are locked in id order, as every writer of beats locks them: no deadlock
+    between the processes' writers."""
+    ordered = sorted(beats.items(), key=lambda item: item[0])
+    params = [[run_id for run_id, _ in ordered], [beat[0] for _, beat in ordered],
+              [beat[1] for _, beat in ordered], [beat[2] for _, beat in ordered]]
+    return _bound_fetch(connections[DEFAULT_DB_ALIAS], _write_beats_sql(), params)[0]
+
+
+@functools.cache
+def _write_beats_sql():
+    run, id_, beat = _quoted(FlowRun), _quoted(FlowRun, "id"), _quoted(FlowRun, "last_heartbeat")
+    return (f"WITH heard AS (SELECT * FROM unnest(%s::uuid[], %s::timestamptz[], %s::bigint[], %s::bigint[]) "
+            f"AS heard(id, moment, generation, workspace)), "
+            f"locked AS (SELECT beaten.{id_}, heard.moment FROM {run} AS beaten JOIN heard ON beaten.{id_} = heard.id "
+            f"AND beaten.{_quoted(FlowRun, 'token_generation')} = heard.generation "
+            f"AND beaten.{_quoted(FlowRun, 'workspace')} = heard.workspace "
+            f"ORDER BY beaten.{id_} FOR UPDATE OF beaten), "
+            f"written AS (UPDATE {run} SET {beat} = GREATEST({run}.{beat}, locked.moment) FROM locked "
+            f"WHERE {run}.{id_} = locked.{id_} RETURNING 1) "
+            f"SELECT count(*) FROM written")
+
+
 def _literals(*values):
     """SQL string literals of `values` (constants of the code, e.g. states), comma-separated."""
     return ", ".join("'" + str(value).replace("'", "''") + "'" for value in values)

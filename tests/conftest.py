@@ -140,6 +140,16 @@ def no_verified_keys_remembered():
     forget_everything()
 
 
+@pytest.fixture(autouse=True)
+def no_beats_behind_left():
+    """After each test, the heartbeats written behind (runs/beats_behind.py) forget its runs, and
+    their thread has closed its database connection: the test database can then be dropped."""
+    yield
+    from runs.beats_behind import beats_behind
+
+    assert beats_behind.forget(), "the thread writing heartbeats behind did not come to rest"
+
+
 @pytest.fixture(autouse=True, scope="session")
 def static_files_found_once():
     """WhiteNoise finds and stats every static file when Django builds the middleware, which the test

@@ -37,6 +37,7 @@ from runs.logs import ingest
 from runs.models import (
     Actor, Agent, AgentStatus, FlowRun, Log, LogLevel, Role, State, TaskRun, secret_values)
 from runs import actions, hot_sql, quota
+from runs.beats_behind import applies, beats_behind
 from runs.audit import Who
 from runs.models import TERMINAL_STATES
 from runs.run_tokens import token_of
@@ -339,11 +340,18 @@ def record_flow_run_heartbeat(run_id, workspace_id, now, generation):
 
     The heartbeat is the server's hottest path, and its answer tells a runner to stop (CANCELLING),
     so the state (and the ids its event names) come back from the UPDATE itself
-    (runs/hot_sql.py beat_flow_run: one round trip on PostgreSQL).
+    (runs/hot_sql.py beat_flow_run: one round trip on PostgreSQL), or, for a run this process has
+    read lately, from its view, the beat written behind (runs/beats_behind.py).
     """
-    row = hot_sql.beat_flow_run(run_id, workspace_id, now, generation)
+    behind = applies()
+    row = beats_behind.answer(run_id, workspace_id, now, generation) if behind else None
     if row is None:
-        return None
+        mark = beats_behind.mark() if behind else None
+        row = hot_sql.beat_flow_run(run_id, workspace_id, now, generation)
+        if row is None:
+            return None
+        if behind:
+            beats_behind.learn(run_id, workspace_id, generation, row, mark)
     state, flow_id, queue_id, agent_id = row
     # One event per beat of the flow run (task runs' beats are not events: too many, and the flow
     # run's own beat already says its process lives).

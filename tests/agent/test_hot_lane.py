@@ -15,6 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from runs.api import agents, hot_lane
+from runs.beats_behind import beats_behind
 from runs.models import FlowRun, State
 from runs.run_tokens import token_for
 from tests.agent.test_api import due_run
@@ -228,6 +229,7 @@ def test_the_wsgi_lane_answers_a_beat_in_order_as_the_view_answers_it(ws, prefix
     by_view = wsgi_answer(app, path, current_token(run))
     assert views == [run.pk]
     assert by_lane == by_view
+    beats_behind.write_now()  # on PostgreSQL the second beat was answered from the view, written behind
     assert FlowRun.objects.get(pk=run.pk).last_heartbeat > beaten
 
 

@@ -144,3 +144,15 @@ def test_a_bad_throttle_rate_stops_the_start_naming_the_variable(tmp_path):
                             env={**BARE, "DEBUG": "true", "ORCHESTRATOR_VAR_DIR": str(tmp_path),
                                  "ORCHESTRATOR_THROTTLE_FAILED_LOGIN_RATE": "30 an hour"})
     assert result.returncode != 0 and "ORCHESTRATOR_THROTTLE_FAILED_LOGIN_RATE" in result.stderr
+
+
+@pytest.mark.parametrize("value, ok", [("11", False), ("-1", False), ("0", True), ("2.5", True)])
+def test_heartbeats_written_behind_by_more_than_ten_seconds_are_refused(value, ok):
+    """A beat later than a third of the agents' default 30 s interval would eat into the missed beats
+    the recovery services wait for (runs/beats_behind.py)."""
+    code = "import os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'orchestrator.settings'); import django; django.setup()"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**BARE, "DEBUG": "true", "ORCHESTRATOR_HEARTBEAT_WRITE_BEHIND_SECONDS": value})
+    assert (result.returncode == 0) == ok, result.stderr[-500:]
+    if not ok:
+        assert "ORCHESTRATOR_HEARTBEAT_WRITE_BEHIND_SECONDS must be 0..10" in result.stderr
