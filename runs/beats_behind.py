@@ -238,6 +238,9 @@ class BeatsBehind:
                             return
                 except Exception:  # the listener lost, or the database refused it: a new session
                     listener = self._stop_listening(listener)
+                    # The statements' connection too (the ping's): when the database restarted it is
+                    # as broken as the listener's, and Django would hand the broken one back forever.
+                    connections[DEFAULT_DB_ALIAS].close()
                     self._log_failure("Could not listen for flow runs' changes; beats are written in their requests")
                     self._stop.wait(seconds)
         finally:

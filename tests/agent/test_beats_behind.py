@@ -173,6 +173,20 @@ def test_while_writes_fail_the_view_does_not_answer(ws, behind, monkeypatch):
     assert heartbeat_of(run) == later  # the kept beat, earlier, did not move it back
 
 
+def test_after_the_database_dropped_both_connections_the_view_answers_again(ws, settings):
+    """As when PostgreSQL restarts: the listener's and the statements' connections both gone, and
+    no beat pending (a failed write would have replaced the statements' connection by itself)."""
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "HEARTBEAT_WRITE_BEHIND_SECONDS": 0.2}
+    run = due_run(ws, state=State.RUNNING)
+    viewed(run)
+    assert beats_behind.write_now() and beats_behind.pending() == 0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND pid <> pg_backend_pid()")
+    wait_for(lambda: beats_behind.mark() is None, timeout=10, what="the listener to be lost")
+    viewed(run)
+
+
 def test_a_listener_that_does_not_hear_its_own_announcements_answers_nothing(ws, behind, monkeypatch):
     """As behind a pooler in transaction mode, where a LISTEN does not outlive its transaction."""
     run = due_run(ws, state=State.RUNNING)
