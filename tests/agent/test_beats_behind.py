@@ -89,6 +89,9 @@ def test_the_database_announces_what_a_view_must_forget_and_nothing_else(ws):
         FlowRun.objects.filter(pk=runs[State.RUNNING].pk).update(state=State.FAILED)
         FlowRun.objects.filter(pk=runs[State.CANCELLING].pk).update(token_generation=5)
         assert announced() == [str(runs[State.RUNNING].pk), str(runs[State.CANCELLING].pk)]
+        FlowRun.objects.filter(pk=runs[State.CANCELLING].pk).update(work_queue=None)  # its queue deleted
+        FlowRun.objects.filter(pk=runs[State.SCHEDULED].pk).update(work_queue=None)  # not viewed
+        assert announced() == [str(runs[State.CANCELLING].pk)]
         FlowRun.objects.filter(pk__in=[run.pk for run in runs.values()]).delete()
         assert announced() == ["*"]
     finally:
@@ -234,6 +237,22 @@ def test_a_deleted_or_ended_run_leaves_the_view_at_once(ws, behind, reporter, pr
     left_the_view(gone)
     assert beat(reporter.client, prefix, gone.pk, gone_token).status_code == 404
     assert record(ended) == State.COMPLETED
+
+
+def test_a_viewed_run_whose_queue_is_deleted_beats_with_no_queue(ws, behind, flush_events):
+    """The queue's deletion sets the run's column to NULL, no change of state: the event of the
+    run's next beat names no queue, as the database's answer would."""
+    from runs.models import WorkQueue
+
+    run = due_run(ws, state=State.RUNNING)
+    viewed(run)
+    WorkQueue.objects.filter(pk=run.work_queue_id).delete()
+    left_the_view(run)
+    before = len([e for e in flush_events() if e.name == "flow-run.heartbeat"])
+    record(run)
+    beats = [e for e in flush_events() if e.name == "flow-run.heartbeat"]
+    assert len(beats) == before + 1
+    assert {r["kind"] for r in max(beats, key=lambda e: e.occurred).related} == {"flow"}
 
 
 def test_a_beat_never_moves_the_heartbeat_back(ws, behind):
