@@ -116,6 +116,7 @@ class BeatsBehind:
         self._ping_token = None  # the thread's last announced token
         self._pings = 0
         self._pinged_back_at = None  # time.monotonic() when the listener heard its last token
+        self._busy_since = None  # time.monotonic() when the thread sent a statement not yet answered
         self._last_failure_logged = None
 
     # --- the requests' side ---
@@ -140,10 +141,13 @@ class BeatsBehind:
 
     def answering(self, seconds=None):
         """Whether the view may answer now: its writes succeeded within MAX_AGE_INTERVALS intervals,
-        and its listener heard its own announcement within LISTENER_TRUSTED_SECONDS."""
-        now, pinged_back_at = time.monotonic(), self._pinged_back_at
+        its listener heard its own announcement within LISTENER_TRUSTED_SECONDS, and the thread is
+        not held up in a statement (a write waiting for a row's lock) for longer than it may leave
+        announcements untaken."""
+        now, pinged_back_at, busy_since = time.monotonic(), self._pinged_back_at, self._busy_since
         return (now - self._written_at <= (seconds or interval()) * MAX_AGE_INTERVALS
-                and pinged_back_at is not None and now - pinged_back_at <= LISTENER_TRUSTED_SECONDS)
+                and pinged_back_at is not None and now - pinged_back_at <= LISTENER_TRUSTED_SECONDS
+                and (busy_since is None or now - busy_since <= TAKE_EVERY_SECONDS))
 
     def mark(self):
         """Taken before a synchronous beat's statement is sent, for `learn`; None when not listening."""
@@ -220,7 +224,7 @@ class BeatsBehind:
                         listener, ping_due = self._listen(), 0.0
                     if time.monotonic() >= ping_due:
                         ping_due = time.monotonic() + PING_EVERY_SECONDS
-                        self._ping()
+                        self._busy(self._ping, listener)
                     select.select([listener.fileno(), wake], [], [], max(0.0, min(due, ping_due) - time.monotonic()))
                     # Announcements come one by one; taken at most every TAKE_EVERY_SECONDS, many
                     # cost one wake-up of the thread.
@@ -231,11 +235,10 @@ class BeatsBehind:
                     if time.monotonic() < due:
                         continue
                     due = time.monotonic() + seconds
-                    with self._writing:
-                        evict = time.monotonic() - evicted >= EVICT_EVERY_SECONDS
-                        evicted = time.monotonic() if evict else evicted
-                        if self._write_once(evict) is None:  # no run heard lately: end, holding no connection
-                            return
+                    evict = time.monotonic() - evicted >= EVICT_EVERY_SECONDS
+                    evicted = time.monotonic() if evict else evicted
+                    if self._busy(self._write_behind, listener, evict) is None:
+                        return  # no run heard lately: end, holding no connection
                 except Exception:  # the listener lost, or the database refused it: a new session
                     listener = self._stop_listening(listener)
                     # The statements' connection too (the ping's): when the database restarted it is
@@ -254,6 +257,22 @@ class BeatsBehind:
                 self._wake_fd = None
             if self._pending and not self._stop.is_set():
                 self._started(seconds)
+
+    def _busy(self, work, listener, *args):
+        """`work(*args)`, the view not answering while it takes longer than TAKE_EVERY_SECONDS (the
+        announcements wait meanwhile), and those that came meanwhile taken before it answers again."""
+        self._busy_since = time.monotonic()
+        try:
+            done = work(*args)
+            for notice in listener.notifies(timeout=0):
+                self._announced(notice.payload)
+            return done
+        finally:
+            self._busy_since = None
+
+    def _write_behind(self, evict):
+        with self._writing:  # `write_now` may hold it: waiting for it is waiting like a statement
+            return self._write_once(evict)
 
     def _listen(self):
         db = connections[DEFAULT_DB_ALIAS]

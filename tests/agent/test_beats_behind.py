@@ -255,6 +255,28 @@ def test_a_viewed_run_whose_queue_is_deleted_beats_with_no_queue(ws, behind, flu
     assert {r["kind"] for r in max(beats, key=lambda e: e.occurred).related} == {"flow"}
 
 
+def test_while_the_thread_s_write_waits_for_a_lock_a_change_is_still_the_next_answer(ws, settings):
+    """The thread's write waits for a run's row that a transaction holds; meanwhile another run is
+    cancelled. Its announcement waits for the thread: the view must not answer that run's beats."""
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "HEARTBEAT_WRITE_BEHIND_SECONDS": 1}
+    held, cancelled = due_run(ws, state=State.RUNNING), due_run(ws, state=State.RUNNING)
+    viewed(held), viewed(cancelled)
+    db = connection
+    locker = db.get_new_connection(db.get_connection_params())
+    try:
+        locker.execute(f"SELECT 1 FROM {FlowRun._meta.db_table} WHERE id = %s FOR UPDATE", [held.pk])
+        assert record(held, timezone.now() + timedelta(seconds=1)) == State.RUNNING  # from the view
+        wait_for(lambda: beats_behind.pending() == 0, timeout=10, what="the thread to take the beat")
+        time.sleep(0.2)  # its write now waits for the lock
+        FlowRun.objects.filter(pk=cancelled.pk).update(state=State.CANCELLING)
+        time.sleep(2 * module.TAKE_EVERY_SECONDS)
+        assert record(cancelled) == State.CANCELLING
+    finally:
+        locker.rollback()
+        locker.close()
+    assert beats_behind.write_now()
+
+
 def test_a_beat_never_moves_the_heartbeat_back(ws, behind):
     run = due_run(ws, state=State.RUNNING)
     viewed(run)
