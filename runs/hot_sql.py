@@ -86,7 +86,9 @@ def write_beats(beats):
     A beat moves its run's last heartbeat only if it is of the run's current attempt, in its
     workspace, and later than the heartbeat there (two writers, or a synchronous beat, never move
     it back). The rows are locked in id order, as every writer of beats locks them: no deadlock
-    between the processes' writers."""
+    between the processes' writers; and as the beat's UPDATE locks its row (FOR NO KEY UPDATE, the
+    heartbeat being no key): not waiting for the transactions that insert a row naming a run (a
+    task run, a state change), which hold FOR KEY SHARE on it until they commit."""
     ordered = sorted(beats.items(), key=lambda item: item[0])
     params = [[run_id for run_id, _ in ordered], [beat[0] for _, beat in ordered],
               [beat[1] for _, beat in ordered], [beat[2] for _, beat in ordered]]
@@ -101,7 +103,7 @@ def _write_beats_sql():
             f"locked AS (SELECT beaten.{id_}, heard.moment FROM {run} AS beaten JOIN heard ON beaten.{id_} = heard.id "
             f"AND beaten.{_quoted(FlowRun, 'token_generation')} = heard.generation "
             f"AND beaten.{_quoted(FlowRun, 'workspace')} = heard.workspace "
-            f"ORDER BY beaten.{id_} FOR UPDATE OF beaten), "
+            f"ORDER BY beaten.{id_} FOR NO KEY UPDATE OF beaten), "
             f"written AS (UPDATE {run} SET {beat} = GREATEST({run}.{beat}, locked.moment) FROM locked "
             f"WHERE {run}.{id_} = locked.{id_} RETURNING 1) "
             f"SELECT count(*) FROM written")

@@ -314,6 +314,33 @@ def test_two_writers_at_once_on_the_same_runs_neither_deadlock_nor_move_back(ws)
         assert heartbeat_of(run) == max(beats[0][run.pk][0], beats[1][run.pk][0]), i
 
 
+def test_the_write_does_not_wait_for_a_transaction_inserting_a_row_that_names_a_run(ws):
+    """Such a transaction (a task run's, a state change's) holds FOR KEY SHARE on the run until it
+    commits; the beat's own UPDATE does not wait for it, nor may the writer."""
+    run = due_run(ws, state=State.RUNNING)
+    inserting = connection.get_new_connection(connection.get_connection_params())
+    written, writer = [], None
+    try:
+        inserting.execute(f"SELECT 1 FROM {FlowRun._meta.db_table} WHERE id = %s FOR KEY SHARE", [run.pk])
+
+        def write():
+            try:
+                written.append(hot_sql.write_beats({run.pk: (timezone.now(), run.token_generation,
+                                                             run.workspace_id)}))
+            finally:
+                connections.close_all()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        writer.join(5)
+        assert written == [1]
+    finally:
+        inserting.rollback()
+        inserting.close()
+        if writer is not None:
+            writer.join()
+
+
 def test_the_view_holds_at_most_its_capacity(ws, behind, monkeypatch):
     monkeypatch.setattr(module, "CAPACITY", 2)
     runs = [due_run(ws, state=State.RUNNING) for _ in range(3)]
