@@ -43,12 +43,14 @@ from typing import NamedTuple
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 
+from runs.models import State
+
 logger = logging.getLogger(__name__)
 
 CHANNEL = "orchestrator_flow_run_changed"  # migration 0020's triggers announce on it
 # The states of the runs a view holds: those the triggers announce a change from (migration 0020
 # names them too). A beat of a run in another state is always written in its request.
-VIEWED_STATES = ("RUNNING", "CANCELLING")
+VIEWED_STATES = (State.RUNNING, State.CANCELLING)
 # The view answers only while the writes succeeded within this many intervals.
 MAX_AGE_INTERVALS = 3
 # A run not heard for this long leaves the view (five beats of the agents' default 30 s interval);
@@ -178,7 +180,7 @@ class BeatsBehind:
             self._writing.release()
 
     def pending(self):
-        """How many runs have a beat waiting to be written (for the tests and /metrics)."""
+        """How many runs have a beat waiting to be written."""
         return len(self._pending)
 
     def viewed(self):
@@ -240,15 +242,11 @@ class BeatsBehind:
                     if self._busy(self._write_behind, listener, evict) is None:
                         return  # no run heard lately: end, holding no connection
                 except Exception:  # the listener lost, or the database refused it: a new session
-                    listener = self._stop_listening(listener)
-                    # The statements' connection too (the ping's): when the database restarted it is
-                    # as broken as the listener's, and Django would hand the broken one back forever.
-                    connections[DEFAULT_DB_ALIAS].close()
+                    listener = self._disconnect(listener)
                     self._log_failure("Could not listen for flow runs' changes; beats are written in their requests")
                     self._stop.wait(seconds)
         finally:
-            self._stop_listening(listener)
-            connections[DEFAULT_DB_ALIAS].close()
+            self._disconnect(listener)
             with self._lock:  # beats that came meanwhile start the next thread
                 if self._thread is threading.current_thread():
                     self._thread = None
@@ -257,6 +255,13 @@ class BeatsBehind:
                 self._wake_fd = None
             if self._pending and not self._stop.is_set():
                 self._started(seconds)
+
+    def _disconnect(self, listener):
+        """Stop listening, and close the statements' connection too (the ping's and the writes'):
+        when the database restarted it is as broken as the listener's, and Django would hand the
+        broken one back for ever."""
+        self._stop_listening(listener)
+        connections[DEFAULT_DB_ALIAS].close()
 
     def _busy(self, work, listener, *args):
         """`work(*args)`, the view not answering while it takes longer than TAKE_EVERY_SECONDS (the
